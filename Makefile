@@ -1,0 +1,107 @@
+# CXL-DSM Lab — the two set-up commands are `make lab` and `make test`.
+#
+#   make lab     install what is missing, build, then `ansible-playbook site.yml`
+#   make test    install what is missing, build, then every test (pytest + Molecule)
+#   make bench   the benchmarks (ring vs TCP, same machine, same run)
+#
+# Every target installs its own dependencies idempotently: Debian/Ubuntu packages
+# from requirements/apt-*.txt (sudo when not root) and a virtualenv in .venv from
+# pyproject.toml and requirements/*.txt.
+
+SHELL       := /bin/bash
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+BUILD       := build
+APT_LISTS   := $(wildcard requirements/apt-*.txt)
+PY_REQS     := $(wildcard requirements/*.in.txt requirements/*.txt)
+CI_TIMEOUT  ?= 1500
+
+.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab bench lint teardown clean
+
+all: build
+
+$(shell mkdir -p $(BUILD))
+
+## ---- dependencies --------------------------------------------------------
+system-deps:
+	@scripts/install-system-deps.sh $(APT_LISTS)
+
+$(VENV)/.installed: pyproject.toml $(filter-out requirements/apt-%,$(wildcard requirements/*.txt))
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e . $(addprefix -r ,$(filter-out requirements/apt-%,$(wildcard requirements/*.txt)))
+	@touch $@
+
+venv: system-deps $(VENV)/.installed
+
+deps: system-deps venv
+
+## ---- build: the ring protocol library, the driver, the bench client --------
+CC          ?= cc
+CFLAGS_COMMON := -std=gnu11 -Wall -Wextra -Werror -Iring/include -I$(BUILD)/redis-src
+CFLAGS_OPT  := -O2 -g $(CFLAGS_COMMON)
+CFLAGS_SAN  := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+               -fno-sanitize-recover=undefined $(CFLAGS_COMMON)
+RING_SRC    := $(wildcard ring/src/*.c)
+RING_HDR    := $(wildcard ring/include/cxl_ring/*.h)
+DRIVER_SRC  := $(wildcard driver/*.c)
+DRIVER_HDR  := $(wildcard driver/*.h)
+BENCH_SRC   := $(wildcard bench/c/*.c)
+FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
+NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
+NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
+NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
+
+build: deps native
+
+native: $(NATIVE)
+
+$(BUILD)/redis-src/redismodule.h:
+	scripts/fetch-redis-source.sh $(BUILD)/redis-src
+
+$(BUILD)/cxl_ring.so: $(DRIVER_SRC) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
+	$(CC) $(CFLAGS_OPT) -fPIC -shared -pthread -o $@ $(DRIVER_SRC) $(RING_SRC)
+
+# ASan+UBSan build for the hostile-input tests; load it into redis-server with
+# LD_PRELOAD=$$(cc -print-file-name=libasan.so) (tests/ring does this).
+$(BUILD)/cxl_ring_asan.so: $(DRIVER_SRC) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
+	$(CC) $(CFLAGS_SAN) -fPIC -shared -pthread -o $@ $(DRIVER_SRC) $(RING_SRC)
+
+$(BUILD)/cxl-ring-bench: $(BENCH_SRC) $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_OPT) -pthread -o $@ $(BENCH_SRC) $(RING_SRC) -lm
+
+# libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
+$(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Iring/include -o $@ $(FUZZ_SRC) $(RING_SRC)
+
+FUZZ_SECONDS ?= 60
+fuzz: $(BUILD)/fuzz-decoder
+	mkdir -p $(BUILD)/fuzz-corpus && $(BUILD)/fuzz-decoder -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus
+
+## ---- the lab -------------------------------------------------------------
+lab: build
+	$(VENV)/bin/ansible-playbook site.yml
+
+teardown: venv
+	$(VENV)/bin/ansible-playbook playbooks/teardown.yml
+
+## ---- tests ---------------------------------------------------------------
+test: test-unit test-lab
+
+test-unit: build
+	$(PY) -m pytest -q tests
+
+test-lab: build
+	@if [ -d molecule/lab ]; then cd molecule && ../$(VENV)/bin/molecule test -s lab; fi
+
+lint: venv
+	$(VENV)/bin/ruff check client tests bench library module_utils
+	@if [ -d roles ]; then $(VENV)/bin/ansible-lint; fi
+
+## ---- benchmarks ----------------------------------------------------------
+bench: build
+	$(PY) bench/run.py --out bench/results
+
+clean:
+	rm -rf $(BUILD)

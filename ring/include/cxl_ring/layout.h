@@ -1,0 +1,205 @@
+/*
+ * layout.h - the byte layout of a cxl_ring region, layout version 3.
+ *
+ * This header is docs/ring-protocol.md in C. Every structure here lives in
+ * shared memory and is written by exactly one peer: the header and the server
+ * sections by the server, a client section by the client that owns that
+ * channel. Sections are page-aligned so that the hypervisor can map each one
+ * read-only to the peers that do not own it.
+ *
+ * Fields are accessed only through barrier.h helpers (never plain loads or
+ * stores), and the types below are named cxl_shm_* so that a pointer into
+ * shared memory cannot be mistaken for a private copy.
+ */
+#ifndef CXL_RING_LAYOUT_H
+#define CXL_RING_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Region ------------------------------------------------------------- */
+
+#define CXL_MAGIC             "CXLDSMR"         /* 8 bytes with the NUL */
+#define CXL_MAGIC_LEN         8
+#define CXL_LAYOUT_VERSION    3u
+#define CXL_PAGE_SIZE         4096u
+#define CXL_HEADER_SIZE       CXL_PAGE_SIZE
+#define CXL_CONTROL_SIZE      CXL_PAGE_SIZE      /* control page before each ring */
+#define CXL_CACHELINE         64u
+
+#define CXL_MAX_CHANNELS      256u
+#define CXL_MIN_RING_SIZE     4096u
+#define CXL_MAX_RING_SIZE     (1u << 30)
+
+/* Defaults (docs/ring-protocol.md, section 2.1). */
+#define CXL_DEFAULT_CHANNELS          8u
+#define CXL_DEFAULT_RING_SIZE         (2u << 20)
+#define CXL_DEFAULT_MAX_VALUE         (1u << 20)
+#define CXL_MSG_SLACK                 (64u << 10) /* max_msg = max_value + slack */
+#define CXL_DEFAULT_HEARTBEAT_MS      100u
+#define CXL_DEFAULT_CLIENT_LEASE_MS   2000u
+#define CXL_SERVER_DEAD_BEATS         10u         /* missed heartbeats = server gone */
+#define CXL_SERVER_DEAD_MIN_MS        1000u
+
+enum cxl_server_state {
+    CXL_SERVER_STOPPED  = 0,
+    CXL_SERVER_STARTING = 1,
+    CXL_SERVER_RUNNING  = 2,
+    CXL_SERVER_STOPPING = 3,
+};
+
+enum cxl_chan_state {
+    CXL_CHAN_FREE        = 0,
+    CXL_CHAN_ACTIVE      = 1,
+    CXL_CHAN_QUARANTINED = 2,
+};
+
+/* Header section: offset 0, written by the server. */
+struct cxl_shm_header {
+    /* geometry: written while formatting, before magic (F1) */
+    char     magic[CXL_MAGIC_LEN];      /*   0 */
+    uint32_t version;                   /*   8 */
+    uint32_t header_size;               /*  12 */
+    uint32_t feature_flags;             /*  16 */
+    uint32_t channel_count;             /*  20 */
+    uint64_t region_size;               /*  24 */
+    uint64_t channel_table_off;         /*  32 */
+    uint64_t channel_stride;            /*  40 */
+    uint64_t client_section_size;       /*  48 */
+    uint64_t server_section_size;       /*  56 */
+    uint32_t req_ring_size;             /*  64 */
+    uint32_t resp_ring_size;            /*  68 */
+    uint32_t max_msg_size;              /*  72 */
+    uint32_t max_value_size;            /*  76 */
+    uint32_t heartbeat_interval_ms;     /*  80 */
+    uint32_t client_lease_ms;           /*  84 */
+    uint8_t  reserved0[128 - 88];
+    /* liveness: its own cache line */
+    uint64_t server_epoch;              /* 128 */
+    uint64_t server_heartbeat;          /* 136 */
+    uint32_t server_state;              /* 144 */
+    uint32_t server_pid;                /* 148 */
+    uint8_t  reserved1[CXL_HEADER_SIZE - 152];
+};
+
+/* Control page of a client section, written by the channel's owner. */
+struct cxl_shm_client_ctl {
+    uint64_t claim_token;               /*   0 */
+    uint64_t client_heartbeat;          /*   8 */
+    uint32_t client_pid;                /*  16 */
+    uint8_t  reserved0[64 - 20];
+    uint64_t req_head;                  /*  64: request producer index */
+    uint8_t  reserved1[128 - 72];
+    uint64_t resp_tail;                 /* 128: response consumer index */
+    uint8_t  reserved2[CXL_CONTROL_SIZE - 136];
+};
+
+/* Control page of a server section, written by the server. */
+struct cxl_shm_server_ctl {
+    uint64_t ack_token;                 /*   0 */
+    uint64_t dead_token;                /*   8 */
+    uint32_t chan_state;                /*  16 */
+    uint32_t last_error;                /*  20 */
+    uint8_t  reserved0[64 - 24];
+    uint64_t req_tail;                  /*  64: request consumer index */
+    uint8_t  reserved1[128 - 72];
+    uint64_t resp_head;                 /* 128: response producer index */
+    uint8_t  reserved2[CXL_CONTROL_SIZE - 136];
+};
+
+_Static_assert(sizeof(struct cxl_shm_header) == CXL_HEADER_SIZE, "header is one page");
+_Static_assert(offsetof(struct cxl_shm_header, client_lease_ms) == 84, "header geometry");
+_Static_assert(offsetof(struct cxl_shm_header, server_epoch) == 128, "liveness line");
+_Static_assert(offsetof(struct cxl_shm_header, server_pid) == 148, "liveness line");
+_Static_assert(sizeof(struct cxl_shm_client_ctl) == CXL_CONTROL_SIZE, "client control page");
+_Static_assert(offsetof(struct cxl_shm_client_ctl, req_head) == 64, "req_head line");
+_Static_assert(offsetof(struct cxl_shm_client_ctl, resp_tail) == 128, "resp_tail line");
+_Static_assert(sizeof(struct cxl_shm_server_ctl) == CXL_CONTROL_SIZE, "server control page");
+_Static_assert(offsetof(struct cxl_shm_server_ctl, req_tail) == 64, "req_tail line");
+_Static_assert(offsetof(struct cxl_shm_server_ctl, resp_head) == 128, "resp_head line");
+
+/* ---- Messages ----------------------------------------------------------- */
+
+#define CXL_MSG_HDR_SIZE      16u
+#define CXL_MSG_ALIGN         8u
+#define CXL_ARG_LEN_SIZE      4u
+#define CXL_TTL_SIZE          8u
+
+/* Message header, at the start of every request and response. */
+struct cxl_msg_hdr {
+    uint32_t len;                       /* header + payload, without padding */
+    uint8_t  op;                        /* request: enum cxl_op; response: enum cxl_status */
+    uint8_t  flags;
+    uint16_t argc;                      /* request only; 0 in responses */
+    uint64_t id;                        /* echoed by the response */
+};
+_Static_assert(sizeof(struct cxl_msg_hdr) == CXL_MSG_HDR_SIZE, "message header");
+
+enum cxl_op {
+    CXL_OP_GET  = 1,                    /* key                 -> OK value | NOT_FOUND */
+    CXL_OP_SET  = 2,                    /* [ttl_ms] key value  -> OK */
+    CXL_OP_DEL  = 3,                    /* key...              -> OK u64 removed */
+    CXL_OP_CMD  = 4,                    /* argv...             -> OK RESP2 reply */
+    CXL_OP_PING = 5,                    /*                     -> OK */
+};
+
+#define CXL_FLAG_TTL          0x01u     /* SET: u64 ttl_ms precedes the arguments */
+#define CXL_REQ_FLAGS_KNOWN   CXL_FLAG_TTL
+
+enum cxl_status {
+    CXL_ST_OK              = 0,
+    CXL_ST_NOT_FOUND       = 1,
+    CXL_ST_ERR             = 2,
+    CXL_ST_OOM             = 3,
+    CXL_ST_TOO_LARGE       = 4,
+    CXL_ST_BAD_REQUEST     = 5,
+    CXL_ST_UNKNOWN_OP      = 6,
+    CXL_ST_PROTOCOL_ERROR  = 7,
+    CXL_ST_UNKNOWN_OUTCOME = 8,         /* client-side verdict, never on the wire */
+};
+
+static inline uint64_t cxl_align8(uint64_t n)
+{
+    return (n + (CXL_MSG_ALIGN - 1)) & ~(uint64_t)(CXL_MSG_ALIGN - 1);
+}
+
+/* ---- Layout version 2 (the PoC's, docs/ring-protocol.md section 10) ------ */
+
+#define CXL_V2_MAGIC          "CXLSHM1"
+#define CXL_V2_VERSION        2u
+#define CXL_V2_MAX_RINGS      8u
+#define CXL_V2_SLOT_SIZE      4096u
+#define CXL_V2_SLOT_HDR       16u
+#define CXL_V2_MAX_PAYLOAD    (CXL_V2_SLOT_SIZE - CXL_V2_SLOT_HDR)
+#define CXL_V2_RING_HDR       16u       /* u64 head, u64 tail */
+#define CXL_V2_TYPE_DATA      1u
+#define CXL_V2_TYPE_CLOSE     2u
+#define CXL_V2_OP_GET         1u
+#define CXL_V2_OP_SET         2u
+#define CXL_V2_ST_OK          0u
+#define CXL_V2_ST_MISS        1u
+#define CXL_V2_ST_ERR         2u
+
+struct cxl_v2_ring_desc {
+    uint64_t req_off, req_sz, resp_off, resp_sz;
+};
+
+struct cxl_v2_header {
+    char     magic[8];                  /*  0 */
+    uint32_t version;                   /*  8 */
+    uint32_t ring_count;                /* 12 */
+    uint64_t reserved;                  /* 16 */
+    struct cxl_v2_ring_desc ring[CXL_V2_MAX_RINGS]; /* 24 + 32 * i */
+};
+_Static_assert(offsetof(struct cxl_v2_header, ring) == 24, "v2 ring table");
+
+struct cxl_v2_slot_hdr {
+    uint32_t client_id;
+    uint16_t type;
+    uint16_t flags;
+    uint32_t len;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct cxl_v2_slot_hdr) == CXL_V2_SLOT_HDR, "v2 slot header");
+
+#endif /* CXL_RING_LAYOUT_H */

@@ -1,0 +1,200 @@
+/*
+ * ring.h - the cxl_ring protocol in C: region geometry, byte rings and the
+ * message codec, shared by the cxl_ring Redis driver (server side) and the
+ * cxl-ring-bench client.
+ *
+ * Nothing here blocks or allocates. Functions that read shared memory copy
+ * each field once into a private variable and validate the copy; everything
+ * a peer could have written is treated as hostile input.
+ */
+#ifndef CXL_RING_RING_H
+#define CXL_RING_RING_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "barrier.h"
+#include "layout.h"
+
+/* ---- Geometry ----------------------------------------------------------- */
+
+/* The configuration a server formats a region with. Zero fields take defaults. */
+struct cxl_params {
+    uint32_t channels;
+    uint32_t req_ring_size;
+    uint32_t resp_ring_size;
+    uint32_t max_value_size;
+    uint32_t heartbeat_interval_ms;
+    uint32_t client_lease_ms;
+};
+
+/* A validated private copy of a region's geometry. */
+struct cxl_geometry {
+    uint32_t channel_count;
+    uint32_t req_ring_size;
+    uint32_t resp_ring_size;
+    uint32_t max_msg_size;
+    uint32_t max_value_size;
+    uint32_t heartbeat_interval_ms;
+    uint32_t client_lease_ms;
+    uint64_t region_size;
+    uint64_t channel_table_off;
+    uint64_t channel_stride;
+    uint64_t client_section_size;
+    uint64_t server_section_size;
+};
+
+/* Fill defaults, check limits and compute the layout. Returns 0, or -1 with a message. */
+int cxl_geometry_from_params(const struct cxl_params *params, struct cxl_geometry *geo,
+                             char *err, size_t errlen);
+
+/* Write geometry into a header (formatting only: before magic is published). */
+void cxl_header_write_geometry(struct cxl_shm_header *hdr, const struct cxl_geometry *geo);
+
+/* Publish the magic last (F1). */
+void cxl_header_publish_magic(struct cxl_shm_header *hdr);
+
+/*
+ * Read a header once and validate it against the mapped size.
+ * Returns 0 with *geo filled; -1 with a message (bad magic, unknown version,
+ * inconsistent or out-of-bounds geometry). An all-zero header returns 1.
+ */
+int cxl_header_read(const struct cxl_shm_header *hdr, uint64_t map_size,
+                    struct cxl_geometry *geo, char *err, size_t errlen);
+
+/* True when two geometries describe the same layout. */
+int cxl_geometry_equal(const struct cxl_geometry *a, const struct cxl_geometry *b);
+
+static inline struct cxl_shm_client_ctl *
+cxl_client_ctl(void *base, const struct cxl_geometry *geo, uint32_t chan)
+{
+    return (struct cxl_shm_client_ctl *)((uint8_t *)base + geo->channel_table_off +
+                                         (uint64_t)chan * geo->channel_stride);
+}
+
+static inline struct cxl_shm_server_ctl *
+cxl_server_ctl(void *base, const struct cxl_geometry *geo, uint32_t chan)
+{
+    return (struct cxl_shm_server_ctl *)((uint8_t *)base + geo->channel_table_off +
+                                         (uint64_t)chan * geo->channel_stride +
+                                         geo->client_section_size);
+}
+
+/* ---- Byte rings ----------------------------------------------------------- */
+
+/*
+ * A private view of one ring: where its data is and how big it is. The
+ * indexes themselves stay in shared memory (shm_head / shm_tail point there);
+ * each side keeps a private copy of the index it owns.
+ */
+struct cxl_ring {
+    uint8_t *data;
+    uint64_t size;                      /* power of two */
+    uint64_t mask;
+    volatile uint64_t *shm_head;        /* producer index, in the producer's section */
+    volatile uint64_t *shm_tail;        /* consumer index, in the consumer's section */
+};
+
+void cxl_ring_request(void *base, const struct cxl_geometry *geo, uint32_t chan,
+                      struct cxl_ring *ring);
+void cxl_ring_response(void *base, const struct cxl_geometry *geo, uint32_t chan,
+                       struct cxl_ring *ring);
+
+/* Copy len bytes into the ring at stream position pos, wrapping at the end. */
+static inline void cxl_ring_copy_in(const struct cxl_ring *r, uint64_t pos,
+                                    const void *src, uint64_t len)
+{
+    uint64_t off = pos & r->mask;
+    uint64_t first = r->size - off;
+
+    if (first > len)
+        first = len;
+    memcpy(r->data + off, src, first);
+    if (len > first)
+        memcpy(r->data, (const uint8_t *)src + first, len - first);
+}
+
+/* Copy len bytes out of the ring from stream position pos, wrapping at the end. */
+static inline void cxl_ring_copy_out(const struct cxl_ring *r, uint64_t pos,
+                                     void *dst, uint64_t len)
+{
+    uint64_t off = pos & r->mask;
+    uint64_t first = r->size - off;
+
+    if (first > len)
+        first = len;
+    memcpy(dst, r->data + off, first);
+    if (len > first)
+        memcpy((uint8_t *)dst + first, r->data, len - first);
+}
+
+/* Zero-fill n bytes at pos (message padding). */
+static inline void cxl_ring_zero(const struct cxl_ring *r, uint64_t pos, uint64_t n)
+{
+    static const uint8_t zeros[CXL_MSG_ALIGN];
+
+    if (n)
+        cxl_ring_copy_in(r, pos, zeros, n);
+}
+
+/* ---- Message codec -------------------------------------------------------- */
+
+#define CXL_MAX_ARGS 1024u              /* argc limit for CMD/DEL argv tables */
+
+/* A decoded request: pointers into a private copy of the message. */
+struct cxl_req {
+    uint64_t id;
+    uint8_t  op;
+    uint8_t  flags;
+    uint16_t argc;
+    uint64_t ttl_ms;                    /* FLAG_TTL only */
+    const uint8_t *argv[CXL_MAX_ARGS];
+    uint32_t argl[CXL_MAX_ARGS];
+};
+
+/*
+ * Decode and validate a request held in private memory (msg, len bytes, len
+ * already checked against the ring). Returns CXL_ST_OK, or the error status
+ * the server answers with (BAD_REQUEST, UNKNOWN_OP, TOO_LARGE); err gets a
+ * one-line reason. Never reads outside msg[0, len).
+ */
+int cxl_req_decode(const uint8_t *msg, uint32_t len, uint32_t max_value_size,
+                   struct cxl_req *req, char *err, size_t errlen);
+
+/* Bytes a request with these arguments takes (unpadded), for limits checks. */
+uint64_t cxl_req_size(uint32_t argc, const uint32_t *argl, int with_ttl);
+
+/*
+ * Encode a request into buf (at least cxl_req_size() bytes). Returns the
+ * unpadded length.
+ */
+uint32_t cxl_req_encode(uint8_t *buf, uint8_t op, uint8_t flags, uint64_t id, uint64_t ttl_ms,
+                        uint32_t argc, const uint8_t *const *argv, const uint32_t *argl);
+
+/* ---- Regions ------------------------------------------------------------ */
+
+struct cxl_region {
+    void    *base;
+    uint64_t size;                      /* bytes mapped */
+    int      fd;
+    char     kind[16];                  /* "file", "uio", "resource" */
+};
+
+/*
+ * Map a region by path: a regular file (/dev/shm, hugetlbfs), /dev/uioN (the
+ * largest map, normally BAR2 = map1), or a sysfs PCI resourceN file. map_size
+ * 0 means "find it": file size, uio maps/mapN/size, resource file size.
+ * create_size > 0 creates or extends a regular file to that size (server only).
+ */
+int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
+                   struct cxl_region *region, char *err, size_t errlen);
+void cxl_region_unmap(struct cxl_region *region);
+
+/* A fresh random non-zero 64-bit value (tokens, epochs). */
+uint64_t cxl_random_u64(void);
+
+/* Monotonic clock in nanoseconds. */
+uint64_t cxl_now_ns(void);
+
+#endif /* CXL_RING_RING_H */
