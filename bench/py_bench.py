@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Python ring client vs redis-py over TCP, and redis-benchmark through the RESP proxy.
+
+Same server, same run: one redis-server with the cxl_ring module serves both the ring region
+and TCP. Measured:
+
+* pipelined GET and SET throughput: cxl_ring.RingClient.pipeline() vs redis-py's
+  pipeline(transaction=False) (hiredis parser when installed), the same loop, the same
+  pipeline size (1000) and keys;
+* unpipelined round trip (GET of one existing key): p50/p99 per request, both ways;
+* redis-benchmark -P 16 GET through ``cxl-ring proxy`` vs the same command on direct TCP.
+
+Called by bench/run.py (``make bench``) as ``run(tcp_port=..., region_path=..., quick=...)``,
+which returns the flat dict of results (and writes it to ``out_json`` when given). Standalone:
+
+    .venv/bin/python bench/py_bench.py --start-server --out /tmp/py_bench.json
+    .venv/bin/python bench/py_bench.py --port 6379 --path /dev/shm/cxl0 --out r.json
+
+Keys: py_ring_pipe_rps, py_tcp_pipe_rps (GET), py_ring_pipe_set_rps, py_tcp_pipe_set_rps,
+py_ring_rtt_p50_us, py_tcp_rtt_p50_us (and p99), proxy_p16_get_rps, tcp_p16_get_rps, the
+ratios py_pipe_ring_vs_tcp and py_rtt_ring_vs_tcp, and py_bench_commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "client"))
+
+import cxl_ring  # noqa: E402
+
+PIPE = 1000
+VALUE = b"v" * 64
+
+
+def _keys(n: int) -> list[bytes]:
+    return [b"pyb:%08d" % i for i in range(n)]
+
+
+def _pipelined(make_pipe: Callable[[], Any], keys: list[bytes], total: int, op: str) -> float:
+    """Requests per second of `total` GETs/SETs in pipelines of PIPE (queueing included)."""
+    nkeys = len(keys)
+    done = 0
+    t0 = time.perf_counter()
+    while done < total:
+        pipe = make_pipe()
+        base = done % nkeys
+        if op == "get":
+            for i in range(PIPE):
+                pipe.get(keys[(base + i) % nkeys])
+        else:
+            for i in range(PIPE):
+                pipe.set(keys[(base + i) % nkeys], VALUE)
+        out = pipe.execute()
+        if len(out) != PIPE:
+            raise RuntimeError(f"pipeline returned {len(out)} results for {PIPE}")
+        done += PIPE
+    return total / (time.perf_counter() - t0)
+
+
+def _rtt(get: Callable[[bytes], Any], key: bytes, n: int) -> tuple[float, float]:
+    clock = time.perf_counter_ns
+    lat = []
+    for _ in range(min(1000, n)):         # warm-up: caches, the server's poll loop
+        get(key)
+    for _ in range(n):
+        t = clock()
+        get(key)
+        lat.append(clock() - t)
+    lat.sort()
+    return lat[len(lat) // 2] / 1000, lat[int(len(lat) * 0.99)] / 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _redis_benchmark(port: int, n: int) -> tuple[float, list[str]]:
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", "get", "-n", str(n),
+           "-P", "16", "-c", "50", "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    m = re.search(r"GET: ([\d.]+) requests per second", out.stdout)
+    if not m:
+        raise RuntimeError(f"redis-benchmark said: {out.stdout[-300:]} {out.stderr[-300:]}")
+    return float(m.group(1)), cmd
+
+
+@contextlib.contextmanager
+def _proxy(region: str):
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cxl_ring.cli", "proxy", "--path", region, "--listen",
+           f"127.0.0.1:{port}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "client")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("cxl-ring proxy did not start") from None
+                time.sleep(0.05)
+        yield port, ["cxl-ring", "proxy", "--path", region, "--listen", f"127.0.0.1:{port}"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def run(tcp_port: int, region_path: str, out_json: str | None = None,
+        quick: bool = False) -> dict[str, Any]:
+    """Measure everything against a running server; returns (and optionally writes) the keys."""
+    import redis
+
+    total = 20_000 if quick else 200_000
+    rtt_n = 2_000 if quick else 20_000
+    rb_n = 50_000 if quick else 500_000
+    keys = _keys(10_000)
+    res: dict[str, Any] = {}
+    tcp = redis.Redis(host="127.0.0.1", port=tcp_port)
+    try:
+        hiredis_version = __import__("hiredis").__version__
+    except ImportError:
+        hiredis_version = None
+    with cxl_ring.RingClient(region_path, timeout=10) as ring:
+        fill = ring.pipeline()
+        for k in keys:
+            fill.set(k, VALUE)
+        fill.execute()
+        res["py_ring_pipe_set_rps"] = _pipelined(ring.pipeline, keys, total, "set")
+        res["py_tcp_pipe_set_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False), keys,
+                                                total, "set")
+        res["py_ring_pipe_rps"] = _pipelined(ring.pipeline, keys, total, "get")
+        res["py_tcp_pipe_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False), keys,
+                                            total, "get")
+        res["py_ring_rtt_p50_us"], res["py_ring_rtt_p99_us"] = _rtt(ring.get, keys[0], rtt_n)
+        res["py_tcp_rtt_p50_us"], res["py_tcp_rtt_p99_us"] = _rtt(tcp.get, keys[0], rtt_n)
+    tcp.close()
+    res["py_pipe_ring_vs_tcp"] = res["py_ring_pipe_rps"] / res["py_tcp_pipe_rps"]
+    res["py_rtt_ring_vs_tcp"] = res["py_ring_rtt_p50_us"] / res["py_tcp_rtt_p50_us"]
+    commands = {
+        "pipelined": f"RingClient.pipeline() vs redis.Redis(port={tcp_port}).pipeline("
+                     f"transaction=False): {total} GET and {total} SET in pipelines of {PIPE}, "
+                     f"64-byte values, 10000 keys",
+        "rtt": f"{rtt_n} x get(one key) after 1000 warm-up, p50/p99",
+    }
+    if shutil.which("redis-benchmark"):
+        with _proxy(region_path) as (pport, pcmd):
+            res["proxy_p16_get_rps"], rb_cmd = _redis_benchmark(pport, rb_n)
+        res["tcp_p16_get_rps"], rb_tcp_cmd = _redis_benchmark(tcp_port, rb_n)
+        res["proxy_vs_tcp_p16_get"] = res["proxy_p16_get_rps"] / res["tcp_p16_get_rps"]
+        commands["proxy"] = " ".join(pcmd) + "  +  " + " ".join(rb_cmd)
+        commands["tcp"] = " ".join(rb_tcp_cmd)
+    res["py_bench_commands"] = commands
+    res["py_bench_env"] = {"python": platform.python_version(),
+                           "redis_py": redis.__version__, "hiredis": hiredis_version,
+                           "cas_backend": cxl_ring.CAS_BACKEND, "cpus": os.cpu_count(),
+                           "quick": quick}
+    res["py_targets"] = {"pipelined_ring_vs_tcp_ge_3x": res["py_pipe_ring_vs_tcp"] >= 3.0,
+                         "rtt_p50_ring_vs_tcp_le_0.1": res["py_rtt_ring_vs_tcp"] <= 0.1}
+    if out_json:
+        Path(out_json).write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+@contextlib.contextmanager
+def _own_server():
+    module = ROOT / "build" / "cxl_ring.so"
+    if not module.exists():
+        raise SystemExit(f"{module} does not exist: make build")
+    port = _free_port()
+    region = f"/dev/shm/cxl-pybench-{os.getpid()}"
+    tmp = tempfile.mkdtemp(prefix="py-bench-")
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", tmp,
+                             "--loadmodule", str(module), "path", region, "channels", "8"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with cxl_ring.RingClient(region, timeout=1) as r:
+                    r.ping()
+                break
+            except (cxl_ring.CxlRingError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("redis-server with cxl_ring.so did not start") from None
+                time.sleep(0.05)
+        yield port, region
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(region)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, help="TCP port of the redis-server with cxl_ring")
+    ap.add_argument("--path", help="its ring region")
+    ap.add_argument("--start-server", action="store_true",
+                    help="start a redis-server with build/cxl_ring.so for this run")
+    ap.add_argument("--out", help="write the JSON here")
+    ap.add_argument("--quick", action="store_true", help="a few seconds instead of ~a minute")
+    a = ap.parse_args()
+    if a.start_server:
+        with _own_server() as (port, region):
+            res = run(port, region, a.out, a.quick)
+    elif a.port and a.path:
+        res = run(a.port, a.path, a.out, a.quick)
+    else:
+        ap.error("give --port and --path, or --start-server")
+    for k, v in res.items():
+        if isinstance(v, float):
+            print(f"{k:28} {v:14.2f}")
+    print(json.dumps(res["py_targets"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""cxl_ring: a redis-py shaped client for the cxl_ring Redis driver over shared memory.
+
+    import cxl_ring
+    with cxl_ring.RingClient("/dev/shm/cxl0") as r:
+        r.set("greeting", "hello")
+        r.get("greeting")
+
+Layers: protocol (wire format, no I/O), region (mapping), channel (sessions and rings),
+client (RingClient, Pipeline), resp (RESP2), proxy (RESP server), cli (``cxl-ring``).
+"""
+
+from . import protocol
+from ._atomic import CAS_BACKEND
+from .channel import Session, claim
+from .client import DataError, Pipeline, RingClient
+from .exceptions import (
+    CxlRingError,
+    LayoutMismatchError,
+    NoChannelError,
+    NotFormattedError,
+    OutOfMemoryError,
+    ProtocolError,
+    RegionError,
+    RequestTooLargeError,
+    ResponseError,
+    RingTimeoutError,
+    ServerGoneError,
+    UnknownOutcomeError,
+)
+from .region import Region
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CAS_BACKEND",
+    "CxlRingError",
+    "DataError",
+    "LayoutMismatchError",
+    "NoChannelError",
+    "NotFormattedError",
+    "OutOfMemoryError",
+    "Pipeline",
+    "ProtocolError",
+    "Region",
+    "RegionError",
+    "RequestTooLargeError",
+    "ResponseError",
+    "RingClient",
+    "RingTimeoutError",
+    "ServerGoneError",
+    "Session",
+    "UnknownOutcomeError",
+    "claim",
+    "protocol",
+]

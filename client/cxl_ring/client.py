@@ -1,0 +1,480 @@
+"""RingClient and Pipeline: a redis-py shaped client over the cxl_ring shared-memory rings.
+
+Layers (like redis-py's): protocol.py frames bytes, channel.py/v2.py move them through the
+rings, resp.py decodes CMD replies, and this module turns Python arguments into requests and
+replies into Python values and exceptions.
+
+    with RingClient("/dev/shm/cxl0") as r:
+        r.set("k", "v", ex=10)
+        r.get("k")                       # b"v"
+        with r.pipeline() as p:
+            for i in range(10_000):
+                p.set(f"k{i}", i)
+            p.execute()                  # [True, True, ...]
+
+Each thread that uses a client claims its own channel on first use; close() releases them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import threading
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, Union
+
+from . import protocol as P
+from .channel import Session, SessionLost, check_platform, claim
+from .exceptions import (
+    CxlRingError,
+    OutOfMemoryError,
+    ProtocolError,
+    RequestTooLargeError,
+    ResponseError,
+    ServerGoneError,
+    UnknownOutcomeError,
+)
+from .region import Region
+from .resp import decode_one_reply, decode_strings
+from .v2 import V2Transport
+
+EncodableT = Union[bytes, bytearray, memoryview, str, int, float]
+Callback = Optional[Callable[[Any], Any]]
+
+
+class DataError(CxlRingError, TypeError):
+    """An argument cannot be encoded (redis-py's DataError)."""
+
+
+# ---- Transports ------------------------------------------------------------------------------
+
+
+class V3Transport:
+    """Layout v3: one claimed channel per thread; requests are (op, args, ttl_ms) tuples."""
+
+    layout = "v3"
+
+    def __init__(self, region: Region, timeout: float) -> None:
+        self.region = region
+        self.header = region.header()
+        self.timeout = timeout
+        self.max_value_size = self.header.max_value_size
+        self.max_msg_size = self.header.max_msg_size
+        self._local = threading.local()
+        self._sessions: set[Session] = set()
+        self._lock = threading.Lock()
+        self._prefer = 0
+
+    def session(self) -> Session:
+        s: Session | None = getattr(self._local, "session", None)
+        if s is not None and not s.broken:
+            return s
+        if s is not None:
+            self._drop(s)
+        with self._lock:
+            prefer = self._prefer
+            self._prefer += 1
+        s = claim(self.region, self.header, self.timeout, prefer % self.header.channel_count)
+        with self._lock:
+            self._sessions.add(s)
+        self._local.session = s
+        return s
+
+    def _drop(self, s: Session) -> None:
+        s.release()
+        with self._lock:
+            self._sessions.discard(s)
+        self._local.session = None
+
+    def _encode(self, requests: Sequence[tuple[int, tuple, int]], first_id: int) -> list[bytes]:
+        max_value, max_msg = self.max_value_size, self.max_msg_size
+        msgs = []
+        rid = first_id
+        encode_get, encode_set, encode_request = P.encode_get, P.encode_set, P.encode_request
+        for op, args, ttl in requests:
+            if op == 1:  # OP_GET, the hot path
+                if len(args[0]) > max_value:
+                    raise RequestTooLargeError(
+                        f"argument of {len(args[0])} bytes > max_value_size {max_value}")
+                msgs.append(encode_get(args[0], rid))
+                rid += 1
+                continue
+            if len(args) > P.MAX_ARGS:
+                raise RequestTooLargeError(f"{len(args)} arguments > {P.MAX_ARGS} per request")
+            for a in args:
+                if len(a) > max_value:
+                    raise RequestTooLargeError(
+                        f"argument of {len(a)} bytes > max_value_size {max_value}"
+                    )
+            if op == P.OP_SET:
+                m = encode_set(args[0], args[1], rid, ttl)
+            else:
+                m = encode_request(op, args, rid, ttl)
+            if len(m) > max_msg:
+                raise RequestTooLargeError(f"request of {len(m)} bytes > max_msg_size {max_msg}")
+            msgs.append(m)
+            rid += 1
+        return msgs
+
+    def execute(self, requests: Sequence[tuple[int, tuple, int]]) -> list[P.Response]:
+        for attempt in (0, 1):
+            s = self.session()
+            msgs = self._encode(requests, s.next_id)
+            try:
+                s.check_ready()
+            except SessionLost:
+                self._drop(s)
+                if attempt:
+                    raise
+                continue
+            except ServerGoneError:
+                self._drop(s)
+                raise
+            first = s.next_id
+            s.next_id += len(msgs)
+            try:
+                return s.transact(msgs, first, self.timeout)
+            except CxlRingError:
+                if s.broken:
+                    self._drop(s)
+                raise
+        raise AssertionError("unreachable")
+
+    def call(self, op: int, args: tuple, ttl: int) -> P.Response:
+        s: Session | None = getattr(self._local, "session", None)
+        if s is None or s.broken:
+            s = self.session()
+        rid = s.next_id
+        if op == P.OP_GET:
+            if len(args[0]) > self.max_value_size:
+                return self.execute([(op, args, ttl)])[0]
+            m = P.encode_get(args[0], rid)
+        else:
+            return self.execute([(op, args, ttl)])[0]
+        try:
+            s.next_id = rid + 1
+            return s.call(m, rid, self.timeout)
+        except SessionLost:
+            self._drop(s)
+            return self.execute([(op, args, ttl)])[0]
+        except CxlRingError:
+            if s.broken:
+                self._drop(s)
+            raise
+
+    def discard_session(self) -> None:
+        """Stop using this thread's session (the server broke the protocol on it)."""
+        s = getattr(self._local, "session", None)
+        if s is not None:
+            self._drop(s)
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = list(self._sessions), set()
+        for s in sessions:
+            s.release()
+
+
+# ---- Replies ---------------------------------------------------------------------------------
+
+
+def _error_for(status: int, payload: bytes) -> CxlRingError:
+    text = payload.decode("utf-8", "replace")
+    if status == P.ST_ERR:
+        return ResponseError(text)
+    if status == P.ST_OOM:
+        return OutOfMemoryError(text)
+    if status == P.ST_TOO_LARGE:
+        return RequestTooLargeError(f"server: {text}")
+    name = P.STATUS_NAMES.get(status, str(status))
+    return ProtocolError(f"server answered {name}: {text}")
+
+
+def _decode_reply(op: int, r: P.Response, decode: str | None, errors: str) -> Any:
+    """A value, or an exception instance for an error reply (the caller raises or collects)."""
+    status, payload = r.status, r.payload
+    if status == P.ST_OK:
+        if op == P.OP_GET:
+            return payload.decode(decode, errors) if decode else payload
+        if op == P.OP_CMD:
+            try:
+                value = decode_one_reply(payload)
+            except ProtocolError as e:
+                return e
+            if isinstance(value, ResponseError):
+                return value
+            return decode_strings(value, decode, errors) if decode else value
+        if op == P.OP_DEL:
+            if len(payload) != P.DEL_COUNT.size:
+                return ProtocolError(f"DEL reply of {len(payload)} bytes, expected 8")
+            return P.DEL_COUNT.unpack(payload)[0]
+        return True  # SET, PING
+    if status == P.ST_NOT_FOUND:
+        if op == P.OP_GET:
+            return None
+        return ProtocolError(f"NOT_FOUND in reply to {P.OP_NAMES.get(op, op)}")
+    return _error_for(status, payload)
+
+
+def _set_callback(value: Any) -> Any:
+    return value if value is None else (value in (b"OK", "OK") or value)
+
+
+def _bool_callback(value: Any) -> Any:
+    return bool(value)
+
+
+# ---- Commands shared by the client and the pipeline ------------------------------------------
+
+
+class _Commands:
+    encoding = "utf-8"
+
+    def _request(self, op: int, args: tuple, ttl: int, callback: Callback) -> Any:
+        raise NotImplementedError
+
+    def _enc(self, value: EncodableT) -> bytes:
+        t = type(value)
+        if t is bytes:
+            return value  # type: ignore[return-value]
+        if t is str:
+            return value.encode(self.encoding)  # type: ignore[union-attr]
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise DataError(
+                f"invalid input of type {type(value).__name__!r}: convert to bytes, str or a number"
+            )
+        return repr(value).encode()
+
+    def get(self, name: EncodableT) -> Any:
+        """GET name: the value (bytes, or str with decode_responses) or None."""
+        return self._request(P.OP_GET, (name if type(name) is bytes else self._enc(name),), 0,
+                             None)
+
+    def set(
+        self,
+        name: EncodableT,
+        value: EncodableT,
+        ex: Union[int, datetime.timedelta, None] = None,
+        px: Union[int, datetime.timedelta, None] = None,
+        nx: bool = False,
+        xx: bool = False,
+        keepttl: bool = False,
+        get: bool = False,
+    ) -> Any:
+        """SET name value [EX s | PX ms] [NX|XX] [KEEPTTL] [GET]; True on success.
+
+        Plain SET and SET with EX/PX are native ring requests; the other options go as CMD.
+        """
+        key = name if type(name) is bytes else self._enc(name)
+        val = value if type(value) is bytes else self._enc(value)
+        if ex is None and px is None and not (nx or xx or keepttl or get):
+            return self._request(P.OP_SET, (key, val), 0, None)
+        ttl_ms = 0
+        if ex is not None and px is not None:
+            raise DataError("``ex`` and ``px`` are mutually exclusive")
+        if ex is not None:
+            secs = ex.total_seconds() if isinstance(ex, datetime.timedelta) else ex
+            ttl_ms = int(secs * 1000)
+        elif px is not None:
+            ttl_ms = int(px.total_seconds() * 1000) if isinstance(px, datetime.timedelta) else px
+        if (ex is not None or px is not None) and ttl_ms <= 0:
+            raise DataError("ex/px must be a positive duration")
+        if nx or xx or keepttl or get:
+            argv = [b"SET", key, val]
+            if ttl_ms:
+                argv += [b"PX", str(ttl_ms).encode()]
+            argv += [flag for on, flag in ((nx, b"NX"), (xx, b"XX"), (keepttl, b"KEEPTTL"),
+                                           (get, b"GET")) if on]
+            return self._request(P.OP_CMD, tuple(argv), 0, None if get else _set_callback)
+        return self._request(P.OP_SET, (key, val), ttl_ms, None)
+
+    def delete(self, *names: EncodableT) -> Any:
+        """DEL name...: the number of keys removed."""
+        if not names:
+            raise DataError("delete() needs at least one key")
+        return self._request(P.OP_DEL, tuple(self._enc(n) for n in names), 0, None)
+
+    def exists(self, *names: EncodableT) -> Any:
+        """EXISTS name...: how many of the keys exist."""
+        return self._request(P.OP_CMD, (b"EXISTS",) + tuple(self._enc(n) for n in names), 0,
+                             None)
+
+    def ping(self) -> Any:
+        """PING over the ring: True."""
+        return self._request(P.OP_PING, (), 0, None)
+
+    def execute_command(self, *args: EncodableT) -> Any:
+        """Any Redis command as argv, sent as CMD; the decoded RESP2 reply."""
+        if not args:
+            raise DataError("execute_command() needs a command")
+        return self._request(P.OP_CMD, tuple(self._enc(a) for a in args), 0, None)
+
+
+# ---- Client ----------------------------------------------------------------------------------
+
+
+class RingClient(_Commands):
+    """A client of the cxl_ring driver through a shared region.
+
+    path: a file (/dev/shm/NAME), /dev/uioN (or /dev/uioN@MAP), or a PCI resourceN file.
+    map_size: bytes to map; default discovered from the file, uio map or BAR size.
+    timeout: seconds any wait may take (claim, ring space, a response).
+    decode_responses: return str instead of bytes.
+    layout: "auto" (from the region's magic), "v3", or "v2" (the PoC layout: GET/SET only).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        map_size: int | None = None,
+        timeout: float = 5.0,
+        decode_responses: bool = False,
+        layout: str = "auto",
+        encoding: str = "utf-8",
+        encoding_errors: str = "strict",
+    ) -> None:
+        check_platform()
+        if layout not in ("auto", "v3", "v2"):
+            raise ValueError(f"layout must be 'auto', 'v3' or 'v2', not {layout!r}")
+        self.path = path
+        self.timeout = timeout
+        self.decode_responses = decode_responses
+        self.encoding = encoding
+        self.encoding_errors = encoding_errors
+        self._decode = encoding if decode_responses else None
+        self.region = Region(path, map_size)
+        try:
+            found = self.region.layout()
+            if layout != "auto" and layout != found:
+                from .exceptions import LayoutMismatchError
+
+                raise LayoutMismatchError(f"{path}: region has layout {found}, asked for {layout}")
+            self._transport: Union[V3Transport, V2Transport] = (
+                V3Transport(self.region, timeout) if found == "v3"
+                else V2Transport(self.region, timeout)
+            )
+        except BaseException:
+            self.region.close()
+            raise
+        self.layout = found
+
+    @property
+    def max_value_size(self) -> int:
+        return self._transport.max_value_size
+
+    def _request(self, op: int, args: tuple, ttl: int, callback: Callback) -> Any:
+        r = self._transport.call(op, args, ttl)
+        value = _decode_reply(op, r, self._decode, self.encoding_errors)
+        if isinstance(value, Exception):
+            if isinstance(value, ProtocolError):
+                self._transport.discard_session()
+            raise value
+        return callback(value) if callback else value
+
+    def pipeline(self, transaction: bool = False) -> Pipeline:
+        """A Pipeline that sends all its commands on this thread's channel in one batch."""
+        if transaction:
+            raise CxlRingError("transactions (MULTI/EXEC) are not supported over the ring")
+        return Pipeline(self)
+
+    def session_info(self) -> tuple[int, int] | None:
+        """(channel index, token) of the calling thread's session, or None (v2/no session)."""
+        s = getattr(getattr(self._transport, "_local", None), "session", None)
+        return (s.index, s.token) if s is not None else None
+
+    def close(self) -> None:
+        """Release every channel this client claimed and unmap the region."""
+        if self._transport is None:
+            return
+        self._transport.close()
+        self._transport = None  # type: ignore[assignment]
+        self.region.close()
+
+    def __enter__(self) -> RingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<RingClient {self.path} layout={getattr(self, 'layout', '?')}>"
+
+
+class Pipeline(_Commands):
+    """Queues commands and sends them together on one channel (redis-py's non-transactional
+    pipeline). execute() returns one result per command in order."""
+
+    def __init__(self, client: RingClient) -> None:
+        self.client = client
+        self.encoding = client.encoding
+        self._queue: list[tuple[int, tuple, int]] = []
+        self._callbacks: list[Callback] = []
+
+    def _request(self, op: int, args: tuple, ttl: int, callback: Callback) -> Pipeline:
+        self._queue.append((op, args, ttl))
+        self._callbacks.append(callback)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def reset(self) -> None:
+        self._queue = []
+        self._callbacks = []
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        """Send every queued command; results in order. With raise_on_error (the default) the
+        first error reply is raised after all replies arrived, else errors are returned in
+        place. If the server died or restarted mid-way, UnknownOutcomeError.results holds the
+        results that did arrive."""
+        queue, callbacks = self._queue, self._callbacks
+        self.reset()
+        if not queue:
+            return []
+        client = self.client
+        decode, errors = client._decode, client.encoding_errors
+        try:
+            replies = client._transport.execute(queue)
+        except UnknownOutcomeError as e:
+            e.results = self._convert(queue, callbacks, e.results, decode, errors)
+            raise
+        results = self._convert(queue, callbacks, replies, decode, errors)
+        if any(isinstance(v, ProtocolError) for v in results):
+            client._transport.discard_session()
+        if raise_on_error:
+            for i, v in enumerate(results):
+                if isinstance(v, Exception):
+                    v.args = (f"Command # {i + 1} in pipeline caused error: {v}",)
+                    raise v
+        return results
+
+    @staticmethod
+    def _convert(queue: list, callbacks: list, replies: list, decode: str | None,
+                 errors: str) -> list[Any]:
+        out = []
+        for (op, _args, _ttl), cb, r in zip(queue, callbacks, replies):
+            if r.status == P.ST_OK and op == P.OP_SET:
+                out.append(True)
+                continue
+            if op == P.OP_GET and not decode:
+                if r.status == P.ST_OK:
+                    out.append(r.payload)
+                    continue
+                if r.status == P.ST_NOT_FOUND:
+                    out.append(None)
+                    continue
+            v = _decode_reply(op, r, decode, errors)
+            out.append(cb(v) if cb and not isinstance(v, Exception) else v)
+        return out
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.reset()

@@ -1,0 +1,351 @@
+"""An in-process fake of the cxl_ring server side (layout v3 and v2), for unit tests.
+
+It follows docs/ring-protocol.md closely enough to exercise the client (claims, acks, rings,
+statuses, quarantine, heartbeat, epoch changes), and lets tests misbehave on purpose: pause,
+stop the heartbeat as if killed, restart with a new epoch, or write arbitrary bytes into a
+response section. It is not the driver; the real-server tests use build/cxl_ring.so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import random
+import threading
+import time
+
+from cxl_ring import protocol as P
+from cxl_ring.resp import encode_bulk, encode_error, encode_integer, encode_simple
+
+M = P.U64_MASK
+
+
+class FakeServer:
+    def __init__(self, path: str, channels: int = 4, ring_size: int = 1 << 16,
+                 max_value: int = 16 << 10, max_msg: int | None = None, heartbeat_ms: int = 20,
+                 lease_ms: int = 400, layout: str = "v3") -> None:
+        self.path = path
+        self.channels = channels
+        self.ring_size = ring_size
+        self.max_value = max_value
+        self.max_msg = max_msg if max_msg is not None else max_value + 1024
+        self.heartbeat_ms = heartbeat_ms
+        self.lease_ms = lease_ms
+        self.layout = layout
+        self.store: dict[bytes, bytes] = {}
+        self.paused = threading.Event()
+        self.executed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.header_bytes = P.format_header(channels, ring_size, ring_size, max_value,
+                                            self.max_msg, heartbeat_ms, lease_ms)
+        self.header = P.parse_header(self.header_bytes)
+        size = self.header.region_size if layout == "v3" else 4096 + channels * 2 * (
+            16 + 8 * 4096)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            self.mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self.mm)
+        self.u64 = self.buf.cast("Q")
+        self.u32 = self.buf.cast("I")
+        self.size = size
+
+    # ---- lifecycle
+
+    def start(self) -> FakeServer:
+        if self.layout == "v3":
+            self.buf[8 : P.REGION_GEOMETRY.size] = self.header_bytes[8:]
+            self.buf[0:8] = P.MAGIC                              # F1: magic last
+            self._new_epoch()
+        else:
+            self._format_v2()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fake-cxl-server")
+        self._thread.start()
+        return self
+
+    def _new_epoch(self) -> None:
+        h = self.header
+        for c in range(self.channels):           # retire every session (section 7)
+            cs, ss = h.client_section(c), h.server_section(c)
+            self.u64[(ss + 8) // 8] = self.u64[cs // 8]
+            self.u64[ss // 8] = 0
+            self.u32[(ss + 16) // 4] = P.CHAN_FREE
+        self.epoch = random.getrandbits(64) or 1
+        self.u64[16] = self.epoch
+        self.u32[37] = os.getpid()
+        self.u32[36] = P.SERVER_RUNNING
+        self._seen_hb = {}
+
+    def kill(self) -> None:
+        """Stop serving and heartbeating, leave the state RUNNING (like kill -9)."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        """Clean shutdown: STOPPING, then STOPPED."""
+        if self.layout == "v3":
+            self.u32[36] = P.SERVER_STOPPING
+        self.kill()
+        if self.layout == "v3":
+            self.u32[36] = P.SERVER_STOPPED
+
+    def close(self) -> None:
+        self.stop()
+        for v in (self.u64, self.u32, self.buf):
+            v.release()
+        self.mm.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    # ---- hostile helpers
+
+    def channel_of(self, token: int) -> int:
+        h = self.header
+        for c in range(self.channels):
+            if self.u64[h.server_section(c) // 8] == token:
+                return c
+        raise KeyError(token)
+
+    def inject_response(self, channel: int, raw: bytes, publish: int | None = None) -> None:
+        """Write raw bytes at the response producer position and publish ``publish`` bytes."""
+        with self._lock:
+            ss = self.header.server_section(channel)
+            head = self.u64[(ss + 128) // 8]
+            base = ss + 4096
+            size = self.ring_size
+            for i, b in enumerate(raw):
+                self.buf[base + ((head + i) & (size - 1))] = b
+            self.u64[(ss + 128) // 8] = (head + (len(raw) if publish is None else publish)) & M
+
+    def set_resp_head(self, channel: int, value: int) -> None:
+        with self._lock:
+            self.u64[(self.header.server_section(channel) + 128) // 8] = value & M
+
+    # ---- v3 server loop
+
+    def _run(self) -> None:
+        last_beat = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now - last_beat >= self.heartbeat_ms / 1000:
+                if self.layout == "v3":
+                    self.u64[17] = (self.u64[17] + 1) & M
+                last_beat = now
+            if self.paused.is_set():
+                time.sleep(0.001)
+                continue
+            with self._lock:
+                work = self._poll_v3(now) if self.layout == "v3" else self._poll_v2()
+            if not work:
+                time.sleep(0.0002)
+
+    def _poll_v3(self, now: float) -> bool:
+        h, u64, u32 = self.header, self.u64, self.u32
+        work = False
+        for c in range(self.channels):
+            cs, ss = h.client_section(c), h.server_section(c)
+            claim, ack, dead = u64[cs // 8], u64[ss // 8], u64[(ss + 8) // 8]
+            if claim != 0 and claim != ack and claim != dead:       # accept
+                u64[(ss + 64) // 8] = u64[(cs + 64) // 8]
+                u64[(ss + 128) // 8] = u64[(cs + 128) // 8]
+                u32[(ss + 16) // 4] = P.CHAN_ACTIVE
+                u32[(ss + 20) // 4] = 0
+                u64[ss // 8] = claim                                 # S2
+                self._seen_hb[c] = (u64[(cs + 8) // 8], now)
+                work = True
+                continue
+            if claim == 0 and ack != 0:                              # release
+                u64[ss // 8] = 0
+                u32[(ss + 16) // 4] = P.CHAN_FREE
+                continue
+            if ack == 0 or ack != claim:
+                continue
+            hb = u64[(cs + 8) // 8]
+            seen, when = self._seen_hb.get(c, (hb, now))
+            if hb != seen:
+                self._seen_hb[c] = (hb, now)
+            elif now - when > self.lease_ms / 1000:                  # reclaim
+                u64[(ss + 8) // 8] = claim
+                u64[ss // 8] = 0
+                u32[(ss + 16) // 4] = P.CHAN_FREE
+                continue
+            if u32[(ss + 16) // 4] == P.CHAN_ACTIVE:
+                work |= self._serve(c, cs, ss)
+        return work
+
+    def _quarantine(self, c: int, ss: int, why: str) -> None:
+        self.u32[(ss + 20) // 4] = P.ST_PROTOCOL_ERROR
+        self._respond(ss, P.ST_PROTOCOL_ERROR, 0, why.encode())
+        self.u32[(ss + 16) // 4] = P.CHAN_QUARANTINED
+
+    def _respond(self, ss: int, status: int, rid: int, payload: bytes) -> bool:
+        msg = P.encode_response(status, rid, payload)
+        head = self.u64[(ss + 128) // 8]
+        tail = self.u64[(ss - self.header.client_section_size + 128) // 8]
+        if self.ring_size - ((head - tail) & M) < len(msg):
+            return False
+        base, size = ss + 4096, self.ring_size
+        off = head & (size - 1)
+        first = min(len(msg), size - off)
+        self.buf[base + off : base + off + first] = msg[:first]
+        if first < len(msg):
+            self.buf[base : base + len(msg) - first] = msg[first:]
+        self.u64[(ss + 128) // 8] = (head + len(msg)) & M
+        return True
+
+    def _serve(self, c: int, cs: int, ss: int) -> bool:
+        u64 = self.u64
+        size = self.ring_size
+        head = u64[(cs + 64) // 8]
+        tail = u64[(ss + 64) // 8]
+        used = (head - tail) & M
+        if used == 0:
+            return False
+        if used > size:
+            self._quarantine(c, ss, "request ring: head - tail > ring size")
+            return True
+        base = cs + 4096
+        work = False
+        while used >= 16:
+            off = tail & (size - 1)
+            raw = bytes(self.buf[base + off : base + min(off + 16, size)])
+            if len(raw) < 16:
+                raw += bytes(self.buf[base : base + 16 - len(raw)])
+            n, _op, _f, _argc, rid = P.MSG_HEADER.unpack(raw)
+            if n < 16 or P.align8(n) > used:
+                self._quarantine(c, ss, f"bad request len {n}")
+                return True
+            step = P.align8(n)
+            # reply capacity check: the largest reply is bounded by max_msg
+            resp_head = u64[(ss + 128) // 8]
+            resp_tail = u64[(cs + 128) // 8]
+            if size - ((resp_head - resp_tail) & M) < self.max_msg + 64:
+                break
+            if n > self.max_msg:
+                self._respond(ss, P.ST_TOO_LARGE, rid, b"request larger than max_msg_size")
+            else:
+                msg = bytes(self.buf[base + off : base + min(off + n, size)])
+                if len(msg) < n:
+                    msg += bytes(self.buf[base : base + n - len(msg)])
+                try:
+                    req = P.decode_request(msg, self.max_msg, self.max_value)
+                except P.RequestRejected as e:
+                    self._respond(ss, e.status, rid, e.text.encode())
+                else:
+                    status, payload = self._execute(req)
+                    self._respond(ss, status, rid, payload)
+            tail = (tail + step) & M
+            used -= step
+            u64[(ss + 64) // 8] = tail                              # C2
+            work = True
+        return work
+
+    def _execute(self, req: P.Request) -> tuple[int, bytes]:
+        self.executed += 1
+        op, a = req.op, req.args
+        if op == P.OP_GET:
+            v = self.store.get(a[0])
+            if v is None:
+                return P.ST_NOT_FOUND, b""
+            if len(v) > self.max_value:
+                return P.ST_TOO_LARGE, b"value larger than max_value"
+            return P.ST_OK, v
+        if op == P.OP_SET:
+            self.store[a[0]] = a[1]
+            return P.ST_OK, b""
+        if op == P.OP_DEL:
+            return P.ST_OK, P.DEL_COUNT.pack(sum(self.store.pop(k, None) is not None for k in a))
+        if op == P.OP_PING:
+            return P.ST_OK, b""
+        reply = self._cmd([x for x in a])
+        if len(reply) + 16 > self.max_msg:
+            return P.ST_TOO_LARGE, b"reply too large"
+        return P.ST_OK, reply
+
+    def _cmd(self, argv: list[bytes]) -> bytes:
+        name = argv[0].upper()
+        if name == b"PING":
+            return encode_simple(b"PONG")
+        if name == b"ECHO" and len(argv) == 2:
+            return encode_bulk(argv[1])
+        if name == b"EXISTS":
+            return encode_integer(sum(k in self.store for k in argv[1:]))
+        if name == b"GET" and len(argv) == 2:
+            return encode_bulk(self.store.get(argv[1]))
+        if name == b"SET" and len(argv) >= 3:
+            opts = [o.upper() for o in argv[3:]]
+            exists = argv[1] in self.store
+            if (b"NX" in opts and exists) or (b"XX" in opts and not exists):
+                return encode_bulk(None)
+            old = self.store.get(argv[1])
+            self.store[argv[1]] = argv[2]
+            return encode_bulk(old) if b"GET" in opts else encode_simple(b"OK")
+        if (name == b"INCR" and len(argv) == 2) or (name == b"INCRBY" and len(argv) == 3):
+            try:
+                v = int(self.store.get(argv[1], b"0")) + (int(argv[2]) if len(argv) == 3 else 1)
+            except ValueError:
+                return encode_error("ERR value is not an integer or out of range")
+            self.store[argv[1]] = str(v).encode()
+            return encode_integer(v)
+        if name == b"LRANGE":
+            return b"*2\r\n$1\r\na\r\n$1\r\nb\r\n"
+        if name == b"DBSIZE":
+            return encode_integer(len(self.store))
+        return encode_error(f"ERR unknown command '{argv[0].decode(errors='replace')}'")
+
+    # ---- v2
+
+    def _format_v2(self) -> None:
+        slots = 8
+        ring_bytes = 16 + slots * 4096
+        self.v2_rings = []
+        for i in range(self.channels):
+            req_off = 4096 + i * 2 * ring_bytes
+            resp_off = req_off + ring_bytes
+            P.V2_RING_DESC.pack_into(self.buf, 24 + 32 * i, req_off, ring_bytes, resp_off,
+                                     ring_bytes)
+            self.v2_rings.append((req_off, resp_off, slots))
+        P.V2_REGION_HEADER.pack_into(self.buf, 0, P.V2_MAGIC, 2, self.channels, 0)
+
+    def _poll_v2(self) -> bool:
+        work = False
+        u64 = self.u64
+        for req_off, resp_off, slots in self.v2_rings:
+            while u64[req_off // 8] != u64[req_off // 8 + 1]:
+                if (u64[resp_off // 8] - u64[resp_off // 8 + 1]) & M >= slots:
+                    break
+                tail = u64[req_off // 8 + 1]
+                so = req_off + 16 + (tail % slots) * 4096
+                slot = bytes(self.buf[so : so + 4096])
+                _cid, _t, _f, n, _ = P.V2_SLOT_HEADER.unpack_from(slot)
+                op, klen, vlen = P.V2_REQUEST_PREFIX.unpack_from(slot, 16)
+                key = slot[20 : 20 + klen]
+                if op == P.V2_OP_SET:
+                    self.store[key] = slot[20 + klen : 20 + klen + vlen]
+                    payload = P.V2_RESPONSE_PREFIX.pack(P.V2_ST_OK, 0)
+                elif op == P.V2_OP_GET and key in self.store:
+                    v = self.store[key]
+                    payload = P.V2_RESPONSE_PREFIX.pack(P.V2_ST_OK, len(v)) + v
+                elif op == P.V2_OP_GET:
+                    payload = P.V2_RESPONSE_PREFIX.pack(P.V2_ST_MISS, 0)
+                else:
+                    payload = P.V2_RESPONSE_PREFIX.pack(P.V2_ST_ERR, 0)
+                head = u64[resp_off // 8]
+                ro = resp_off + 16 + (head % slots) * 4096
+                out = P.V2_SLOT_HEADER.pack(_cid, 1, 0, len(payload), 0) + payload
+                self.buf[ro : ro + 4096] = out + b"\0" * (4096 - len(out))
+                u64[resp_off // 8] = head + 1
+                u64[req_off // 8 + 1] = tail + 1
+                work = True
+        return work
