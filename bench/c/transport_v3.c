@@ -1,0 +1,146 @@
+/*
+ * transport_v3.c - cxl-ring-bench over layout version 3: one session (one
+ * claimed channel) per thread, through the client library in
+ * ring/src/client.c (claim, heartbeat thread, push, pop with validation,
+ * liveness checks, release).
+ */
+#include "bench.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct bench_conn {
+    struct cxl_session session;
+    uint8_t *scratch;               /* one encoded request */
+};
+
+static struct cxl_client client;
+static uint32_t claim_timeout_ms;
+static uint32_t scratch_size;
+
+static int v3_open(const struct bench_opts *o, char *err, size_t errlen)
+{
+    int rc = cxl_client_open(&client, o->path, o->map_size, err, errlen);
+
+    if (rc)
+        return bench_exit_for(rc);
+    if (o->value_size > client.geo.max_value_size) {
+        snprintf(err, errlen, "--value-size %u exceeds the server's max_value_size %u",
+                 o->value_size, client.geo.max_value_size);
+        cxl_client_close(&client);
+        return EXIT_USAGE;
+    }
+    rc = cxl_client_start_heartbeat(&client, err, errlen);
+    if (rc) {
+        cxl_client_close(&client);
+        return bench_exit_for(rc);
+    }
+    claim_timeout_ms = o->claim_timeout_ms;
+    scratch_size = (uint32_t)cxl_align8(CXL_MSG_HDR_SIZE + 2 * CXL_ARG_LEN_SIZE +
+                                        BENCH_KEY_LEN + o->value_size);
+    return EXIT_OK_BENCH;
+}
+
+static void v3_close(void)
+{
+    cxl_client_close(&client);
+}
+
+static uint32_t v3_lanes(void)
+{
+    return client.geo.channel_count;
+}
+
+static int v3_attach(uint32_t index, struct bench_conn **out, char *err, size_t errlen)
+{
+    struct bench_conn *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (!c || !(c->scratch = calloc(1, scratch_size))) {
+        free(c);
+        snprintf(err, errlen, "out of memory");
+        return CXL_E_OPEN;
+    }
+    rc = cxl_session_claim(&client, &c->session, index % client.geo.channel_count,
+                           claim_timeout_ms);
+    if (rc) {
+        snprintf(err, errlen, "%s", c->session.err);
+        free(c->scratch);
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return CXL_OK;
+}
+
+static void v3_detach(struct bench_conn *c)
+{
+    cxl_session_release(&c->session);
+    free(c->scratch);
+    free(c);
+}
+
+static int v3_push(struct bench_conn *c, int op, uint64_t id, const uint8_t *key,
+                   uint32_t key_len, const uint8_t *val, uint32_t val_len)
+{
+    const uint8_t *argv[2] = { key, val };
+    uint32_t argl[2] = { key_len, val_len };
+    uint32_t len;
+
+    if (op == OP_GET)
+        len = cxl_req_encode(c->scratch, CXL_OP_GET, 0, id, 0, 1, argv, argl);
+    else
+        len = cxl_req_encode(c->scratch, CXL_OP_SET, 0, id, 0, 2, argv, argl);
+    return cxl_session_push(&c->session, c->scratch, len);
+}
+
+static void v3_flush(struct bench_conn *c)
+{
+    cxl_session_flush(&c->session);
+}
+
+static int v3_pop(struct bench_conn *c, struct bench_reply *r)
+{
+    struct cxl_resp resp;
+    int rc = cxl_session_pop(&c->session, &resp);
+
+    if (rc)
+        return rc;
+    r->id = resp.id;
+    r->has_id = 1;
+    r->status = resp.status;
+    r->value_len = resp.payload_len;
+    r->text = resp.payload;
+    r->text_len = resp.payload_len;
+    return CXL_OK;
+}
+
+static void v3_pop_done(struct bench_conn *c)
+{
+    cxl_session_pop_done(&c->session);
+}
+
+static int v3_check(struct bench_conn *c)
+{
+    return cxl_session_check(&c->session);
+}
+
+static const char *v3_error(struct bench_conn *c)
+{
+    return c->session.err;
+}
+
+const struct transport transport_v3 = {
+    .name = "v3",
+    .open = v3_open,
+    .close = v3_close,
+    .lanes = v3_lanes,
+    .attach = v3_attach,
+    .detach = v3_detach,
+    .push = v3_push,
+    .flush = v3_flush,
+    .pop = v3_pop,
+    .pop_done = v3_pop_done,
+    .check = v3_check,
+    .error = v3_error,
+};

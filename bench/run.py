@@ -1,0 +1,642 @@
+#!/usr/bin/env python3
+"""Ring vs TCP benchmark for the cxl_ring Redis driver (``make bench``).
+
+One redis-server with the cxl_ring module loaded serves everything in one run:
+
+* the ring, driven by ``build/cxl-ring-bench`` (pipelined GET and SET, and the
+  unpipelined round trip of one thread);
+* TCP on 127.0.0.1 and a unix socket, driven by ``redis-benchmark``
+  (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip);
+* the Python ring client against redis-py, by ``bench/py_bench.py`` when it exists;
+* then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``.
+
+With two or more CPUs the server is pinned to one CPU (``--server-cpu``, default 1)
+and every load generator to another (``--client-cpu``, default 0).
+
+Outputs ``OUT/latest.json`` (numbers, ratios, machine, versions, the exact
+commands) and ``OUT/latest.md`` (a table), and prints PASS/MISS per target. It is a
+benchmark, not a test: it exits 0 whether the targets are met or not, and non-zero
+only when it could not measure (missing build, server would not start).
+
+Usage::
+
+    .venv/bin/python bench/run.py --out bench/results            # about a minute
+    .venv/bin/python bench/run.py --out /tmp/b --quick           # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import datetime
+import importlib.util
+import inspect
+import io
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Targets, as ratios from the same run on the same machine (the issue "Ring transport").
+TARGETS = {
+    "pipelined_get_ring_vs_tcp_p16": (">=", 2.0),
+    "rtt_p50_ring_vs_tcp": ("<=", 0.1),
+    "server_idle_cpu_pct": ("<=", 2.0),
+}
+
+# Layout v3 header fields the runner polls to know the driver is serving
+# (docs/ring-protocol.md 2.1): magic at 0, server_state at 144 (2 = RUNNING).
+V3_MAGIC = b"CXLDSMR\0"
+V2_MAGIC = b"CXLSHM1\0"
+STATE_OFFSET = 144
+STATE_RUNNING = 2
+
+
+class BenchError(RuntimeError):
+    """The runner could not measure (as opposed to a missed target)."""
+
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pinner(cpu: int | None) -> Callable[[], None] | None:
+    """A preexec_fn that pins the child (and its threads) to one CPU."""
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, all threads, in seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def region_state(path: str, layout: str) -> str | None:
+    """'running' when the region's header says the driver serves it, else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(STATE_OFFSET + 4)
+    except OSError:
+        return None
+    if layout == "v2":
+        return "running" if head[:8] == V2_MAGIC else None
+    if len(head) < STATE_OFFSET + 4 or head[:8] != V3_MAGIC:
+        return None
+    (state,) = struct.unpack_from("<I", head, STATE_OFFSET)
+    return "running" if state == STATE_RUNNING else None
+
+
+class RedisWithRing:
+    """A redis-server with the cxl_ring module: TCP on 127.0.0.1, a unix socket, a region.
+
+    Used by the runner and by tests/bench. Always call stop() (or use ``with``):
+    it ends the server and removes the region file and the scratch directory.
+    """
+
+    def __init__(
+        self,
+        module: Path,
+        region: str,
+        *,
+        layout: str = "v3",
+        channels: int = 8,
+        module_args: list[str] | None = None,
+        cpu: int | None = None,
+        redis_server: str = "redis-server",
+        workdir: Path | None = None,
+    ) -> None:
+        self.module = Path(module)
+        self.region = region
+        self.layout = layout
+        self.channels = channels
+        self.extra_args = list(module_args or [])
+        self.cpu = cpu
+        self.redis_server = redis_server
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="cxl-bench-"))
+        self.port = 0
+        self.unix_socket = str(self.workdir / "redis.sock")
+        self.logfile = self.workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.command: list[str] = []
+
+    def module_argv(self) -> list[str]:
+        args = ["path", self.region, "layout", self.layout]
+        if self.layout == "v3":
+            args += ["channels", str(self.channels)]
+        return args + self.extra_args
+
+    def start(self, timeout: float = 15.0) -> RedisWithRing:
+        if not self.module.exists():
+            raise BenchError(f"{self.module} does not exist: run `make build` first")
+        self.port = free_tcp_port()
+        self.command = [
+            self.redis_server,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--unixsocket", self.unix_socket,
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+            "--dir", str(self.workdir),
+            "--logfile", str(self.logfile),
+            "--loadmodule", str(self.module), *self.module_argv(),
+        ]
+        self.proc = subprocess.Popen(
+            self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, preexec_fn=pinner(self.cpu),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"redis-server exited with {self.proc.returncode}; its log:\n{self.log_tail()}"
+                )
+            if self._pingable() and region_state(self.region, self.layout) == "running":
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"redis-server did not serve the ring within {timeout} s:\n"
+                         f"{self.log_tail()}")
+
+    def _pingable(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(1.0)
+                s.connect(self.unix_socket)
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.region)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisWithRing:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------
+# Load generators
+# ---------------------------------------------------------------------------
+
+def run_cmd(cmd: list[str], cpu: int | None, timeout: float) -> str:
+    try:
+        out = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout, preexec_fn=pinner(cpu),
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"{shlex.join(cmd)} took longer than {timeout} s") from e
+    if out.returncode != 0:
+        raise BenchError(f"{shlex.join(cmd)} exited with {out.returncode}:\n"
+                         f"{out.stderr.strip()}\n{out.stdout.strip()[-2000:]}")
+    return out.stdout
+
+
+def ring_bench(bench: Path, server: RedisWithRing, args: list[str], cpu: int | None,
+               timeout: float, commands: dict[str, str], name: str) -> dict[str, dict[str, Any]]:
+    """Run cxl-ring-bench with --json; returns {op: result} (op: GET, SET, MIX)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        json_path = tmp.name
+    cmd = [str(bench), "--path", server.region, *args, "--quiet", "--json", json_path,
+           "--timeout", str(int(timeout))]
+    commands[name] = shlex.join(cmd)
+    try:
+        run_cmd(cmd, cpu, timeout + 10)
+        with open(json_path) as f:
+            doc = json.load(f)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(json_path)
+    return {r["op"]: r for r in doc["results"]}
+
+
+def redis_benchmark(server: RedisWithRing, target: list[str], tests: str, requests: int,
+                    pipeline: int, clients: int, cpu: int | None, timeout: float,
+                    commands: dict[str, str], name: str) -> dict[str, dict[str, float]]:
+    """Run redis-benchmark --csv; returns {TEST: {rps, avg_latency_ms, p50_latency_ms, ...}}."""
+    cmd = ["redis-benchmark", *target, "-t", tests, "-n", str(requests), "-P", str(pipeline),
+           "-c", str(clients), "-d", "64", "-r", "100000", "--csv"]
+    commands[name] = shlex.join(cmd)
+    out = run_cmd(cmd, cpu, timeout)
+    rows: dict[str, dict[str, float]] = {}
+    for row in csv.DictReader(io.StringIO(out)):
+        test = row.pop("test")
+        rows[test] = {k: float(v) for k, v in row.items() if v not in (None, "")}
+    if not rows:
+        raise BenchError(f"no CSV from {shlex.join(cmd)}:\n{out}")
+    return rows
+
+
+def median_runs(n: int, fn: Callable[[], dict[str, dict[str, Any]]], key: str
+                ) -> dict[str, dict[str, Any]]:
+    """Run fn n times; for each op keep the run with the median `key` value."""
+    runs = [fn() for _ in range(n)]
+    best: dict[str, dict[str, Any]] = {}
+    for op in runs[0]:
+        ordered = sorted((r[op] for r in runs if op in r), key=lambda x: x[key])
+        best[op] = ordered[len(ordered) // 2]
+    return best
+
+
+def idle_cpu_pct(pid: int, settle: float, window: float) -> float:
+    """redis-server's CPU in % of one core over `window` s, after `settle` s of quiet."""
+    time.sleep(settle)
+    c0, t0 = proc_cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    c1, t1 = proc_cpu_seconds(pid), time.monotonic()
+    return 100.0 * (c1 - c0) / (t1 - t0)
+
+
+def python_bench(server: RedisWithRing, quick: bool, notes: list[str]) -> dict[str, Any]:
+    """Call bench/py_bench.py (the Python engineer's) when it exists; {} otherwise."""
+    path = ROOT / "bench" / "py_bench.py"
+    if not path.exists():
+        notes.append("bench/py_bench.py does not exist yet: the Python client was not measured")
+        return {}
+    spec = importlib.util.spec_from_file_location("py_bench", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # its import failing must not lose the ring numbers
+        notes.append(f"bench/py_bench.py failed to import: {e!r}")
+        return {}
+    fn = next((getattr(mod, n) for n in ("run", "run_bench", "bench", "main_bench")
+               if callable(getattr(mod, n, None))), None)
+    if fn is None:
+        notes.append("bench/py_bench.py has no run()/run_bench(): skipped")
+        return {}
+    offer = {
+        "port": server.port, "tcp_port": server.port, "host": "127.0.0.1",
+        "path": server.region, "region": server.region, "region_path": server.region,
+        "unix_socket": server.unix_socket, "unixsocket": server.unix_socket,
+        "socket_path": server.unix_socket, "quick": quick,
+    }
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in offer.items() if k in params}
+    try:
+        result = fn(**kwargs)
+    except Exception as e:
+        notes.append(f"bench/py_bench.py {fn.__name__}() failed: {e!r}")
+        return {}
+    if not isinstance(result, dict):
+        notes.append(f"bench/py_bench.py {fn.__name__}() returned {type(result).__name__}")
+        return {}
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Machine, report
+# ---------------------------------------------------------------------------
+
+def first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    return {
+        "cpu_model": model,
+        "cpus": cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "redis_server": first_line(["redis-server", "--version"]),
+        "redis_benchmark": first_line(["redis-benchmark", "--version"]),
+        "cc": first_line(["cc", "--version"]),
+        "git_commit": commit,
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    values = {
+        "pipelined_get_ring_vs_tcp_p16": res.get("ratio_ring_get_vs_tcp_p16"),
+        "rtt_p50_ring_vs_tcp": res.get("ratio_rtt_p50_ring_vs_tcp"),
+        "server_idle_cpu_pct": res.get("server_idle_cpu_pct"),
+    }
+    out = {}
+    for name, (cmp, limit) in TARGETS.items():
+        v = values[name]
+        ok = v is not None and (v >= limit if cmp == ">=" else v <= limit)
+        out[name] = {"value": v, "target": f"{cmp} {limit}", "result": "PASS" if ok else "MISS"}
+    return out
+
+
+def fmt(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        v = f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return f"{v}{unit}"
+
+
+def markdown(res: dict[str, Any]) -> str:
+    rows = [
+        ("GET, pipelined", "ring_get_rps", "tcp_p16_get_rps", "unix_p16_get_rps",
+         "tcp_p1_get_rps"),
+        ("SET, pipelined", "ring_set_rps", "tcp_p16_set_rps", "unix_p16_set_rps",
+         "tcp_p1_set_rps"),
+    ]
+    lines = [
+        f"# Ring vs TCP, {res['date']} ({res['machine']['cpus']} CPUs, "
+        f"{res['machine']['cpu_model']})",
+        "",
+        "Produced by `bench/run.py`; see `docs/benchmarks.md` for the method.",
+        "",
+        "| req/s | ring (C bench) | TCP -P 16 | unix -P 16 | TCP -P 1 |",
+        "|---|---|---|---|---|",
+    ]
+    for label, *keys in rows:
+        lines.append(f"| {label} | " + " | ".join(fmt(res.get(k)) for k in keys) + " |")
+    lines += [
+        "",
+        "| round trip, one request at a time | ring | TCP (-c 1 -P 1) |",
+        "|---|---|---|",
+        f"| GET p50 | {fmt(res.get('ring_rtt_p50_us'), ' µs')} | "
+        f"{fmt(res.get('tcp_rtt_p50_us'), ' µs')} |",
+        f"| GET p99 | {fmt(res.get('ring_rtt_p99_us'), ' µs')} | "
+        f"{fmt(res.get('tcp_rtt_p99_us'), ' µs')} |",
+        "",
+        f"Cache-line round trip between the two CPUs (the floor of any ring round trip): "
+        f"{fmt(res.get('cacheline_rtt_ns'), ' ns')}.",
+        "",
+        f"Server CPU after 1 s idle: {fmt(res.get('server_idle_cpu_pct'), ' %')} of one core.",
+        "",
+        "| target | value | wanted | result |",
+        "|---|---|---|---|",
+    ]
+    for name, v in res["targets"].items():
+        lines.append(f"| {name} | {fmt(v['value'])} | {v['target']} | {v['result']} |")
+    py = {k: v for k, v in res.items() if k.startswith(("py_", "proxy_"))
+          and isinstance(v, (int, float))}
+    if py:
+        lines += ["", "Python client (bench/py_bench.py; see docs/benchmarks-python.md):", ""]
+        lines += [f"- `{k}`: {fmt(float(v))}" for k, v in sorted(py.items())]
+    if res.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                   help="directory for latest.json and latest.md (default bench/results)")
+    p.add_argument("--quick", action="store_true",
+                   help="about 10x fewer requests and one repetition (a smoke run)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="repetitions of each measurement, median kept (default 3; quick 1)")
+    p.add_argument("--ring-requests", type=int, default=None,
+                   help="requests per pipelined ring phase (default 2000000; quick 200000)")
+    p.add_argument("--tcp-requests", type=int, default=None,
+                   help="requests per pipelined redis-benchmark test (default 1000000)")
+    p.add_argument("--rtt-requests", type=int, default=None,
+                   help="requests in the one-at-a-time round-trip runs (default 50000)")
+    p.add_argument("--max-inflight", type=int, default=1024,
+                   help="ring pipeline window (default 1024)")
+    p.add_argument("--idle-seconds", type=float, default=3.0,
+                   help="window for the idle CPU measurement (default 3)")
+    p.add_argument("--server-cpu", type=int, default=1)
+    p.add_argument("--client-cpu", type=int, default=0)
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
+    p.add_argument("--no-python", action="store_true", help="skip bench/py_bench.py")
+    p.add_argument("--bench-bin", type=Path, default=ROOT / "build" / "cxl-ring-bench")
+    p.add_argument("--module", type=Path, default=ROOT / "build" / "cxl_ring.so")
+    p.add_argument("--redis-server", default="redis-server")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="limit for any single load run, seconds (default 120)")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.repeat = a.repeat or (1 if q else 3)
+    a.ring_requests = a.ring_requests or (200_000 if q else 2_000_000)
+    a.tcp_requests = a.tcp_requests or (100_000 if q else 1_000_000)
+    a.tcp_p1_requests = max(a.tcp_requests // 5, 10_000)
+    a.rtt_requests = a.rtt_requests or (5_000 if q else 50_000)
+    return a
+
+
+def measure(a: argparse.Namespace) -> dict[str, Any]:
+    for path, what in ((a.bench_bin, "the C bench client"), (a.module, "the cxl_ring module")):
+        if not Path(path).exists():
+            raise BenchError(f"{path} ({what}) does not exist: run `make build` first")
+    if not shutil.which("redis-benchmark"):
+        raise BenchError("redis-benchmark is not installed (apt-get install redis-tools)")
+
+    pin = not a.no_pin and cpu_count() >= 2
+    server_cpu = a.server_cpu if pin else None
+    client_cpu = a.client_cpu if pin else None
+    notes: list[str] = []
+    if not pin:
+        notes.append("processes were not pinned (fewer than 2 CPUs, or --no-pin)")
+    commands: dict[str, str] = {}
+    region = f"/dev/shm/cxlbench-{os.getpid()}"
+    res: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": a.quick,
+        "repeat": a.repeat,
+        "machine": machine_info(),
+        "pinning": {"server_cpu": server_cpu, "client_cpu": client_cpu},
+        "value_size": 64,
+        "keyspace": 100000,
+    }
+    load1, load5, _ = os.getloadavg()
+    res["loadavg_at_start"] = [round(load1, 2), round(load5, 2)]
+    if load1 > 0.5 * cpu_count():
+        notes.append(f"the machine was busy when the run started (load average {load1:.1f} "
+                     f"on {cpu_count()} CPUs): TCP suffers more from contention than the "
+                     f"ring, so the ratios are flattering; rerun on a quiet machine")
+    started = time.monotonic()
+
+    server = RedisWithRing(a.module, region, cpu=server_cpu, redis_server=a.redis_server)
+    with server:
+        commands["redis_server"] = shlex.join(server.command)
+        tcp = ["-h", "127.0.0.1", "-p", str(server.port)]
+        unix = ["-s", server.unix_socket]
+        t = a.timeout
+
+        ring = median_runs(a.repeat, lambda: ring_bench(
+            a.bench_bin, server,
+            ["--op", "set,get", "--bench", str(a.ring_requests), "--pipeline",
+             "--max-inflight", str(a.max_inflight), "--value-size", "64",
+             "--keyspace", "100000"],
+            client_cpu, t, commands, "ring_pipelined"), key="rps")
+        res["ring_set_rps"] = ring["SET"]["rps"]
+        res["ring_get_rps"] = ring["GET"]["rps"]
+        res["ring_pipelined"] = ring
+
+        p16 = median_runs(a.repeat, lambda: redis_benchmark(
+            server, tcp, "set,get", a.tcp_requests, 16, 50, client_cpu, t, commands,
+            "tcp_p16"), key="rps")
+        res["tcp_p16_set_rps"] = p16["SET"]["rps"]
+        res["tcp_p16_get_rps"] = p16["GET"]["rps"]
+
+        p1 = median_runs(a.repeat, lambda: redis_benchmark(
+            server, tcp, "set,get", a.tcp_p1_requests, 1, 50, client_cpu, t, commands,
+            "tcp_p1"), key="rps")
+        res["tcp_p1_set_rps"] = p1["SET"]["rps"]
+        res["tcp_p1_get_rps"] = p1["GET"]["rps"]
+
+        u16 = median_runs(a.repeat, lambda: redis_benchmark(
+            server, unix, "set,get", a.tcp_requests, 16, 50, client_cpu, t, commands,
+            "unix_p16"), key="rps")
+        res["unix_p16_set_rps"] = u16["SET"]["rps"]
+        res["unix_p16_get_rps"] = u16["GET"]["rps"]
+
+        rtt = median_runs(a.repeat, lambda: ring_bench(
+            a.bench_bin, server,
+            ["--op", "get", "--bench", str(a.rtt_requests), "--latency", "--value-size", "64",
+             "--keyspace", "100000", "--csv", os.devnull],
+            client_cpu, t, commands, "ring_rtt"), key="p50_us")
+        res["ring_rtt_p50_us"] = rtt["GET"]["p50_us"]
+        res["ring_rtt_p99_us"] = rtt["GET"]["p99_us"]
+        res["ring_rtt_avg_us"] = rtt["GET"]["avg_us"]
+        res["ring_rtt_rps"] = rtt["GET"]["rps"]
+
+        trtt = median_runs(a.repeat, lambda: redis_benchmark(
+            server, tcp, "get", a.rtt_requests, 1, 1, client_cpu, t, commands, "tcp_rtt"),
+            key="p50_latency_ms")
+        res["tcp_rtt_p50_us"] = trtt["GET"]["p50_latency_ms"] * 1000.0
+        res["tcp_rtt_p99_us"] = trtt["GET"]["p99_latency_ms"] * 1000.0
+        res["tcp_rtt_avg_us"] = trtt["GET"]["avg_latency_ms"] * 1000.0
+        res["tcp_rtt_rps"] = trtt["GET"]["rps"]
+
+        if not a.no_python:
+            # In this process: pin it like the other load generators while it runs.
+            saved = os.sched_getaffinity(0)
+            if client_cpu is not None:
+                os.sched_setaffinity(0, {client_cpu})
+            try:
+                py = python_bench(server, a.quick, notes)
+            finally:
+                os.sched_setaffinity(0, saved)
+            for key, value in py.items():
+                # py_bench measures some things we do too (tcp_p16_get_rps, its own
+                # redis-benchmark run): keep ours, file its under py_bench_<key>.
+                res[key if key not in res else f"py_bench_{key}"] = value
+
+        if pin:
+            # The floor of any ring round trip between these two CPUs (bench/c/cacheline.c).
+            cmd = [str(a.bench_bin), "--cacheline-rtt", f"{client_cpu},{server_cpu}"]
+            commands["cacheline_rtt"] = shlex.join(cmd)
+            out = run_cmd(cmd, None, 60)
+            res["cacheline_rtt_ns"] = float(out.split(":")[-1].split()[0])
+
+        if not server.alive():
+            raise BenchError(f"redis-server died during the run:\n{server.log_tail()}")
+        res["server_idle_cpu_pct"] = round(idle_cpu_pct(server.pid, 1.0, a.idle_seconds), 3)
+        res["idle_cpu_method"] = (f"utime+stime of redis-server from /proc/{{pid}}/stat over "
+                                  f"{a.idle_seconds} s, after 1 s without traffic")
+
+    res["ratio_ring_get_vs_tcp_p16"] = ratio(res["ring_get_rps"], res["tcp_p16_get_rps"])
+    res["ratio_ring_set_vs_tcp_p16"] = ratio(res["ring_set_rps"], res["tcp_p16_set_rps"])
+    res["ratio_ring_get_vs_unix_p16"] = ratio(res["ring_get_rps"], res["unix_p16_get_rps"])
+    res["ratio_ring_get_vs_tcp_p1"] = ratio(res["ring_get_rps"], res["tcp_p1_get_rps"])
+    res["ratio_rtt_p50_ring_vs_tcp"] = ratio(res["ring_rtt_p50_us"], res["tcp_rtt_p50_us"])
+    res["targets"] = verdicts(res)
+    res["commands"] = commands
+    res["notes"] = notes
+    res["seconds"] = round(time.monotonic() - started, 1)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        res = measure(a)
+    except BenchError as e:
+        print(f"bench/run.py: cannot measure: {e}", file=sys.stderr)
+        return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+    (a.out / "latest.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (a.out / "latest.md").write_text(markdown(res))
+    print(markdown(res))
+    for name, v in res["targets"].items():
+        print(f"{v['result']}: {name} = {fmt(v['value'])} (target {v['target']})")
+    print(f"wrote {a.out / 'latest.json'} and {a.out / 'latest.md'} in {res['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Fixtures for the cxl-ring-bench tests: the built client, unique /dev/shm names, and a
+real redis-server with build/cxl_ring.so in layout v3 or v2.
+
+Tests that need the driver skip, saying so, until build/cxl_ring.so exists. Every
+redis-server a fixture starts is stopped and every /dev/shm file it names is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchutil import BENCH, MODULE, REPO, runner, shm_name  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bench_bin() -> Path:
+    """build/cxl-ring-bench, built with the Makefile's own rule if it is missing."""
+    if not BENCH.exists():
+        out = subprocess.run(["make", "-C", str(REPO), "build/cxl-ring-bench"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"cannot build cxl-ring-bench:\n{out.stdout}{out.stderr}"
+    return BENCH
+
+
+@pytest.fixture
+def shm_path() -> Iterator[str]:
+    path = shm_name()
+    yield path
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _require_module() -> None:
+    if not MODULE.exists():
+        pytest.skip(f"{MODULE.relative_to(REPO)} is not built yet (the cxl_ring driver): "
+                    "run `make build` once driver/ is complete")
+
+
+def _server(layout: str, extra: list[str]) -> Iterator[runner.RedisWithRing]:
+    _require_module()
+    server = runner.RedisWithRing(MODULE, shm_name(), layout=layout, channels=4,
+                                  module_args=extra)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ring_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
+    """A redis-server serving layout v3 with 4 channels of 256 KiB rings (shared by a module)."""
+    yield from _server("v3", ["req_ring", "262144", "resp_ring", "262144",
+                              "max_value", "131072"])
+
+
+@pytest.fixture(scope="module")
+def ring_server_v2(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
+    """A redis-server serving the PoC's layout v2: 4 rings of 256 slots."""
+    yield from _server("v2", ["v2_rings", "4", "v2_slots", "256"])
+
+
+@pytest.fixture
+def own_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
+    """A private layout v3 server for tests that stop or kill it."""
+    yield from _server("v3", ["req_ring", "262144", "resp_ring", "262144",
+                              "max_value", "131072"])
