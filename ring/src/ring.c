@@ -297,6 +297,27 @@ bad_argc:
     return CXL_ST_BAD_REQUEST;
 }
 
+int cxl_frame_check(uint64_t used, uint64_t ring_size, uint32_t len, uint32_t max_msg_size,
+                    const char **why)
+{
+    const char *w = NULL;
+
+    if (used > ring_size)
+        w = "req_head - req_tail exceeds the request ring size";
+    else if (used < CXL_MSG_HDR_SIZE)
+        w = "fewer published bytes than a message header";
+    else if (len < CXL_MSG_HDR_SIZE)
+        w = "message length is shorter than a message header";
+    else if (cxl_align8(len) > used)
+        w = "message length runs past the published bytes";
+    if (w) {
+        if (why)
+            *why = w;
+        return CXL_FRAME_QUARANTINE;
+    }
+    return len > max_msg_size ? CXL_FRAME_SKIP : CXL_FRAME_OK;
+}
+
 uint64_t cxl_req_size(uint32_t argc, const uint32_t *argl, int with_ttl)
 {
     uint64_t n = CXL_MSG_HDR_SIZE + (with_ttl ? CXL_TTL_SIZE : 0);

@@ -162,6 +162,17 @@ struct cxl_req {
 int cxl_req_decode(const uint8_t *msg, uint32_t len, uint32_t max_value_size,
                    struct cxl_req *req, char *err, size_t errlen);
 
+/*
+ * The server's framing check for the next message of a request ring
+ * (protocol doc section 6), on private copies: used = head - tail, len from
+ * the copied header. CXL_FRAME_OK: copy and decode len bytes;
+ * CXL_FRAME_SKIP: answer TOO_LARGE and skip align8(len) bytes;
+ * CXL_FRAME_QUARANTINE: the stream is no longer framed (*why says how).
+ */
+enum cxl_frame { CXL_FRAME_OK = 0, CXL_FRAME_SKIP = 1, CXL_FRAME_QUARANTINE = 2 };
+int cxl_frame_check(uint64_t used, uint64_t ring_size, uint32_t len, uint32_t max_msg_size,
+                    const char **why);
+
 /* Bytes a request with these arguments takes (unpadded), for limits checks. */
 uint64_t cxl_req_size(uint32_t argc, const uint32_t *argl, int with_ttl);
 

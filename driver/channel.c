@@ -1,0 +1,566 @@
+/*
+ * channel.c - layout v3 channels, server side (docs/ring-protocol.md 3-6).
+ *
+ * Everything here runs on the poll thread. A channel's client control page
+ * and request ring are hostile input: every index and every message header is
+ * loaded once (barrier.h) into a private variable, validated, and only the
+ * private copy is used afterwards. Requests are copied whole into private
+ * memory before they are decoded, so a client rewriting a message while we
+ * read it can only change what it asked for, never how we parse it.
+ *
+ * Barrier pairs (names from the protocol doc):
+ *   C1  load_acquire(req_head)        pairs with the client's P1 (store_release req_head)
+ *   C2  store_release(req_tail)       pairs with the client's P0 (load_acquire req_tail)
+ *   P0  load_acquire(resp_tail)       pairs with the client's C2 (store_release resp_tail)
+ *   P1  store_release(resp_head)      pairs with the client's C1 (load_acquire resp_head)
+ *   S1' load_acquire(claim_token)     pairs with the client's S1 (seq-cst CAS)
+ *   S2  store_release(ack_token)      pairs with the client's S3 (load_acquire ack_token)
+ */
+#include "driver.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LOG_VIOLATIONS_PER_CHAN 8u
+
+const char *drv_chan_state_name(uint32_t state)
+{
+    switch (state) {
+    case CXL_CHAN_FREE:        return "free";
+    case CXL_CHAN_ACTIVE:      return "active";
+    case CXL_CHAN_QUARANTINED: return "quarantined";
+    default:                   return "?";
+    }
+}
+
+int drv_chans_init(struct drv_server *s)
+{
+    uint32_t c;
+
+    s->chans = calloc(s->geo.channel_count, sizeof(*s->chans));
+    s->msg_cap = (uint32_t)cxl_align8(s->geo.max_msg_size);
+    if (s->msg_cap < DRV_IN_CHUNK)
+        s->msg_cap = DRV_IN_CHUNK;
+    s->msg = malloc(s->msg_cap);
+    if (!s->chans || !s->msg)
+        return -1;
+    s->nchan = s->geo.channel_count;
+    for (c = 0; c < s->nchan; c++) {
+        struct drv_chan *ch = &s->chans[c];
+
+        ch->index = c;
+        ch->kclient = cxl_client_ctl(s->region.base, &s->geo, c);
+        ch->kserver = cxl_server_ctl(s->region.base, &s->geo, c);
+        cxl_ring_request(s->region.base, &s->geo, c, &ch->req);
+        cxl_ring_response(s->region.base, &s->geo, c, &ch->resp);
+        /* Our own fields: region.c has just formatted or retired them. */
+        ch->state = CXL_CHAN_FREE;
+        ch->token = 0;
+        ch->dead_token = cxl_load_relaxed64(&ch->kserver->dead_token);
+        ch->out = malloc(DRV_OUT_CAP);
+        if (!ch->out)
+            return -1;
+    }
+    return 0;
+}
+
+void drv_chans_free(struct drv_server *s)
+{
+    uint32_t c;
+
+    for (c = 0; s->chans && c < s->nchan; c++) {
+        free(s->chans[c].out);
+        free(s->chans[c].big);
+    }
+    free(s->chans);
+    free(s->msg);
+    s->chans = NULL;
+    s->msg = NULL;
+}
+
+/* ---- Channel state ---------------------------------------------------------- */
+
+/* Responses wait for room: do not read more requests from this channel. */
+static int stalled(const struct drv_chan *ch)
+{
+    return ch->big_len || ch->out_len > DRV_OUT_CAP / 2;
+}
+
+static void drop_staged(struct drv_chan *ch)
+{
+    ch->out_len = 0;
+    ch->big_len = 0;
+}
+
+static void set_state(struct drv_chan *ch, uint32_t state)
+{
+    ch->state = state;
+    cxl_store_release32(&ch->kserver->chan_state, state);
+}
+
+/* Retire the current session (lease expired, CXLRING.RESET): its owner must claim again. */
+static void retire(struct drv_chan *ch)
+{
+    if (ch->token) {
+        ch->dead_token = ch->token;
+        /* dead_token before ack_token: a claimer that sees ack 0 also sees the new dead. */
+        cxl_store_release64(&ch->kserver->dead_token, ch->dead_token);
+    }
+    ch->token = 0;
+    cxl_store_release64(&ch->kserver->ack_token, 0);
+    drop_staged(ch);
+    ch->broken = 0;
+    set_state(ch, CXL_CHAN_FREE);
+}
+
+/* Accept a new session (protocol doc section 5): both rings start empty. */
+static void accept_session(struct drv_chan *ch, uint64_t token, uint64_t now_ns)
+{
+    /* The indexes the previous session left; the client continues from them. */
+    uint64_t req_head = cxl_load_acquire64(&ch->kclient->req_head);
+    uint64_t resp_tail = cxl_load_acquire64(&ch->kclient->resp_tail);
+
+    ch->req_tail = req_head;
+    ch->req_head_seen = req_head;
+    ch->resp_head = resp_tail;
+    ch->resp_tail_seen = resp_tail;
+    cxl_store_release64(&ch->kserver->req_tail, req_head);
+    cxl_store_release64(&ch->kserver->resp_head, resp_tail);
+    drop_staged(ch);
+    ch->broken = 0;
+    ch->hb_seen = cxl_load_relaxed64(&ch->kclient->client_heartbeat);
+    ch->hb_changed_ns = now_ns;
+    cxl_store_relaxed32(&ch->kserver->last_error, 0);
+    set_state(ch, CXL_CHAN_ACTIVE);
+    ch->token = token;
+    /* S2: publish last, after the indexes and the state; pairs with the client's S3. */
+    cxl_store_release64(&ch->kserver->ack_token, token);
+    STAT_INC(&ch->stats, sessions);
+}
+
+/* Follow claims and releases (cheap: one load when nothing changed). */
+static void session_check(struct drv_chan *ch, uint64_t now_ns)
+{
+    /* S1': pairs with the client's claim CAS (S1). */
+    uint64_t claim = cxl_load_acquire64(&ch->kclient->claim_token);
+
+    if (claim == ch->token)
+        return;
+    if (claim == 0) {                   /* released */
+        ch->token = 0;
+        drop_staged(ch);
+        cxl_store_release64(&ch->kserver->ack_token, 0);
+        set_state(ch, CXL_CHAN_FREE);
+        STAT_INC(&ch->stats, releases);
+        return;
+    }
+    if (claim == ch->dead_token)        /* the retired owner has not claimed again yet */
+        return;
+    accept_session(ch, claim, now_ns);
+}
+
+/* ---- Responses -------------------------------------------------------------- */
+
+/*
+ * Room for need bytes in the response ring? Reloads the client's resp_tail only
+ * when the cached one says no. A resp_tail that is not within [resp_head -
+ * size, resp_head] is a violation: the channel breaks (quarantine follows).
+ */
+static int resp_room(struct drv_chan *ch, uint64_t need)
+{
+    uint64_t tail;
+
+    if (ch->resp.size - (ch->resp_head - ch->resp_tail_seen) >= need)
+        return 1;
+    tail = cxl_load_acquire64(ch->resp.shm_tail);   /* P0: pairs with the client's C2 */
+    if (ch->resp_head - tail > ch->resp.size) {
+        ch->broken = 1;
+        ch->broken_why = "resp_tail is not within the response ring";
+        return 0;
+    }
+    ch->resp_tail_seen = tail;
+    return ch->resp.size - (ch->resp_head - tail) >= need;
+}
+
+/* Copy whole messages to the ring at resp_head and publish them (P1). */
+static void resp_publish(struct drv_chan *ch, const void *bytes, uint32_t n)
+{
+    cxl_ring_copy_in(&ch->resp, ch->resp_head, bytes, n);
+    ch->resp_head += n;
+    /* P1: the message bytes above are visible before the new head; pairs with C1. */
+    cxl_store_release64(ch->resp.shm_head, ch->resp_head);
+    STAT_ADD(&ch->stats, bytes_out, n);
+}
+
+/* Move staged responses to the ring: as many whole ones as fit. 1 when none is left. */
+static int out_flush(struct drv_chan *ch)
+{
+    uint32_t n = 0;
+
+    if (!ch->out_len)
+        return 1;
+    if (resp_room(ch, ch->out_len)) {
+        n = ch->out_len;
+    } else if (!ch->broken) {
+        uint64_t room = ch->resp.size - (ch->resp_head - ch->resp_tail_seen);
+
+        /* Our own private bytes: the lengths are the ones we wrote. */
+        while (n < ch->out_len) {
+            struct cxl_msg_hdr hdr;
+
+            memcpy(&hdr, ch->out + n, sizeof(hdr));
+            if (n + cxl_align8(hdr.len) > room)
+                break;
+            n += (uint32_t)cxl_align8(hdr.len);
+        }
+    }
+    if (n) {
+        resp_publish(ch, ch->out, n);
+        memmove(ch->out, ch->out + n, ch->out_len - n);
+        ch->out_len -= n;
+    }
+    return ch->out_len == 0;
+}
+
+/* Staged responses first, then the large one. 1 when everything is in the ring. */
+static int drain(struct drv_chan *ch)
+{
+    if (!out_flush(ch))
+        return 0;
+    if (ch->big_len) {
+        if (!resp_room(ch, ch->big_len))
+            return 0;
+        resp_publish(ch, ch->big, ch->big_len);
+        ch->big_len = 0;
+    }
+    return 1;
+}
+
+/* Frame a response (header, pieces, zero padding) into private memory at dst. */
+static void frame(uint8_t *dst, const struct cxl_msg_hdr *hdr, const void *p1, uint32_t n1,
+                  const void *p2, uint32_t n2)
+{
+    memcpy(dst, hdr, sizeof(*hdr));
+    if (n1)
+        memcpy(dst + sizeof(*hdr), p1, n1);
+    if (n2)
+        memcpy(dst + sizeof(*hdr) + n1, p2, n2);
+    memset(dst + hdr->len, 0, cxl_align8(hdr->len) - hdr->len);
+}
+
+/* Answer one request: staged (small), straight to the ring or parked (large). */
+static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uint64_t id,
+                      const void *p1, uint32_t n1, const void *p2, uint32_t n2)
+{
+    struct cxl_msg_hdr hdr;
+    uint64_t len = CXL_MSG_HDR_SIZE + (uint64_t)n1 + n2;
+    uint32_t padded;
+
+    if (len > max_msg) {                /* the callers keep payloads under max_value */
+        static const char big[] = "response is larger than max_msg_size";
+        status = CXL_ST_TOO_LARGE;
+        p1 = big;
+        n1 = sizeof(big) - 1;
+        n2 = 0;
+        len = CXL_MSG_HDR_SIZE + n1;
+    }
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.len = (uint32_t)len;
+    hdr.op = status;
+    hdr.id = id;
+    padded = (uint32_t)cxl_align8(len);
+    switch (status) {
+    case CXL_ST_OK:          STAT_INC(&ch->stats, ok); break;
+    case CXL_ST_NOT_FOUND:   STAT_INC(&ch->stats, not_found); break;
+    case CXL_ST_ERR:         STAT_INC(&ch->stats, err); break;
+    case CXL_ST_OOM:         STAT_INC(&ch->stats, oom); break;
+    case CXL_ST_TOO_LARGE:   STAT_INC(&ch->stats, too_large); break;
+    case CXL_ST_BAD_REQUEST: STAT_INC(&ch->stats, bad_request); break;
+    case CXL_ST_UNKNOWN_OP:  STAT_INC(&ch->stats, unknown_op); break;
+    default: break;
+    }
+    if (padded <= DRV_OUT_CAP / 2) {
+        /* Not stalled before this request: out_len <= DRV_OUT_CAP / 2, so it fits. */
+        frame(ch->out + ch->out_len, &hdr, p1, n1, p2, n2);
+        ch->out_len += padded;
+        return;
+    }
+    /* Large (a big GET value, a CMD reply): keep the order, skip the staging copy. */
+    if (drain(ch) && resp_room(ch, padded)) {
+        uint64_t pos = ch->resp_head;
+
+        cxl_ring_copy_in(&ch->resp, pos, &hdr, sizeof(hdr));
+        if (n1)
+            cxl_ring_copy_in(&ch->resp, pos + sizeof(hdr), p1, n1);
+        if (n2)
+            cxl_ring_copy_in(&ch->resp, pos + sizeof(hdr) + n1, p2, n2);
+        cxl_ring_zero(&ch->resp, pos + len, padded - len);
+        ch->resp_head += padded;
+        cxl_store_release64(ch->resp.shm_head, ch->resp_head);     /* P1 */
+        STAT_ADD(&ch->stats, bytes_out, padded);
+        return;
+    }
+    if (ch->broken)
+        return;
+    if (!ch->big && !(ch->big = malloc(max_msg))) {
+        ch->broken = 1;
+        ch->broken_why = "out of memory for a pending response";
+        return;
+    }
+    frame(ch->big, &hdr, p1, n1, p2, n2);
+    ch->big_len = padded;
+    STAT_INC(&ch->stats, resp_full);
+}
+
+/* The sink handed to exec.c: a v3 response with the request's id. */
+struct v3_sink {
+    struct drv_chan *ch;
+    uint32_t max_msg;
+    uint64_t id;
+};
+
+static void v3_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
+                     const void *p2, uint32_t n2)
+{
+    struct v3_sink *sink = sinkp;
+
+    resp_send(sink->ch, sink->max_msg, status, sink->id, p1, n1, p2, n2);
+}
+
+/* ---- Quarantine (protocol doc section 6) ----------------------------------- */
+
+static void quarantine(struct drv_chan *ch, const char *why)
+{
+    /* One PROTOCOL_ERROR (id 0), after what is staged, if the ring is sane and has room. */
+    if (!ch->broken && drain(ch)) {
+        uint32_t n = (uint32_t)strlen(why);
+        struct cxl_msg_hdr hdr = { .len = CXL_MSG_HDR_SIZE + n, .op = CXL_ST_PROTOCOL_ERROR };
+        uint8_t msg[CXL_MSG_HDR_SIZE + 256];
+
+        if (n <= 256 - CXL_MSG_ALIGN && resp_room(ch, cxl_align8(hdr.len))) {
+            frame(msg, &hdr, why, n, NULL, 0);
+            resp_publish(ch, msg, (uint32_t)cxl_align8(hdr.len));
+        }
+    }
+    drop_staged(ch);
+    ch->broken = 0;
+    cxl_store_relaxed32(&ch->kserver->last_error, CXL_ST_PROTOCOL_ERROR);
+    set_state(ch, CXL_CHAN_QUARANTINED);
+    STAT_INC(&ch->stats, protocol_errors);
+    if (ch->logged < LOG_VIOLATIONS_PER_CHAN) {
+        ch->logged++;
+        drv_log("notice", DRV_NAME ": channel %u quarantined: %s", ch->index, why);
+    }
+}
+
+static void note_violation(struct drv_chan *ch, int status)
+{
+    cxl_store_relaxed32(&ch->kserver->last_error, (uint32_t)status);
+}
+
+/* ---- Scan and process ------------------------------------------------------- */
+
+/*
+ * Outside the GIL: follow sessions, drain waiting responses and find channels
+ * with requests. Returns the number of ready channels.
+ */
+int drv_v3_scan(struct drv_server *s, uint64_t now_ns)
+{
+    int ready = 0;
+    uint32_t c;
+
+    for (c = 0; c < s->nchan; c++) {
+        struct drv_chan *ch = &s->chans[c];
+
+        ch->ready = 0;
+        session_check(ch, now_ns);
+        if (ch->state != CXL_CHAN_ACTIVE)
+            continue;
+        if ((ch->out_len || ch->big_len) && !drain(ch)) {
+            if (ch->broken)
+                quarantine(ch, ch->broken_why);
+            if (stalled(ch) || ch->state != CXL_CHAN_ACTIVE)
+                continue;
+        }
+        /* C1 (peek): pairs with the client's P1; re-read under the GIL. */
+        if (cxl_load_acquire64(ch->req.shm_head) != ch->req_tail) {
+            ch->ready = 1;
+            ready++;
+        }
+    }
+    return ready;
+}
+
+/*
+ * Copy request bytes from req_tail into private memory: at least want bytes
+ * (a whole message), DRV_IN_CHUNK when there are that many, never more than
+ * published. One burst of loads from the client's lines per chunk.
+ */
+static void refill(struct drv_server *s, struct drv_chan *ch, uint64_t used, uint64_t want,
+                   uint32_t *off, uint32_t *avail)
+{
+    uint64_t n = want > DRV_IN_CHUNK ? want : DRV_IN_CHUNK;
+
+    if (n > used)
+        n = used;
+    if (n > s->msg_cap)
+        n = s->msg_cap;
+    cxl_ring_copy_out(&ch->req, ch->req_tail, s->msg, n);
+    *off = 0;
+    *avail = (uint32_t)n;
+}
+
+/* Consume up to budget requests of one channel. Returns how many. */
+static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t budget)
+{
+    const struct cxl_geometry *g = &s->geo;
+    struct v3_sink sink = { .ch = ch, .max_msg = g->max_msg_size };
+    struct cxl_msg_hdr hdr;
+    uint64_t head, used, padded, tail0 = ch->req_tail, refilled_at = UINT64_MAX;
+    uint32_t done = 0, off = 0, avail = 0;
+    const char *bad = NULL;
+    char why[160];
+    int st, frame;
+
+    head = cxl_load_acquire64(ch->req.shm_head);    /* C1: pairs with the client's P1 */
+    if (head - ch->req_head_seen > (uint64_t)1 << 62) {  /* head moved backwards */
+        quarantine(ch, "req_head moved backwards");
+        return 0;
+    }
+    ch->req_head_seen = head;
+    while (done < budget && !stalled(ch) && !ch->broken && !bad) {
+        used = head - ch->req_tail;
+        if (used == 0)
+            break;
+        if (used > ch->req.size || used < CXL_MSG_HDR_SIZE) {
+            cxl_frame_check(used, ch->req.size, 0, g->max_msg_size, &bad);
+            break;
+        }
+        if (avail < CXL_MSG_HDR_SIZE)
+            refill(s, ch, used, CXL_MSG_HDR_SIZE, &off, &avail);
+        /* Only the private copy is parsed from here on. */
+        memcpy(&hdr, s->msg + off, sizeof(hdr));
+        padded = cxl_align8(hdr.len);
+        frame = cxl_frame_check(used, ch->req.size, hdr.len, g->max_msg_size, &bad);
+        if (frame == CXL_FRAME_QUARANTINE)
+            break;
+        if (frame == CXL_FRAME_OK && padded > avail) {
+            if (refilled_at == ch->req_tail) {
+                /* the whole message was copied and still says it is longer */
+                bad = "message rewritten while being read";
+                break;
+            }
+            refill(s, ch, used, padded, &off, &avail);
+            refilled_at = ch->req_tail;
+            continue;                   /* parse the fresh copy from the start */
+        }
+        sink.id = hdr.id;
+        if (frame == CXL_FRAME_SKIP) {
+            static const char big[] = "request is larger than max_msg_size";
+            note_violation(ch, CXL_ST_TOO_LARGE);
+            v3_reply(&sink, CXL_ST_TOO_LARGE, big, sizeof(big) - 1, NULL, 0);
+        } else {
+            st = cxl_req_decode(s->msg + off, hdr.len, g->max_value_size, &s->req,
+                                why, sizeof(why));
+            if (st == CXL_ST_OK && drv_exec_must_wait(&s->exec, s->req.op))
+                break;                  /* not consumed: served after the pause */
+            if (st == CXL_ST_OK) {
+                drv_exec_request(&s->exec, &s->req, v3_reply, &sink);
+            } else {
+                note_violation(ch, st);
+                v3_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
+            }
+        }
+        STAT_INC(&ch->stats, requests);
+        STAT_ADD(&ch->stats, bytes_in, padded);
+        if (padded <= avail) {
+            off += (uint32_t)padded;
+            avail -= (uint32_t)padded;
+        } else {
+            off = avail = 0;            /* skipped a message we did not copy */
+        }
+        ch->req_tail += padded;
+        done++;
+    }
+    if (ch->req_tail != tail0) {
+        /* C2: we are done with these bytes; pairs with the client's P0. */
+        cxl_store_release64(ch->req.shm_tail, ch->req_tail);
+    }
+    if (bad) {
+        quarantine(ch, bad);            /* after the answers to what came before */
+        return done;
+    }
+    drain(ch);
+    if (ch->broken)
+        quarantine(ch, ch->broken_why);
+    return done;
+}
+
+/*
+ * Under the GIL: serve ready channels round robin, a quantum each, until the
+ * budget or the deadline is used up or no channel has requests left.
+ */
+uint32_t drv_v3_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns)
+{
+    uint32_t total = 0, quantum, c, n;
+    int more = 1;
+
+    quantum = budget / 4 ? budget / 4 : 1;
+    while (more && total < budget) {
+        more = 0;
+        for (c = 0; c < s->nchan && total < budget; c++) {
+            struct drv_chan *ch = &s->chans[c];
+
+            if (!ch->ready || ch->state != CXL_CHAN_ACTIVE)
+                continue;
+            n = chan_process(s, ch, quantum < budget - total ? quantum : budget - total);
+            total += n;
+            if (n == 0 || ch->state != CXL_CHAN_ACTIVE || stalled(ch))
+                ch->ready = 0;
+            else
+                more = 1;
+        }
+        if (cxl_now_ns() > deadline_ns)
+            break;
+    }
+    return total;
+}
+
+/* ---- Leases and resets ------------------------------------------------------ */
+
+/* Reclaim channels whose client heartbeat has stood still for client_lease_ms. */
+void drv_v3_housekeeping(struct drv_server *s, uint64_t now_ns)
+{
+    uint64_t lease_ns = (uint64_t)s->geo.client_lease_ms * 1000000ull;
+    uint32_t c;
+
+    for (c = 0; c < s->nchan; c++) {
+        struct drv_chan *ch = &s->chans[c];
+        uint64_t hb;
+
+        if (ch->state == CXL_CHAN_FREE)
+            continue;
+        /* Relaxed: the value orders nothing, only its change matters. */
+        hb = cxl_load_relaxed64(&ch->kclient->client_heartbeat);
+        if (hb != ch->hb_seen) {
+            ch->hb_seen = hb;
+            ch->hb_changed_ns = now_ns;
+        } else if (now_ns - ch->hb_changed_ns >= lease_ns) {
+            drv_log("notice", DRV_NAME ": channel %u: client heartbeat stood still for %u ms; "
+                    "session reclaimed", c, s->geo.client_lease_ms);
+            retire(ch);
+            STAT_INC(&ch->stats, reclaims);
+        }
+    }
+}
+
+/* CXLRING.RESET: retire the session and clear the error; the owner claims again. */
+void drv_v3_reset(struct drv_server *s, uint32_t chan)
+{
+    struct drv_chan *ch = &s->chans[chan];
+
+    retire(ch);
+    cxl_store_relaxed32(&ch->kserver->last_error, 0);
+    ch->logged = 0;
+    STAT_INC(&ch->stats, resets);
+}

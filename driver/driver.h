@@ -1,0 +1,248 @@
+/*
+ * driver.h - internals of the cxl_ring Redis module (the ring *server*).
+ *
+ * The module is split by concern:
+ *   module.c     Redis entry points: arguments, CXLRING.* commands, events
+ *   region.c     map the region; format, validate or refuse its header (v3 and v2)
+ *   poll.c       the poll thread (GIL batches, back-off) and the heartbeat thread
+ *   channel.c    layout v3: sessions, framing, responses, quarantine
+ *   compat_v2.c  layout v2: the PoC's slot rings
+ *   exec.c       GET/SET/DEL fast paths and CMD through RedisModule_Call
+ *
+ * Threads. The Redis main thread runs OnLoad, the commands and the shutdown
+ * event. The poll thread owns every private channel field below and is the
+ * only writer of the server's shared fields except the header's heartbeat
+ * (heartbeat thread) and the header's state during start and stop (main
+ * thread, while the poll thread is not running). The poll thread touches the
+ * keyspace only between RedisModule_ThreadSafeContextLock/Unlock.
+ *
+ * Naming: pointers into shared memory start with k (kclient, kserver, khdr),
+ * after liburing's khead/ktail, so they cannot be mistaken for private copies.
+ */
+#ifndef CXL_DRIVER_H
+#define CXL_DRIVER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "redismodule.h"
+#include "cxl_ring/ring.h"
+
+#define DRV_NAME              "cxl_ring"
+#define DRV_PATH_MAX          512
+#define DRV_DEFAULT_SPIN_US   50u
+#define DRV_DEFAULT_SLEEP_US  1000u
+#define DRV_DEFAULT_BATCH     512u      /* requests per GIL hold */
+#define DRV_BATCH_NS          1000000u  /* and at most 1 ms per GIL hold */
+#define DRV_V2_DEFAULT_RINGS  4u
+#define DRV_V2_DEFAULT_SLOTS  26624u
+#define DRV_ERRLEN            256
+#define DRV_OUT_CAP           (64u << 10) /* staged responses per channel */
+#define DRV_IN_CHUNK          (64u << 10) /* request bytes copied per refill */
+
+enum drv_format { DRV_FORMAT_AUTO, DRV_FORMAT_ALWAYS, DRV_FORMAT_NEVER };
+
+/* Module arguments (driver/README.md has the table). */
+struct drv_config {
+    char     path[DRV_PATH_MAX];
+    uint64_t map_size;                  /* 0 = discover */
+    struct cxl_params params;           /* v3 geometry and liveness */
+    int      layout;                    /* 3 or 2 */
+    int      format;                    /* enum drv_format */
+    uint32_t spin_us;
+    uint32_t idle_sleep_us;
+    uint32_t batch;                     /* max requests per GIL hold */
+    int      cpu;                       /* pin the poll thread; -1 = no */
+    uint32_t v2_rings;
+    uint32_t v2_slots;
+};
+
+/*
+ * Per-channel counters. Written by the poll thread only, read by CXLRING.INFO
+ * on the main thread: single writer, so relaxed atomic stores suffice (a
+ * reader may see a slightly old value, never a torn one).
+ */
+struct drv_stats {
+    uint64_t requests;
+    uint64_t ok;
+    uint64_t not_found;
+    uint64_t err;
+    uint64_t oom;
+    uint64_t too_large;
+    uint64_t bad_request;
+    uint64_t unknown_op;
+    uint64_t protocol_errors;           /* quarantines (v3), corrupt indexes (v2) */
+    uint64_t sessions;
+    uint64_t releases;
+    uint64_t reclaims;
+    uint64_t resets;
+    uint64_t resp_full;                 /* times a response had to wait for room */
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+};
+
+#define STAT_ADD(st, field, n) \
+    __atomic_store_n(&(st)->field, (st)->field + (n), __ATOMIC_RELAXED)
+#define STAT_INC(st, field) STAT_ADD(st, field, 1)
+#define STAT_GET(st, field) __atomic_load_n(&(st)->field, __ATOMIC_RELAXED)
+
+/* ---- Execution against the keyspace (exec.c) ------------------------------ */
+
+/*
+ * Where an executed request's answer goes: a v3 response or a v2 slot. Called
+ * exactly once per request, with up to two payload pieces (p2 may be NULL).
+ * For a GET, p1 points into the value (StringDMA) and is valid only during the call.
+ */
+typedef void drv_reply_fn(void *sink, uint8_t status,
+                          const void *p1, uint32_t n1, const void *p2, uint32_t n2);
+
+struct drv_exec {
+    RedisModuleCtx *ctx;                /* detached thread-safe context, db 0 */
+    uint32_t max_value;
+    int      readonly;                  /* a read-only replica: refuse fast-path writes */
+    int      paused;                    /* CLIENT PAUSE, FAILOVER, shutdown: writes wait */
+    int      deferred;                  /* a request waited for the pause to end */
+    uint32_t writes;                    /* writes in this GIL hold */
+    RedisModuleString *argv[CXL_MAX_ARGS];
+    char     cmdname[64];
+};
+
+void drv_exec_begin_batch(struct drv_exec *x);
+void drv_exec_get(struct drv_exec *x, const uint8_t *key, uint32_t klen,
+                  drv_reply_fn *reply, void *sink);
+void drv_exec_set(struct drv_exec *x, const uint8_t *key, uint32_t klen,
+                  const uint8_t *val, uint32_t vlen, uint64_t ttl_ms,
+                  drv_reply_fn *reply, void *sink);
+void drv_exec_del(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                  const uint32_t *argl, drv_reply_fn *reply, void *sink);
+void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                  const uint32_t *argl, drv_reply_fn *reply, void *sink);
+/* While clients are paused, writes wait: 1 = leave this request in the ring for now. */
+int  drv_exec_must_wait(struct drv_exec *x, uint8_t op);
+/* Dispatch a decoded v3 request. */
+void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
+                      drv_reply_fn *reply, void *sink);
+
+/* ---- Layout v3 channels (channel.c) -------------------------------------- */
+
+struct drv_chan {
+    uint32_t index;
+    struct cxl_shm_client_ctl *kclient; /* written by the client: read once, validate */
+    struct cxl_shm_server_ctl *kserver; /* written by us */
+    struct cxl_ring req;                /* consumer side */
+    struct cxl_ring resp;               /* producer side */
+
+    /* private copies (poll thread) */
+    uint32_t state;                     /* enum cxl_chan_state, mirrors kserver->chan_state */
+    uint64_t token;                     /* mirrors kserver->ack_token */
+    uint64_t dead_token;                /* mirrors kserver->dead_token */
+    uint64_t req_tail;                  /* our consumer index */
+    uint64_t req_head_seen;             /* last producer index seen: must not go back */
+    uint64_t resp_head;                 /* our producer index */
+    uint64_t resp_tail_seen;            /* last consumer index seen */
+    uint64_t hb_seen;
+    uint64_t hb_changed_ns;
+    int      ready;                     /* scan found requests */
+    int      broken;                    /* a violation found while answering */
+    const char *broken_why;
+
+    /*
+     * Responses are staged in private memory and copied to the ring once per
+     * batch: one burst of stores to shared lines instead of one per response
+     * (Redis's allocator does a locked add per malloc, which would wait for
+     * each of those cross-core stores). What does not fit the ring waits here,
+     * and the channel is not read until it has drained.
+     */
+    uint8_t *out;                       /* DRV_OUT_CAP bytes of whole, padded responses */
+    uint32_t out_len;
+    uint8_t *big;                       /* one large response (> DRV_OUT_CAP / 2), lazily */
+    uint32_t big_len;                   /* padded; 0 = none */
+
+    uint32_t logged;                    /* violations logged (rate limit) */
+    struct drv_stats stats;
+};
+
+/* ---- Layout v2 rings (compat_v2.c) ----------------------------------------- */
+
+struct drv_v2_ring {
+    volatile uint64_t *kreq_head;       /* client */
+    volatile uint64_t *kreq_tail;       /* us */
+    volatile uint64_t *kresp_head;      /* us */
+    volatile uint64_t *kresp_tail;      /* client */
+    uint8_t *req_slots;
+    uint8_t *resp_slots;
+    uint64_t req_tail;
+    uint64_t resp_head;
+    uint64_t resp_tail_seen;
+    int      ready;
+    struct drv_stats stats;
+};
+
+/* ---- The server ------------------------------------------------------------ */
+
+struct drv_server {
+    struct drv_config cfg;
+    struct cxl_region region;
+    struct cxl_geometry geo;            /* v3 */
+    struct cxl_shm_header *khdr;        /* v3 */
+    struct drv_chan *chans;             /* v3: geo.channel_count */
+    struct drv_v2_ring *v2;             /* v2: cfg.v2_rings */
+    uint32_t nchan;                     /* channels or v2 rings */
+    uint64_t epoch;
+    int      formatted;                 /* this start formatted the region */
+
+    /* threads */
+    pthread_t poll_thread;
+    pthread_t hb_thread;
+    int      threads_running;
+    int      stop;                      /* atomic: set by the main thread */
+    pthread_mutex_t hb_mutex;
+    pthread_cond_t  hb_cond;
+    uint64_t gil_holds;                 /* stats (relaxed) */
+    uint64_t wakeups;
+    int      wake_pending;              /* a one-shot to the event loop is queued */
+    uint64_t last_wake_ns;
+
+    /* CXLRING.RESET requests, handed to the poll thread */
+    pthread_mutex_t reset_mutex;
+    RedisModuleBlockedClient **reset_bc;   /* per channel, NULL = none */
+    int      reset_pending;             /* atomic */
+
+    struct drv_exec exec;               /* poll thread only */
+    struct cxl_req req;                 /* poll thread only: decoded request */
+    uint8_t *msg;                       /* poll thread only: private copy of requests */
+    uint32_t msg_cap;
+};
+
+/* region.c */
+int  drv_region_open(struct drv_server *s, char *err, size_t errlen);
+void drv_region_running(struct drv_server *s);
+void drv_region_stopping(struct drv_server *s, uint32_t state);
+void drv_region_close(struct drv_server *s);
+
+/* channel.c (v3) */
+int  drv_chans_init(struct drv_server *s);
+void drv_chans_free(struct drv_server *s);
+int  drv_v3_scan(struct drv_server *s, uint64_t now_ns);
+uint32_t drv_v3_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
+void drv_v3_housekeeping(struct drv_server *s, uint64_t now_ns);
+void drv_v3_reset(struct drv_server *s, uint32_t chan);
+const char *drv_chan_state_name(uint32_t state);
+
+/* compat_v2.c */
+uint64_t drv_v2_layout_size(uint32_t rings, uint32_t slots);
+void drv_v2_format(struct drv_server *s);
+int  drv_v2_check(struct drv_server *s, char *err, size_t errlen);
+int  drv_v2_init(struct drv_server *s);
+int  drv_v2_scan(struct drv_server *s);
+uint32_t drv_v2_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
+void drv_v2_reset(struct drv_server *s, uint32_t ring);
+
+/* poll.c */
+int  drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size_t errlen);
+void drv_threads_stop(struct drv_server *s);
+
+/* logging from any thread (RedisModule_Log with a NULL context is thread-safe) */
+#define drv_log(level, ...) RedisModule_Log(NULL, level, __VA_ARGS__)
+
+#endif /* CXL_DRIVER_H */

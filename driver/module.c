@@ -1,0 +1,447 @@
+/*
+ * cxl_ring - serve Redis over shared-memory rings (CXL-style memory, ivshmem,
+ * or a /dev/shm file), as a module loaded into a stock redis-server.
+ *
+ * A client maps the same region and talks to this module through per-channel
+ * request and response rings (docs/ring-protocol.md, layout version 3; or the
+ * proof of concept's layout v2 with `layout v2`). Requests run against the
+ * real keyspace: what a ring client sets, redis-cli sees; writes reach the
+ * AOF and replicas; maxmemory is respected.
+ *
+ *   loadmodule /path/cxl_ring.so path /dev/shm/cxl0 channels 8
+ *
+ * This file holds the Redis entry points: argument parsing, OnLoad/OnUnload,
+ * the CXLRING.INFO and CXLRING.RESET commands and the shutdown event. The ring
+ * work happens on the module's poll thread (poll.c), which takes the GIL once
+ * per batch of requests (the RedisModule_ThreadSafeContextLock pattern of
+ * helloblock.c).
+ */
+#include "driver.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define RESET_TIMEOUT_MS 2000
+
+static struct drv_server g_srv;
+
+/* ---- Module arguments ------------------------------------------------------- */
+
+/* An unsigned number with an optional k/m/g (binary) suffix. */
+static int parse_size(const char *s, uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+    uint64_t mult = 1;
+
+    if (!*s || *s == '-')
+        return -1;
+    errno = 0;
+    v = strtoull(s, &end, 0);
+    if (errno || end == s)
+        return -1;
+    if (*end) {
+        switch (*end) {
+        case 'k': case 'K': mult = 1ull << 10; break;
+        case 'm': case 'M': mult = 1ull << 20; break;
+        case 'g': case 'G': mult = 1ull << 30; break;
+        default: return -1;
+        }
+        if (end[1] && strcasecmp(end + 1, "b") && strcasecmp(end + 1, "ib"))
+            return -1;
+    }
+    if (v > max / mult)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
+/* 1 when val is not a number within [lo, hi]. */
+static int parse_u32(const char *val, uint64_t lo, uint64_t hi, uint32_t *out)
+{
+    uint64_t v;
+
+    if (parse_size(val, hi, &v) < 0 || v < lo)
+        return 1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc,
+                      char *err, size_t errlen)
+{
+    int i;
+
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->layout = 3;
+    cfg->format = DRV_FORMAT_AUTO;
+    cfg->spin_us = DRV_DEFAULT_SPIN_US;
+    cfg->idle_sleep_us = DRV_DEFAULT_SLEEP_US;
+    cfg->batch = DRV_DEFAULT_BATCH;
+    cfg->cpu = -1;
+    cfg->v2_rings = DRV_V2_DEFAULT_RINGS;
+    cfg->v2_slots = DRV_V2_DEFAULT_SLOTS;
+
+    if (argc % 2) {
+        snprintf(err, errlen, "arguments are name value pairs (got %d words)", argc);
+        return -1;
+    }
+    for (i = 0; i < argc; i += 2) {
+        const char *name = RedisModule_StringPtrLen(argv[i], NULL);
+        const char *val = RedisModule_StringPtrLen(argv[i + 1], NULL);
+        int bad = 0;
+
+#define U32(field, lo, hi) \
+        do { bad = parse_u32(val, lo, hi, &(field)); } while (0)
+        if (!strcasecmp(name, "path")) {
+            if (strlen(val) >= sizeof(cfg->path))
+                bad = 1;
+            else
+                snprintf(cfg->path, sizeof(cfg->path), "%s", val);
+        } else if (!strcasecmp(name, "map_size")) {
+            bad = parse_size(val, UINT64_MAX, &cfg->map_size) < 0;
+        } else if (!strcasecmp(name, "channels")) {
+            U32(cfg->params.channels, 1, CXL_MAX_CHANNELS);
+        } else if (!strcasecmp(name, "req_ring")) {
+            U32(cfg->params.req_ring_size, CXL_MIN_RING_SIZE, CXL_MAX_RING_SIZE);
+        } else if (!strcasecmp(name, "resp_ring")) {
+            U32(cfg->params.resp_ring_size, CXL_MIN_RING_SIZE, CXL_MAX_RING_SIZE);
+        } else if (!strcasecmp(name, "max_value")) {
+            U32(cfg->params.max_value_size, 1, UINT32_MAX - CXL_MSG_SLACK);
+        } else if (!strcasecmp(name, "heartbeat_ms")) {
+            U32(cfg->params.heartbeat_interval_ms, 1, 60000);
+        } else if (!strcasecmp(name, "client_lease_ms")) {
+            U32(cfg->params.client_lease_ms, 100, 3600000);
+        } else if (!strcasecmp(name, "spin_us")) {
+            U32(cfg->spin_us, 0, 1000000);
+        } else if (!strcasecmp(name, "idle_sleep_us")) {
+            U32(cfg->idle_sleep_us, 1, 1000000);
+        } else if (!strcasecmp(name, "batch")) {
+            U32(cfg->batch, 1, 1000000);
+        } else if (!strcasecmp(name, "cpu")) {
+            uint32_t cpu = 0;
+            U32(cpu, 0, 1023);
+            cfg->cpu = (int)cpu;
+        } else if (!strcasecmp(name, "v2_rings")) {
+            U32(cfg->v2_rings, 1, CXL_V2_MAX_RINGS);
+        } else if (!strcasecmp(name, "v2_slots")) {
+            U32(cfg->v2_slots, 1, 1u << 20);
+        } else if (!strcasecmp(name, "layout")) {
+            if (!strcasecmp(val, "v3") || !strcmp(val, "3"))
+                cfg->layout = 3;
+            else if (!strcasecmp(val, "v2") || !strcmp(val, "2"))
+                cfg->layout = 2;
+            else
+                bad = 1;
+        } else if (!strcasecmp(name, "format")) {
+            if (!strcasecmp(val, "auto"))
+                cfg->format = DRV_FORMAT_AUTO;
+            else if (!strcasecmp(val, "always"))
+                cfg->format = DRV_FORMAT_ALWAYS;
+            else if (!strcasecmp(val, "never"))
+                cfg->format = DRV_FORMAT_NEVER;
+            else
+                bad = 1;
+        } else {
+            snprintf(err, errlen, "unknown argument '%s' (see driver/README.md)", name);
+            return -1;
+        }
+#undef U32
+        if (bad) {
+            snprintf(err, errlen, "bad value '%s' for argument '%s'", val, name);
+            return -1;
+        }
+    }
+    if (!cfg->path[0]) {
+        snprintf(err, errlen, "the 'path' argument is required (a file, /dev/uioN or a "
+                 "sysfs resource2)");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- CXLRING.INFO [channel] ------------------------------------------------ */
+
+static const char *server_state_name(uint32_t st)
+{
+    switch (st) {
+    case CXL_SERVER_STOPPED:  return "stopped";
+    case CXL_SERVER_STARTING: return "starting";
+    case CXL_SERVER_RUNNING:  return "running";
+    case CXL_SERVER_STOPPING: return "stopping";
+    default:                  return "?";
+    }
+}
+
+static void reply_u64(RedisModuleCtx *ctx, const char *name, uint64_t v)
+{
+    RedisModule_ReplyWithSimpleString(ctx, name);
+    RedisModule_ReplyWithLongLong(ctx, (long long)v);
+}
+
+static void reply_str(RedisModuleCtx *ctx, const char *name, const char *v)
+{
+    RedisModule_ReplyWithSimpleString(ctx, name);
+    RedisModule_ReplyWithSimpleString(ctx, v);
+}
+
+static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
+{
+    const struct drv_stats *st;
+    char tok[24];
+    const char *state;
+    uint32_t last_error = 0;
+    uint64_t errors, pending = 0;
+
+    if (s->cfg.layout == 3) {
+        struct drv_chan *ch = &s->chans[c];
+        st = &ch->stats;
+        /* Read back what we published: the poll thread's private copy may be mid-change. */
+        state = drv_chan_state_name(cxl_load_acquire32(&ch->kserver->chan_state));
+        last_error = cxl_load_relaxed32(&ch->kserver->last_error);
+        snprintf(tok, sizeof(tok), "%016" PRIx64, cxl_load_acquire64(&ch->kserver->ack_token));
+    } else {
+        st = &s->v2[c].stats;
+        state = "v2";
+        snprintf(tok, sizeof(tok), "-");
+    }
+    errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
+             STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
+             STAT_GET(st, protocol_errors);
+    RedisModule_ReplyWithMap(ctx, 22);
+    reply_u64(ctx, "channel", c);
+    reply_str(ctx, "state", state);
+    reply_str(ctx, "token", tok);
+    reply_u64(ctx, "requests", STAT_GET(st, requests));
+    reply_u64(ctx, "ok", STAT_GET(st, ok));
+    reply_u64(ctx, "not_found", STAT_GET(st, not_found));
+    reply_u64(ctx, "errors", errors);
+    reply_u64(ctx, "err", STAT_GET(st, err));
+    reply_u64(ctx, "oom", STAT_GET(st, oom));
+    reply_u64(ctx, "too_large", STAT_GET(st, too_large));
+    reply_u64(ctx, "bad_request", STAT_GET(st, bad_request));
+    reply_u64(ctx, "unknown_op", STAT_GET(st, unknown_op));
+    reply_u64(ctx, "protocol_errors", STAT_GET(st, protocol_errors));
+    reply_u64(ctx, "last_error", last_error);
+    reply_u64(ctx, "sessions", STAT_GET(st, sessions));
+    reply_u64(ctx, "releases", STAT_GET(st, releases));
+    reply_u64(ctx, "reclaims", STAT_GET(st, reclaims));
+    reply_u64(ctx, "resets", STAT_GET(st, resets));
+    reply_u64(ctx, "resp_full", STAT_GET(st, resp_full));
+    reply_u64(ctx, "bytes_in", STAT_GET(st, bytes_in));
+    reply_u64(ctx, "bytes_out", STAT_GET(st, bytes_out));
+    if (s->cfg.layout == 3)             /* bytes of responses waiting for room */
+        pending = (uint64_t)__atomic_load_n(&s->chans[c].out_len, __ATOMIC_RELAXED) +
+                  __atomic_load_n(&s->chans[c].big_len, __ATOMIC_RELAXED);
+    reply_u64(ctx, "pending", pending);
+}
+
+static int parse_channel(RedisModuleCtx *ctx, struct drv_server *s, RedisModuleString *arg,
+                         uint32_t *chan)
+{
+    long long c;
+
+    if (RedisModule_StringToLongLong(arg, &c) != REDISMODULE_OK || c < 0 ||
+        c >= (long long)s->nchan) {
+        RedisModule_ReplyWithError(ctx, "ERR channel must be 0..channel_count-1");
+        return -1;
+    }
+    *chan = (uint32_t)c;
+    return 0;
+}
+
+/* CXLRING.INFO [channel] -> a map: server facts and one map per channel. */
+static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    struct drv_server *s = &g_srv;
+    char epoch[24];
+    uint32_t c, state = CXL_SERVER_RUNNING;
+    uint64_t hb = 0;
+
+    if (argc > 2)
+        return RedisModule_WrongArity(ctx);
+    if (argc == 2) {
+        if (parse_channel(ctx, s, argv[1], &c) < 0)
+            return REDISMODULE_OK;
+        reply_channel(ctx, s, c);
+        return REDISMODULE_OK;
+    }
+    if (s->cfg.layout == 3) {
+        state = cxl_load_acquire32(&s->khdr->server_state);
+        hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
+    }
+    snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
+    RedisModule_ReplyWithMap(ctx, 14);
+    reply_str(ctx, "layout", s->cfg.layout == 3 ? "v3" : "v2");
+    reply_str(ctx, "path", s->cfg.path);
+    reply_u64(ctx, "map_size", s->region.size);
+    reply_str(ctx, "epoch", epoch);
+    reply_str(ctx, "server_state", server_state_name(state));
+    reply_u64(ctx, "heartbeat", hb);
+    reply_u64(ctx, "formatted", (uint64_t)s->formatted);
+    reply_u64(ctx, "channel_count", s->nchan);
+    reply_u64(ctx, "max_value", s->exec.max_value);
+    reply_u64(ctx, "client_lease_ms", s->cfg.layout == 3 ? s->geo.client_lease_ms : 0);
+    reply_u64(ctx, "heartbeat_ms", s->cfg.layout == 3 ? s->geo.heartbeat_interval_ms : 0);
+    reply_u64(ctx, "gil_holds", __atomic_load_n(&s->gil_holds, __ATOMIC_RELAXED));
+    reply_u64(ctx, "event_loop_wakeups", __atomic_load_n(&s->wakeups, __ATOMIC_RELAXED));
+    RedisModule_ReplyWithSimpleString(ctx, "channels");
+    RedisModule_ReplyWithArray(ctx, s->nchan);
+    for (c = 0; c < s->nchan; c++)
+        reply_channel(ctx, s, c);
+    return REDISMODULE_OK;
+}
+
+/* ---- CXLRING.RESET channel ------------------------------------------------- */
+
+/* Runs on the main thread once the poll thread has reset the channel. */
+static int reset_reply(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    const char *result = RedisModule_GetBlockedClientPrivateData(ctx);
+
+    (void)argv;
+    (void)argc;
+    if (!result)
+        return RedisModule_ReplyWithError(ctx, "ERR the ring server stopped before the reset");
+    return RedisModule_ReplyWithSimpleString(ctx, result);
+}
+
+static int reset_timeout(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    (void)argv;
+    (void)argc;
+    return RedisModule_ReplyWithError(ctx, "ERR the ring server did not answer the reset");
+}
+
+/*
+ * CXLRING.RESET channel -> +OK once the channel is free again: the session is
+ * retired (the owner must claim again), the error cleared. The poll thread
+ * owns the channel, so the client blocks until that thread has done it.
+ */
+static int cmd_reset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    struct drv_server *s = &g_srv;
+    RedisModuleBlockedClient *bc;
+    uint32_t c;
+
+    if (argc != 2)
+        return RedisModule_WrongArity(ctx);
+    if (parse_channel(ctx, s, argv[1], &c) < 0)
+        return REDISMODULE_OK;
+    if (!s->threads_running)
+        return RedisModule_ReplyWithError(ctx, "ERR the ring server is not running");
+    pthread_mutex_lock(&s->reset_mutex);
+    if (s->reset_bc[c]) {
+        pthread_mutex_unlock(&s->reset_mutex);
+        return RedisModule_ReplyWithError(ctx, "ERR a reset of this channel is in progress");
+    }
+    bc = RedisModule_BlockClient(ctx, reset_reply, reset_timeout, NULL, RESET_TIMEOUT_MS);
+    if (!bc) {
+        pthread_mutex_unlock(&s->reset_mutex);
+        return RedisModule_ReplyWithError(ctx, "ERR cannot block this client (MULTI/Lua?)");
+    }
+    s->reset_bc[c] = bc;
+    __atomic_store_n(&s->reset_pending, 1, __ATOMIC_RELEASE);    /* R1: pairs with R2 */
+    pthread_mutex_unlock(&s->reset_mutex);
+    return REDISMODULE_OK;
+}
+
+/* ---- Start and stop ----------------------------------------------------------- */
+
+static void server_stop(struct drv_server *s)
+{
+    if (!s->threads_running)
+        return;
+    drv_region_stopping(s, CXL_SERVER_STOPPING);
+    drv_threads_stop(s);
+    drv_region_stopping(s, CXL_SERVER_STOPPED);
+    drv_log("notice", DRV_NAME ": stopped serving %s", s->cfg.path);
+}
+
+static void on_shutdown(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent,
+                        void *data)
+{
+    (void)ctx;
+    (void)eid;
+    (void)subevent;
+    (void)data;
+    server_stop(&g_srv);
+}
+
+int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
+{
+    struct drv_server *s = &g_srv;
+    char err[DRV_ERRLEN * 2];
+
+    if (RedisModule_Init(ctx, DRV_NAME, 1, REDISMODULE_APIVER_1) == REDISMODULE_ERR)
+        return REDISMODULE_ERR;
+    memset(s, 0, sizeof(*s));
+    if (parse_args(&s->cfg, argv, argc, err, sizeof(err)) < 0)
+        goto fail;
+    if (drv_region_open(s, err, sizeof(err)) < 0)
+        goto fail;
+    if ((s->cfg.layout == 3 ? drv_chans_init(s) : drv_v2_init(s)) < 0) {
+        snprintf(err, sizeof(err), "out of memory for %u channels", s->nchan);
+        goto fail_region;
+    }
+    s->reset_bc = calloc(s->nchan, sizeof(*s->reset_bc));
+    if (!s->reset_bc) {
+        snprintf(err, sizeof(err), "out of memory");
+        goto fail_region;
+    }
+    if (RedisModule_CreateCommand(ctx, "cxlring.info", cmd_info, "readonly", 0, 0, 0) ==
+            REDISMODULE_ERR ||
+        RedisModule_CreateCommand(ctx, "cxlring.reset", cmd_reset, "admin", 0, 0, 0) ==
+            REDISMODULE_ERR) {
+        snprintf(err, sizeof(err), "cannot register the CXLRING commands");
+        goto fail_region;
+    }
+    if (RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_Shutdown, on_shutdown) ==
+        REDISMODULE_ERR) {
+        snprintf(err, sizeof(err), "cannot subscribe to the shutdown event");
+        goto fail_region;
+    }
+    if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)
+        goto fail_region;
+    drv_region_running(s);
+    RedisModule_Log(ctx, "notice", DRV_NAME ": serving %s (%s, layout v%d, %u %s, %" PRIu64
+                    " bytes mapped, %s), epoch %016" PRIx64, s->cfg.path, s->region.kind,
+                    s->cfg.layout, s->nchan, s->cfg.layout == 3 ? "channels" : "rings",
+                    s->region.size, s->formatted ? "formatted" : "reused", s->epoch);
+    return REDISMODULE_OK;
+
+fail_region:
+    drv_chans_free(s);
+    free(s->v2);
+    free(s->reset_bc);
+    drv_region_close(s);
+fail:
+    RedisModule_Log(ctx, "warning", DRV_NAME ": not loaded: %s", err);
+    return REDISMODULE_ERR;
+}
+
+int RedisModule_OnUnload(RedisModuleCtx *ctx)
+{
+    struct drv_server *s = &g_srv;
+
+    if (__atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE)) {
+        /* A one-shot callback into this module is queued: unloading now would leave
+         * the event loop a dangling pointer. It runs within one loop iteration. */
+        RedisModule_Log(ctx, "warning", DRV_NAME ": an event-loop callback is pending; "
+                        "retry MODULE UNLOAD");
+        return REDISMODULE_ERR;
+    }
+    server_stop(s);
+    drv_chans_free(s);
+    free(s->v2);
+    free(s->reset_bc);
+    s->v2 = NULL;
+    s->reset_bc = NULL;
+    drv_region_close(s);
+    return REDISMODULE_OK;
+}

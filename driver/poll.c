@@ -1,0 +1,324 @@
+/*
+ * poll.c - the driver's two threads.
+ *
+ * The poll thread serves the rings. Each round it follows sessions, flushes
+ * pending responses and looks for requests without the GIL; when it finds
+ * some it takes the GIL once (RedisModule_ThreadSafeContextTryLock) and
+ * serves a bounded batch (cfg.batch requests, DRV_BATCH_NS), so TCP clients
+ * keep their turn. Without requests it spins for spin_us, yields, then sleeps
+ * with a doubling interval up to idle_sleep_us (protocol doc section 8).
+ *
+ * The GIL is only ever *tried*: the main thread holds it while it runs the
+ * shutdown event or MODULE UNLOAD and joins this thread, so a blocking lock
+ * could deadlock. Under TCP load the try succeeds in the window the main
+ * thread leaves around epoll_wait, much like a TCP client gets one read per
+ * event loop iteration.
+ *
+ * The heartbeat thread bumps server_heartbeat every heartbeat_ms / 2 and does
+ * nothing else, so the heartbeat moves even while the main thread (and with
+ * it the poll thread, waiting for the GIL) is busy.
+ */
+#define _GNU_SOURCE
+#include "driver.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#define HOUSEKEEPING_NS   (10ull * 1000000ull)
+#define WAKE_MIN_NS       (1000000ull)  /* wake the event loop at most every 1 ms */
+#define YIELD_NS          (50000ull)    /* after spinning, yield this long before sleeping */
+#define SHORT_NAPS_NS     (20000000ull) /* for the first 20 ms of a gap ... */
+#define SHORT_NAP_US      50ull         /* ... sleep at most 50 us */
+
+/* T2: pairs with T1, the main thread's store_release of stop in drv_threads_stop(). */
+static int stopping(struct drv_server *s)
+{
+    return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE);
+}
+
+static void sleep_ns(uint64_t ns)
+{
+    struct timespec ts = { .tv_sec = (time_t)(ns / 1000000000ull),
+                           .tv_nsec = (long)(ns % 1000000000ull) };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+/* ---- GIL ----------------------------------------------------------------- */
+
+/* Take the GIL, or give up (-1) when the server stops. */
+static int gil_lock(struct drv_server *s)
+{
+    RedisModuleCtx *ctx = s->exec.ctx;
+    uint64_t t0 = 0;
+    unsigned tries = 0;
+
+    while (RedisModule_ThreadSafeContextTryLock(ctx) != REDISMODULE_OK) {
+        if (stopping(s))
+            return -1;
+        if (++tries < 2000) {
+            cxl_cpu_relax();
+            continue;
+        }
+        /* The main thread is busy for longer: stop burning the core. */
+        if (!t0)
+            t0 = cxl_now_ns();
+        sleep_ns(cxl_now_ns() - t0 < 1000000ull ? 2000 : 20000);
+    }
+    __atomic_add_fetch(&s->gil_holds, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+/* ---- Waking the event loop ------------------------------------------------ */
+
+/*
+ * Writes made from this thread reach the AOF buffer and the replicas' output
+ * buffers at once, but the main thread flushes those in beforeSleep(); while
+ * it sleeps in epoll_wait nothing would be written. A one-shot event wakes it.
+ */
+static void on_wake(void *user_data)
+{
+    struct drv_server *s = user_data;
+
+    /* W1: pairs with W2 in maybe_wake() and with OnUnload's check. */
+    __atomic_store_n(&s->wake_pending, 0, __ATOMIC_RELEASE);
+}
+
+static void maybe_wake(struct drv_server *s, int *unflushed, uint64_t now_ns)
+{
+    if (!*unflushed || __atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE) ||   /* W2 */
+        now_ns - s->last_wake_ns < WAKE_MIN_NS)
+        return;
+    __atomic_store_n(&s->wake_pending, 1, __ATOMIC_RELEASE);
+    if (RedisModule_EventLoopAddOneShot(on_wake, s) != REDISMODULE_OK) {
+        __atomic_store_n(&s->wake_pending, 0, __ATOMIC_RELEASE);
+        return;
+    }
+    s->last_wake_ns = now_ns;
+    __atomic_add_fetch(&s->wakeups, 1, __ATOMIC_RELAXED);
+    *unflushed = 0;
+}
+
+/* ---- CXLRING.RESET hand-off ------------------------------------------------- */
+
+static void handle_resets(struct drv_server *s)
+{
+    uint32_t c;
+
+    /* R2: a cheap peek, pairs with R1 in cmd_reset(); the mutex orders the rest. */
+    if (!__atomic_load_n(&s->reset_pending, __ATOMIC_ACQUIRE))
+        return;
+    pthread_mutex_lock(&s->reset_mutex);
+    __atomic_store_n(&s->reset_pending, 0, __ATOMIC_RELEASE);
+    for (c = 0; c < s->nchan; c++) {
+        RedisModuleBlockedClient *bc = s->reset_bc[c];
+
+        if (!bc)
+            continue;
+        if (s->cfg.layout == 3)
+            drv_v3_reset(s, c);
+        else
+            drv_v2_reset(s, c);
+        s->reset_bc[c] = NULL;
+        /* The reply callback on the main thread answers +OK. */
+        if (RedisModule_UnblockClient(bc, (void *)"OK") != REDISMODULE_OK)
+            drv_log("warning", DRV_NAME ": could not unblock a CXLRING.RESET client");
+    }
+    pthread_mutex_unlock(&s->reset_mutex);
+}
+
+/* ---- The poll thread ------------------------------------------------------ */
+
+static void *poll_main(void *arg)
+{
+    struct drv_server *s = arg;
+    uint64_t now, idle_since, next_housekeeping = 0, sleep_us = 0;
+    uint64_t spin_ns = (uint64_t)s->cfg.spin_us * 1000ull;
+    int ready, unflushed = 0;
+    uint32_t done;
+
+    pthread_setname_np(pthread_self(), "cxl-ring-poll");
+    if (s->cfg.cpu >= 0) {
+        cpu_set_t set;
+
+        CPU_ZERO(&set);
+        CPU_SET(s->cfg.cpu, &set);
+        if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
+            drv_log("warning", DRV_NAME ": cannot pin the poll thread to cpu %d", s->cfg.cpu);
+    }
+    idle_since = cxl_now_ns();
+    while (!stopping(s)) {
+        now = cxl_now_ns();
+        if (now >= next_housekeeping) {
+            if (s->cfg.layout == 3)
+                drv_v3_housekeeping(s, now);
+            next_housekeeping = now + HOUSEKEEPING_NS;
+        }
+        handle_resets(s);
+        maybe_wake(s, &unflushed, now);
+
+        ready = s->cfg.layout == 3 ? drv_v3_scan(s, now) : drv_v2_scan(s);
+        if (ready) {
+            if (gil_lock(s) < 0)
+                break;
+            drv_exec_begin_batch(&s->exec);
+            done = s->cfg.layout == 3
+                 ? drv_v3_process(s, s->cfg.batch, now + DRV_BATCH_NS)
+                 : drv_v2_process(s, s->cfg.batch, now + DRV_BATCH_NS);
+            if (s->exec.writes)
+                unflushed = 1;
+            /* Propagates this batch's writes (one MULTI/EXEC when several). */
+            RedisModule_ThreadSafeContextUnlock(s->exec.ctx);
+            if (s->exec.deferred) {
+                /* Writes wait for a client pause to end: look again in a while. */
+                sleep_ns(500000ull);
+                continue;
+            }
+            if (done) {
+                idle_since = cxl_now_ns();
+                sleep_us = 0;
+                if (done >= s->cfg.batch) {
+                    /*
+                     * A full batch: leave the main thread a moment to take the
+                     * GIL (the unlock woke it). No sched_yield(): on a shared
+                     * core that hands the CPU to another process for a slice.
+                     */
+                    for (int i = 0; i < 64; i++)
+                        cxl_cpu_relax();
+                }
+                continue;
+            }
+            /* ready but nothing served (a channel just quarantined): back off */
+        }
+        /* Back-off: spin, yield, then sleep up to idle_sleep_us. */
+        if (now - idle_since < spin_ns) {
+            for (int i = 0; i < 16; i++)
+                cxl_cpu_relax();
+        } else if (now - idle_since < spin_ns + YIELD_NS) {
+            sched_yield();
+        } else {
+            /*
+             * Short naps while the gap is young (a client that was descheduled
+             * for a few ms comes back to a server that answers at once), then
+             * doubling up to idle_sleep_us: an idle server wakes ~1000 times/s.
+             */
+            uint64_t cap = now - idle_since < SHORT_NAPS_NS ? SHORT_NAP_US : s->cfg.idle_sleep_us;
+
+            sleep_us = sleep_us ? sleep_us * 2 : 4;
+            if (sleep_us > cap)
+                sleep_us = cap;
+            if (sleep_us > s->cfg.idle_sleep_us)
+                sleep_us = s->cfg.idle_sleep_us;
+            sleep_ns(sleep_us * 1000ull);
+        }
+    }
+    return NULL;
+}
+
+/* ---- The heartbeat thread ---------------------------------------------------- */
+
+static void *heartbeat_main(void *arg)
+{
+    struct drv_server *s = arg;
+    uint32_t interval_ms = s->cfg.layout == 3 ? s->geo.heartbeat_interval_ms : 1000;
+    uint64_t period_ns = (uint64_t)interval_ms * 1000000ull / 2;
+    struct timespec deadline;
+
+    pthread_setname_np(pthread_self(), "cxl-ring-hb");
+    if (period_ns == 0)
+        period_ns = 500000ull;
+    pthread_mutex_lock(&s->hb_mutex);
+    while (!stopping(s)) {
+        if (s->cfg.layout == 3) {
+            /* Relaxed: clients only watch it change; it orders nothing. */
+            uint64_t hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
+            cxl_store_relaxed64(&s->khdr->server_heartbeat, hb + 1);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_nsec += (long)(period_ns % 1000000000ull);
+        deadline.tv_sec += (time_t)(period_ns / 1000000000ull) + deadline.tv_nsec / 1000000000L;
+        deadline.tv_nsec %= 1000000000L;
+        while (!stopping(s) &&
+               pthread_cond_timedwait(&s->hb_cond, &s->hb_mutex, &deadline) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&s->hb_mutex);
+    return NULL;
+}
+
+/* ---- Start and stop ----------------------------------------------------------- */
+
+int drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size_t errlen)
+{
+    pthread_condattr_t ca;
+    int rc;
+
+    s->exec.ctx = RedisModule_GetDetachedThreadSafeContext(ctx);
+    if (!s->exec.ctx) {
+        snprintf(err, errlen, "cannot create a thread-safe context");
+        return -1;
+    }
+    if (RedisModule_SelectDb(s->exec.ctx, 0) != REDISMODULE_OK) {
+        snprintf(err, errlen, "cannot select db 0");
+        goto fail_ctx;
+    }
+    s->exec.max_value = s->cfg.layout == 3 ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
+    pthread_mutex_init(&s->reset_mutex, NULL);
+    pthread_mutex_init(&s->hb_mutex, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->hb_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    __atomic_store_n(&s->stop, 0, __ATOMIC_RELEASE);
+
+    if ((rc = pthread_create(&s->hb_thread, NULL, heartbeat_main, s)) != 0) {
+        snprintf(err, errlen, "cannot start the heartbeat thread: %s", strerror(rc));
+        goto fail_ctx;
+    }
+    if ((rc = pthread_create(&s->poll_thread, NULL, poll_main, s)) != 0) {
+        snprintf(err, errlen, "cannot start the poll thread: %s", strerror(rc));
+        __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+        pthread_cond_signal(&s->hb_cond);
+        pthread_join(s->hb_thread, NULL);
+        goto fail_ctx;
+    }
+    s->threads_running = 1;
+    return 0;
+
+fail_ctx:
+    RedisModule_FreeThreadSafeContext(s->exec.ctx);
+    s->exec.ctx = NULL;
+    return -1;
+}
+
+/* Main thread (holding the GIL). The poll thread never blocks on the GIL, so it exits. */
+void drv_threads_stop(struct drv_server *s)
+{
+    uint32_t c;
+
+    if (!s->threads_running)
+        return;
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);         /* T1: pairs with T2 */
+    pthread_mutex_lock(&s->hb_mutex);
+    pthread_cond_signal(&s->hb_cond);
+    pthread_mutex_unlock(&s->hb_mutex);
+    pthread_join(s->poll_thread, NULL);
+    pthread_join(s->hb_thread, NULL);
+    s->threads_running = 0;
+
+    /* Answer CXLRING.RESET calls the poll thread did not get to. */
+    pthread_mutex_lock(&s->reset_mutex);
+    for (c = 0; c < s->nchan; c++) {
+        if (s->reset_bc && s->reset_bc[c]) {
+            RedisModule_UnblockClient(s->reset_bc[c], NULL);
+            s->reset_bc[c] = NULL;
+        }
+    }
+    pthread_mutex_unlock(&s->reset_mutex);
+    RedisModule_FreeThreadSafeContext(s->exec.ctx);
+    s->exec.ctx = NULL;
+}

@@ -1,0 +1,237 @@
+/*
+ * region.c - map the shared region and decide what to do with its header:
+ * format it, reuse it, or refuse it (docs/ring-protocol.md section 7,
+ * driver argument `format`).
+ *
+ *   format auto    all zeros -> format; header equal to our configuration ->
+ *                  reuse; anything else -> refuse, saying what differs
+ *   format always  format whatever is there
+ *   format never   reuse an equal header, refuse everything else
+ *
+ * Formatting writes the geometry first and publishes the magic last (F1);
+ * readers load the magic first (F2). Reuse retires every session so that
+ * clients of the previous server instance claim again.
+ */
+#include "driver.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *format_name(int f)
+{
+    return f == DRV_FORMAT_ALWAYS ? "always" : f == DRV_FORMAT_NEVER ? "never" : "auto";
+}
+
+/* ---- Layout v3 ---------------------------------------------------------- */
+
+static void v3_format(struct drv_server *s)
+{
+    struct cxl_shm_header *h = s->khdr;
+    uint32_t c;
+
+    /* Unpublish first: a reader that loads magic 0 ignores the rest. */
+    cxl_store_release64((volatile uint64_t *)(void *)h->magic, 0);
+    memset((uint8_t *)h + CXL_MAGIC_LEN, 0, CXL_HEADER_SIZE - CXL_MAGIC_LEN);
+    for (c = 0; c < s->geo.channel_count; c++) {
+        /* control pages only: ring data needs no zeroing (and stays sparse) */
+        memset(cxl_client_ctl(s->region.base, &s->geo, c), 0, CXL_CONTROL_SIZE);
+        memset(cxl_server_ctl(s->region.base, &s->geo, c), 0, CXL_CONTROL_SIZE);
+    }
+    cxl_header_write_geometry(h, &s->geo);
+    cxl_store_relaxed32(&h->server_state, CXL_SERVER_STARTING);
+    cxl_header_publish_magic(h);        /* F1: pairs with the readers' F2 */
+    s->formatted = 1;
+}
+
+/* Name every field in which the region's header differs from our configuration. */
+static void describe_diff(const struct cxl_geometry *have, const struct cxl_geometry *want,
+                          char *out, size_t outlen)
+{
+    size_t n = 0;
+
+#define DIFF(field, arg) \
+    if (have->field != want->field && n < outlen) \
+        n += (size_t)snprintf(out + n, outlen - n, "%s%s %u (configured %u)", \
+                              n ? ", " : "", arg, (unsigned)have->field, \
+                              (unsigned)want->field);
+    DIFF(channel_count, "channels");
+    DIFF(req_ring_size, "req_ring");
+    DIFF(resp_ring_size, "resp_ring");
+    DIFF(max_value_size, "max_value");
+    DIFF(heartbeat_interval_ms, "heartbeat_ms");
+    DIFF(client_lease_ms, "client_lease_ms");
+#undef DIFF
+    if (!n)
+        snprintf(out, outlen, "region_size");
+}
+
+/*
+ * Refuse a region another live server is serving: its heartbeat still moves.
+ * Only asked when the header says STARTING or RUNNING (an unclean stop, or a
+ * second server on the same region).
+ */
+static int another_server_alive(struct drv_server *s)
+{
+    struct cxl_shm_header *h = s->khdr;
+    uint32_t state = cxl_load_acquire32(&h->server_state);
+    uint64_t before, wait_ms;
+    struct timespec ts;
+
+    if (state != CXL_SERVER_RUNNING && state != CXL_SERVER_STARTING)
+        return 0;
+    before = cxl_load_relaxed64(&h->server_heartbeat);
+    wait_ms = 2ull * s->geo.heartbeat_interval_ms + 20;
+    ts.tv_sec = (time_t)(wait_ms / 1000);
+    ts.tv_nsec = (long)(wait_ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+    return cxl_load_relaxed64(&h->server_heartbeat) != before;
+}
+
+/* Reuse: retire every session of the previous server instance. */
+static void v3_retire_all(struct drv_server *s)
+{
+    uint32_t c;
+
+    for (c = 0; c < s->geo.channel_count; c++) {
+        struct cxl_shm_client_ctl *kclient = cxl_client_ctl(s->region.base, &s->geo, c);
+        struct cxl_shm_server_ctl *kserver = cxl_server_ctl(s->region.base, &s->geo, c);
+        uint64_t claim = cxl_load_acquire64(&kclient->claim_token);
+
+        /* dead_token before ack_token: both pair with the client's acquire loads (S3). */
+        if (claim)
+            cxl_store_release64(&kserver->dead_token, claim);
+        cxl_store_release64(&kserver->ack_token, 0);
+        cxl_store_release32(&kserver->chan_state, CXL_CHAN_FREE);
+    }
+}
+
+static int v3_open(struct drv_server *s, char *err, size_t errlen)
+{
+    struct cxl_geometry found;
+    char why[DRV_ERRLEN];
+    int rc;
+
+    s->khdr = s->region.base;
+    rc = cxl_header_read(s->khdr, s->region.size, &found, why, sizeof(why));
+    if (s->cfg.format == DRV_FORMAT_ALWAYS || (s->cfg.format == DRV_FORMAT_AUTO && rc == 1)) {
+        v3_format(s);
+        return 0;
+    }
+    if (rc == 1) {
+        snprintf(err, errlen, "region %s is not formatted and format is never", s->cfg.path);
+        return -1;
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "refusing region %s: %s (format %s; format always "
+                 "reformats it)", s->cfg.path, why, format_name(s->cfg.format));
+        return -1;
+    }
+    if (!cxl_geometry_equal(&found, &s->geo)) {
+        describe_diff(&found, &s->geo, why, sizeof(why));
+        snprintf(err, errlen, "refusing region %s: its layout differs from the configuration: "
+                 "%s (format %s; format always reformats it)", s->cfg.path, why,
+                 format_name(s->cfg.format));
+        return -1;
+    }
+    if (another_server_alive(s)) {
+        snprintf(err, errlen, "refusing region %s: another server (pid %u) is serving it; "
+                 "its heartbeat is moving", s->cfg.path,
+                 cxl_load_relaxed32(&s->khdr->server_pid));
+        return -1;
+    }
+    /* Relaxed epoch: the STARTING release below orders it (L1). */
+    cxl_store_relaxed64(&s->khdr->server_epoch, 0);
+    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_STARTING);     /* L1 */
+    v3_retire_all(s);
+    return 0;
+}
+
+/* ---- Layout v2 ---------------------------------------------------------- */
+
+static int v2_open(struct drv_server *s, char *err, size_t errlen)
+{
+    char why[DRV_ERRLEN];
+    int rc = drv_v2_check(s, why, sizeof(why));
+
+    if (s->cfg.format == DRV_FORMAT_ALWAYS || (s->cfg.format == DRV_FORMAT_AUTO && rc == 1)) {
+        drv_v2_format(s);
+        s->formatted = 1;
+        return 0;
+    }
+    if (rc == 1) {
+        snprintf(err, errlen, "region %s is not formatted and format is never", s->cfg.path);
+        return -1;
+    }
+    if (rc < 0) {
+        snprintf(err, errlen, "refusing region %s: %s (format %s)", s->cfg.path, why,
+                 format_name(s->cfg.format));
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- Both ----------------------------------------------------------------- */
+
+int drv_region_open(struct drv_server *s, char *err, size_t errlen)
+{
+    struct drv_config *cfg = &s->cfg;
+    uint64_t need, create = 0;
+    struct stat st;
+
+    if (cfg->layout == 3) {
+        if (cxl_geometry_from_params(&cfg->params, &s->geo, err, errlen) < 0)
+            return -1;
+        need = s->geo.region_size;
+    } else {
+        need = drv_v2_layout_size(cfg->v2_rings, cfg->v2_slots);
+    }
+    /* A new (absent or empty) file is created at the layout's size, or map_size. */
+    if (stat(cfg->path, &st) < 0 ? errno == ENOENT : (S_ISREG(st.st_mode) && st.st_size == 0))
+        create = cfg->map_size > need ? cfg->map_size : need;
+    if (cxl_region_map(cfg->path, cfg->map_size, create, &s->region, err, errlen) < 0)
+        return -1;
+    if (s->region.size < need) {
+        snprintf(err, errlen, "region %s maps %" PRIu64 " bytes; the configured layout needs "
+                 "%" PRIu64, cfg->path, s->region.size, need);
+        cxl_region_unmap(&s->region);
+        return -1;
+    }
+    if ((cfg->layout == 3 ? v3_open(s, err, errlen) : v2_open(s, err, errlen)) < 0) {
+        cxl_region_unmap(&s->region);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * After the threads run: a new epoch, then RUNNING. L1: the release of
+ * server_state pairs with the client's acquire load of it; a client that sees
+ * RUNNING then reads the new epoch (and the retired sessions).
+ */
+void drv_region_running(struct drv_server *s)
+{
+    if (s->cfg.layout != 3)
+        return;
+    s->epoch = cxl_random_u64();
+    cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
+    cxl_store_release64(&s->khdr->server_epoch, s->epoch);
+    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_RUNNING);         /* L1 */
+}
+
+void drv_region_stopping(struct drv_server *s, uint32_t state)
+{
+    if (s->cfg.layout == 3 && s->khdr)
+        cxl_store_release32(&s->khdr->server_state, state);
+}
+
+void drv_region_close(struct drv_server *s)
+{
+    cxl_region_unmap(&s->region);
+    s->khdr = NULL;
+}

@@ -1,0 +1,46 @@
+"""Fixtures for the cxl_ring driver tests: real redis-server processes with the module.
+
+`ring_servers` hands a test a Cluster (tests/ring/ringharness.py); every server it starts
+is stopped and every /dev/shm region it names is removed, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from ringharness import MODULE, MODULE_ASAN, Cluster  # noqa: E402
+
+
+def _require(path: Path) -> None:
+    if not path.exists():
+        pytest.skip(f"{path} is not built (make build)")
+
+
+@pytest.fixture
+def ring_servers(tmp_path):
+    _require(MODULE)
+    cluster = Cluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def server(ring_servers):
+    """One server with the default geometry except small rings (fast to format)."""
+    return ring_servers.server({"channels": 4, "req_ring": "2m", "resp_ring": "2m"})
+
+
+@pytest.fixture(params=["plain", "asan"])
+def module_path(request):
+    """The module build under test: parametrizes hostile tests over plain and ASan builds."""
+    path = MODULE if request.param == "plain" else MODULE_ASAN
+    _require(path)
+    return path

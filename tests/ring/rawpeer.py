@@ -1,0 +1,338 @@
+"""A raw protocol peer for the driver tests: the client side of docs/ring-protocol.md.
+
+Self-contained on purpose (no dependency on client/cxl_ring): the hostile tests need to
+write arbitrary bytes and indexes, which a well-behaved client library would refuse to do.
+
+Region map (layout v3, all little-endian):
+
+    0                      header section, 4096 bytes (server)
+    4096 + c * stride      channel c: client section = control page + request ring
+    ... + client_size      channel c: server section = control page + response ring
+
+Client control page: claim_token@0 client_heartbeat@8 client_pid@16 req_head@64 resp_tail@128
+Server control page: ack_token@0 dead_token@8 chan_state@16 last_error@20 req_tail@64
+                     resp_head@128
+
+Indexes are written with one aligned 8-byte store: a memoryview cast to 'Q' stores with
+a single memcpy of 8 bytes, i.e. one MOV on x86-64 (TSO: plain loads are acquire, plain
+stores release). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import struct
+import threading
+import time
+
+MAGIC = b"CXLDSMR\0"
+PAGE = 4096
+HDR = 16
+
+OP_GET, OP_SET, OP_DEL, OP_CMD, OP_PING = 1, 2, 3, 4, 5
+FLAG_TTL = 1
+ST_OK, ST_NOT_FOUND, ST_ERR, ST_OOM, ST_TOO_LARGE = 0, 1, 2, 3, 4
+ST_BAD_REQUEST, ST_UNKNOWN_OP, ST_PROTOCOL_ERROR, ST_UNKNOWN_OUTCOME = 5, 6, 7, 8
+CHAN_FREE, CHAN_ACTIVE, CHAN_QUARANTINED = 0, 1, 2
+SERVER_STOPPED, SERVER_STARTING, SERVER_RUNNING, SERVER_STOPPING = 0, 1, 2, 3
+
+# header geometry, offsets 8..87
+GEOMETRY = struct.Struct("<IIIIQQQQQIIIIII")
+MSG_HEADER = struct.Struct("<IBBHQ")  # len, op/status, flags, argc, id
+
+
+def align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def encode_request(op: int, args: list[bytes] = (), req_id: int = 0, flags: int = 0,
+                   ttl_ms: int = 0, argc: int | None = None) -> bytes:
+    """A framed request, padded to 8 bytes. argc may lie (hostile tests)."""
+    body = b""
+    if flags & FLAG_TTL:
+        body += struct.pack("<Q", ttl_ms)
+    for a in args:
+        body += struct.pack("<I", len(a)) + a
+    length = HDR + len(body)
+    msg = MSG_HEADER.pack(length, op, flags, len(args) if argc is None else argc, req_id) + body
+    return msg + b"\0" * (align8(length) - length)
+
+
+class PeerError(Exception):
+    """The server did something a client must not accept (or did not answer in time)."""
+
+
+class ServerGone(PeerError):
+    pass
+
+
+class Region:
+    """The mapped region file and its validated header."""
+
+    def __init__(self, path: str):
+        self.path = path
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.size = os.fstat(fd).st_size
+            self.mm = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.q = memoryview(self.mm).cast("Q")
+        self.i = memoryview(self.mm).cast("I")
+        if bytes(self.mm[0:8]) != MAGIC:
+            self.close()
+            raise PeerError(f"{path}: bad magic")
+        (self.version, self.header_size, self.features, self.channel_count, self.region_size,
+         self.table_off, self.stride, self.client_size, self.server_size, self.req_ring_size,
+         self.resp_ring_size, self.max_msg, self.max_value, self.heartbeat_ms,
+         self.lease_ms) = GEOMETRY.unpack_from(self.mm, 8)
+        if self.version != 3 or self.region_size > self.size:
+            self.close()
+            raise PeerError(f"{path}: version {self.version}, region {self.region_size}")
+
+    def close(self) -> None:
+        for view in ("q", "i"):
+            if hasattr(self, view):
+                getattr(self, view).release()
+                delattr(self, view)
+        self.mm.close()
+
+    # one aligned access each
+    def u64(self, off: int) -> int:
+        return self.q[off // 8]
+
+    def put_u64(self, off: int, value: int) -> None:
+        self.q[off // 8] = value & 0xFFFFFFFFFFFFFFFF
+
+    def u32(self, off: int) -> int:
+        return self.i[off // 4]
+
+    def put_u32(self, off: int, value: int) -> None:
+        self.i[off // 4] = value & 0xFFFFFFFF
+
+    @property
+    def epoch(self) -> int:
+        return self.u64(128)
+
+    @property
+    def heartbeat(self) -> int:
+        return self.u64(136)
+
+    @property
+    def server_state(self) -> int:
+        return self.u32(144)
+
+    @property
+    def server_pid(self) -> int:
+        return self.u32(148)
+
+    def client_off(self, chan: int) -> int:
+        return self.table_off + chan * self.stride
+
+    def server_off(self, chan: int) -> int:
+        return self.client_off(chan) + self.client_size
+
+    def channel(self, chan: int) -> Channel:
+        return Channel(self, chan)
+
+
+class Channel:
+    """One channel seen from its client: claim, push, pop, all with bounded waits."""
+
+    def __init__(self, region: Region, chan: int):
+        self.r = region
+        self.chan = chan
+        self.c = region.client_off(chan)
+        self.s = region.server_off(chan)
+        self.req_data = self.c + PAGE
+        self.resp_data = self.s + PAGE
+        self.token = 0
+        self.epoch = 0
+        self.req_head = 0
+        self.resp_tail = 0
+        self.next_id = 1
+        self._hb_stop: threading.Event | None = None
+        self._hb_thread: threading.Thread | None = None
+
+    # ---- shared fields ----
+    @property
+    def claim_token(self) -> int:
+        return self.r.u64(self.c + 0)
+
+    @property
+    def ack_token(self) -> int:
+        return self.r.u64(self.s + 0)
+
+    @property
+    def dead_token(self) -> int:
+        return self.r.u64(self.s + 8)
+
+    @property
+    def state(self) -> int:
+        return self.r.u32(self.s + 16)
+
+    @property
+    def last_error(self) -> int:
+        return self.r.u32(self.s + 20)
+
+    @property
+    def req_tail(self) -> int:
+        return self.r.u64(self.s + 64)
+
+    @property
+    def resp_head(self) -> int:
+        return self.r.u64(self.s + 128)
+
+    def beat(self) -> None:
+        self.r.put_u64(self.c + 8, self.r.u64(self.c + 8) + 1)
+
+    # ---- session ----
+    def claim(self, timeout: float = 5.0, token: int | None = None) -> None:
+        """Claim this channel (tests give each peer its own channel: no CAS needed)."""
+        seen = self.claim_token
+        if seen not in (0, self.dead_token) and seen != self.token:
+            raise PeerError(f"channel {self.chan} is held by token {seen:#x}")
+        self.token = token or random.getrandbits(64) or 1
+        self.r.put_u32(self.c + 16, os.getpid())
+        self.r.put_u64(self.c + 0, self.token)
+        self.beat()
+        deadline = time.monotonic() + timeout
+        while self.ack_token != self.token:
+            if time.monotonic() > deadline:
+                raise PeerError(f"channel {self.chan}: no ack within {timeout}s "
+                                f"(ack {self.ack_token:#x}, state {self.r.server_state})")
+            self.beat()
+            time.sleep(0.0005)
+        self.epoch = self.r.epoch
+        self.req_head = self.r.u64(self.c + 64)
+        self.resp_tail = self.r.u64(self.c + 128)
+
+    def release(self) -> None:
+        self.stop_heartbeat()
+        self.r.put_u64(self.c + 0, 0)
+        self.token = 0
+
+    def start_heartbeat(self, period: float | None = None) -> None:
+        period = period or max(self.r.lease_ms / 8000.0, 0.005)
+        self._hb_stop = threading.Event()
+
+        def run(stop: threading.Event) -> None:
+            while not stop.wait(period):
+                self.beat()
+
+        self._hb_thread = threading.Thread(target=run, args=(self._hb_stop,), daemon=True)
+        self._hb_thread.start()
+
+    def stop_heartbeat(self) -> None:
+        if self._hb_stop:
+            self._hb_stop.set()
+            self._hb_thread.join(5)
+            self._hb_stop = None
+
+    # ---- raw ring access ----
+    def write_req_bytes(self, pos: int, data: bytes) -> None:
+        """Copy bytes into the request ring at stream position pos (wrapping)."""
+        size = self.r.req_ring_size
+        off = pos & (size - 1)
+        first = min(len(data), size - off)
+        base = self.req_data
+        self.r.mm[base + off: base + off + first] = data[:first]
+        if first < len(data):
+            self.r.mm[base: base + len(data) - first] = data[first:]
+
+    def publish_head(self, head: int) -> None:
+        self.r.put_u64(self.c + 64, head)
+
+    def push_raw(self, data: bytes, advance: int | None = None, publish: bool = True) -> None:
+        """Write bytes at req_head; advance the head by `advance` (default: padded length)."""
+        self.write_req_bytes(self.req_head, data)
+        self.req_head += align8(len(data)) if advance is None else advance
+        if publish:
+            self.publish_head(self.req_head)
+
+    def wait_room(self, need: int, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.r.req_ring_size - (self.req_head - self.req_tail) < need:
+            if time.monotonic() > deadline:
+                raise PeerError(f"channel {self.chan}: request ring stays full")
+            time.sleep(0.0002)
+
+    def send(self, op: int, args: list[bytes] = (), flags: int = 0, ttl_ms: int = 0,
+             req_id: int | None = None) -> int:
+        if req_id is None:
+            req_id = self.next_id
+            self.next_id += 1
+        msg = encode_request(op, list(args), req_id, flags, ttl_ms)
+        self.wait_room(len(msg))
+        self.push_raw(msg)
+        return req_id
+
+    def _read_resp(self, pos: int, n: int) -> bytes:
+        size = self.r.resp_ring_size
+        off = pos & (size - 1)
+        first = min(n, size - off)
+        base = self.resp_data
+        data = bytes(self.r.mm[base + off: base + off + first])
+        if first < n:
+            data += bytes(self.r.mm[base: base + n - first])
+        return data
+
+    def recv(self, timeout: float = 5.0) -> tuple[int, int, bytes]:
+        """(status, id, payload) of the next response; ST_UNKNOWN_OUTCOME on a restart."""
+        deadline = time.monotonic() + timeout
+        hb, hb_at = self.r.heartbeat, time.monotonic()
+        dead_after = max(10 * self.r.heartbeat_ms / 1000.0, 1.0)
+        while True:
+            head = self.resp_head
+            used = (head - self.resp_tail) & 0xFFFFFFFFFFFFFFFF
+            if used > self.r.resp_ring_size:
+                raise PeerError(f"resp_head - resp_tail = {used} exceeds the ring")
+            if used >= HDR:
+                break
+            if self.r.epoch != self.epoch:
+                return ST_UNKNOWN_OUTCOME, 0, b"server restarted"
+            if self.r.server_state != SERVER_RUNNING:
+                raise ServerGone(f"server_state {self.r.server_state}")
+            now = time.monotonic()
+            if self.r.heartbeat != hb:
+                hb, hb_at = self.r.heartbeat, now
+            elif now - hb_at > dead_after:
+                raise ServerGone("server heartbeat stands still")
+            if now > deadline:
+                raise PeerError(f"channel {self.chan}: no response within {timeout}s "
+                                f"(state {self.state}, last_error {self.last_error})")
+            time.sleep(0.0001)
+        length, status, _flags, _argc, rid = MSG_HEADER.unpack(self._read_resp(self.resp_tail,
+                                                                               HDR))
+        if length < HDR or align8(length) > used:
+            raise PeerError(f"response length {length} does not fit {used} published bytes")
+        payload = self._read_resp(self.resp_tail + HDR, length - HDR)
+        self.resp_tail += align8(length)
+        self.r.put_u64(self.c + 128, self.resp_tail)
+        return status, rid, payload
+
+    def request(self, op: int, args: list[bytes] = (), flags: int = 0, ttl_ms: int = 0,
+                timeout: float = 5.0) -> tuple[int, bytes]:
+        rid = self.send(op, args, flags, ttl_ms)
+        status, got, payload = self.recv(timeout)
+        if status != ST_UNKNOWN_OUTCOME and got != rid:
+            raise PeerError(f"response id {got} for request {rid}")
+        return status, payload
+
+    # ---- conveniences ----
+    def get(self, key: bytes) -> tuple[int, bytes]:
+        return self.request(OP_GET, [key])
+
+    def set(self, key: bytes, value: bytes, ttl_ms: int = 0) -> tuple[int, bytes]:
+        return self.request(OP_SET, [key, value], FLAG_TTL if ttl_ms else 0, ttl_ms)
+
+    def delete(self, *keys: bytes) -> tuple[int, bytes]:
+        return self.request(OP_DEL, list(keys))
+
+    def cmd(self, *argv: bytes) -> tuple[int, bytes]:
+        return self.request(OP_CMD, list(argv))
+
+    def ping(self) -> tuple[int, bytes]:
+        return self.request(OP_PING)
