@@ -7,7 +7,6 @@ Everything a fixture starts is stopped and every /dev/shm file it names is remov
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import shutil
 import signal
@@ -23,21 +22,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+from clientutil import MODULE, free_port, shm_name  # noqa: E402,F401
 from cxl_ring import protocol as P  # noqa: E402
 from fakeserver import FakeServer  # noqa: E402
-
-MODULE = REPO / "build" / "cxl_ring.so"
-_names = itertools.count()
-
-
-def shm_name() -> str:
-    return f"/dev/shm/cxltest-{os.getpid()}-{next(_names)}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from clientutil import REPO
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, free_port
+from clientutil import REPO, free_port
 
 redis = pytest.importorskip("redis")
 pytestmark = pytest.mark.timeout(120)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import cxl_ring
 import pytest
-from conftest import REPO
+from clientutil import REPO
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
