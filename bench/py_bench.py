@@ -7,7 +7,8 @@ and TCP. Measured:
 * pipelined GET and SET throughput: cxl_ring.RingClient.pipeline() vs redis-py's
   pipeline(transaction=False) (hiredis parser when installed), the same loop, the same
   pipeline size (1000) and keys;
-* unpipelined round trip (GET of one existing key): p50/p99 per request, both ways;
+* unpipelined round trip (GET of one existing key): p50/p99 per request, both ways; when the
+  optional C core (cxl_ring._speedups) is in use, the pure-Python path too (py_ring_pure_*);
 * redis-benchmark -P 16 GET through ``cxl-ring proxy`` vs the same command on direct TCP.
 
 Called by bench/run.py (``make bench``) as ``run(tcp_port=..., region_path=..., quick=...)``,
@@ -15,9 +16,11 @@ which returns the flat dict of results (and writes it to ``out_json`` when given
 
     .venv/bin/python bench/py_bench.py --start-server --out /tmp/py_bench.json
     .venv/bin/python bench/py_bench.py --port 6379 --path /dev/shm/cxl0 --out r.json
+    .venv/bin/python bench/py_bench.py --start-server --pin --rtt-only   # round trip only
 
 Keys: py_ring_pipe_rps, py_tcp_pipe_rps (GET), py_ring_pipe_set_rps, py_tcp_pipe_set_rps,
-py_ring_rtt_p50_us, py_tcp_rtt_p50_us (and p99), proxy_p16_get_rps, tcp_p16_get_rps, the
+py_ring_rtt_p50_us, py_tcp_rtt_p50_us (and p99), py_ring_pure_rtt_p50_us (and p99; only
+when the C core is in use), proxy_p16_get_rps, tcp_p16_get_rps, the
 ratios py_pipe_ring_vs_tcp and py_rtt_ring_vs_tcp, and py_bench_commands.
 """
 
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "client"))
 
 import cxl_ring  # noqa: E402
+from cxl_ring import channel  # noqa: E402
 
 PIPE = 1000
 VALUE = b"v" * 64
@@ -128,9 +132,22 @@ def _proxy(region: str):
             proc.wait(5)
 
 
+def _pure_rtt(region_path: str, key: bytes, n: int) -> tuple[float, float]:
+    """The round trip with the pure-Python session, though the C core is importable."""
+    saved = channel.SessionType
+    channel.SessionType = channel.Session
+    try:
+        with cxl_ring.RingClient(region_path, timeout=10) as ring:
+            return _rtt(ring.get, key, n)
+    finally:
+        channel.SessionType = saved
+
+
 def run(tcp_port: int, region_path: str, out_json: str | None = None,
-        quick: bool = False) -> dict[str, Any]:
-    """Measure everything against a running server; returns (and optionally writes) the keys."""
+        quick: bool = False, rtt_only: bool = False) -> dict[str, Any]:
+    """Measure everything against a running server; returns (and optionally writes) the keys.
+
+    rtt_only: only the unpipelined round trips (no pipelines, no proxy)."""
     import redis
 
     total = 20_000 if quick else 200_000
@@ -148,24 +165,31 @@ def run(tcp_port: int, region_path: str, out_json: str | None = None,
         for k in keys:
             fill.set(k, VALUE)
         fill.execute()
-        res["py_ring_pipe_set_rps"] = _pipelined(ring.pipeline, keys, total, "set")
-        res["py_tcp_pipe_set_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False), keys,
-                                                total, "set")
-        res["py_ring_pipe_rps"] = _pipelined(ring.pipeline, keys, total, "get")
-        res["py_tcp_pipe_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False), keys,
-                                            total, "get")
+        if not rtt_only:
+            res["py_ring_pipe_set_rps"] = _pipelined(ring.pipeline, keys, total, "set")
+            res["py_tcp_pipe_set_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False),
+                                                    keys, total, "set")
+            res["py_ring_pipe_rps"] = _pipelined(ring.pipeline, keys, total, "get")
+            res["py_tcp_pipe_rps"] = _pipelined(lambda: tcp.pipeline(transaction=False), keys,
+                                                total, "get")
         res["py_ring_rtt_p50_us"], res["py_ring_rtt_p99_us"] = _rtt(ring.get, keys[0], rtt_n)
         res["py_tcp_rtt_p50_us"], res["py_tcp_rtt_p99_us"] = _rtt(tcp.get, keys[0], rtt_n)
+    if channel.SPEEDUPS:
+        res["py_ring_pure_rtt_p50_us"], res["py_ring_pure_rtt_p99_us"] = _pure_rtt(
+            region_path, keys[0], rtt_n)
     tcp.close()
-    res["py_pipe_ring_vs_tcp"] = res["py_ring_pipe_rps"] / res["py_tcp_pipe_rps"]
+    if not rtt_only:
+        res["py_pipe_ring_vs_tcp"] = res["py_ring_pipe_rps"] / res["py_tcp_pipe_rps"]
     res["py_rtt_ring_vs_tcp"] = res["py_ring_rtt_p50_us"] / res["py_tcp_rtt_p50_us"]
+    if channel.SPEEDUPS:
+        res["py_rtt_pure_vs_tcp"] = res["py_ring_pure_rtt_p50_us"] / res["py_tcp_rtt_p50_us"]
     commands = {
         "pipelined": f"RingClient.pipeline() vs redis.Redis(port={tcp_port}).pipeline("
                      f"transaction=False): {total} GET and {total} SET in pipelines of {PIPE}, "
                      f"64-byte values, 10000 keys",
         "rtt": f"{rtt_n} x get(one key) after 1000 warm-up, p50/p99",
     }
-    if shutil.which("redis-benchmark"):
+    if shutil.which("redis-benchmark") and not rtt_only:
         with _proxy(region_path) as (pport, pcmd):
             res["proxy_p16_get_rps"], rb_cmd = _redis_benchmark(pport, rb_n)
         res["tcp_p16_get_rps"], rb_tcp_cmd = _redis_benchmark(tcp_port, rb_n)
@@ -176,26 +200,35 @@ def run(tcp_port: int, region_path: str, out_json: str | None = None,
     res["py_bench_env"] = {"python": platform.python_version(),
                            "redis_py": redis.__version__, "hiredis": hiredis_version,
                            "cas_backend": cxl_ring.CAS_BACKEND, "cpus": os.cpu_count(),
-                           "quick": quick}
-    res["py_targets"] = {"pipelined_ring_vs_tcp_ge_3x": res["py_pipe_ring_vs_tcp"] >= 3.0,
-                         "rtt_p50_ring_vs_tcp_le_0.1": res["py_rtt_ring_vs_tcp"] <= 0.1}
+                           "speedups": channel.SPEEDUPS, "quick": quick}
+    res["py_targets"] = {"rtt_p50_ring_vs_tcp_le_0.1": res["py_rtt_ring_vs_tcp"] <= 0.1}
+    if not rtt_only:
+        res["py_targets"]["pipelined_ring_vs_tcp_ge_3x"] = res["py_pipe_ring_vs_tcp"] >= 3.0
+    if channel.SPEEDUPS:
+        res["py_targets"]["rtt_p50_pure_python_vs_tcp_le_0.1"] = res["py_rtt_pure_vs_tcp"] <= 0.1
     if out_json:
         Path(out_json).write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
 @contextlib.contextmanager
-def _own_server():
+def _own_server(pin: bool = False):
+    """redis-server with build/cxl_ring.so; with ``pin``, on the last CPU (poll thread too)
+    while this process moves to CPU 0."""
     module = ROOT / "build" / "cxl_ring.so"
     if not module.exists():
         raise SystemExit(f"{module} does not exist: make build")
     port = _free_port()
     region = f"/dev/shm/cxl-pybench-{os.getpid()}"
     tmp = tempfile.mkdtemp(prefix="py-bench-")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", tmp,
-                             "--loadmodule", str(module), "path", region, "channels", "8"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", tmp, "--loadmodule", str(module), "path", region,
+            "channels", "8"]
+    if pin:
+        cpu = max(os.sched_getaffinity(0))
+        argv = ["taskset", "-c", str(cpu)] + argv + ["cpu", str(cpu)]
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -224,12 +257,16 @@ def main() -> int:
                     help="start a redis-server with build/cxl_ring.so for this run")
     ap.add_argument("--out", help="write the JSON here")
     ap.add_argument("--quick", action="store_true", help="a few seconds instead of ~a minute")
+    ap.add_argument("--rtt-only", action="store_true",
+                    help="only the unpipelined round trips (no pipelines, no proxy)")
+    ap.add_argument("--pin", action="store_true",
+                    help="with --start-server: server on the last CPU, this client on the first")
     a = ap.parse_args()
     if a.start_server:
-        with _own_server() as (port, region):
-            res = run(port, region, a.out, a.quick)
+        with _own_server(a.pin) as (port, region):
+            res = run(port, region, a.out, a.quick, a.rtt_only)
     elif a.port and a.path:
-        res = run(a.port, a.path, a.out, a.quick)
+        res = run(a.port, a.path, a.out, a.quick, a.rtt_only)
     else:
         ap.error("give --port and --path, or --start-server")
     for k, v in res.items():

@@ -7,11 +7,13 @@
 
 Layers: protocol (wire format, no I/O), region (mapping), channel (sessions and rings),
 client (RingClient, Pipeline), resp (RESP2), proxy (RESP server), cli (``cxl-ring``).
+Pure standard library; an optional C core of the unpipelined GET/SET round trip
+(_speedups.c) is used when it was built and CXL_RING_PURE is unset (``SPEEDUPS``).
 """
 
 from . import protocol
 from ._atomic import CAS_BACKEND
-from .channel import Session, claim
+from .channel import SPEEDUPS, Session, claim
 from .client import DataError, Pipeline, RingClient
 from .exceptions import (
     CxlRingError,
@@ -47,6 +49,7 @@ __all__ = [
     "ResponseError",
     "RingClient",
     "RingTimeoutError",
+    "SPEEDUPS",
     "ServerGoneError",
     "Session",
     "UnknownOutcomeError",

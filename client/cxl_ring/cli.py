@@ -20,6 +20,7 @@ from typing import Any
 from . import __version__
 from . import protocol as P
 from ._atomic import CAS_BACKEND
+from .channel import SPEEDUPS
 from .exceptions import (
     CxlRingError,
     LayoutMismatchError,
@@ -191,7 +192,7 @@ def _info(path: str, map_size: int | None, watch: bool) -> dict[str, Any]:
                "server": {"epoch": f"{epoch:#018x}", "heartbeat": hb,
                           "state": P.SERVER_STATE_NAMES.get(state, str(state)), "pid": pid,
                           "heartbeat_moving": alive},
-               "cas_backend": CAS_BACKEND, "channels": []}
+               "cas_backend": CAS_BACKEND, "speedups": SPEEDUPS, "channels": []}
         u64 = region.u64
         for c in range(h.channel_count):
             cs, ss = h.client_section(c), h.server_section(c)
@@ -225,7 +226,7 @@ def _print_info(info: dict[str, Any]) -> None:
           f"max msg {h['max_msg_size']} B  region {h['region_size']} B")
     print(f"timing   heartbeat {h['heartbeat_interval_ms']} ms  client lease "
           f"{h['client_lease_ms']} ms  features {h['feature_flags']:#x}  "
-          f"CAS: {info['cas_backend']}")
+          f"CAS: {info['cas_backend']}  C core: {'yes' if info['speedups'] else 'no'}")
     print(f"{'ch':>3} {'state':<11} {'claim_token':>18} {'ack':>4} {'pid':>7} "
           f"{'req in flight':>13} {'resp unread':>11} {'last_error':<14}")
     for c in info["channels"]:

@@ -140,27 +140,53 @@ class V3Transport:
                 raise
         raise AssertionError("unreachable")
 
-    def call(self, op: int, args: tuple, ttl: int) -> P.Response:
+    def get(self, key: bytes) -> tuple[int, bytes]:
+        """GET on this thread's channel: (status, payload). The unpipelined fast path."""
         s: Session | None = getattr(self._local, "session", None)
         if s is None or s.broken:
             s = self.session()
-        rid = s.next_id
-        if op == P.OP_GET:
-            if len(args[0]) > self.max_value_size:
-                return self.execute([(op, args, ttl)])[0]
-            m = P.encode_get(args[0], rid)
-        else:
-            return self.execute([(op, args, ttl)])[0]
         try:
-            s.next_id = rid + 1
-            return s.call(m, rid, self.timeout)
+            r = s.get(key, self.timeout)
         except SessionLost:
             self._drop(s)
-            return self.execute([(op, args, ttl)])[0]
+            r = None
         except CxlRingError:
             if s.broken:
                 self._drop(s)
             raise
+        if r is None:
+            status, _id, payload = self.execute([(P.OP_GET, (key,), 0)])[0]
+            return status, payload
+        return r
+
+    def set(self, key: bytes, value: bytes, ttl_ms: int = 0) -> tuple[int, bytes]:
+        """SET on this thread's channel: (status, payload). The unpipelined fast path."""
+        s: Session | None = getattr(self._local, "session", None)
+        if s is None or s.broken:
+            s = self.session()
+        try:
+            r = s.set(key, value, ttl_ms, self.timeout)
+        except SessionLost:
+            self._drop(s)
+            r = None
+        except CxlRingError:
+            if s.broken:
+                self._drop(s)
+            raise
+        if r is None:
+            status, _id, payload = self.execute([(P.OP_SET, (key, value), ttl_ms)])[0]
+            return status, payload
+        return r
+
+    def call(self, op: int, args: tuple, ttl: int) -> P.Response:
+        """One request, one response."""
+        if op == P.OP_GET:
+            status, payload = self.get(args[0])
+        elif op == P.OP_SET:
+            status, payload = self.set(args[0], args[1], ttl)
+        else:
+            return self.execute([(op, args, ttl)])[0]
+        return P.Response(status, 0, payload)
 
     def discard_session(self) -> None:
         """Stop using this thread's session (the server broke the protocol on it)."""
@@ -364,8 +390,27 @@ class RingClient(_Commands):
     def max_value_size(self) -> int:
         return self._transport.max_value_size
 
+    def get(self, name: EncodableT) -> Any:
+        """GET name: the value (bytes, or str with decode_responses) or None."""
+        # The unpipelined hot path, kept flat: one call into the transport, one into the session.
+        status, payload = self._transport.get(name if type(name) is bytes else self._enc(name))
+        if status == 0:  # ST_OK
+            return payload.decode(self._decode, self.encoding_errors) if self._decode else payload
+        if status == 1:  # ST_NOT_FOUND
+            return None
+        return self._reply(P.OP_GET, P.Response(status, 0, payload), None)
+
     def _request(self, op: int, args: tuple, ttl: int, callback: Callback) -> Any:
-        r = self._transport.call(op, args, ttl)
+        if op == P.OP_SET:
+            status, payload = self._transport.set(args[0], args[1], ttl)
+            if status == 0 and callback is None:
+                return True
+            r = P.Response(status, 0, payload)
+        else:
+            r = self._transport.call(op, args, ttl)
+        return self._reply(op, r, callback)
+
+    def _reply(self, op: int, r: P.Response, callback: Callback) -> Any:
         value = _decode_reply(op, r, self._decode, self.encoding_errors)
         if isinstance(value, Exception):
             if isinstance(value, ProtocolError):

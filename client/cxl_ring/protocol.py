@@ -299,6 +299,42 @@ def encode_set(key: bytes, value: bytes, req_id: int, ttl_ms: int = 0) -> bytes:
     ))
 
 
+# Frames for the unpipelined fast path: one ``struct.Struct`` per argument length lays out a
+# whole GET or SET message (header, argument lengths, arguments, zero padding), so a client
+# writes it straight into the ring with a single ``pack_into`` (channel.py ``Session.get``).
+#   GET:          len op flags argc id | klen key | pad              len = 20 + klen
+#   SET:          len op flags argc id | klen key | vlen value | pad len = 24 + klen + vlen
+#   SET with TTL: len op flags argc id | ttl_ms | klen key | vlen value | pad   (32 + ...)
+# The caches are bounded (a Struct costs ~0.3 us to build when a length is not cached).
+FRAME_CACHE_MAX = 4096
+GET_FRAMES: dict[int, struct.Struct] = {}
+SET_FRAMES: dict[int, struct.Struct] = {}
+
+
+def get_frame(klen: int) -> struct.Struct:
+    """The Struct that packs (len, OP_GET, 0, 1, id, klen, key) plus padding; size = align8."""
+    frame = GET_FRAMES.get(klen)
+    if frame is None:
+        frame = struct.Struct(f"<IBBHQI{klen}s{-(20 + klen) & 7}x")
+        if len(GET_FRAMES) < FRAME_CACHE_MAX:
+            GET_FRAMES[klen] = frame
+    return frame
+
+
+def set_frame(klen: int, vlen: int, ttl: bool = False) -> struct.Struct:
+    """The Struct that packs (len, OP_SET, flags, 2, id, [ttl_ms,] klen, key, vlen, value)."""
+    cache_key = (klen << 33) | (vlen << 1) | ttl
+    frame = SET_FRAMES.get(cache_key)
+    if frame is None:
+        if ttl:
+            frame = struct.Struct(f"<IBBHQQI{klen}sI{vlen}s{-(32 + klen + vlen) & 7}x")
+        else:
+            frame = struct.Struct(f"<IBBHQI{klen}sI{vlen}s{-(24 + klen + vlen) & 7}x")
+        if len(SET_FRAMES) < FRAME_CACHE_MAX:
+            SET_FRAMES[cache_key] = frame
+    return frame
+
+
 class Request(NamedTuple):
     """A decoded request (the server's view; used by fakes and the test vectors)."""
 

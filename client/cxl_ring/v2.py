@@ -158,6 +158,14 @@ class V2Transport:
     def call(self, op: int, args: tuple, ttl: int) -> P.Response:
         return self.execute([(op, args, ttl)])[0]
 
+    def get(self, key: bytes) -> tuple[int, bytes]:
+        status, _id, payload = self.execute([(P.OP_GET, (key,), 0)])[0]
+        return status, payload
+
+    def set(self, key: bytes, value: bytes, ttl_ms: int = 0) -> tuple[int, bytes]:
+        status, _id, payload = self.execute([(P.OP_SET, (key, value), ttl_ms)])[0]
+        return status, payload
+
     def discard_session(self) -> None:
         """Layout v2 has no sessions to renew."""
 

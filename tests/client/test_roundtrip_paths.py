@@ -1,0 +1,194 @@
+"""The unpipelined GET/SET round trip has two implementations: pure Python (channel.Session)
+and the optional C core (cxl_ring/_speedups.c, channel.FastSession). Every test here runs with
+both (the C one is skipped when the extension is not built); they must behave identically.
+
+CXL_RING_PURE=1 forces the pure path for a whole run: ``CXL_RING_PURE=1 pytest tests/client``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cxl_ring
+import pytest
+from clientutil import REPO
+from cxl_ring import channel
+from cxl_ring import protocol as P
+from cxl_ring.exceptions import (
+    ProtocolError,
+    RequestTooLargeError,
+    RingTimeoutError,
+    ServerGoneError,
+)
+from fakeserver import FakeServer
+
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "messages.json")
+                     .read_text())
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["python", "c"])
+def impl(request, monkeypatch):
+    """Make new sessions pure-Python or C-backed for the duration of one test."""
+    if request.param == "c":
+        if not channel.SPEEDUPS:
+            pytest.skip("cxl_ring._speedups not in use (not built, or CXL_RING_PURE is set)")
+        monkeypatch.setattr(channel, "SessionType", channel.FastSession)
+    else:
+        monkeypatch.setattr(channel, "SessionType", channel.Session)
+    return request.param
+
+
+def _session_class(r: cxl_ring.RingClient) -> str:
+    return type(r._transport.session()).__name__
+
+
+def test_pure_env_var_disables_the_extension():
+    code = "from cxl_ring import channel; print(channel.SPEEDUPS, channel.SessionType.__name__)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "client"), "CXL_RING_PURE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, env=env, check=True)
+    assert out.stdout.split() == ["False", "Session"]
+
+
+def test_session_class_follows_the_choice(impl, fake):
+    with cxl_ring.RingClient(fake.path, timeout=3) as r:
+        assert r.ping() is True
+        assert _session_class(r) == ("FastSession" if impl == "c" else "Session")
+
+
+def test_values_survive_every_ring_offset(impl, real_server_factory):
+    """Small rings, random key/value sizes: requests and replies wrap at every offset."""
+    server = real_server_factory(max_value=4096, req_ring=1 << 17, resp_ring=1 << 17)
+    rnd = random.Random(7)
+    expected: dict[bytes, bytes] = {}
+    with cxl_ring.RingClient(server.path, timeout=5) as r:
+        for i in range(12000):
+            key = b"k%d" % rnd.randrange(300) + b"x" * rnd.randrange(40)
+            if rnd.random() < 0.5:
+                value = bytes(rnd.randrange(256) for _ in range(rnd.randrange(600)))
+                assert r.set(key, value) is True
+                expected[key] = value
+            else:
+                assert r.get(key) == expected.get(key), i
+        assert r.get(b"") is None
+        assert r.set(b"", b"") is True and r.get(b"") == b""
+        session = r._transport.session()
+        assert session.req_head > 8 * (1 << 17) and session.resp_tail > 2 * (1 << 17)
+    tcp = server.redis()
+    for key in list(expected)[:50]:
+        assert tcp.get(key) == expected[key]
+    tcp.close()
+
+
+def test_api_semantics(impl, real_server):
+    with cxl_ring.RingClient(real_server.path, timeout=5) as r:
+        assert r.set("s", "v") is True and r.get("s") == b"v"
+        assert r.set(bytearray(b"ba"), memoryview(b"mv")) is True and r.get(b"ba") == b"mv"
+        assert r.set(b"n", 7) is True and r.get(b"n") == b"7"
+        assert r.set(b"t", b"v", px=100_000) is True
+        assert r.set(b"e", b"v", ex=100) is True
+        assert r.get(b"missing") is None
+        big = b"b" * 65536
+        assert r.set(b"big", big) is True and r.get(b"big") == big
+        with pytest.raises(RequestTooLargeError):
+            r.set(b"big", big + b"!")
+        with pytest.raises(RequestTooLargeError):
+            r.get(b"k" * 65537)
+        assert r.execute_command("HSET", "h", "f", "v") == 1
+        with pytest.raises(cxl_ring.ResponseError):
+            r.get("h")                                    # WRONGTYPE: an ERR reply
+        assert r.get("s") == b"v"                         # the session goes on
+    tcp = real_server.redis()
+    assert 0 < tcp.pttl(b"t") <= 100_000 and 0 < tcp.ttl(b"e") <= 100
+    tcp.close()
+    with cxl_ring.RingClient(real_server.path, decode_responses=True) as r:
+        assert r.get("s") == "v" and r.get("missing") is None
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in VECTORS["malformed_responses"] if c["for_op"] in ("GET", "SET")],
+    ids=lambda c: c["name"])
+def test_malformed_responses_raise(impl, case, shm_path):
+    fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
+    try:
+        with cxl_ring.RingClient(shm_path, timeout=2) as r:
+            r.ping()
+            index, _ = r.session_info()
+            fake.paused.set()
+            time.sleep(0.01)
+            r._transport.session().next_id = case["expect_id"]
+            fake.inject_response(index, bytes.fromhex(case["hex"]))
+            call = (lambda: r.get("k")) if case["for_op"] == "GET" else (lambda: r.set("k", "v"))
+            with pytest.raises(ProtocolError):
+                call()
+            fake.paused.clear()
+            assert r.set("k", "v") is True and r.get("k") == b"v"   # a fresh session
+    finally:
+        fake.close()
+
+
+def test_late_reply_times_out_then_recovers(impl, fake):
+    with cxl_ring.RingClient(fake.path, timeout=0.3) as r:
+        assert r.set("k", "v") is True
+        fake.paused.set()
+        with pytest.raises(RingTimeoutError):
+            r.get("k")
+        with pytest.raises(RingTimeoutError):
+            r.set("k", "w")
+        fake.paused.clear()
+        assert r.get("k") in (b"v", b"w")
+
+
+def test_restart_then_stop(impl, fake):
+    with cxl_ring.RingClient(fake.path, timeout=3) as r:
+        assert r.set("k", "v") is True
+        fake.restart()                       # the session is retired: claim again, silently
+        assert r.get("k") == b"v"
+        fake.stop()
+        with pytest.raises(ServerGoneError):
+            r.get("k")
+        with pytest.raises(ServerGoneError):
+            r.set("k", "v")
+
+
+def test_threads_share_nothing(impl, real_server):
+    errors: list[BaseException] = []
+    with cxl_ring.RingClient(real_server.path, timeout=5) as r:
+        def work(t: int) -> None:
+            try:
+                for i in range(2000):
+                    key = b"t%d:%d" % (t, i % 50)
+                    assert r.set(key, key * 3) is True
+                    assert r.get(key) == key * 3
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+
+
+def test_frames_match_the_encoders():
+    for klen in range(0, 19):
+        key = bytes(range(klen))
+        frame = P.get_frame(klen)
+        assert frame.pack(20 + klen, P.OP_GET, 0, 1, 9, klen, key) == P.encode_get(key, 9)
+        for vlen in (0, 1, 7, 8, 13):
+            value = b"v" * vlen
+            frame = P.set_frame(klen, vlen)
+            assert frame.pack(24 + klen + vlen, P.OP_SET, 0, 2, 5, klen, key, vlen, value) == \
+                P.encode_set(key, value, 5)
+            frame = P.set_frame(klen, vlen, True)
+            assert frame.pack(32 + klen + vlen, P.OP_SET, P.FLAG_TTL, 2, 5, 1500, klen, key,
+                              vlen, value) == P.encode_set(key, value, 5, 1500)
