@@ -92,8 +92,9 @@ test: test-unit test-lab
 test-unit: build
 	$(PY) -m pytest -q tests
 
+# Molecule runs ansible-playbook and ansible-config from PATH: the venv's.
 test-lab: build
-	@if [ -d molecule/lab ]; then cd molecule && ../$(VENV)/bin/molecule test -s lab; fi
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/molecule test -s lab
 
 lint: venv
 	$(VENV)/bin/ruff check client tests bench library module_utils

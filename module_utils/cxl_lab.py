@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: CXL-DSM Lab contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The lab description: per-item defaults, cross-checks, derived values.
@@ -18,10 +17,6 @@ Derived values, so that no role recomputes them:
   server, addressed 169.254.<link>.1 (server) / 169.254.<link>.2 (client);
 - deterministic MAC addresses, so that guests' network units match by MAC.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import re
 
@@ -70,8 +65,16 @@ IMAGE_DEFAULTS = {
     "suite": "bookworm",
     "mirror": "http://deb.debian.org/debian",
     "disk_size": "4G",
-    "packages": ["linux-image-amd64", "systemd-sysv", "udev", "kmod", "openssh-server",
-                 "python3", "iproute2", "pciutils"],
+    "packages": [
+        "linux-image-amd64",
+        "systemd-sysv",
+        "udev",
+        "kmod",
+        "openssh-server",
+        "python3",
+        "iproute2",
+        "pciutils",
+    ],
     "extra_packages": ["redis-server", "redis-tools", "python3-venv"],
     "cloud_image": "",
 }
@@ -98,14 +101,14 @@ def _is_power_of_two(value):
 
 def mac_address(vm_index, nic_index):
     """A locally administered, QEMU-prefixed MAC unique per (VM, NIC)."""
-    return "52:54:00:6c:%02x:%02x" % (vm_index & 0xFF, nic_index & 0xFF)
+    return f"52:54:00:6c:{vm_index & 0xFF:02x}:{nic_index & 0xFF:02x}"
 
 
 def _int(value, what, errors):
     try:
         return int(value)
     except (TypeError, ValueError):
-        errors.append("%s must be an integer, got %r." % (what, value))
+        errors.append(f"{what} must be an integer, got {value!r}.")
         return None
 
 
@@ -127,13 +130,21 @@ def normalize(description, topology, backing=None, existing=None):
     online = set(topology["online_cpus"])
 
     if lab["virt_type"] not in VIRT_TYPES:
-        errors.append("cxl_lab.virt_type is %r: use one of %s." % (lab["virt_type"], ", ".join(VIRT_TYPES)))
+        errors.append(
+            "cxl_lab.virt_type is {!r}: use one of {}.".format(
+                lab["virt_type"], ", ".join(VIRT_TYPES)
+            )
+        )
     if lab["image"]["source"] not in IMAGE_SOURCES:
-        errors.append("cxl_lab.image.source is %r: use debootstrap (built here from the Debian archive) "
-                      "or cloud (with cxl_lab.image.cloud_image set)." % lab["image"]["source"])
+        errors.append(
+            "cxl_lab.image.source is {!r}: use debootstrap (built here from the Debian archive) "
+            "or cloud (with cxl_lab.image.cloud_image set).".format(lab["image"]["source"])
+        )
     if lab["image"]["source"] == "cloud" and not lab["image"]["cloud_image"]:
-        errors.append("cxl_lab.image.source is cloud but cxl_lab.image.cloud_image is empty: set it to "
-                      "the path or URL of an Ubuntu/Debian cloud image (qcow2).")
+        errors.append(
+            "cxl_lab.image.source is cloud but cxl_lab.image.cloud_image is empty: set it to "
+            "the path or URL of an Ubuntu/Debian cloud image (qcow2)."
+        )
 
     # ---- regions -------------------------------------------------------------
     regions = []
@@ -145,46 +156,66 @@ def normalize(description, topology, backing=None, existing=None):
         name = region.get("name")
         label = "cxl_lab.regions[%d]" % index
         if not isinstance(name, str) or not NAME_RE.match(name):
-            errors.append("%s.name %r: use a short lower-case name matching %s (it names the "
-                          "backing file and /dev/cxl/<name> in the guests)." % (label, name, NAME_RE.pattern))
+            errors.append(
+                f"{label}.name {name!r}: use a short lower-case name matching {NAME_RE.pattern} "
+                "(it names the backing file and /dev/cxl/<name> in the guests)."
+            )
             continue
-        label = "region %s" % name
+        label = f"region {name}"
         if name in region_by_name:
-            errors.append("%s is described twice: give each region a unique name." % label)
+            errors.append(f"{label} is described twice: give each region a unique name.")
             continue
-        size = _int(region["size_mib"], "%s size_mib" % label, errors)
+        size = _int(region["size_mib"], f"{label} size_mib", errors)
         if size is not None and not _is_power_of_two(size):
-            errors.append("%s: size_mib %d is not a power of two; ivshmem exposes the region as a "
-                          "PCI BAR, whose size must be one (e.g. 256 or 512)." % (label, size))
+            errors.append(
+                "%s: size_mib %d is not a power of two; ivshmem exposes the region as a "
+                "PCI BAR, whose size must be one (e.g. 256 or 512)." % (label, size)
+            )
         if region["policy"] not in POLICIES:
-            errors.append("%s: policy %r: use one of %s." % (label, region["policy"], ", ".join(POLICIES)))
+            errors.append(
+                "{}: policy {!r}: use one of {}.".format(
+                    label, region["policy"], ", ".join(POLICIES)
+                )
+            )
         mode = str(region["mode"])
         if not re.match(r"^0?[0-7]{3}$", mode) or int(mode, 8) & 0o007:
-            errors.append("%s: mode %s would let other users read the shared memory: use 0600 (QEMU's "
-                          "user only) or 0660 (QEMU's user and group)." % (label, mode))
+            errors.append(
+                f"{label}: mode {mode} would let other users read the shared memory: "
+                "use 0600 (QEMU's user only) or 0660 (QEMU's user and group)."
+            )
         if region["numa_node"] == "auto":
             region["numa_node"] = highest_memory_node
         if region["numa_node"] is not None:
-            node = _int(region["numa_node"], "%s numa_node" % label, errors)
+            node = _int(region["numa_node"], f"{label} numa_node", errors)
             region["numa_node"] = node
             if node is not None and node not in node_ids:
-                errors.append("%s: numa_node %d does not exist on this host (nodes: %s): set numa_node "
-                              "to one of them, or to null for no binding." % (label, node, node_ids))
+                errors.append(
+                    "%s: numa_node %d does not exist on this host (nodes: %s): set numa_node "
+                    "to one of them, or to null for no binding." % (label, node, node_ids)
+                )
         backing_dir = str(region["backing_dir"]).rstrip("/") or "/"
         region["backing_dir"] = backing_dir
-        region["path"] = "%s/%s-%s" % (backing_dir, lab["name"], name)
+        region["path"] = "{}/{}-{}".format(backing_dir, lab["name"], name)
         info = backing.get(backing_dir)
         if info is None or info.get("fs") is None:
-            errors.append("%s: backing_dir %s does not exist: use /dev/shm, or mount hugetlbfs there "
-                          "first (mount -t hugetlbfs none %s)." % (label, backing_dir, backing_dir))
+            errors.append(
+                f"{label}: backing_dir {backing_dir} does not exist: use /dev/shm, or mount "
+                f"hugetlbfs there first (mount -t hugetlbfs none {backing_dir})."
+            )
         elif info["fs"] not in ("tmpfs", "hugetlbfs"):
-            errors.append("%s: backing_dir %s is on %s, not memory: use /dev/shm (tmpfs) or a "
-                          "hugetlbfs mount." % (label, backing_dir, info["fs"]))
+            errors.append(
+                "{}: backing_dir {} is on {}, not memory: use /dev/shm (tmpfs) or a "
+                "hugetlbfs mount.".format(label, backing_dir, info["fs"])
+            )
         elif size is not None:
             if info["fs"] == "hugetlbfs" and (size * 1024) % max(info.get("page_kib") or 2048, 1):
-                errors.append("%s: size_mib %d is not a multiple of %s's huge page size (%d KiB)."
-                              % (label, size, backing_dir, info.get("page_kib")))
-            wanted_per_dir.setdefault(backing_dir, []).append((name, size, existing.get(region["path"], 0)))
+                errors.append(
+                    "%s: size_mib %d is not a multiple of %s's huge page size (%d KiB)."
+                    % (label, size, backing_dir, info.get("page_kib"))
+                )
+            wanted_per_dir.setdefault(backing_dir, []).append(
+                (name, size, existing.get(region["path"], 0))
+            )
         region["size_mib"] = size
         region["size_bytes"] = (size or 0) * 1024 * 1024
         region["mode"] = "0" + mode[-3:] if re.match(r"^0?[0-7]{3}$", mode) else mode
@@ -195,17 +226,23 @@ def normalize(description, topology, backing=None, existing=None):
             node = nodes[region["numa_node"]]
             free = node["memory_free_mib"] + existing.get(region["path"], 0) // (1024 * 1024)
             if size > free:
-                errors.append("%s: size_mib %d is larger than node %d's free memory (%d MiB): shrink "
-                              "it, bind it to another node, or free memory there."
-                              % (label, size, region["numa_node"], free))
+                errors.append(
+                    "%s: size_mib %d is larger than node %d's free memory (%d MiB): shrink "
+                    "it, bind it to another node, or free memory there."
+                    % (label, size, region["numa_node"], free)
+                )
     for backing_dir, wanted in wanted_per_dir.items():
-        free = backing[backing_dir].get("free_mib", 0) + sum(e for _, _, e in wanted) // (1024 * 1024)
+        free = backing[backing_dir].get("free_mib", 0) + sum(e for _, _, e in wanted) // (
+            1024 * 1024
+        )
         free = min(free, topology.get("memory_available_mib") or free)
         total = sum(size for _, size, _ in wanted)
         if total > free:
-            errors.append("regions %s need %d MiB in %s but only %d MiB are free there: shrink them "
-                          "(size_mib) or free memory." % (", ".join(n for n, _, _ in wanted), total,
-                                                          backing_dir, free))
+            errors.append(
+                "regions %s need %d MiB in %s but only %d MiB are free there: shrink them "
+                "(size_mib) or free memory."
+                % (", ".join(n for n, _, _ in wanted), total, backing_dir, free)
+            )
 
     # ---- VMs -----------------------------------------------------------------
     vms = []
@@ -216,60 +253,89 @@ def normalize(description, topology, backing=None, existing=None):
         name = vm.get("name")
         label = "cxl_lab.vms[%d]" % index
         if not isinstance(name, str) or not NAME_RE.match(name):
-            errors.append("%s.name %r: use a short lower-case name matching %s (it names the libvirt "
-                          "domain and the inventory host)." % (label, name, NAME_RE.pattern))
+            errors.append(
+                f"{label}.name {name!r}: use a short lower-case name matching {NAME_RE.pattern} "
+                "(it names the libvirt domain and the inventory host)."
+            )
             continue
-        label = "vm %s" % name
+        label = f"vm {name}"
         if name in vm_by_name:
-            errors.append("%s is described twice: give each VM a unique name." % label)
+            errors.append(f"{label} is described twice: give each VM a unique name.")
             continue
         vm["index"] = len(vms)
         if vm["role"] not in ROLES:
-            errors.append("%s: role %r: use server or client." % (label, vm["role"]))
-        vm["vcpus"] = _int(vm["vcpus"], "%s vcpus" % label, errors) or 1
-        vm["memory_mib"] = _int(vm["memory_mib"], "%s memory_mib" % label, errors) or 0
+            errors.append("{}: role {!r}: use server or client.".format(label, vm["role"]))
+        vm["vcpus"] = _int(vm["vcpus"], f"{label} vcpus", errors) or 1
+        vm["memory_mib"] = _int(vm["memory_mib"], f"{label} memory_mib", errors) or 0
         if vm["memory_mib"] < 256:
-            errors.append("%s: memory_mib %d is too small for a Debian guest: use at least 256."
-                          % (label, vm["memory_mib"]))
-        cpu_node = _int(vm["cpu_node"], "%s cpu_node" % label, errors)
-        mem_node = cpu_node if vm["mem_node"] is None else _int(vm["mem_node"], "%s mem_node" % label, errors)
+            errors.append(
+                "%s: memory_mib %d is too small for a Debian guest: use at least 256."
+                % (label, vm["memory_mib"])
+            )
+        cpu_node = _int(vm["cpu_node"], f"{label} cpu_node", errors)
+        mem_node = (
+            cpu_node
+            if vm["mem_node"] is None
+            else _int(vm["mem_node"], f"{label} mem_node", errors)
+        )
         vm["cpu_node"], vm["mem_node"] = cpu_node, mem_node
         for what, node in (("cpu_node", cpu_node), ("mem_node", mem_node)):
             if node is not None and node not in node_ids:
-                errors.append("%s: %s %d does not exist on this host (nodes: %s): pick one of them."
-                              % (label, what, node, node_ids))
+                errors.append(
+                    "%s: %s %d does not exist on this host (nodes: %s): pick one of them."
+                    % (label, what, node, node_ids)
+                )
         if vm["mem_policy"] not in MEM_POLICIES:
-            errors.append("%s: mem_policy %r: use one of %s." % (label, vm["mem_policy"], ", ".join(MEM_POLICIES)))
+            errors.append(
+                "{}: mem_policy {!r}: use one of {}.".format(
+                    label, vm["mem_policy"], ", ".join(MEM_POLICIES)
+                )
+            )
         node_cpus = nodes.get(cpu_node, {}).get("cpus") or sorted(online)
         if vm["cpuset"] is None:
             # Spread VMs over their node's CPUs, one vCPU per host CPU where possible.
             start = (vm["index"] * vm["vcpus"]) % max(len(node_cpus), 1)
-            picked = [node_cpus[(start + i) % len(node_cpus)] for i in range(vm["vcpus"])] if node_cpus else [0]
+            picked = (
+                [node_cpus[(start + i) % len(node_cpus)] for i in range(vm["vcpus"])]
+                if node_cpus
+                else [0]
+            )
             vm["cpuset"] = format_cpulist(picked)
         try:
             cpus = parse_cpulist(str(vm["cpuset"]))
         except ValueError:
             cpus = []
-            errors.append("%s: cpuset %r is not a CPU list like \"0-1,4\"." % (label, vm["cpuset"]))
+            errors.append(
+                '{}: cpuset {!r} is not a CPU list like "0-1,4".'.format(label, vm["cpuset"])
+            )
         missing = sorted(set(cpus) - online)
         if missing:
-            errors.append("%s: cpuset %s names CPUs this host lacks (%s); online CPUs: %s."
-                          % (label, vm["cpuset"], format_cpulist(missing), format_cpulist(online)))
+            errors.append(
+                "{}: cpuset {} names CPUs this host lacks ({}); online CPUs: {}.".format(
+                    label, vm["cpuset"], format_cpulist(missing), format_cpulist(online)
+                )
+            )
         elif cpus and node_cpus and not set(cpus) <= set(node_cpus) and cpu_node in nodes:
-            errors.append("%s: cpuset %s is not on cpu_node %d (its CPUs: %s): change one of them."
-                          % (label, vm["cpuset"], cpu_node, format_cpulist(node_cpus)))
+            errors.append(
+                "%s: cpuset %s is not on cpu_node %d (its CPUs: %s): change one of them."
+                % (label, vm["cpuset"], cpu_node, format_cpulist(node_cpus))
+            )
         vm["cpuset"] = format_cpulist(cpus) if cpus else str(vm["cpuset"])
         vm["cpus"] = cpus
         if vm["ssh_port"] is None:
             vm["ssh_port"] = 2222 + vm["index"]
-        port = _int(vm["ssh_port"], "%s ssh_port" % label, errors)
+        port = _int(vm["ssh_port"], f"{label} ssh_port", errors)
         vm["ssh_port"] = port
         if port is not None:
             if not 1024 <= port <= 65535:
-                errors.append("%s: ssh_port %d: use an unprivileged port (1024-65535)." % (label, port))
+                errors.append(
+                    "%s: ssh_port %d: use an unprivileged port (1024-65535)." % (label, port)
+                )
             if port in ports:
-                errors.append("%s: ssh_port %d is also vm %s's: give each VM its own port on 127.0.0.1."
-                              % (label, port, ports[port]))
+                errors.append(
+                    "%s: ssh_port %d is also vm %s's: give each VM its own port on 127.0.0.1."
+                    % (label, port, ports[port])
+                )
             ports[port] = name
         vm["user_mac"] = mac_address(vm["index"], 0)
         mapped = []
@@ -282,33 +348,49 @@ def normalize(description, topology, backing=None, existing=None):
             rname = entry.get("name")
             access = entry.get("access") or "rw"
             if rname not in region_by_name:
-                errors.append("%s maps region %r, which cxl_lab.regions does not describe: add it there "
-                              "or remove it from the VM (known: %s)."
-                              % (label, rname, ", ".join(sorted(region_by_name)) or "none"))
+                errors.append(
+                    "{} maps region {!r}, which cxl_lab.regions does not describe: add it there "
+                    "or remove it from the VM (known: {}).".format(
+                        label, rname, ", ".join(sorted(region_by_name)) or "none"
+                    )
+                )
                 continue
             if access not in ACCESS:
-                errors.append("%s: region %s access %r: use rw or ro." % (label, rname, access))
+                errors.append(f"{label}: region {rname} access {access!r}: use rw or ro.")
             region = region_by_name[rname]
-            if (vm["mem_policy"] == "strict" and region["numa_node"] is not None
-                    and mem_node is not None and region["numa_node"] != mem_node):
-                errors.append("%s maps region %s bound to node %d but its RAM is strict on node %d: "
-                              "libvirt confines a strict VM's whole QEMU process to that node (cpuset.mems), "
-                              "so the region could not be bound elsewhere. Set mem_policy: preferred on %s, "
-                              "or bind the region to node %d." % (label, rname, region["numa_node"], mem_node,
-                                                                  name, mem_node))
+            if (
+                vm["mem_policy"] == "strict"
+                and region["numa_node"] is not None
+                and mem_node is not None
+                and region["numa_node"] != mem_node
+            ):
+                errors.append(
+                    "%s maps region %s bound to node %d but its RAM is strict on node %d: "
+                    "libvirt confines a strict VM's whole QEMU process to that node (cpuset.mems), "
+                    "so the region could not be bound elsewhere. Set mem_policy: preferred on %s, "
+                    "or bind the region to node %d."
+                    % (label, rname, region["numa_node"], mem_node, name, mem_node)
+                )
             pci_slot = REGION_PCI_SLOT_BASE + slot
-            mapped.append({
-                "name": rname,
-                "access": access,
-                "path": region["path"],
-                "size_bytes": region["size_bytes"],
-                "numa_node": region["numa_node"],
-                "policy": region["policy"],
-                "prealloc": region["prealloc"],
-                "pci_slot": pci_slot,
-                "pci_address": "0000:00:%02x.0" % pci_slot,
-            })
+            mapped.append(
+                {
+                    "name": rname,
+                    "access": access,
+                    "path": region["path"],
+                    "size_bytes": region["size_bytes"],
+                    "numa_node": region["numa_node"],
+                    "policy": region["policy"],
+                    "prealloc": region["prealloc"],
+                    "pci_slot": pci_slot,
+                    "pci_address": f"0000:00:{pci_slot:02x}.0",
+                }
+            )
         vm["regions"] = mapped
+        # Exactly what the guest module takes (library/cxl_ivshmem.py).
+        vm["ivshmem"] = [
+            {"name": r["name"], "pci_address": r["pci_address"], "size_bytes": r["size_bytes"]}
+            for r in mapped
+        ]
         vm["links"] = []
         vms.append(vm)
         vm_by_name[name] = vm
@@ -320,51 +402,90 @@ def normalize(description, topology, backing=None, existing=None):
         if vm["role"] != "client":
             continue
         if not servers:
-            errors.append("vm %s is a client but no VM has role server: make one of them the server."
-                          % vm["name"])
+            errors.append(
+                "vm {} is a client but no VM has role server: make one of them the server.".format(
+                    vm["name"]
+                )
+            )
             break
         server_name = vm.get("server") or servers[0]["name"]
         server = vm_by_name.get(server_name)
         if server is None or server["role"] != "server":
-            errors.append("vm %s: server %r is not a VM with role server." % (vm["name"], server_name))
+            errors.append(
+                "vm {}: server {!r} is not a VM with role server.".format(vm["name"], server_name)
+            )
             continue
         link_id = len(links) + 1
         if link_id > MAX_LINKS:
-            errors.append("more than %d client VMs: the lab numbers links 169.254.1-%d.0/24."
-                          % (MAX_LINKS, MAX_LINKS))
+            errors.append(
+                "more than %d client VMs: the lab numbers links 169.254.1-%d.0/24."
+                % (MAX_LINKS, MAX_LINKS)
+            )
             break
         port = int(lab["link_base_port"]) + 2 * (link_id - 1)
-        link = {"id": link_id, "server": server["name"], "client": vm["name"],
-                "server_port": port, "client_port": port + 1,
-                "server_address": "169.254.%d.1" % link_id,
-                "client_address": "169.254.%d.2" % link_id, "prefix": 24}
+        link = {
+            "id": link_id,
+            "server": server["name"],
+            "client": vm["name"],
+            "server_port": port,
+            "client_port": port + 1,
+            "server_address": "169.254.%d.1" % link_id,
+            "client_address": "169.254.%d.2" % link_id,
+            "prefix": 24,
+        }
         links.append(link)
         for me, peer, mine, theirs, addr, peer_addr in (
-                (server, vm, link["server_port"], link["client_port"],
-                 link["server_address"], link["client_address"]),
-                (vm, server, link["client_port"], link["server_port"],
-                 link["client_address"], link["server_address"])):
-            me["links"].append({
-                "id": link_id, "peer": peer["name"], "local_port": mine, "remote_port": theirs,
-                "address": addr, "peer_address": peer_addr, "prefix": 24,
-                "mac": mac_address(me["index"], link_id),
-                "pci_slot": LINK_PCI_SLOT_BASE + len(me["links"]),
-            })
+            (
+                server,
+                vm,
+                link["server_port"],
+                link["client_port"],
+                link["server_address"],
+                link["client_address"],
+            ),
+            (
+                vm,
+                server,
+                link["client_port"],
+                link["server_port"],
+                link["client_address"],
+                link["server_address"],
+            ),
+        ):
+            me["links"].append(
+                {
+                    "id": link_id,
+                    "peer": peer["name"],
+                    "local_port": mine,
+                    "remote_port": theirs,
+                    "address": addr,
+                    "peer_address": peer_addr,
+                    "prefix": 24,
+                    "mac": mac_address(me["index"], link_id),
+                    "pci_slot": LINK_PCI_SLOT_BASE + len(me["links"]),
+                }
+            )
     for vm in vms:
         if len(vm["links"]) > REGION_PCI_SLOT_BASE - LINK_PCI_SLOT_BASE - 1:
-            errors.append("vm %s has %d links; the lab gives one server at most %d clients: add another "
-                          "server and set `server:` on some clients."
-                          % (vm["name"], len(vm["links"]), REGION_PCI_SLOT_BASE - LINK_PCI_SLOT_BASE - 1))
+            errors.append(
+                "vm %s has %d links; the lab gives one server at most %d clients: add another "
+                "server and set `server:` on some clients."
+                % (vm["name"], len(vm["links"]), REGION_PCI_SLOT_BASE - LINK_PCI_SLOT_BASE - 1)
+            )
     link_ports = set()
     for link in links:
         link_ports.update((link["server_port"], link["client_port"]))
     clash = sorted(link_ports & set(ports))
     if clash:
-        errors.append("ssh_port %s collides with the inter-VM link ports from link_base_port %s: move "
-                      "one of them." % (", ".join(map(str, clash)), lab["link_base_port"]))
+        errors.append(
+            "ssh_port {} collides with the inter-VM link ports from link_base_port {}: move "
+            "one of them.".format(", ".join(map(str, clash)), lab["link_base_port"])
+        )
 
     if not vms:
-        errors.append("cxl_lab.vms is empty: describe at least one VM (see inventory/group_vars/all/lab.yml).")
+        errors.append(
+            "cxl_lab.vms is empty: describe at least one VM (see inventory/group_vars/all/lab.yml)."
+        )
     lab["regions"] = regions
     lab["vms"] = vms
     lab["links"] = links

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: CXL-DSM Lab contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The hypervisor's NUMA topology as the lab sees it, read from sysfs and procfs.
@@ -6,10 +5,6 @@
 Every reader takes the filesystem roots as arguments so that the unit tests can
 point them at a fake tree; nothing here changes the machine.
 """
-
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
 
 import os
 import re
@@ -46,13 +41,13 @@ def _read(path, default=None):
     try:
         with open(path) as handle:
             return handle.read()
-    except (IOError, OSError):
+    except OSError:
         return default
 
 
 def _meminfo_kib(text, key):
     """Value in KiB of KEY in a /proc/meminfo or nodeN/meminfo text, or None."""
-    match = re.search(r"(?m)^(?:Node \d+ )?%s:\s+(\d+) kB" % re.escape(key), text or "")
+    match = re.search(rf"(?m)^(?:Node \d+ )?{re.escape(key)}:\s+(\d+) kB", text or "")
     return int(match.group(1)) if match else None
 
 
@@ -83,7 +78,9 @@ def read_topology(sys_root="/sys", proc_root="/proc"):
     """
     node_dir = os.path.join(sys_root, "devices/system/node")
     meminfo = _read(os.path.join(proc_root, "meminfo"), "")
-    online_cpus = parse_cpulist(_read(os.path.join(sys_root, "devices/system/cpu/online"), "0") or "0")
+    online_cpus = parse_cpulist(
+        _read(os.path.join(sys_root, "devices/system/cpu/online"), "0") or "0"
+    )
     nodes = {}
     try:
         names = sorted(n for n in os.listdir(node_dir) if re.match(r"node\d+$", n))

@@ -1,0 +1,135 @@
+#!/usr/bin/python
+# Copyright: CXL-DSM Lab contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Validate the lab description against this hypervisor and complete it."""
+
+DOCUMENTATION = r"""
+---
+module: cxl_lab_description
+short_description: Validate and complete the CXL lab description on the hypervisor
+description:
+  - Checks the C(cxl_lab) description against the host before anything is created - NUMA nodes
+    and CPUs that exist, unique names and SSH ports, regions that fit in free memory and whose size
+    is a power of two, VMs that only map described regions - and fails with every problem found,
+    each with the fix.
+  - Returns the complete lab (per-item defaults filled in, backing file paths, guest PCI slots,
+    inter-VM links with their link-local addresses, MAC addresses) that every role then reads.
+version_added: "1.0.0"
+author: CXL-DSM Lab contributors
+options:
+  description:
+    description: The C(cxl_lab) variable (see inventory/group_vars/all/lab.yml).
+    type: dict
+    required: true
+  topology:
+    description: The C(cxl_numa) fact; read from the host when omitted.
+    type: dict
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Validate the lab description
+  cxl_lab_description:
+    description: "{{ cxl_lab }}"
+    topology: "{{ cxl_numa }}"
+  register: _lab
+"""
+
+RETURN = r"""
+lab:
+  description: The complete lab description.
+  returned: success
+  type: dict
+  sample:
+    regions: [{name: cxl0, path: /dev/shm/cxl-lab-cxl0, size_mib: 256, size_bytes: 268435456}]
+    vms:
+      - {name: vm1, role: server, cpuset: "0", ssh_port: 2222,
+         regions: [{name: cxl0, pci_slot: 16}]}
+    links: [{id: 1, server: vm1, client: vm2, server_address: 169.254.1.1}]
+errors:
+  description: Every problem found, each with its fix (also joined in msg on failure).
+  returned: failure
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.cxl_lab import normalize
+from ansible.module_utils.cxl_numa import read_topology
+
+
+def mount_of(path, mounts_text):
+    """(mount point, fs type) of the mount holding PATH, from /proc/mounts text."""
+    best = ("/", None)
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1]
+        if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(
+            best[0]
+        ):
+            best = (point, fields[2])
+    return best
+
+
+def backing_info(directory, mounts_text, hugetlbfs_mounts):
+    if not os.path.isdir(directory):
+        return {"fs": None}
+    point, fs = mount_of(directory, mounts_text)
+    st = os.statvfs(directory)
+    info = {"fs": fs, "mount": point, "free_mib": st.f_bavail * st.f_frsize // (1024 * 1024)}
+    if fs == "hugetlbfs":
+        info["page_kib"] = hugetlbfs_mounts.get(point, 2048)
+    return info
+
+
+def core(module):
+    description = module.params["description"]
+    topology = module.params["topology"] or read_topology()
+    # Facts come back from Jinja with string keys: the node ids are ints here.
+    topology = dict(topology)
+    topology["nodes"] = {int(k): v for k, v in topology["nodes"].items()}
+    try:
+        with open("/proc/mounts") as handle:
+            mounts_text = handle.read()
+    except OSError:
+        mounts_text = ""
+    backing, existing = {}, {}
+    for region in description.get("regions") or []:
+        directory = str(region.get("backing_dir") or "/dev/shm").rstrip("/") or "/"
+        backing[directory] = backing_info(
+            directory, mounts_text, topology.get("hugetlbfs_mounts") or {}
+        )
+        path = "{}/{}-{}".format(
+            directory, description.get("name") or "cxl-lab", region.get("name")
+        )
+        if os.path.isfile(path):
+            existing[path] = os.stat(path).st_size
+    lab, errors = normalize(description, topology, backing, existing)
+    if errors:
+        module.fail_json(
+            msg="The lab description (cxl_lab) is wrong:\n- " + "\n- ".join(errors), errors=errors
+        )
+    return {"changed": False, "lab": lab}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            description=dict(type="dict", required=True),
+            topology=dict(type="dict"),
+        ),
+        supports_check_mode=True,
+    )
+    module.exit_json(**core(module))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The lab as built by site.yml, checked on the live system (the lab scenario's verify).
+
+The hypervisor is the host molecule hands to testinfra (localhost); the guests are
+reached with the lab's own ssh_config (.lab/ssh_config, host keys pinned). The
+expected values come from the lab description in inventory/group_vars/all.
+One fact per test; a failing guest check prints the guest's console log tail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+INVENTORY = Path(os.environ.get("CXL_LAB_INVENTORY", REPO_ROOT / "inventory"))
+SSH_CONFIG = Path(os.environ.get("CXL_LAB_SSH_CONFIG", REPO_ROOT / ".lab/ssh_config"))
+
+
+def _description() -> dict:
+    merged: dict = {}
+    for path in sorted((INVENTORY / "group_vars/all").glob("*.y*ml")):
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged["cxl_lab"]
+
+
+LAB = _description()
+PREFIX = LAB.get("name", "cxl-lab")
+STATE_DIR = LAB.get("state_dir", "/var/lib/cxl-dsm-lab")
+REGIONS = {r["name"]: r for r in LAB["regions"]}
+VMS = LAB["vms"]
+VM_NAMES = [vm["name"] for vm in VMS]
+
+
+def region_path(name: str) -> str:
+    return "{}/{}-{}".format(REGIONS[name].get("backing_dir", "/dev/shm").rstrip("/"), PREFIX, name)
+
+
+def vm_regions(vm: dict) -> list[dict]:
+    entries = vm.get("regions")
+    if entries is None:
+        entries = [{"name": n} for n in REGIONS]
+    return [e if isinstance(e, dict) else {"name": e} for e in entries]
+
+
+def pci_address(vm: dict, region: str) -> str:
+    names = [e["name"] for e in vm_regions(vm)]
+    return "0000:00:%02x.0" % (0x10 + names.index(region))
+
+
+@pytest.fixture(scope="module")
+def hypervisor():
+    return testinfra.get_host("local://")
+
+
+@pytest.fixture(scope="module", params=VMS, ids=VM_NAMES)
+def vm(request):
+    return request.param
+
+
+def guest_host(name: str):
+    return testinfra.get_host(f"ssh://{name}", ssh_config=str(SSH_CONFIG))
+
+
+@pytest.fixture(scope="module")
+def guest(vm, hypervisor):
+    host = guest_host(vm["name"])
+    yield host
+
+
+def live_xml(hypervisor, name: str) -> ET.Element:
+    return ET.fromstring(hypervisor.check_output("virsh -c qemu:///system dumpxml %s", name))
+
+
+def console_tail(hypervisor, name: str) -> str:
+    return hypervisor.run("tail -n 30 %s/logs/%s-console.log", STATE_DIR, name).stdout
+
+
+# ---- hypervisor ----------------------------------------------------------------
+
+
+def test_domain_is_running(hypervisor, vm):
+    assert hypervisor.check_output("virsh -c qemu:///system domstate %s", vm["name"]) == "running"
+
+
+def test_vcpus_are_pinned_in_live_xml(hypervisor, vm):
+    pins = live_xml(hypervisor, vm["name"]).findall("./cputune/vcpupin")
+    assert pins and all(pin.get("cpuset") == str(vm["cpuset"]) for pin in pins)
+
+
+def test_numatune_in_live_xml(hypervisor, vm):
+    memory = live_xml(hypervisor, vm["name"]).find("./numatune/memory")
+    node = vm.get("mem_node") if vm.get("mem_node") is not None else vm.get("cpu_node", 0)
+    assert (memory.get("mode"), memory.get("nodeset")) == (
+        vm.get("mem_policy", "strict"),
+        str(node),
+    )
+
+
+def test_region_backends_in_live_xml(hypervisor, vm):
+    args = [
+        a.get("value")
+        for a in live_xml(hypervisor, vm["name"]).iter(
+            "{http://libvirt.org/schemas/domain/qemu/1.0}arg"
+        )
+    ]
+    for entry in vm_regions(vm):
+        assert any(
+            "mem-path={},".format(region_path(entry["name"])) in a and "share=on" in a for a in args
+        )
+
+
+def test_ssh_is_forwarded_on_loopback_only(hypervisor, vm):
+    listening = hypervisor.check_output("ss -Hltn 'sport = :{}'".format(int(vm["ssh_port"])))
+    assert "127.0.0.1:{}".format(vm["ssh_port"]) in listening
+    assert (
+        "0.0.0.0:{}".format(vm["ssh_port"]) not in listening
+        and "*:{}".format(vm["ssh_port"]) not in listening
+    )
+
+
+@pytest.mark.parametrize("name", list(REGIONS))
+def test_region_file_size(hypervisor, name):
+    assert hypervisor.file(region_path(name)).size == REGIONS[name].get("size_mib", 256) << 20
+
+
+@pytest.mark.parametrize("name", list(REGIONS))
+def test_region_file_mode_is_private(hypervisor, name):
+    assert hypervisor.file(region_path(name)).mode == int(str(REGIONS[name].get("mode", "0600")), 8)
+
+
+@pytest.mark.parametrize("name", list(REGIONS))
+def test_region_file_belongs_to_qemu(hypervisor, name):
+    assert hypervisor.file(region_path(name)).user == REGIONS[name].get("owner", "libvirt-qemu")
+
+
+def test_controller_key_is_private():
+    assert (REPO_ROOT / ".lab/id_ed25519").stat().st_mode & 0o777 == 0o600
+
+
+# ---- guests --------------------------------------------------------------------
+
+
+def test_guest_answers(guest, vm, hypervisor):
+    result = guest.run("hostname")
+    assert result.stdout.strip() == vm["name"], console_tail(hypervisor, vm["name"])
+
+
+def test_ivshmem_is_bound_to_uio(guest, vm):
+    for entry in vm_regions(vm):
+        driver = guest.file("/sys/bus/pci/devices/{}/driver".format(pci_address(vm, entry["name"])))
+        assert driver.linked_to.endswith("/uio_pci_generic")
+
+
+def test_region_path_is_published(guest, vm):
+    for entry in vm_regions(vm):
+        assert guest.file("/dev/cxl/{}".format(entry["name"])).is_symlink
+
+
+def test_region_path_maps_the_whole_region(guest, vm):
+    for entry in vm_regions(vm):
+        size = guest.check_output(
+            'python3 -c \'import json;print(json.load(open("/etc/cxl-lab/regions.json"))'
+            '["{}"]["size_bytes"])\''.format(entry["name"])
+        )
+        assert int(size) == REGIONS[entry["name"]].get("size_mib", 256) << 20
+
+
+def test_binding_survives_reboots(guest):
+    assert guest.file("/etc/udev/rules.d/70-cxl-lab.rules").contains("uio_pci_generic")
+
+
+PEEK = (
+    "import mmap,os,sys;fd=os.open(sys.argv[1],os.O_RDWR|os.O_SYNC);"
+    "m=mmap.mmap(fd,int(sys.argv[2])+4096);o=int(sys.argv[2]);"
+    "(m.__setitem__(slice(o,o+64),sys.argv[3].encode().ljust(64,b'\\0')) if len(sys.argv)>3 "
+    "else print(m[o:o+64].rstrip(b'\\0').decode()))"
+)
+
+
+@pytest.mark.parametrize("name", list(REGIONS))
+def test_bytes_written_in_one_vm_are_read_in_the_others_and_the_host(hypervisor, name):
+    mappers = [vm for vm in VMS if any(e["name"] == name for e in vm_regions(vm))]
+    writers = [
+        vm
+        for vm in mappers
+        if all(e.get("access", "rw") == "rw" for e in vm_regions(vm) if e["name"] == name)
+    ]
+    if not writers or len(mappers) < 2:
+        pytest.skip(f"region {name} is not shared by a writer and a reader")
+    token = f"molecule-{name}-{secrets.token_hex(8)}"
+    offset = (REGIONS[name].get("size_mib", 256) << 20) - 8192
+    guest_host(writers[0]["name"]).check_output(
+        "python3 -c %s /dev/cxl/%s %s %s", PEEK, name, str(offset), token
+    )
+    for reader in mappers[1:] if mappers[0] is writers[0] else mappers:
+        if reader is writers[0]:
+            continue
+        seen = guest_host(reader["name"]).check_output(
+            "python3 -c %s /dev/cxl/%s %s", PEEK, name, str(offset)
+        )
+        assert seen == token, "{} reads {!r}".format(reader["name"], seen)
+    on_host = hypervisor.check_output(
+        "dd if=%s bs=64 count=1 skip=%s status=none | tr -d '\\000'",
+        region_path(name),
+        str(offset // 64),
+    )
+    assert on_host == token
+
+
+# One datagram over the inter-VM link and its echo (reversed), port 40999, bounded in time.
+UDP_ECHO_ONCE = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 40999))
+s.settimeout(50)
+data, peer = s.recvfrom(64)
+s.sendto(data[::-1], peer)
+"""
+UDP_PING = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+reply = b""
+for _ in range(15):
+    s.sendto(b"ping-link", (sys.argv[1], 40999))
+    try:
+        reply = s.recv(64)
+        break
+    except OSError:
+        time.sleep(1)
+print(reply.decode())
+"""
+
+
+def test_inter_vm_link_carries_udp(vm):
+    if vm.get("role", "client") != "client":
+        pytest.skip("checked from the clients")
+    servers = [v for v in VMS if v.get("role") == "server"]
+    server = next((v for v in servers if v["name"] == vm.get("server")), servers[0])
+    link_id = [v for v in VMS if v.get("role", "client") == "client"].index(vm) + 1
+    server_addr = f"169.254.{link_id}.1"
+    guest_host(server["name"]).run(
+        "timeout 60 python3 -c %s %s >/dev/null 2>&1 & sleep 1", UDP_ECHO_ONCE, server_addr
+    )
+    reply = guest_host(vm["name"]).check_output("python3 -c %s %s", UDP_PING, server_addr)
+    assert reply == "knil-gnip"

@@ -1,0 +1,212 @@
+"""module_utils/cxl_lab.py: defaults, derived values, and every validation error says the fix."""
+
+import copy
+
+from ansible.module_utils.cxl_lab import normalize
+
+TOPOLOGY = {
+    "node_ids": [0, 1],
+    "nodes": {
+        0: {
+            "cpus": [0, 1],
+            "memory_total_mib": 8192,
+            "memory_free_mib": 6000,
+            "distances": [10, 21],
+            "hugepages": {},
+        },
+        1: {
+            "cpus": [2, 3],
+            "memory_total_mib": 8192,
+            "memory_free_mib": 6000,
+            "distances": [21, 10],
+            "hugepages": {},
+        },
+    },
+    "online_cpus": [0, 1, 2, 3],
+    "memory_available_mib": 12000,
+    "hugetlbfs_mounts": {},
+}
+BACKING = {"/dev/shm": {"fs": "tmpfs", "free_mib": 12000}}
+DEFAULT = {
+    "regions": [{"name": "cxl0", "size_mib": 256}],
+    "vms": [
+        {
+            "name": "vm1",
+            "role": "server",
+            "cpuset": "0",
+            "ssh_port": 2222,
+            "regions": [{"name": "cxl0"}],
+        },
+        {
+            "name": "vm2",
+            "role": "client",
+            "cpuset": "1",
+            "ssh_port": 2223,
+            "regions": [{"name": "cxl0"}],
+        },
+    ],
+}
+
+
+def check(description, topology=TOPOLOGY, backing=BACKING, existing=None):
+    return normalize(copy.deepcopy(description), topology, backing, existing)
+
+
+def broken(**changes):
+    description = copy.deepcopy(DEFAULT)
+    for path, value in changes.items():
+        target = description
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target[int(key)] if key.isdigit() else target[key]
+        last = keys[-1]
+        if last.isdigit():
+            target[int(last)] = value
+        else:
+            target[last] = value
+    lab, errors = check(description)
+    assert errors, "expected a validation error"
+    return " ".join(errors)
+
+
+def test_default_lab_is_valid_and_complete():
+    lab, errors = check(DEFAULT)
+    assert errors == []
+    region = lab["regions"][0]
+    assert region["path"] == "/dev/shm/cxl-lab-cxl0"
+    assert region["size_bytes"] == 256 << 20
+    assert region["mode"] == "0600"
+    vm1, vm2 = lab["vms"]
+    assert (vm1["vcpus"], vm1["memory_mib"], vm1["mem_node"]) == (1, 1024, 0)
+    assert vm1["regions"][0]["pci_address"] == "0000:00:10.0"
+    assert vm1["ivshmem"] == [
+        {"name": "cxl0", "pci_address": "0000:00:10.0", "size_bytes": 256 << 20}
+    ]
+    assert vm1["user_mac"] != vm2["user_mac"]
+
+
+def test_client_is_linked_to_server_with_link_local_addresses():
+    lab, _ = check(DEFAULT)
+    (link,) = lab["links"]
+    assert (link["server"], link["client"]) == ("vm1", "vm2")
+    vm1, vm2 = lab["vms"]
+    assert vm1["links"][0]["address"] == "169.254.1.1" == vm2["links"][0]["peer_address"]
+    assert vm2["links"][0]["address"] == "169.254.1.2"
+    assert vm1["links"][0]["local_port"] == vm2["links"][0]["remote_port"]
+
+
+def test_vm_without_regions_maps_all_and_ro_is_kept():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"].append({"name": "cxl1", "size_mib": 128})
+    description["vms"][0]["regions"] = None
+    description["vms"][1]["regions"] = [{"name": "cxl1", "access": "ro"}]
+    lab, errors = check(description)
+    assert errors == []
+    assert [r["name"] for r in lab["vms"][0]["regions"]] == ["cxl0", "cxl1"]
+    assert lab["vms"][0]["regions"][1]["pci_address"] == "0000:00:11.0"
+    assert lab["vms"][1]["regions"][0]["access"] == "ro"
+
+
+def test_numa_node_auto_is_the_highest_node():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["numa_node"] = "auto"
+    for vm in description["vms"]:
+        vm["mem_policy"] = "preferred"
+    lab, errors = check(description)
+    assert errors == []
+    assert lab["regions"][0]["numa_node"] == 1
+
+
+def test_unknown_numa_node():
+    message = broken(regions__0__numa_node=3)
+    assert "numa_node 3 does not exist" in message and "nodes: [0, 1]" in message
+
+
+def test_vm_node_the_host_lacks():
+    assert "cpu_node 7 does not exist" in broken(vms__0__cpu_node=7)
+
+
+def test_overlapping_ports():
+    message = broken(vms__1__ssh_port=2222)
+    assert "ssh_port 2222 is also vm vm1's" in message and "own port" in message
+
+
+def test_region_larger_than_free_memory():
+    message = broken(regions__0__size_mib=16384)
+    assert "only 12000 MiB are free" in message and "shrink" in message
+
+
+def test_region_larger_than_its_node():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0].update(size_mib=8192, numa_node=1)
+    for vm in description["vms"]:
+        vm["mem_policy"] = "preferred"
+    _, errors = check(
+        description,
+        backing={"/dev/shm": {"fs": "tmpfs", "free_mib": 100000}},
+        topology=dict(TOPOLOGY, memory_available_mib=100000),
+    )
+    assert any("larger than node 1's free memory" in e for e in errors)
+
+
+def test_existing_region_counts_as_free():
+    _, errors = check(
+        DEFAULT,
+        backing={"/dev/shm": {"fs": "tmpfs", "free_mib": 100}},
+        existing={"/dev/shm/cxl-lab-cxl0": 256 << 20},
+    )
+    assert errors == []
+
+
+def test_unknown_region_in_vm():
+    message = broken(vms__1__regions=[{"name": "cxl9"}])
+    assert "maps region 'cxl9'" in message and "known: cxl0" in message
+
+
+def test_region_size_must_be_power_of_two():
+    assert "not a power of two" in broken(regions__0__size_mib=300)
+
+
+def test_world_readable_mode_is_refused():
+    assert "0600" in broken(regions__0__mode="0644")
+
+
+def test_backing_dir_must_be_memory():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["backing_dir"] = "/var/tmp"
+    _, errors = check(description, backing={"/var/tmp": {"fs": "ext4", "free_mib": 1000}})
+    assert any("not memory" in e for e in errors)
+    _, errors = check(description, backing={})
+    assert any("does not exist" in e and "hugetlbfs" in e for e in errors)
+
+
+def test_cpuset_outside_host():
+    message = broken(vms__0__cpuset="0-9")
+    assert "CPUs this host lacks (4-9)" in message
+
+
+def test_cpuset_on_wrong_node():
+    assert "is not on cpu_node 0" in broken(vms__0__cpuset="2")
+
+
+def test_strict_vm_with_region_on_another_node():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["numa_node"] = 1
+    _, errors = check(description)
+    assert any("mem_policy: preferred" in e for e in errors)
+
+
+def test_client_without_server():
+    assert "no VM has role server" in broken(vms__0__role="client")
+
+
+def test_duplicate_names():
+    assert "described twice" in broken(vms__1__name="vm1")
+
+
+def test_every_error_is_reported_at_once():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["numa_node"] = 5
+    description["vms"][1]["ssh_port"] = 2222
+    _, errors = check(description)
+    assert len(errors) >= 2
