@@ -17,7 +17,7 @@ APT_LISTS   := $(wildcard requirements/apt-*.txt)
 PY_REQS     := $(wildcard requirements/*.in.txt requirements/*.txt)
 CI_TIMEOUT  ?= 1500
 
-.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab bench lint teardown clean
+.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab bench bench-lab lint teardown clean
 
 all: build
 
@@ -106,3 +106,7 @@ bench: build
 
 clean:
 	rm -rf $(BUILD)
+
+# The benchmark inside the lab (ring vs TCP between the VMs); reports under bench/lab/.
+bench-lab: venv
+	$(VENV)/bin/ansible-playbook playbooks/bench.yml

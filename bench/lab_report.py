@@ -1,0 +1,281 @@
+#!/usr/bin/env python3
+"""Turn the lab benchmark's raw results into one table, PNG plots and a markdown report.
+
+playbooks/bench.yml runs the load generators inside the lab and fetches their CSV files
+to the controller, one folder per guest::
+
+    RESULTS/<guest>/<transport>__d<value size>__t<threads>.csv
+
+``<transport>`` names who talked to Redis and how:
+
+    ring_c_P1, ring_c_P16   the C bench client through the shared region, one request at
+                            a time / 16 in flight per thread          (PoC CSV format)
+    ring_py_P1              the Python ring client, one at a time     (PoC CSV format)
+    tcp_vm_P1, tcp_vm_P16   redis-benchmark in the client VM over the inter-VM link,
+                            -P 1 / -P 16                               (redis-benchmark --csv)
+    tcp_local_P1, _P16      redis-benchmark inside the server VM over loopback
+
+This script normalises both formats to ``results.csv`` (throughput in requests/s,
+latencies in microseconds), draws ``throughput.png`` and ``latency.png`` (needs
+matplotlib: requirements/bench.txt; without it only the tables are written) and writes
+``report.md``. Under TCG (no KVM) absolute numbers are those of an emulated CPU; the
+ratios between transports measured in the same run are what the report discusses.
+
+Usage::
+
+    python bench/lab_report.py RESULTS [--out DIR] [--virt-type kvm|qemu] [--title TEXT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+FILE_NAME = re.compile(r"^(?P<transport>[a-z0-9_]+?_P\d+)__d(?P<size>\d+)__t(?P<threads>\d+)\.csv$")
+
+# Display order and colours: ring first, then the TCP baselines.
+TRANSPORTS = ["ring_c_P1", "ring_c_P16", "ring_py_P1", "tcp_vm_P1", "tcp_vm_P16",
+              "tcp_local_P1", "tcp_local_P16"]
+DESCRIPTIONS = {
+    "ring_c_P1": "C ring client, 1 in flight",
+    "ring_c_P16": "C ring client, 16 in flight",
+    "ring_py_P1": "Python ring client, 1 in flight",
+    "tcp_vm_P1": "redis-benchmark VM to VM, -P 1",
+    "tcp_vm_P16": "redis-benchmark VM to VM, -P 16",
+    "tcp_local_P1": "redis-benchmark in the server VM, -P 1",
+    "tcp_local_P16": "redis-benchmark in the server VM, -P 16",
+}
+# The comparisons the report spells out: (numerator, denominator, metric, meaning).
+RATIOS = [
+    ("ring_c_P1", "tcp_vm_P1", "p50_us", "round trip (p50), ring / TCP between VMs"),
+    ("ring_c_P16", "tcp_vm_P16", "rps", "pipelined throughput, ring / TCP between VMs"),
+    ("ring_c_P1", "tcp_local_P1", "p50_us", "round trip (p50), ring / TCP loopback in the server"),
+    ("ring_py_P1", "tcp_vm_P1", "p50_us", "round trip (p50), Python ring / TCP between VMs"),
+]
+
+
+@dataclass
+class Row:
+    """One measured phase: a transport, an operation, a value size and a thread count."""
+
+    host: str
+    transport: str
+    op: str
+    value_size: int
+    threads: int
+    requests: int
+    rps: float
+    avg_us: float
+    p50_us: float
+    p99_us: float
+    p999_us: float | None
+
+
+def _float(text: str) -> float:
+    return float(text.strip().strip('"'))
+
+
+def parse_poc_csv(path: Path, host: str, transport: str, size: int, threads: int) -> list[Row]:
+    """Rows of the C bench / Python client CSV (the PoC's header)."""
+    rows = []
+    with path.open(newline="") as f:
+        for record in csv.DictReader(f):
+            rows.append(Row(host, transport, record["op"].lower(), size, threads,
+                            int(float(record["requests"])), _float(record["throughput_rps"]),
+                            _float(record["avg_us"]), _float(record["p50_us"]),
+                            _float(record["p99_us"]), _float(record["p99.9_us"])))
+    return rows
+
+
+def parse_redis_benchmark_csv(path: Path, host: str, transport: str, size: int,
+                              threads: int) -> list[Row]:
+    """Rows of `redis-benchmark --csv` (Redis 7: latencies in milliseconds)."""
+    rows = []
+    with path.open(newline="") as f:
+        for record in csv.DictReader(f):
+            if not record.get("test"):
+                continue
+            ms = {key: _float(value) * 1000.0 for key, value in record.items()
+                  if key.endswith("_ms")}
+            rows.append(Row(host, transport, record["test"].lower(), size, threads, 0,
+                            _float(record["rps"]), ms["avg_latency_ms"], ms["p50_latency_ms"],
+                            ms["p99_latency_ms"], None))
+    return rows
+
+
+def load(results: Path) -> tuple[list[Row], list[str]]:
+    """Every row under RESULTS, and a note for each file that could not be read."""
+    rows: list[Row] = []
+    problems: list[str] = []
+    for path in sorted(results.glob("*/*.csv")):
+        match = FILE_NAME.match(path.name)
+        if not match:
+            continue
+        transport, size, threads = match["transport"], int(match["size"]), int(match["threads"])
+        parse = parse_redis_benchmark_csv if transport.startswith("tcp_") else parse_poc_csv
+        try:
+            found = parse(path, path.parent.name, transport, size, threads)
+        except (KeyError, ValueError, OSError) as e:
+            problems.append(f"{path.relative_to(results)}: unreadable ({e!r})")
+            continue
+        if not found:
+            problems.append(f"{path.relative_to(results)}: no rows")
+        rows.extend(found)
+    return rows, problems
+
+
+def write_table(rows: Iterable[Row], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[field.name for field in fields(Row)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+
+
+def _order(transport: str) -> int:
+    return TRANSPORTS.index(transport) if transport in TRANSPORTS else len(TRANSPORTS)
+
+
+def _pick(rows: list[Row], transport: str, op: str, size: int, threads: int) -> Row | None:
+    for row in rows:
+        if (row.transport, row.op, row.value_size, row.threads) == (transport, op, size, threads):
+            return row
+    return None
+
+
+def ratios(rows: list[Row]) -> list[tuple[str, str, int, int, float]]:
+    """(meaning, op, value size, threads, ratio) for every comparison both sides measured."""
+    out = []
+    combos = sorted({(row.op, row.value_size, row.threads) for row in rows})
+    for numerator, denominator, metric, meaning in RATIOS:
+        for op, size, threads in combos:
+            top, bottom = (_pick(rows, t, op, size, threads) for t in (numerator, denominator))
+            if top and bottom and getattr(bottom, metric):
+                ratio = getattr(top, metric) / getattr(bottom, metric)
+                out.append((meaning, op, size, threads, ratio))
+    return out
+
+
+def plot(rows: list[Row], out: Path) -> list[str]:
+    """throughput.png and latency.png; returns the files written (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    ops = sorted({row.op for row in rows})
+    transports = sorted({row.transport for row in rows}, key=_order)
+    combos = sorted({(row.value_size, row.threads) for row in rows})
+
+    fig, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
+    width = 0.8 / max(len(transports), 1)
+    for ax, op in zip(axes[0], ops):
+        for index, transport in enumerate(transports):
+            values = [(_pick(rows, transport, op, size, threads) or Row("", "", "", 0, 0, 0, 0, 0,
+                                                                          0, 0, None)).rps
+                      for size, threads in combos]
+            ax.bar([c + index * width for c in range(len(combos))], values, width, label=transport)
+        ax.set_xticks([c + width * (len(transports) - 1) / 2 for c in range(len(combos))])
+        ax.set_xticklabels([f"{size} B\n{threads} thr" for size, threads in combos])
+        ax.set_title(f"{op.upper()} throughput")
+        ax.set_ylabel("requests / s")
+        ax.set_yscale("log")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    written.append("throughput.png")
+
+    # Latency percentiles at the smallest value size and one thread: the round trip.
+    size, threads = combos[0] if combos else (0, 1)
+    fig, axes = plt.subplots(1, len(ops), figsize=(6 * len(ops), 4.5), squeeze=False)
+    for ax, op in zip(axes[0], ops):
+        picked = [(t, _pick(rows, t, op, size, threads)) for t in transports]
+        picked = [(t, row) for t, row in picked if row]
+        for index, (name, metric) in enumerate((("p50", "p50_us"), ("p99", "p99_us"))):
+            ax.bar([i + index * 0.4 for i in range(len(picked))],
+                   [getattr(row, metric) for _, row in picked], 0.4, label=name)
+        ax.set_xticks([i + 0.2 for i in range(len(picked))])
+        ax.set_xticklabels([t for t, _ in picked], rotation=30, ha="right", fontsize="small")
+        ax.set_title(f"{op.upper()} latency ({size} B, {threads} thread)")
+        ax.set_ylabel("microseconds")
+        ax.set_yscale("log")
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    written.append("latency.png")
+    return written
+
+
+def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
+           title: str) -> str:
+    lines = [f"# {title}", "",
+             f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
+             "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
+    if virt_type == "qemu":
+        lines += ["> **The VMs ran under TCG (QEMU's emulator, no KVM).** Every instruction of the "
+                  "guests is translated, so the absolute numbers below say little about real "
+                  "hardware: a CXL load/store and a TCP stack are both emulated. The **ratios** "
+                  "between transports, measured in the same run on the same emulated CPUs, still "
+                  "show which path costs what: the ring avoids the guest network stacks, the "
+                  "virtual NICs and the host's socket relay entirely.", ""]
+    elif virt_type:
+        lines += [f"Accelerator: {virt_type}.", ""]
+    lines += ["## Transports", ""]
+    lines += [f"- `{t}`: {DESCRIPTIONS.get(t, t)}" for t in
+              sorted({row.transport for row in rows}, key=_order)]
+    lines += [""]
+    found = ratios(rows)
+    if found:
+        lines += ["## Ratios", "", "| comparison | op | value | threads | ratio |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {meaning} | {op.upper()} | {size} B | {threads} | {ratio:.2f} |"
+                  for meaning, op, size, threads, ratio in found]
+        lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
+    for image in images:
+        lines += [f"![{image[:-4]}]({image})", ""]
+    lines += ["## Results", "",
+              "| transport | op | value | threads | req/s | avg µs | p50 µs | p99 µs |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in sorted(rows, key=lambda r: (r.op, r.value_size, r.threads, _order(r.transport))):
+        lines.append(f"| {row.transport} | {row.op.upper()} | {row.value_size} B | {row.threads} "
+                     f"| {row.rps:,.0f} | {row.avg_us:.1f} | {row.p50_us:.1f} | {row.p99_us:.1f} |")
+    if problems:
+        lines += ["", "## Missing or unreadable results", ""] + [f"- {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="folder with one sub-folder of CSV files per guest")
+    ap.add_argument("--out", type=Path, help="where to write the report (default: RESULTS)")
+    ap.add_argument("--virt-type", default="",
+                    help="kvm or qemu (TCG): the report says what it means")
+    ap.add_argument("--title", default="CXL-DSM lab benchmark: ring vs TCP")
+    args = ap.parse_args(argv)
+    out = args.out or args.results
+    out.mkdir(parents=True, exist_ok=True)
+    rows, problems = load(args.results)
+    if not rows:
+        print(f"lab_report: no results under {args.results}", file=sys.stderr)
+        return 1
+    write_table(rows, out / "results.csv")
+    images = plot(rows, out)
+    (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title))
+    print(f"lab_report: {len(rows)} rows -> {out / 'report.md'}"
+          + ("" if images else " (no plots: matplotlib is not installed)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

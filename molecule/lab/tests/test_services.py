@@ -1,0 +1,293 @@
+"""End-to-end checks of the lab's services (playbooks/services.yml), for the lab scenario's verify.
+
+The server guest runs Redis with the cxl_ring driver (cxl-redis.service); the client guest runs
+the ring clients and the RESP proxy (cxl-ring-proxy.service). Data goes through the shared region:
+what a ring client SETs in the client VM, redis-cli GETs over loopback TCP in the server VM, and the
+other way round. One fact per test; a failing service check prints the service's journal.
+
+The guests are reached with the lab's own SSH config (site.yml writes it). Environment:
+  CXL_LAB_INVENTORY   inventory directory with the lab description (default: inventory/)
+  CXL_LAB_SSH_CONFIG  ssh_config naming the guests (default: .lab/ssh_config)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import testinfra
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+INVENTORY = Path(os.environ.get("CXL_LAB_INVENTORY", REPO_ROOT / "inventory"))
+SSH_CONFIG = Path(os.environ.get("CXL_LAB_SSH_CONFIG", REPO_ROOT / ".lab/ssh_config"))
+VENV_PYTHON = "/opt/cxl-ring/bin/python"
+BENCH_KEY = "key:000000000000"     # the C bench's key 0 (bench/c: "key:" + 12 digits)
+
+
+def lab_description() -> dict:
+    merged: dict = {}
+    for path in sorted((INVENTORY / "group_vars/all").glob("*.y*ml")):
+        merged.update(yaml.safe_load(path.read_text()) or {})
+    return merged
+
+
+LAB = lab_description().get("cxl_lab", {})
+VMS = LAB.get("vms") or []
+SERVER_VM = next((vm for vm in VMS if vm.get("role") == "server"), None)
+CLIENT_VM = next((vm for vm in VMS if vm.get("role", "client") == "client"), None)
+
+pytestmark = pytest.mark.skipif(
+    not (SERVER_VM and CLIENT_VM and SSH_CONFIG.exists()),
+    reason=f"no lab: needs a server and a client VM in {INVENTORY} and {SSH_CONFIG}",
+)
+
+
+def first_region(vm: dict) -> str:
+    entries = vm.get("regions") or LAB.get("regions") or [{"name": "cxl0"}]
+    entry = entries[0]
+    return entry["name"] if isinstance(entry, dict) else entry
+
+
+REGION = f"/dev/cxl/{first_region(CLIENT_VM)}" if CLIENT_VM else ""
+
+
+def guest(vm: dict):
+    return testinfra.get_host(f"ssh://{vm['name']}", ssh_config=str(SSH_CONFIG))
+
+
+@pytest.fixture(scope="module")
+def server():
+    return guest(SERVER_VM)
+
+
+@pytest.fixture(scope="module")
+def client():
+    return guest(CLIENT_VM)
+
+
+def journal(host, unit: str) -> str:
+    return host.run(f"journalctl -u {unit} -n 40 --no-pager").stdout
+
+
+def redis_cli(server, *args: str) -> str:
+    quoted = " ".join(shlex.quote(a) for a in args)
+    result = server.run(f"timeout 20 redis-cli -h 127.0.0.1 {quoted}")
+    assert result.rc == 0, result.stderr
+    return result.stdout.rstrip("\n")
+
+
+def ring(client, *args: str, timeout: int = 30):
+    return client.run(f"timeout {timeout} cxl-ring --path {REGION} "
+                      + " ".join(shlex.quote(a) for a in args))
+
+
+def unique(name: str) -> str:
+    return f"svc-test:{name}:{uuid.uuid4().hex[:8]}"
+
+
+# ---- the server guest ---------------------------------------------------------------------------
+
+
+def test_redis_service_is_running(server):
+    assert server.service("cxl-redis").is_running, journal(server, "cxl-redis")
+
+
+def test_redis_service_is_enabled(server):
+    assert server.service("cxl-redis").is_enabled
+
+
+def test_stock_redis_service_is_masked(server):
+    assert server.run("systemctl is-enabled redis-server").stdout.strip() == "masked"
+
+
+def test_redis_listens_on_loopback(server):
+    assert server.socket("tcp://127.0.0.1:6379").is_listening
+
+
+def test_redis_does_not_listen_on_every_address(server):
+    assert not server.socket("tcp://0.0.0.0:6379").is_listening
+
+
+def test_driver_is_loaded(server):
+    assert "cxl_ring" in redis_cli(server, "MODULE", "LIST"), journal(server, "cxl-redis")
+
+
+def test_driver_serves_the_stable_region_path(server):
+    assert f"/dev/cxl/{first_region(SERVER_VM)}" in redis_cli(server, "CXLRING.INFO")
+
+
+def test_redis_config_starts_with_ansible_managed(server):
+    assert server.file("/etc/cxl-dsm-lab/redis.conf").content_string.startswith("#")
+
+
+# ---- the client guest ---------------------------------------------------------------------------
+
+
+def test_ring_cli_is_on_the_path(client):
+    assert client.run("cxl-ring --version").rc == 0
+
+
+def test_bench_client_is_installed(client):
+    assert client.file("/usr/local/bin/cxl-ring-bench").mode == 0o755
+
+
+def test_proxy_service_is_running(client):
+    assert client.service("cxl-ring-proxy").is_running, journal(client, "cxl-ring-proxy")
+
+
+def test_proxy_listens_on_loopback(client):
+    assert client.socket("tcp://127.0.0.1:6380").is_listening
+
+
+def test_region_answers_from_the_client(client):
+    assert ring(client, "ping").rc == 0
+
+
+# ---- through the region, both ways ---------------------------------------------------------
+
+
+def test_python_client_set_is_seen_over_tcp(client, server):
+    key = unique("py")
+    assert ring(client, "set", key, "from-the-client-vm").rc == 0
+    assert redis_cli(server, "GET", key) == "from-the-client-vm"
+
+
+def test_c_bench_set_is_seen_over_tcp(client, server):
+    redis_cli(server, "DEL", BENCH_KEY)
+    run = client.run(f"timeout 60 cxl-ring-bench --path {REGION} --op set --bench 20 --keyspace 1 "
+                     "--value-size 24 --quiet")
+    assert run.rc == 0, run.stderr
+    assert redis_cli(server, "GET", BENCH_KEY) == "x" * 24
+
+
+def test_tcp_set_is_seen_through_the_ring(client, server):
+    key = unique("tcp")
+    redis_cli(server, "SET", key, "from-the-server-vm")
+    assert ring(client, "get", key).stdout.strip().strip('"') == "from-the-server-vm"
+
+
+def test_proxy_set_is_seen_over_tcp(client, server):
+    key = unique("proxy")
+    assert client.run(f"timeout 20 redis-cli -p 6380 SET {key} via-proxy").rc == 0
+    assert redis_cli(server, "GET", key) == "via-proxy"
+
+
+def test_redis_benchmark_through_the_proxy(client):
+    run = client.run("timeout 300 redis-benchmark -h 127.0.0.1 -p 6380 -t set,get -n 2000 -c 4 -q")
+    assert run.rc == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
+
+
+# ---- a server restart: in-flight requests fail as unknown outcome, then the client recovers ------
+
+RESTART_PROBE = textwrap.dedent("""
+    import json, sys, time
+    import cxl_ring
+    path, seconds = sys.argv[1], float(sys.argv[2])
+    seen, ok_after, deadline = [], 0, time.monotonic() + seconds
+    client = cxl_ring.RingClient(path, timeout=5.0)
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        try:
+            client.set(f"svc-test:restart:{i % 64}", b"v" * 64)
+            if seen:
+                ok_after += 1
+                if ok_after >= 20:
+                    break
+        except cxl_ring.CxlRingError as e:
+            seen.append(type(e).__name__)
+            time.sleep(0.05)
+    print(json.dumps({"errors": seen, "ok_after": ok_after}))
+""")
+
+
+@pytest.fixture(scope="module")
+def restart_outcome(client, server):
+    """A Python client SETs in a loop in the client VM while cxl-redis restarts in the server VM."""
+    client.run(f"cat > /tmp/restart_probe.py <<'EOF'\n{RESTART_PROBE}\nEOF")
+    client.run(f"rm -f /tmp/restart_probe.json; nohup timeout 150 {VENV_PYTHON} "
+               f"/tmp/restart_probe.py {REGION} 120 > /tmp/restart_probe.json "
+               "2>/tmp/restart_probe.err &")
+    time.sleep(3)
+    started = time.monotonic()
+    server.run("systemctl restart cxl-redis")
+    result = None
+    while time.monotonic() - started < 160:
+        out = client.run("cat /tmp/restart_probe.json").stdout.strip()
+        if out:
+            result = json.loads(out)
+            break
+        time.sleep(2)
+    return {"result": result, "elapsed": time.monotonic() - started,
+            "stderr": client.run("cat /tmp/restart_probe.err").stdout}
+
+
+def test_restart_does_not_hang_the_client(restart_outcome):
+    assert restart_outcome["result"] is not None, restart_outcome["stderr"]
+
+
+def test_restart_fails_in_flight_requests_as_server_gone(restart_outcome):
+    errors = set((restart_outcome["result"] or {}).get("errors", []))
+    assert errors & {"UnknownOutcomeError", "ServerGoneError"}, restart_outcome
+
+
+def test_restart_reports_no_other_error(restart_outcome):
+    errors = set((restart_outcome["result"] or {}).get("errors", []))
+    assert errors <= {"UnknownOutcomeError", "ServerGoneError", "RingTimeoutError"}, restart_outcome
+
+
+def test_client_works_again_after_the_restart(restart_outcome):
+    assert (restart_outcome["result"] or {}).get("ok_after", 0) >= 20, restart_outcome
+
+
+# ---- rebuilding one guest's service -------------------------------------------------------------
+
+def services_run() -> tuple[int, dict, str]:
+    """playbooks/services.yml for the server guest alone (the hypervisor names the lab)."""
+    playbook = Path(sys.executable).with_name("ansible-playbook")
+    proc = subprocess.run(
+        [str(playbook), "-i", str(INVENTORY), "playbooks/services.yml",
+         "--limit", f"cxl_hypervisors,{SERVER_VM['name']}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg")))
+    recap = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith(SERVER_VM["name"] + " ") and "ok=" in line:
+            recap = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    return proc.returncode, recap, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def rebuilt(server):
+    """The server's service broken, rebuilt by services.yml --limit <server>, then re-run."""
+    server.run("systemctl stop cxl-redis; rm -f /etc/cxl-dsm-lab/redis.conf")
+    first = services_run()
+    second = services_run()
+    return {"first": first, "second": second}
+
+
+def test_rebuild_succeeds(rebuilt):
+    assert rebuilt["first"][0] == 0, rebuilt["first"][2]
+
+
+def test_rebuild_changes_the_broken_guest(rebuilt):
+    assert rebuilt["first"][1].get("changed", 0) > 0, rebuilt["first"][2]
+
+
+def test_rebuild_restores_the_service(rebuilt, server):
+    assert server.service("cxl-redis").is_running, journal(server, "cxl-redis")
+
+
+def test_second_rebuild_changes_nothing(rebuilt):
+    code, recap, output = rebuilt["second"]
+    assert code == 0 and recap.get("changed") == 0, output

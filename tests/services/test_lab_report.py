@@ -1,0 +1,82 @@
+"""bench/lab_report.py: both CSV formats in, one table, plots and a report out."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POC_HEADER = ("label,op,threads,rings,requests,pipeline,max_inflight,throughput_rps,avg_us,p50_us,"
+              "p75_us,p90_us,p99_us,p99.9_us,p99.99_us,push_retries,sleep_ms")
+BENCHMARK_HEADER = ('"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",'
+                    '"p95_latency_ms","p99_latency_ms","max_latency_ms"')
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("lab_report", REPO_ROOT / "bench/lab_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lab_report"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    client, server = results / "vm2", results / "vm1"
+    client.mkdir()
+    server.mkdir()
+    (client / "ring_c_P1__d64__t1.csv").write_text(
+        POC_HEADER + "\n"
+        "ring_c_P1,set,1,1,1000,0,1,20000.00,50.000,40.000,45,48,90.000,120.000,150,0,0.0\n"
+        "ring_c_P1,get,1,1,1000,0,1,25000.00,40.000,30.000,35,38,80.000,100.000,120,0,0.0\n")
+    (client / "tcp_vm_P1__d64__t1.csv").write_text(
+        BENCHMARK_HEADER + '\n"SET","2000.00","0.500","0.100","0.400","0.700","0.900","3.0"\n'
+        '"GET","2500.00","0.400","0.100","0.300","0.600","0.800","2.0"\n')
+    (server / "tcp_local_P1__d64__t1.csv").write_text(
+        BENCHMARK_HEADER + '\n"SET","8000.00","0.120","0.050","0.100","0.200","0.300","1.0"\n')
+    (client / "ring_py_P1__d64__t1.csv").write_text("garbage\n")
+    out = results / "report"
+    code = load_module().main([str(results), "--out", str(out), "--virt-type", "qemu"])
+    return {"code": code, "out": out}
+
+
+def test_exit_code(produced):
+    assert produced["code"] == 0
+
+
+def test_table_has_every_measured_phase(produced):
+    with (produced["out"] / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 5
+
+
+def test_redis_benchmark_latency_is_converted_to_microseconds(produced):
+    with (produced["out"] / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["transport"] == "tcp_vm_P1" and r["op"] == "set"]
+    assert float(rows[0]["p50_us"]) == pytest.approx(400.0)
+
+
+def test_report_gives_the_round_trip_ratio(produced):
+    assert "| round trip (p50), ring / TCP between VMs | SET | 64 B | 1 | 0.10 |" in (
+        produced["out"] / "report.md").read_text()
+
+
+def test_report_explains_tcg(produced):
+    assert "TCG" in (produced["out"] / "report.md").read_text()
+
+
+def test_report_lists_unreadable_files(produced):
+    assert "ring_py_P1__d64__t1.csv" in (produced["out"] / "report.md").read_text()
+
+
+def test_plots_are_drawn(produced):
+    pytest.importorskip("matplotlib")
+    assert (produced["out"] / "throughput.png").stat().st_size > 0
+
+
+def test_no_results_is_an_error(tmp_path):
+    assert load_module().main([str(tmp_path)]) == 1
