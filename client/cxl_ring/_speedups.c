@@ -3,8 +3,8 @@
  *
  * Never required: channel.py uses it only when it imports (and CXL_RING_PURE is unset), and
  * the pure-Python Session is the reference. SessionCore is a base class of channel.FastSession;
- * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen) and
- * the broken flag as members, so the Python methods (transact, _read, _wait_one, ...) and these
+ * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen), the
+ * epoch it was acknowledged under and the broken flag as members, so the Python methods (transact, _read, _wait_one, ...) and these
  * C methods share one copy of the state.
  *
  * get()/set() do exactly what Session.get()/set() do on their fast path (docs/ring-protocol.md
@@ -28,6 +28,7 @@
 #error "the ring layout is little-endian; this core reads it with native loads"
 #endif
 
+#define OFF_SERVER_EPOCH 128
 #define OFF_SERVER_STATE 144
 #define SERVER_RUNNING 2
 #define OP_GET 1
@@ -39,13 +40,14 @@
 typedef struct {
     PyObject_HEAD
     /* shared state the Python side reads and writes too (members) */
-    unsigned long long req_head, resp_tail, next_id, req_tail_seen;
+    unsigned long long req_head, resp_tail, next_id, req_tail_seen, epoch;
     char broken;
     /* the mapping and the geometry, set by _bind */
     Py_buffer view;
     int bound;
     unsigned char *req_data, *resp_data;
     uint64_t *ack, *req_head_p, *resp_tail_p, *req_tail_p, *resp_head_p;
+    uint64_t *server_epoch;
     uint32_t *server_state;
     uint64_t token, req_size, resp_size, max_msg, max_value;
 } SessionCore;
@@ -115,6 +117,7 @@ static PyObject *core_bind(SessionCore *self, PyObject *args)
     self->resp_tail_p = (uint64_t *)(base + cs + 128);
     self->req_data = base + cs + 4096;
     self->server_state = (uint32_t *)(base + OFF_SERVER_STATE);
+    self->server_epoch = (uint64_t *)(base + OFF_SERVER_EPOCH);
     self->req_size = req_size;
     self->resp_size = resp_size;
     self->max_msg = max_msg;
@@ -147,11 +150,15 @@ static int request_fits(SessionCore *self, uint64_t step)
     return step <= self->req_size - used;
 }
 
-/* Session and server checks before a request; 0 means "let Python decide (and raise)". */
+/* Session and server checks before a request; 0 means "let Python decide (and raise)".
+ * A retired session (ack_token != token) or a new server (server_epoch changed, section 7)
+ * goes to Python, which raises SessionLost: the transport claims again, and the new Session
+ * adopts its indexes from shared memory; nothing cached here outlives the session. */
 static inline int session_ready(SessionCore *self)
 {
     return self->bound && !self->broken && load_acquire(self->ack) == self->token &&
-           __atomic_load_n(self->server_state, __ATOMIC_ACQUIRE) == SERVER_RUNNING;
+           __atomic_load_n(self->server_state, __ATOMIC_ACQUIRE) == SERVER_RUNNING &&
+           __atomic_load_n(self->server_epoch, __ATOMIC_ACQUIRE) == self->epoch;
 }
 
 static inline void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }
@@ -329,6 +336,8 @@ static PyMemberDef core_members[] = {
     {"next_id", T_ULONGLONG, offsetof(SessionCore, next_id), 0, "id of the next request"},
     {"req_tail_seen", T_ULONGLONG, offsetof(SessionCore, req_tail_seen), 0,
      "the server's req_tail at the last look"},
+    {"epoch", T_ULONGLONG, offsetof(SessionCore, epoch), 0,
+     "the server_epoch the session was acknowledged under"},
     {"broken", T_BOOL, offsetof(SessionCore, broken), 0, "the session must not be used"},
     {NULL, 0, 0, 0, NULL},
 };

@@ -2,6 +2,8 @@
 
 Phases (``set``, ``get``, ``mix``) run ``requests`` operations over ``threads`` threads (each
 on its own channel; Python threads share the GIL, so more threads add channels, not CPU).
+Every thread releases its channel when it finishes, and the prefill releases its own, so a
+run never holds more than ``threads`` channels at a time.
 Without ``pipeline`` every request is one round trip and its latency is measured alone;
 with it, requests go in pipelines of ``max_inflight`` and each request is charged its
 pipeline's round trip (like the C bench's one clock read per batch).
@@ -134,6 +136,12 @@ def _worker(client: RingClient, cfg: BenchConfig, op: str, count: int, keys: lis
         result["exception"] = e
     finally:
         result.update(lat=lat, weights=weights, errors=errors, done=done)
+        # This thread's channel goes back now, not at the end of the run: the next phase's
+        # threads (and the prefill) need channels of their own.
+        try:
+            client.release_session()
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            result.setdefault("exception", e)
 
 
 def run_phase(client: RingClient, cfg: BenchConfig, op: str, keys: list[bytes]) -> PhaseResult:
@@ -178,6 +186,7 @@ def prefill(client: RingClient, cfg: BenchConfig, keys: list[bytes]) -> None:
         for k in keys[i : i + 4096]:
             pipe.set(k, value)
         pipe.execute()
+    client.release_session()    # the phase's threads claim their own channels
 
 
 def run(cfg: BenchConfig) -> list[PhaseResult]:

@@ -107,6 +107,7 @@ _GET_FRAMES = P.GET_FRAMES
 _MSG_HEADER = P.MSG_HEADER
 _OP_GET, _OP_SET = P.OP_GET, P.OP_SET
 _SERVER_STATE_I32 = P.OFF_SERVER_STATE // 4
+_SERVER_EPOCH_I = P.OFF_SERVER_EPOCH // 8
 _RUNNING = P.SERVER_RUNNING
 _ST_PROTOCOL_ERROR = P.ST_PROTOCOL_ERROR
 
@@ -126,7 +127,10 @@ def new_token() -> int:
 
 
 class SessionLost(CxlRingError):
-    """Internal: the session is no longer acknowledged; claim again (nothing was in flight)."""
+    """Internal: the session is no longer acknowledged (ack_token != token) or the server
+    restarted (server_epoch changed) while nothing was in flight: claim again (section 5
+    reclaim, section 7 restart) and send the request on the new session. A new Session object
+    adopts req_head / resp_tail from shared memory; nothing cached by the old one is reused."""
 
 
 # ---- Heartbeat ---------------------------------------------------------------------------------
@@ -308,14 +312,19 @@ class Session:
 
     def check_ready(self) -> None:
         """Before a batch: our session is acknowledged and the server is alive."""
-        u64 = self.u64
-        if self.broken or u64[self.ack_i] != self.token:
+        if self.broken or self.lost():
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[P.OFF_SERVER_STATE // 4] != P.SERVER_RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
         age = self.region.heartbeat_age(time.monotonic())
         if age > self.dead_after:
             raise ServerGoneError(f"server heartbeat has not moved for {age:.1f} s")
+
+    def lost(self) -> bool:
+        """The server no longer serves this session: it retired it (ack_token != token) or
+        a new server started (server_epoch changed). Sections 5 (reclaim) and 7 (restart)."""
+        u64 = self.u64
+        return u64[self.ack_i] != self.token or u64[_SERVER_EPOCH_I] != self.epoch
 
     def check_alive(self, now: float, outstanding: int) -> None:
         """While waiting: raise if the server died, restarted or dropped our session."""
@@ -528,7 +537,8 @@ class Session:
     def get(self, key: bytes, timeout: float) -> tuple[int, bytes] | None:
         """GET ``key``: (status, payload), or None when the fast path does not apply."""
         u64 = self.u64
-        if self.broken or u64[self.ack_i] != self.token:
+        if (self.broken or u64[self.ack_i] != self.token
+                or u64[_SERVER_EPOCH_I] != self.epoch):
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
@@ -550,7 +560,8 @@ class Session:
             timeout: float) -> tuple[int, bytes] | None:
         """SET ``key`` ``value`` [ttl_ms]: (status, payload), or None (fast path not applicable)."""
         u64 = self.u64
-        if self.broken or u64[self.ack_i] != self.token:
+        if (self.broken or u64[self.ack_i] != self.token
+                or u64[_SERVER_EPOCH_I] != self.epoch):
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
@@ -577,8 +588,7 @@ class Session:
 
     def call(self, msg: bytes, req_id: int, timeout: float) -> P.Response:
         """One framed, padded message, one response (the caller chose ``req_id``)."""
-        u64 = self.u64
-        if self.broken or u64[self.ack_i] != self.token:
+        if self.broken or self.lost():
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         n = len(msg)
         off = self.req_head & self.req_mask
@@ -661,7 +671,7 @@ if _SessionCore is not None:
     class FastSession(_SessionCore, Session):
         """A Session whose get() and set() run in C (_speedups.c), the rest in Python.
 
-        The C base holds req_head, resp_tail, next_id, req_tail_seen and broken, so both
+        The C base holds req_head, resp_tail, next_id, req_tail_seen, epoch and broken, so both
         share one copy of them. Whatever the C fast path does not handle it passes to the
         Python methods below (_pure_get, _pure_set, _wait_one), which behave as in Session.
         """

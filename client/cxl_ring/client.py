@@ -429,6 +429,14 @@ class RingClient(_Commands):
         s = getattr(getattr(self._transport, "_local", None), "session", None)
         return (s.index, s.token) if s is not None else None
 
+    def release_session(self) -> None:
+        """Release the calling thread's channel now (the next request claims one again).
+
+        A thread that is done with the client (a worker about to exit) should call this:
+        its session otherwise stays claimed until close()."""
+        if self._transport is not None:
+            self._transport.discard_session()
+
     def close(self) -> None:
         """Release every channel this client claimed and unmap the region."""
         if self._transport is None:

@@ -35,7 +35,7 @@ from typing import Callable
 
 from . import protocol as P
 from .channel import Session, claim
-from .exceptions import CxlRingError, ProtocolError
+from .exceptions import CxlRingError, ProtocolError, UnknownOutcomeError
 from .region import Region
 from .resp import CommandReader, RespError, decode_one_reply, encode_bulk, encode_error
 
@@ -165,6 +165,23 @@ class RingProxy:
         s.next_id = self.next_id - len(self.outbox)  # go on with the proxy's numbering
         return s
 
+    def _renew_session(self, s: Session) -> Session:
+        """The server retired our session or restarted (sections 5 and 7).
+
+        With requests in flight their outcome is unknown (check_alive raises
+        UnknownOutcomeError, the caller fails them). With nothing in flight the proxy quietly
+        claims a channel again; the new Session adopts the ring indexes from shared memory,
+        so nothing cached by the old one (req_head, the last req_tail seen) is reused."""
+        if self.sent:
+            s.check_alive(time.monotonic(), self.sent)
+            raise UnknownOutcomeError(
+                f"session on channel {s.index} lost with {self.sent} request(s) in flight: "
+                "outcome unknown", pending=self.sent)
+        s.release()
+        self.session = None
+        log.info("ring session on channel %d lost while idle; claiming again", s.index)
+        return self._ensure_session()
+
     def _fail_all(self, err: Exception) -> None:
         """The session died: every reply owed becomes an error; start afresh."""
         data = encode_error(f"ERR cxl_ring: {err}")
@@ -250,6 +267,8 @@ class RingProxy:
             return False
         try:
             s = self._ensure_session()
+            if s.lost():
+                s = self._renew_session(s)
             moved = self._write_outbox(s) | self._read_responses(s)
         except CxlRingError as e:
             self._fail_all(e)
@@ -268,6 +287,7 @@ class RingProxy:
         outbox = self.outbox
         if not outbox:
             return False
+        s.check_ready()   # before reading req_tail: a retired session's indexes mean nothing
         free = s._free_request_bytes()
         chunk = []
         total = 0
@@ -277,7 +297,6 @@ class RingProxy:
             total += len(m)
         if not chunk:
             return False
-        s.check_ready()
         s._write(b"".join(chunk))
         self.sent += len(chunk)
         s.next_id += len(chunk)
