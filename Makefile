@@ -87,7 +87,7 @@ teardown: venv
 	$(VENV)/bin/ansible-playbook playbooks/teardown.yml
 
 ## ---- tests ---------------------------------------------------------------
-test: test-unit test-lab
+test: lint test-unit test-lab
 
 test-unit: build
 	$(PY) -m pytest -q tests
