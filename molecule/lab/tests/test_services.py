@@ -259,9 +259,11 @@ def services_run() -> tuple[int, dict, str]:
         [str(playbook), "-i", str(INVENTORY), "playbooks/services.yml",
          "--limit", f"cxl_hypervisors,{SERVER_VM['name']}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg")))
+        # Molecule exports ANSIBLE_FORCE_COLOR: turn colour off, and strip what remains.
+        env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0",
+                 ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg")))
     recap = {}
-    for line in proc.stdout.splitlines():
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout).splitlines():
         if line.startswith(SERVER_VM["name"] + " ") and "ok=" in line:
             recap = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
     return proc.returncode, recap, proc.stdout[-3000:] + proc.stderr[-2000:]
