@@ -92,9 +92,11 @@ test: lint test-unit test-lab
 test-unit: build
 	$(PY) -m pytest -q tests
 
-# Molecule runs ansible-playbook and ansible-config from PATH: the venv's.
+# Molecule runs ansible-playbook and ansible-config from PATH: the venv's. A failed
+# step stops Molecule's sequence before its destroy, so destroy explicitly then.
+MOLECULE := PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/molecule
 test-lab: build
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/molecule test -s lab
+	$(MOLECULE) test -s lab || { $(MOLECULE) destroy -s lab; exit 1; }
 
 lint: venv
 	$(VENV)/bin/ruff check client tests bench library module_utils
