@@ -189,8 +189,10 @@ def plot(rows: list[Row], out: Path) -> list[str]:
         ax.set_title(f"{op.upper()} throughput")
         ax.set_ylabel("requests / s")
         ax.set_yscale("log")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
+    # One legend for the figure, below the plots, so it never hides a bar.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize="small")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out / "throughput.png", dpi=110)
     plt.close(fig)
     written.append("throughput.png")
