@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "build" / "cxl_ring.so"
+VECTORS_DIR = REPO / "tests" / "vectors"
+# The shared protocol vectors (tests/vectors/messages.json; its "_format" key explains them).
+VECTORS = json.loads((VECTORS_DIR / "messages.json").read_text())
 _names = itertools.count()
 
 

@@ -23,6 +23,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 from clientutil import MODULE, free_port, shm_name  # noqa: E402,F401
+from cxl_ring import channel  # noqa: E402
 from cxl_ring import protocol as P  # noqa: E402
 from fakeserver import FakeServer  # noqa: E402
 
@@ -163,3 +164,15 @@ def real_server_factory(tmp_path):
 @pytest.fixture
 def real_server(real_server_factory):
     return real_server_factory(max_value=65536, req_ring=1 << 20, resp_ring=1 << 20)
+
+
+@pytest.fixture(params=["python", "c"])
+def impl(request, monkeypatch):
+    """Make new sessions pure-Python or C-backed for the duration of one test."""
+    if request.param == "c":
+        if not channel.SPEEDUPS:
+            pytest.skip("cxl_ring._speedups not in use (not built, or CXL_RING_PURE is set)")
+        monkeypatch.setattr(channel, "SessionType", channel.FastSession)
+    else:
+        monkeypatch.setattr(channel, "SessionType", channel.Session)
+    return request.param

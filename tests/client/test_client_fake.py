@@ -5,17 +5,15 @@ test_real_server.py."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cxl_ring
 import pytest
-from clientutil import REPO
+from clientutil import REPO, VECTORS
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     LayoutMismatchError,
@@ -30,8 +28,6 @@ from cxl_ring.exceptions import (
 )
 from fakeserver import FakeServer
 
-VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "messages.json")
-                     .read_text())
 pytestmark = pytest.mark.timeout(60)
 
 

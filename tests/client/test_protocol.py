@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from clientutil import VECTORS, VECTORS_DIR
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     LayoutMismatchError,
@@ -17,8 +16,6 @@ from cxl_ring.exceptions import (
 )
 from cxl_ring.resp import CommandReader, Incomplete, RespError, decode_one_reply, parse_reply
 
-VECTORS_DIR = Path(__file__).resolve().parents[1] / "vectors"
-VECTORS = json.loads((VECTORS_DIR / "messages.json").read_text())
 LIMITS = VECTORS["limits"]
 OPS = {v: k for k, v in P.OP_NAMES.items()}
 

@@ -5,17 +5,15 @@ Each test starts its own server on a fresh /dev/shm region (conftest.RealServer)
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cxl_ring
 import pytest
-from clientutil import REPO
+from clientutil import REPO, VECTORS
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
@@ -25,8 +23,6 @@ from cxl_ring.exceptions import (
     UnknownOutcomeError,
 )
 
-VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "messages.json")
-                     .read_text())
 MAX_VALUE = 65536
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,22 +20,12 @@ import time
 import cxl_ring
 import pytest
 from clientutil import REPO, free_port
-from cxl_ring import bench, channel
+from cxl_ring import bench
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import UnknownOutcomeError
 
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture(params=["python", "c"])
-def impl(request, monkeypatch):
-    if request.param == "c":
-        if not channel.SPEEDUPS:
-            pytest.skip("cxl_ring._speedups not in use (not built, or CXL_RING_PURE is set)")
-        monkeypatch.setattr(channel, "SessionType", channel.FastSession)
-    else:
-        monkeypatch.setattr(channel, "SessionType", channel.Session)
-    return request.param
 
 
 def restart(server, how: str) -> None:

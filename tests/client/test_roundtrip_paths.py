@@ -7,19 +7,16 @@ CXL_RING_PURE=1 forces the pure path for a whole run: ``CXL_RING_PURE=1 pytest t
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import cxl_ring
 import pytest
-from clientutil import REPO
-from cxl_ring import channel
+from clientutil import REPO, VECTORS
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
@@ -29,21 +26,8 @@ from cxl_ring.exceptions import (
 )
 from fakeserver import FakeServer
 
-VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "messages.json")
-                     .read_text())
 pytestmark = pytest.mark.timeout(120)
 
-
-@pytest.fixture(params=["python", "c"])
-def impl(request, monkeypatch):
-    """Make new sessions pure-Python or C-backed for the duration of one test."""
-    if request.param == "c":
-        if not channel.SPEEDUPS:
-            pytest.skip("cxl_ring._speedups not in use (not built, or CXL_RING_PURE is set)")
-        monkeypatch.setattr(channel, "SessionType", channel.FastSession)
-    else:
-        monkeypatch.setattr(channel, "SessionType", channel.Session)
-    return request.param
 
 
 def _session_class(r: cxl_ring.RingClient) -> str:
