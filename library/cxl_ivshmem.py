@@ -15,6 +15,8 @@ description:
     exposes BAR0 (the 256-byte register bank, as C(uio_pci_generic) does), it points to the BAR2
     file in sysfs, C(/sys/bus/pci/devices/<address>/resource2), which maps the region directly.
   - Later roles use C(/dev/cxl/<region>) and never a PCI address.
+  - The file behind each path (the uio device or the sysfs BAR2 file) gets O(group) and O(mode),
+    so that services may map the region as a dedicated user in that group rather than as root.
   - The binding and the paths survive reboots through O(udev_rules) and O(modules_load); everything
     is written by this one module so that a guest under TCG pays for one Python start, not five.
 version_added: "1.0.0"
@@ -45,6 +47,17 @@ options:
     description: Directory of the stable per-region paths.
     type: path
     default: /dev/cxl
+  group:
+    description:
+      - Group of the file that maps each region (C(/dev/uioN) or the sysfs C(resource2)); it must
+        exist. Its members may map the region with O(mode).
+    type: str
+    default: root
+  mode:
+    description:
+      - Octal mode of that file. Never world-accessible: the region is the lab's shared memory.
+    type: str
+    default: "0600"
   udev_rules:
     description:
       - File of udev rules that redo the binding and the paths at every boot; empty to skip.
@@ -70,6 +83,8 @@ attributes:
     support: full
 notes:
   - Needs root in the guest.
+  - The kernel recreates the sysfs BAR2 file with mode 0600 root when the device is re-added; the
+    udev rules set O(group) and O(mode) again when the driver binds.
 """
 
 EXAMPLES = r"""
@@ -94,14 +109,18 @@ regions:
       pci_address: "0000:00:10.0"
       uio: uio0
       size_bytes: 268435456
+      group: cxl
+      mode: "0660"
 ansible_facts:
   description: The same, as the fact C(cxl_regions).
   returned: always
   type: dict
 """
 
+import grp
 import json
 import os
+import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -111,6 +130,8 @@ IVSHMEM_DEVICE = "0x1110"
 
 class Sysfs:
     """The few sysfs operations the module needs; tests replace it with a fake kernel."""
+
+    dev_root = "/dev"
 
     def __init__(self, root, module):
         self.root = root
@@ -159,6 +180,12 @@ class Sysfs:
         except OSError:
             return None
         return names[0] if names else None
+
+    def map_file(self, kind, address, uio):
+        """The file that maps the region here: the uio device node or the sysfs BAR2 file."""
+        if kind == "uio":
+            return os.path.join(self.dev_root, uio)
+        return self.path("bus/pci/devices", address, "resource2")
 
     def uio_maps(self, uio):
         """[(index, size)] of /sys/class/uio/<uio>/maps."""
@@ -209,6 +236,32 @@ def region_state(sysfs, region, driver, link_dir):
     }
 
 
+def file_access(path):
+    """(group name or gid, "0ooo") of path, or (None, None) when it is missing."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None, None
+    try:
+        group = grp.getgrgid(info.st_gid).gr_name
+    except KeyError:
+        group = str(info.st_gid)
+    return group, "%04o" % stat.S_IMODE(info.st_mode)
+
+
+def parse_mode(module, text):
+    try:
+        mode = int(str(text), 8)
+    except ValueError:
+        module.fail_json(msg=f"mode {text!r} is not an octal mode such as 0660")
+    if mode & 0o007 or mode & ~0o770:
+        module.fail_json(
+            msg=f"mode {text!r} would let others than the owner and the group reach the shared "
+            "region (or set special bits): use 0600 or 0660"
+        )
+    return mode
+
+
 def choose_map(sysfs, address, uio, bar2_size):
     """('uio', /dev/uioN) when uio's map 0 is BAR2, else ('resource2', the sysfs BAR2 file)."""
     if uio:
@@ -218,12 +271,14 @@ def choose_map(sysfs, address, uio, bar2_size):
     return "resource2", os.path.join("/sys/bus/pci/devices", address, "resource2")
 
 
-def udev_rules(results, driver, link_dir):
-    """udev rules that redo, at boot, what the module did: bind, then publish the path."""
+def udev_rules(results, driver, link_dir, group, mode):
+    """udev rules that redo, at boot, what the module did: bind, publish the path, give it
+    its group and mode. The sysfs BAR2 file exists for sure only once the driver binds, so
+    its group and mode are set on the "bind" event."""
     lines = [
         "# Managed by the CXL lab (library/cxl_ivshmem.py): ivshmem-plain devices (1af4:1110)",
         f"# are bound to {driver} (driver_override: the driver has no ID table) and each",
-        f"# region is published as {link_dir}/<region>.",
+        f"# region is published as {link_dir}/<region>, group {group}, mode {mode}.",
     ]
     match = (
         f'SUBSYSTEM=="pci", ATTR{{vendor}}=="{IVSHMEM_VENDOR}", ATTR{{device}}=="{IVSHMEM_DEVICE}"'
@@ -240,10 +295,13 @@ def udev_rules(results, driver, link_dir):
         )
         if region["map"] == "uio":
             lines.append(
-                'ACTION=="add", SUBSYSTEM=="uio", KERNELS=="{}", SYMLINK+="{}/{}"'.format(
+                'ACTION=="add", SUBSYSTEM=="uio", KERNELS=="{}", SYMLINK+="{}/{}", '
+                'GROUP="{}", MODE="{}"'.format(
                     address,
                     link_dir[len("/dev/") :] if link_dir.startswith("/dev/") else link_dir,
                     name,
+                    group,
+                    mode,
                 )
             )
         else:
@@ -251,6 +309,12 @@ def udev_rules(results, driver, link_dir):
                 'ACTION=="add", KERNEL=="{}", {}, RUN+="/bin/mkdir -p {}", '
                 'RUN+="/bin/ln -sfn {} {}/{}"'.format(
                     address, match, link_dir, region["target"], link_dir, name
+                )
+            )
+            lines.append(
+                'ACTION=="bind", KERNEL=="{}", {}, RUN+="/bin/chgrp {} {}", '
+                'RUN+="/bin/chmod {} {}"'.format(
+                    address, match, group, region["target"], mode, region["target"]
                 )
             )
     return "\n".join(lines) + "\n"
@@ -287,6 +351,15 @@ def core(module, sysfs):
     params = module.params
     driver = params["driver"]
     link_dir = params["link_dir"]
+    mode = parse_mode(module, params["mode"])
+    mode_text = "%04o" % mode
+    try:
+        gid = grp.getgrnam(params["group"]).gr_gid
+    except KeyError:
+        module.fail_json(
+            msg="group {} does not exist in this guest: create it first (the lab_guest role "
+            "does), or use group root".format(params["group"])
+        )
     present = sysfs.ivshmem_addresses()
     for region in params["regions"]:
         address = region["pci_address"]
@@ -337,6 +410,18 @@ def core(module, sysfs):
                     os.unlink(tmp)
                 os.symlink(target, tmp)
                 os.rename(tmp, link)
+        map_file = sysfs.map_file(kind, address, uio)
+        group_now, mode_now = file_access(map_file)
+        before[name]["access"] = f"{group_now} {mode_now}"
+        if (group_now, mode_now) != (params["group"], mode_text):
+            actions.append(f"chgrp {params['group']} and chmod {mode_text} {map_file}")
+            if not module.check_mode:
+                try:
+                    os.chown(map_file, -1, gid)
+                    os.chmod(map_file, mode)
+                except OSError as exc:
+                    module.fail_json(msg=f"region {name}: cannot set the group and mode of "
+                                     f"{map_file}: {exc}")
         results[name] = {
             "path": link,
             "target": target,
@@ -344,18 +429,21 @@ def core(module, sysfs):
             "pci_address": address,
             "uio": uio,
             "size_bytes": bar2,
+            "group": params["group"],
+            "mode": mode_text,
         }
     after = {}
     for name, result in results.items():
         state = dict(before[name])
-        state.update({"driver": driver, "driver_override": driver, "target": result["target"]})
+        state.update({"driver": driver, "driver_override": driver, "target": result["target"],
+                      "access": f"{params['group']} {mode_text}"})
         after[name] = state
     before["files"], after["files"] = {}, {}
     persist(
         module,
         {
             params["modules_load"]: f"{driver}\n",
-            params["udev_rules"]: udev_rules(results, driver, link_dir),
+            params["udev_rules"]: udev_rules(results, driver, link_dir, params["group"], mode_text),
             params["regions_json"]: json.dumps(results, indent=2, sort_keys=True) + "\n",
         },
         actions,
@@ -371,28 +459,30 @@ def core(module, sysfs):
     }
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            regions=dict(
-                type="list",
-                elements="dict",
-                required=True,
-                options=dict(
-                    name=dict(type="str", required=True),
-                    pci_address=dict(type="str", required=True),
-                    size_bytes=dict(type="int"),
-                ),
-            ),
-            driver=dict(type="str", default="uio_pci_generic"),
-            link_dir=dict(type="path", default="/dev/cxl"),
-            udev_rules=dict(type="path", default="/etc/udev/rules.d/70-cxl-lab.rules"),
-            modules_load=dict(type="path", default="/etc/modules-load.d/cxl-lab.conf"),
-            regions_json=dict(type="path", default="/etc/cxl-lab/regions.json"),
-            sys_root=dict(type="path", default="/sys"),
+ARGUMENT_SPEC = dict(
+    regions=dict(
+        type="list",
+        elements="dict",
+        required=True,
+        options=dict(
+            name=dict(type="str", required=True),
+            pci_address=dict(type="str", required=True),
+            size_bytes=dict(type="int"),
         ),
-        supports_check_mode=True,
-    )
+    ),
+    driver=dict(type="str", default="uio_pci_generic"),
+    link_dir=dict(type="path", default="/dev/cxl"),
+    group=dict(type="str", default="root"),
+    mode=dict(type="str", default="0600"),
+    udev_rules=dict(type="path", default="/etc/udev/rules.d/70-cxl-lab.rules"),
+    modules_load=dict(type="path", default="/etc/modules-load.d/cxl-lab.conf"),
+    regions_json=dict(type="path", default="/etc/cxl-lab/regions.json"),
+    sys_root=dict(type="path", default="/sys"),
+)
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     module.exit_json(**core(module, Sysfs(module.params["sys_root"], module)))
 
 

@@ -1,7 +1,9 @@
 """library/cxl_ivshmem.py against a fake guest kernel (sysfs tree + bind behaviour)."""
 
+import grp
 import json
 import os
+import stat
 
 import pytest
 from ansible.module_utils import basic
@@ -26,6 +28,7 @@ class FakeKernel:
                 dev + "/vendor": "0x1af4\n",
                 dev + "/device": "0x1110\n",
                 dev + "/driver_override": "(null)\n",
+                dev + "/resource2": "",
                 dev + "/resource": "0x00000000febc3000 0x00000000febc30ff 0x0000000000040200\n"
                 "0x0000000000000000 0x0000000000000000 0x0000000000000000\n"
                 "0x00000000e0000000 0x00000000efffffff 0x000000000014220c\n",
@@ -51,6 +54,7 @@ class FakeKernel:
         if not os.path.islink(link):
             os.symlink(os.path.join(self.root, "bus/pci/drivers/uio_pci_generic"), link)
         os.makedirs(os.path.join(dev, "uio/uio0"), exist_ok=True)
+        write_tree(self.root, {"../dev/uio0": ""})
         size = "0x%x" % (BAR2 if self.uio_maps_bar2 else 0x1000)
         write_tree(self.root, {"class/uio/uio0/maps/map0/size": size + "\n"})
         self.binds += 1
@@ -61,8 +65,11 @@ def module():
     return load_library("cxl_ivshmem")
 
 
-def run(module, monkeypatch, run_module, kernel, tmp_path, check_mode=False, regions=None):
+def run(module, monkeypatch, run_module, kernel, tmp_path, check_mode=False, regions=None,
+        extra=None):
     class FakeSysfs(module.Sysfs):
+        dev_root = os.path.join(kernel.root, "../dev")
+
         def load_driver(self, driver):
             kernel.load()
 
@@ -73,21 +80,10 @@ def run(module, monkeypatch, run_module, kernel, tmp_path, check_mode=False, reg
                 super().write(value, *parts)
 
     def main():
-        m = basic.AnsibleModule(
-            argument_spec=dict(
-                regions=dict(type="list", elements="dict", required=True),
-                driver=dict(type="str", default="uio_pci_generic"),
-                link_dir=dict(type="path"),
-                udev_rules=dict(type="path"),
-                modules_load=dict(type="path"),
-                regions_json=dict(type="path"),
-                sys_root=dict(type="path"),
-            ),
-            supports_check_mode=True,
-        )
+        m = basic.AnsibleModule(argument_spec=module.ARGUMENT_SPEC, supports_check_mode=True)
         m.exit_json(**module.core(m, FakeSysfs(m.params["sys_root"], m)))
 
-    args = {
+    args = {**(extra or {}),
         "regions": regions or [{"name": "cxl0", "pci_address": ADDRESS, "size_bytes": BAR2}],
         "link_dir": str(tmp_path / "dev/cxl"),
         "sys_root": kernel.root,
@@ -160,3 +156,61 @@ def test_size_mismatch_says_restart(module, monkeypatch, run_module, tmp_path):
         regions=[{"name": "cxl0", "pci_address": ADDRESS, "size_bytes": BAR2 * 2}],
     )
     assert how == "fail" and "restart the VM" in result["msg"]
+
+
+def _access(path):
+    info = os.stat(path)
+    return info.st_gid, stat.S_IMODE(info.st_mode)
+
+
+def test_region_file_gets_group_and_mode_then_no_change(module, monkeypatch, run_module, tmp_path):
+    kernel = FakeKernel(tmp_path / "sys")
+    bar2_file = tmp_path / "sys/bus/pci/devices" / ADDRESS / "resource2"
+    os.chmod(bar2_file, 0o644)
+    group = grp.getgrgid(os.getgid()).gr_name
+    extra = {"group": group, "mode": "0660"}
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path, extra=extra)
+    assert how == "exit", result
+    assert f"chgrp {group} and chmod 0660 {bar2_file}" in result["actions"]
+    assert _access(bar2_file) == (os.getgid(), 0o660)
+    assert result["regions"]["cxl0"]["group"] == group
+    assert result["diff"]["before"]["cxl0"]["access"].endswith(" 0644")
+    rules = (tmp_path / "etc/udev/rules.d/70-cxl-lab.rules").read_text()
+    assert (
+        f'ACTION=="bind", KERNEL=="{ADDRESS}"' in rules
+        and f"RUN+=\"/bin/chgrp {group} /sys/bus/pci/devices/{ADDRESS}/resource2\"" in rules
+        and f"RUN+=\"/bin/chmod 0660 /sys/bus/pci/devices/{ADDRESS}/resource2\"" in rules
+    )
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path, extra=extra)
+    assert result["changed"] is False and result["actions"] == []
+    # Check mode reports a drift and leaves the file alone.
+    os.chmod(bar2_file, 0o600)
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path, check_mode=True,
+                      extra=extra)
+    assert result["changed"] and _access(bar2_file)[1] == 0o600
+
+
+def test_uio_node_rule_sets_group_and_mode(module, monkeypatch, run_module, tmp_path):
+    kernel = FakeKernel(tmp_path / "sys", uio_maps_bar2=True, loaded=True)
+    group = grp.getgrgid(os.getgid()).gr_name
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path,
+                      extra={"group": group, "mode": "0660"})
+    assert how == "exit", result
+    assert _access(tmp_path / "dev/uio0")[1] == 0o660
+    rules = (tmp_path / "etc/udev/rules.d/70-cxl-lab.rules").read_text()
+    assert f'GROUP="{group}", MODE="0660"' in rules
+
+
+@pytest.mark.parametrize("mode", ["0666", "0644", "4660", "rw"])
+def test_mode_open_to_others_is_refused(module, monkeypatch, run_module, tmp_path, mode):
+    kernel = FakeKernel(tmp_path / "sys")
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path, extra={"mode": mode})
+    assert how == "fail" and mode in result["msg"] and kernel.binds == 0
+
+
+def test_unknown_group_says_create_it(module, monkeypatch, run_module, tmp_path):
+    kernel = FakeKernel(tmp_path / "sys")
+    how, result = run(module, monkeypatch, run_module, kernel, tmp_path,
+                      extra={"group": "no-such-cxl-group"})
+    assert how == "fail" and "no-such-cxl-group does not exist" in result["msg"]
+    assert kernel.binds == 0

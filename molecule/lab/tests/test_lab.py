@@ -175,6 +175,31 @@ def test_binding_survives_reboots(guest):
     assert guest.file("/etc/udev/rules.d/70-cxl-lab.rules").contains("uio_pci_generic")
 
 
+def region_file_access(guest, region: str) -> tuple[str, int]:
+    target = guest.file(f"/dev/cxl/{region}").linked_to
+    return guest.file(target).group, guest.file(target).mode
+
+
+def test_region_file_belongs_to_the_region_group(guest, vm):
+    for entry in vm_regions(vm):
+        assert region_file_access(guest, entry["name"]) == ("cxl", 0o660)
+
+
+def test_udev_gives_the_region_file_its_group_again(guest, vm):
+    """What the kernel does on a reboot or a re-probe (root 0600), the udev rule undoes."""
+    entry = vm_regions(vm)[0]
+    target = guest.file(f"/dev/cxl/{entry['name']}").linked_to
+    guest.check_output("chgrp root %s && chmod 0600 %s", target, target)
+    try:
+        guest.check_output(
+            "udevadm trigger --action=bind --settle /sys/bus/pci/devices/%s",
+            pci_address(vm, entry["name"]),
+        )
+        assert region_file_access(guest, entry["name"]) == ("cxl", 0o660)
+    finally:
+        guest.run("chgrp cxl %s && chmod 0660 %s", target, target)
+
+
 PEEK = (
     "import mmap,os,sys;fd=os.open(sys.argv[1],os.O_RDWR|os.O_SYNC);"
     "m=mmap.mmap(fd,int(sys.argv[2])+4096);o=int(sys.argv[2]);"

@@ -110,6 +110,15 @@ def test_stock_redis_service_is_masked(server):
     assert server.run("systemctl is-enabled redis-server").stdout.strip() == "masked"
 
 
+def service_user(host, unit: str) -> str:
+    pid = host.check_output("systemctl show -p MainPID --value %s", unit)
+    return host.check_output("ps -o user= -p %s", pid)
+
+
+def test_redis_does_not_run_as_root(server):
+    assert service_user(server, "cxl-redis") == "redis"
+
+
 def test_redis_listens_on_loopback(server):
     assert server.socket("tcp://127.0.0.1:6379").is_listening
 
@@ -143,6 +152,10 @@ def test_bench_client_is_installed(client):
 
 def test_proxy_service_is_running(client):
     assert client.service("cxl-ring-proxy").is_running, journal(client, "cxl-ring-proxy")
+
+
+def test_proxy_does_not_run_as_root(client):
+    assert service_user(client, "cxl-ring-proxy") == "cxl-ring"
 
 
 def test_proxy_listens_on_loopback(client):
