@@ -16,7 +16,8 @@ def build_vars(repo: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, run_role, make_fake_repo):
-    """The stand-in repository built twice in a row, then once more after a driver change."""
+    """The stand-in repository built twice in a row, then after a driver change, then after a
+    new setup.py (which shapes the wheel: the optional C speed-ups)."""
     repo = make_fake_repo(tmp_path_factory.mktemp("repo"))
     work = tmp_path_factory.mktemp("play")
     first = run_role(work, "cxl_build", build_vars(repo))
@@ -27,7 +28,12 @@ def built(tmp_path_factory, run_role, make_fake_repo):
     driver.write_text(driver.read_text() + "/* a change of the driver */\n")
     third = run_role(work, "cxl_build", build_vars(repo))
     after = json.loads((repo / "build/lab/artifacts.json").read_text())
-    return {"first": first, "second": second, "third": third, "before": before, "after": after}
+    (repo / "setup.py").write_text("from setuptools import setup\n\nsetup()\n")
+    fourth = run_role(work, "cxl_build", build_vars(repo))
+    assert fourth.returncode == 0, fourth.output[-4000:]
+    setup_changed = json.loads((repo / "build/lab/artifacts.json").read_text())
+    return {"first": first, "second": second, "third": third, "before": before, "after": after,
+            "setup_changed": setup_changed}
 
 
 def test_first_run_builds(built):
@@ -76,3 +82,9 @@ def test_other_debian_redis_version_is_refused(tmp_path, run_role, make_fake_rep
     run = run_role(tmp_path / "play", "cxl_build", variables)
     assert run.returncode != 0
     assert "must be built against the guests' redis-server version" in run.output
+
+
+def test_setup_py_change_rebuilds_the_wheel_only(built):
+    assert built["setup_changed"]["wheel"] != built["after"]["wheel"]
+    assert Path(built["setup_changed"]["wheel"]).is_file()
+    assert built["setup_changed"]["module"] == built["after"]["module"]
