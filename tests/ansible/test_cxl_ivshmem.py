@@ -83,7 +83,9 @@ def run(module, monkeypatch, run_module, kernel, tmp_path, check_mode=False, reg
         m = basic.AnsibleModule(argument_spec=module.ARGUMENT_SPEC, supports_check_mode=True)
         m.exit_json(**module.core(m, FakeSysfs(m.params["sys_root"], m)))
 
-    args = {**(extra or {}),
+    # The group is the test user's own, which a non-root user may give (the default, root,
+    # only root may).
+    args = {"group": grp.getgrgid(os.getgid()).gr_name, **(extra or {}),
         "regions": regions or [{"name": "cxl0", "pci_address": ADDRESS, "size_bytes": BAR2}],
         "link_dir": str(tmp_path / "dev/cxl"),
         "sys_root": kernel.root,

@@ -55,7 +55,9 @@ def pci_address(vm: dict, region: str) -> str:
 
 @pytest.fixture(scope="module")
 def hypervisor():
-    return testinfra.get_host("local://")
+    # The region files and libvirt's system domains are root's: a lab brought up by a user
+    # with sudo (cxl_lab_become) is checked through sudo too.
+    return testinfra.get_host("local://", sudo=os.geteuid() != 0)
 
 
 @pytest.fixture(scope="module", params=VMS, ids=VM_NAMES)
