@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import socket
+import time
 from pathlib import Path
+
+import cxl_ring
+from cxl_ring import protocol as P
+from fakeserver import FakeServer
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "build" / "cxl_ring.so"
@@ -24,3 +30,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def malformed_response_pending(shm_path: str, case: dict):
+    """(client, fake): a RingClient whose channel holds the vector ``case``'s malformed
+    response, written by a paused FakeServer; the caller clears ``fake.paused`` to recover."""
+    fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
+    try:
+        with cxl_ring.RingClient(shm_path, timeout=2) as r:
+            r.ping()
+            index, _ = r.session_info()
+            fake.paused.set()
+            time.sleep(0.01)
+            r._transport.session().next_id = case["expect_id"]
+            fake.inject_response(index, bytes.fromhex(case["hex"]))
+            yield r, fake
+    finally:
+        fake.close()
+
+
+def check_oversized_raw_request(path: str, max_value: int, channel: int, timeout: float) -> None:
+    """A SET one byte over ``max_value``, sent raw, answers TOO_LARGE and the PING behind it OK."""
+    with cxl_ring.Region(path) as region:
+        s = cxl_ring.claim(region, region.header(), channel)
+        try:
+            over = P.encode_request(P.OP_SET, [b"k", b"v" * (max_value + 1)], 77)
+            s.send_raw(over + P.encode_request(P.OP_PING, [], 78))
+            r1, r2 = s.receive(2, timeout)
+            assert (r1.status, r1.id) == (P.ST_TOO_LARGE, 77)
+            assert (r2.status, r2.id) == (P.ST_OK, 78)
+        finally:
+            s.release()

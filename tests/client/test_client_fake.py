@@ -13,7 +13,7 @@ import time
 
 import cxl_ring
 import pytest
-from clientutil import REPO, VECTORS
+from clientutil import REPO, VECTORS, check_oversized_raw_request, malformed_response_pending
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     LayoutMismatchError,
@@ -150,16 +150,7 @@ def test_values_up_to_max(client, fake):
 
 def test_server_too_large_status(fake):
     """A request over the server's limits (sent raw) gets TOO_LARGE and is skipped."""
-    with cxl_ring.Region(fake.path) as region:
-        s = cxl_ring.claim(region, region.header(), 2)
-        try:
-            over = P.encode_request(P.OP_SET, [b"k", b"v" * (fake.max_value + 1)], 77)
-            s.send_raw(over + P.encode_request(P.OP_PING, [], 78))
-            r1, r2 = s.receive(2, 2)
-            assert (r1.status, r1.id) == (P.ST_TOO_LARGE, 77)
-            assert (r2.status, r2.id) == (P.ST_OK, 78)
-        finally:
-            s.release()
+    check_oversized_raw_request(fake.path, fake.max_value, channel=2, timeout=2)
 
 
 def test_threads_use_separate_channels(fake):
@@ -276,23 +267,13 @@ def _call_for(r: cxl_ring.RingClient, op: str):
 
 @pytest.mark.parametrize("case", VECTORS["malformed_responses"], ids=lambda c: c["name"])
 def test_malformed_responses_raise(case, shm_path):
-    fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
-    try:
-        with cxl_ring.RingClient(shm_path, timeout=2) as r:
-            r.ping()
-            index, _ = r.session_info()
-            fake.paused.set()
-            time.sleep(0.01)
-            r._transport.session().next_id = case["expect_id"]
-            fake.inject_response(index, bytes.fromhex(case["hex"]))
-            t = time.monotonic()
-            with pytest.raises(ProtocolError):
-                _call_for(r, case["for_op"])()
-            assert time.monotonic() - t < 1.5
-            fake.paused.clear()
-            assert r.ping() is True               # recovers on a fresh session
-    finally:
-        fake.close()
+    with malformed_response_pending(shm_path, case) as (r, fake):
+        t = time.monotonic()
+        with pytest.raises(ProtocolError):
+            _call_for(r, case["for_op"])()
+        assert time.monotonic() - t < 1.5
+        fake.paused.clear()
+        assert r.ping() is True               # recovers on a fresh session
 
 
 @pytest.mark.parametrize("head_delta", [1 << 40, -8, 4097])

@@ -13,7 +13,7 @@ import time
 
 import cxl_ring
 import pytest
-from clientutil import REPO, VECTORS
+from clientutil import REPO, VECTORS, check_oversized_raw_request
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
@@ -103,16 +103,7 @@ def test_values_up_to_max_and_one_over(client, real_server):
 
 
 def test_server_rejects_oversized_raw_request(real_server):
-    with cxl_ring.Region(real_server.path) as region:
-        s = cxl_ring.claim(region, region.header(), 5)
-        try:
-            over = P.encode_request(P.OP_SET, [b"k", b"v" * (MAX_VALUE + 1)], 77)
-            s.send_raw(over + P.encode_request(P.OP_PING, [], 78))
-            r1, r2 = s.receive(2, 5)
-            assert (r1.status, r1.id) == (P.ST_TOO_LARGE, 77)
-            assert (r2.status, r2.id) == (P.ST_OK, 78)
-        finally:
-            s.release()
+    check_oversized_raw_request(real_server.path, MAX_VALUE, channel=5, timeout=5)
 
 
 def test_threads_on_separate_channels(real_server):

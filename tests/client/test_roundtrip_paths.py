@@ -12,11 +12,10 @@ import random
 import subprocess
 import sys
 import threading
-import time
 
 import cxl_ring
 import pytest
-from clientutil import REPO, VECTORS
+from clientutil import REPO, VECTORS, malformed_response_pending
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
@@ -24,7 +23,6 @@ from cxl_ring.exceptions import (
     RingTimeoutError,
     ServerGoneError,
 )
-from fakeserver import FakeServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,22 +99,12 @@ def test_api_semantics(impl, real_server):
     "case", [c for c in VECTORS["malformed_responses"] if c["for_op"] in ("GET", "SET")],
     ids=lambda c: c["name"])
 def test_malformed_responses_raise(impl, case, shm_path):
-    fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
-    try:
-        with cxl_ring.RingClient(shm_path, timeout=2) as r:
-            r.ping()
-            index, _ = r.session_info()
-            fake.paused.set()
-            time.sleep(0.01)
-            r._transport.session().next_id = case["expect_id"]
-            fake.inject_response(index, bytes.fromhex(case["hex"]))
-            call = (lambda: r.get("k")) if case["for_op"] == "GET" else (lambda: r.set("k", "v"))
-            with pytest.raises(ProtocolError):
-                call()
-            fake.paused.clear()
-            assert r.set("k", "v") is True and r.get("k") == b"v"   # a fresh session
-    finally:
-        fake.close()
+    with malformed_response_pending(shm_path, case) as (r, fake):
+        call = (lambda: r.get("k")) if case["for_op"] == "GET" else (lambda: r.set("k", "v"))
+        with pytest.raises(ProtocolError):
+            call()
+        fake.paused.clear()
+        assert r.set("k", "v") is True and r.get("k") == b"v"   # a fresh session
 
 
 def test_late_reply_times_out_then_recovers(impl, fake):
