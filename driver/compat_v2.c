@@ -1,6 +1,6 @@
 /*
  * compat_v2.c - the proof of concept's layout v2, server side
- * (../shared/reference/poc-ring-v2.md, docs/ring-protocol.md section 10).
+ * (docs/ring-protocol.md section 10, the whole compatibility contract).
  *
  * Region: a header (CXLSHM1, version 2, ring table) in the first page, then
  * per ring a request ring and a response ring, each "u64 head, u64 tail,

@@ -1,6 +1,6 @@
 /*
  * transport_v2.c - cxl-ring-bench over the proof of concept's layout 2
- * (../shared/reference/poc-ring-v2.md), which the cxl_ring driver speaks
+ * (docs/ring-protocol.md section 10), which the cxl_ring driver speaks
  * with `layout v2`: magic CXLSHM1, up to 8 rings of fixed 4096-byte slots,
  * GET and SET only, responses matched by order.
  *

@@ -10,6 +10,7 @@
  *   S1 CAS(claim_token)           sequentially consistent, races other clients
  *   S3 load_acquire(ack_token)    pairs with the server's S2 store of ack_token
  *   F2 (in cxl_header_read)       pairs with the server's F1 store of magic
+ *   L2 load_acquire(server_epoch) pairs with the server's L1 stores of epoch and state
  */
 #define _GNU_SOURCE
 #include "cxl_ring/client.h"
@@ -140,6 +141,7 @@ int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
     }
     /* The liveness line is read relaxed: it orders nothing, the values are checked. */
     state = cxl_load_relaxed32(&c->khdr->server_state);
+    /* L2: pairs with L1; a client that sees the new epoch sees the old sessions retired. */
     c->epoch = cxl_load_acquire64(&c->khdr->server_epoch);
     if (state != CXL_SERVER_RUNNING || c->epoch == 0) {
         ERR("%s: the cxl_ring server is not running (server_state %s, pid %u)", path,

@@ -1,5 +1,5 @@
 """A small client for the proof of concept's layout v2, written from
-/work/shared/reference/poc-ring-v2.md only (the driver's `layout v2` mode serves it).
+docs/ring-protocol.md section 10 only (the driver's `layout v2` mode serves it).
 
 Region header (little-endian):
 
