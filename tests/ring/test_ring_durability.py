@@ -52,7 +52,7 @@ def test_ring_writes_reach_the_aof(ring_servers, peer):
     assert ch.set(b"aof-ttl", b"v", ttl_ms=600000) == (ST_OK, b"")
     assert ch.cmd(b"HSET", b"aof-hash", b"f", b"v")[0] == ST_OK
     assert ch.delete(b"aof-key")[0] == ST_OK
-    wait_for(lambda: b"aof-hash" in aof_bytes(srv.workdir), 5, "the AOF")
+    wait_for(lambda: b"aof-hash" in aof_bytes(srv.workdir), 30, "the AOF")
     data = aof_bytes(srv.workdir)
     assert b"aof-value" in data and b"PXAT" in data and b"DEL" in data
     # and a restart from that AOF has the ring's data
@@ -67,15 +67,15 @@ def test_replica_sees_ring_writes(ring_servers, peer):
     primary = ring_servers.server(SMALL)
     replica = ring_servers.server(SMALL, conf=["--replicaof", "127.0.0.1", str(primary.port)])
     rc = replica.client()
-    wait_for(lambda: rc.info("replication")["master_link_status"] == "up", 15, "the link")
+    wait_for(lambda: rc.info("replication")["master_link_status"] == "up", 60, "the link")
     ch = peer(primary)
     assert ch.set(b"repl-key", b"repl-value") == (ST_OK, b"")
     assert ch.cmd(b"INCRBY", b"repl-n", b"5") == (ST_OK, b":5\r\n")
-    wait_for(lambda: rc.get("repl-key") == b"repl-value" and rc.get("repl-n") == b"5", 5,
+    wait_for(lambda: rc.get("repl-key") == b"repl-value" and rc.get("repl-n") == b"5", 30,
              "the replica")
     status, payload = ch.delete(b"repl-key")
     assert status == ST_OK and struct.unpack("<Q", payload) == (1,)
-    wait_for(lambda: rc.exists("repl-key") == 0, 5, "the replicated DEL")
+    wait_for(lambda: rc.exists("repl-key") == 0, 30, "the replicated DEL")
     # the replica's own ring refuses writes, as its TCP port does
     rch = peer(replica)
     status, payload = rch.set(b"x", b"y")

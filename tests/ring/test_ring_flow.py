@@ -47,7 +47,7 @@ def test_full_response_ring_stalls_only_that_channel(ring_servers):
 
 
 FLOOD = textwrap.dedent("""
-    import sys, time
+    import sys, threading, time
     sys.path.insert(0, {here!r})
     from rawpeer import Region, OP_PING
     region = Region({path!r})
@@ -55,31 +55,41 @@ FLOOD = textwrap.dedent("""
     ch.claim()
     ch.start_heartbeat()
     print("go", flush=True)
-    end = time.monotonic() + {seconds}
-    while time.monotonic() < end:
+    end = time.monotonic() + {seconds}                 # a hang bound: stdin ends it first
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.is_set() and time.monotonic() < end:
         ids = [ch.send(OP_PING) for _ in range(500)]
         for _ in ids:
             ch.recv(timeout=10)
     ch.release()
+    print("stopped", flush=True)
 """)
 
 
 def test_tcp_clients_are_served_while_the_ring_is_busy(ring_servers):
     srv = ring_servers.server({**SMALL, "batch": 4096})
+    """TCP commands are answered while the ring is flooded, not only after the flood.
+
+    How long a TCP command waits is a benchmark (it depends on the machine); here the flood runs
+    until the TCP commands are done, so each of them was served while the ring was busy.
+    """
     flood = subprocess.Popen([sys.executable, "-c", FLOOD.format(
-        here=str(REPO / "tests" / "ring"), path=srv.region, seconds=3)],
-        stdout=subprocess.PIPE, text=True)
+        here=str(REPO / "tests" / "ring"), path=srv.region, seconds=60)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert flood.stdout.readline().strip() == "go"
         tcp = srv.tcp_client()
-        worst = 0.0
+        ring_before = srv.info(0)["requests"]
         for i in range(200):
-            t0 = time.monotonic()
             tcp.set(f"t{i}", i)
-            worst = max(worst, time.monotonic() - t0)
-        assert worst < 0.25, f"a TCP command waited {worst * 1000:.0f} ms"
+        ring_during = srv.info(0)["requests"]
+        assert flood.poll() is None, "the flood ended before the TCP commands were served"
+        assert ring_during > ring_before, "the ring was not served while TCP was"
+        flood.stdin.close()
+        assert flood.stdout.readline().strip() == "stopped"
         assert flood.wait(30) == 0
-        assert srv.info(0)["requests"] > 1000
+        assert tcp.get("t199") == b"199"
     finally:
         if flood.poll() is None:
             flood.kill()
@@ -95,16 +105,19 @@ def test_client_pause_makes_ring_writes_wait(ring_servers):
     ch.start_heartbeat()
     try:
         assert ch.set(b"k", b"before") == (ST_OK, b"")
-        srv.client().execute_command("CLIENT", "PAUSE", 800, "WRITE")
-        t0 = time.monotonic()
+        # A pause far longer than the test: only UNPAUSE ends it, whatever the machine's speed.
+        srv.client().execute_command("CLIENT", "PAUSE", 120000, "WRITE")
         rid = ch.send(2, [b"k", b"during"])                 # SET: waits for the pause
-        status, got, _ = ch.recv(timeout=10)
-        waited = time.monotonic() - t0
-        assert (status, got) == (ST_OK, rid)
-        assert waited > 0.5, f"the write went through a pause after {waited:.3f}s"
+        pid = ch.send(OP_PING)                              # served, but after the SET
+        time.sleep(0.5)
+        assert srv.client().get("k") == b"before"           # the SET has not run
+        assert srv.info(0)["pending"] == 0 and ch.resp_head == ch.resp_tail
+        srv.client().execute_command("CLIENT", "UNPAUSE")
+        assert ch.recv(timeout=10)[:2] == (ST_OK, rid)
+        assert ch.recv(timeout=10)[:2] == (ST_OK, pid)
         assert srv.client().get("k") == b"during"
         assert srv.alive()
-        srv.client().execute_command("CLIENT", "PAUSE", 500, "WRITE")
+        srv.client().execute_command("CLIENT", "PAUSE", 120000, "WRITE")
         assert ch.get(b"k") == (ST_OK, b"during")           # reads are served meanwhile
         srv.client().execute_command("CLIENT", "UNPAUSE")
     finally:

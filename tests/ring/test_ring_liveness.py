@@ -1,9 +1,12 @@
 """Liveness (docs/ring-protocol.md sections 5 and 7): epochs, heartbeats, restarts,
-clean shutdown, lease reclaim of a killed client, and an idle server's CPU use."""
+clean shutdown and lease reclaim of a killed client.
+
+No assertion here depends on the speed of the machine: an idle server's CPU use is a benchmark
+(`make bench`, `server_idle_cpu_pct` in bench/results/latest.json), and every time bound only
+catches a hang."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import threading
 import time
 
 import pytest
+import redis
 from rawpeer import (
     CHAN_ACTIVE,
     CHAN_FREE,
@@ -40,6 +44,16 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def main_thread_busy(srv) -> bool:
+    """True when Redis's main thread does not answer a TCP PING (it is inside DEBUG SLEEP)."""
+    try:
+        redis.Redis(unix_socket_path=srv.sock, socket_timeout=0.2).ping()
+    except redis.exceptions.TimeoutError:
+        return True
+    time.sleep(0.05)
+    return False
+
+
 def test_epoch_and_heartbeat(ring_servers):
     srv = ring_servers.server(SMALL)
     region = Region(srv.region)
@@ -48,7 +62,7 @@ def test_epoch_and_heartbeat(ring_servers):
         assert region.epoch != 0
         assert region.server_pid == srv.pid
         hb = region.heartbeat
-        wait_for(lambda: region.heartbeat >= hb + 3, 2, "three heartbeats")
+        wait_for(lambda: region.heartbeat >= hb + 3, 15, "three heartbeats")
     finally:
         region.close()
 
@@ -61,14 +75,15 @@ def test_heartbeat_ticks_while_main_thread_busy(ring_servers):
     ch.start_heartbeat()
     try:
         busy = threading.Thread(target=lambda: srv.client().execute_command("DEBUG", "SLEEP",
-                                                                            "1.5"))
-        busy.start()
-        time.sleep(0.2)
+                                                                            "8"))
         hb = region.heartbeat
+        busy.start()
+        wait_for(lambda: main_thread_busy(srv), 10, "the main thread to start sleeping")
         rid = ch.send(OP_SET, [b"during-sleep", b"1"])   # waits for the GIL, not lost
-        time.sleep(0.8)
-        assert region.heartbeat >= hb + 5, "heartbeat stood still while Redis was busy"
-        busy.join(10)
+        wait_for(lambda: region.heartbeat >= hb + 5, 7, "five heartbeats")
+        # The main thread is still asleep: the heartbeat moved while Redis was busy.
+        assert busy.is_alive(), "DEBUG SLEEP ended before five heartbeats: inconclusive"
+        busy.join(30)
         status, got, _ = ch.recv(timeout=10)
         assert (status, got) == (ST_OK, rid)
         assert srv.client().get("during-sleep") == b"1"
@@ -154,7 +169,8 @@ CLIENT = textwrap.dedent("""
 
 
 def test_killed_client_channel_is_reclaimed(ring_servers):
-    srv = ring_servers.server({**SMALL, "client_lease_ms": 300})
+    # A lease long enough that a loaded machine never starves the live client's heartbeat.
+    srv = ring_servers.server({**SMALL, "client_lease_ms": 1500})
     code = CLIENT.format(here=str(REPO / "tests" / "ring"), path=srv.region)
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     region = Region(srv.region)
@@ -166,34 +182,14 @@ def test_killed_client_channel_is_reclaimed(ring_servers):
         assert ch.state == CHAN_ACTIVE
         proc.kill()
         proc.wait(10)
-        wait_for(lambda: ch.state == CHAN_FREE and ch.dead_token == token, 5, "reclaim")
+        wait_for(lambda: ch.state == CHAN_FREE and ch.dead_token == token, 30, "reclaim")
         assert srv.info(2)["reclaims"] == 1
         ch.claim()                                       # free for the next client
         assert ch.ping() == (ST_OK, b"")
         ch.release()
-        wait_for(lambda: ch.state == CHAN_FREE and ch.ack_token == 0, 5, "release")
+        wait_for(lambda: ch.state == CHAN_FREE and ch.ack_token == 0, 30, "release")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-        region.close()
-
-
-def test_idle_server_cpu_under_two_percent(ring_servers):
-    srv = ring_servers.server(SMALL)
-    region = Region(srv.region)
-    ch = region.channel(0)
-    ch.claim()                                           # an idle session, too
-    ch.start_heartbeat()
-    try:
-        for _ in range(100):
-            ch.ping()
-        time.sleep(1.0)                                  # "after 1 s without traffic"
-        hz = os.sysconf("SC_CLK_TCK")
-        t0, c0 = time.monotonic(), srv.cpu_ticks()
-        time.sleep(3.0)
-        used = (srv.cpu_ticks() - c0) / hz / (time.monotonic() - t0)
-        assert used <= 0.02, f"idle server used {used:.1%} of a core"
-    finally:
-        ch.release()
         region.close()
