@@ -1,7 +1,8 @@
 # CXL-DSM Lab — the two set-up commands are `make lab` and `make test`.
 #
 #   make lab     install what is missing, build, then `ansible-playbook site.yml`
-#   make test    install what is missing, build, then every test (pytest + Molecule)
+#   make test    install what is missing, build, then every test (pytest, the driver
+#                against Redis 8 and Valkey too, Molecule)
 #   make bench   the benchmarks (ring vs TCP, same machine, same run)
 #
 # Every target installs its own dependencies idempotently: Debian/Ubuntu packages
@@ -17,7 +18,7 @@ APT_LISTS   := $(wildcard requirements/apt-*.txt)
 PY_REQS     := $(wildcard requirements/*.in.txt requirements/*.txt)
 CI_TIMEOUT  ?= 1500
 
-.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab bench bench-lab lint teardown clean
+.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab test-servers bench bench-lab lint teardown clean
 
 all: build
 
@@ -79,6 +80,20 @@ FUZZ_SECONDS ?= 60
 fuzz: $(BUILD)/fuzz-decoder
 	mkdir -p $(BUILD)/fuzz-corpus && $(BUILD)/fuzz-decoder -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus
 
+## ---- the module for other servers: Redis 8.0, Valkey 8 (docs/servers.md) ---
+# scripts/prepare-server.sh NAME build/NAME gets the server (Redis 8 built once into
+# /var/cache/cxl-dsm-lab/servers, valkey-server from bookworm-backports) and writes its own
+# module header into build/NAME/include and build/NAME/server.env; these rules build the
+# module against that header: build/NAME/cxl_ring.so and build/NAME/cxl_ring_asan.so.
+SERVERS     ?= redis8 valkey
+server_cflags = $(subst -I$(BUILD)/redis-src,-I$(BUILD)/$*/include,$(1))
+
+$(BUILD)/%/cxl_ring.so: $(DRIVER_SRC) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/%/include/redismodule.h
+	$(CC) $(call server_cflags,$(CFLAGS_OPT)) -fPIC -shared -pthread -o $@ $(DRIVER_SRC) $(RING_SRC)
+
+$(BUILD)/%/cxl_ring_asan.so: $(DRIVER_SRC) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/%/include/redismodule.h
+	$(CC) $(call server_cflags,$(CFLAGS_SAN)) -fPIC -shared -pthread -o $@ $(DRIVER_SRC) $(RING_SRC)
+
 ## ---- the lab -------------------------------------------------------------
 lab: build
 	$(VENV)/bin/ansible-playbook site.yml
@@ -87,10 +102,27 @@ teardown: venv
 	$(VENV)/bin/ansible-playbook playbooks/teardown.yml
 
 ## ---- tests ---------------------------------------------------------------
-test: lint test-unit test-lab
+test: lint test-unit test-servers test-lab
 
 test-unit: build
 	$(PY) -m pytest -q tests
+
+# tests/ring against each of $(SERVERS) with the module built against its header. Not
+# again here: the fuzz harness and the decoder vectors (no server in them). A server this
+# system cannot have (prepare-server.sh exit 3: not Debian 12) is skipped, and said so.
+SERVER_TESTS ?= tests/ring --ignore=tests/ring/test_ring_fuzz.py --ignore=tests/ring/test_ring_vectors.py
+test-servers: build
+	@failed=""; for s in $(SERVERS); do \
+	    rc=0; scripts/prepare-server.sh $$s $(BUILD)/$$s || rc=$$?; \
+	    if [ $$rc -eq 3 ]; then echo "test-servers: $$s skipped"; continue; fi; \
+	    [ $$rc -eq 0 ] || { failed="$$failed $$s"; continue; }; \
+	    $(MAKE) --no-print-directory $(BUILD)/$$s/cxl_ring.so $(BUILD)/$$s/cxl_ring_asan.so \
+	        || { failed="$$failed $$s"; continue; }; \
+	    ( set -a && . ./$(BUILD)/$$s/server.env && CXL_TEST_MODULE=$(BUILD)/$$s/cxl_ring.so && \
+	      echo "test-servers: $$s $$CXL_TEST_SERVER_VERSION ($$CXL_TEST_SERVER)" && \
+	      $(PY) -m pytest -q -p no:cacheprovider $(SERVER_TESTS) ) || failed="$$failed $$s"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-servers: failed:$$failed"; exit 1; fi
 
 # Molecule runs ansible-playbook and ansible-config from PATH: the venv's. A failed
 # step stops Molecule's sequence before its destroy, so destroy explicitly then.

@@ -14,7 +14,12 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from ringharness import MODULE, MODULE_ASAN, Cluster  # noqa: E402
+from ringharness import MODULE, MODULE_ASAN, NO_ASAN, REDIS_SERVER, Cluster  # noqa: E402
+
+
+def pytest_report_header(config):
+    """Which server and module build the driver tests run against (CXL_TEST_SERVER)."""
+    return f"cxl_ring tests: server {REDIS_SERVER}, module {MODULE}"
 
 
 def _require(path: Path) -> None:
@@ -42,5 +47,7 @@ def server(ring_servers):
 def module_path(request):
     """The module build under test: parametrizes hostile tests over plain and ASan builds."""
     path = MODULE if request.param == "plain" else MODULE_ASAN
+    if request.param == "asan" and NO_ASAN:
+        pytest.skip(f"no ASan build in {REDIS_SERVER}: {NO_ASAN}")
     _require(path)
     return path

@@ -26,6 +26,18 @@ BUILD = REPO / "build"
 MODULE = BUILD / os.environ.get("CXL_RING_TEST_MODULE", "cxl_ring.so")
 MODULE_ASAN = BUILD / "cxl_ring_asan.so"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+# Another server (docs/servers.md, `make test-servers`): CXL_TEST_SERVER is its binary
+# (Redis 8's redis-server, valkey-server), CXL_TEST_MODULE the module built against its
+# header (build/<server>/cxl_ring.so), CXL_TEST_MODULE_ASAN that build's ASan twin
+# (default: cxl_ring_asan.so next to CXL_TEST_MODULE).
+if os.environ.get("CXL_TEST_SERVER"):
+    REDIS_SERVER = os.environ["CXL_TEST_SERVER"]
+if os.environ.get("CXL_TEST_MODULE"):
+    MODULE = Path(os.environ["CXL_TEST_MODULE"]).resolve()
+    MODULE_ASAN = Path(os.environ.get("CXL_TEST_MODULE_ASAN")
+                       or MODULE.with_name("cxl_ring_asan.so")).resolve()
+# Non-empty: why the ASan build cannot run in this server (scripts/prepare-server.sh).
+NO_ASAN = os.environ.get("CXL_TEST_NO_ASAN", "")
 
 _names = itertools.count()
 
