@@ -96,6 +96,20 @@ struct drv_stats {
 typedef void drv_reply_fn(void *sink, uint8_t status,
                           const void *p1, uint32_t n1, const void *p2, uint32_t n2);
 
+/*
+ * Which commands a CMD may run (exec.c): a verdict per command or container
+ * subcommand, from the flags Redis reports in COMMAND INFO, cached by
+ * lowercase name ("get", "client|list"). Poll thread only, under the GIL.
+ */
+#define DRV_VERDICT_SLOTS     1024u     /* power of two; > 4/3 of every command and subcommand */
+#define DRV_VERDICT_KEY       128u      /* "name|sub", each part under 64 bytes */
+
+struct drv_verdict {
+    uint8_t  verdict;                   /* enum in exec.c; 0 = empty slot */
+    uint8_t  len;
+    char     key[DRV_VERDICT_KEY];
+};
+
 struct drv_exec {
     RedisModuleCtx *ctx;                /* detached thread-safe context, db 0 */
     uint32_t max_value;
@@ -105,6 +119,16 @@ struct drv_exec {
     uint32_t writes;                    /* writes in this GIL hold */
     RedisModuleString *argv[CXL_MAX_ARGS];
     char     cmdname[64];
+    /*
+     * The command table changes only with MODULE LOAD/UNLOAD: the main thread
+     * bumps cmd_table_gen then (under the GIL), the poll thread compares it
+     * with verdicts_gen (under the GIL) and forgets its verdicts. The GIL's
+     * mutex orders the two; the atomics are relaxed.
+     */
+    uint32_t cmd_table_gen;
+    uint32_t verdicts_gen;
+    uint32_t verdicts_used;
+    struct drv_verdict verdicts[DRV_VERDICT_SLOTS];
 };
 
 void drv_exec_begin_batch(struct drv_exec *x);

@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 static const char OOM_TEXT[] = "OOM command not allowed when used memory > 'maxmemory'.";
 static const char READONLY_TEXT[] = "READONLY You can't write against a read only replica.";
@@ -162,6 +163,239 @@ void drv_exec_del(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
     reply(sink, CXL_ST_OK, &removed, sizeof(removed), NULL, 0);
 }
 
+/* ---- Which commands a CMD may run ------------------------------------------ */
+
+/*
+ * A CMD runs on the poll thread through RedisModule_Call, on a temporary
+ * client that has no connection and must not block (Redis asserts, and
+ * aborts, when a command leaves that client blocked). Redis says itself which
+ * commands cannot run like that, in the flags COMMAND INFO reports; these are
+ * refused with an error reply before RedisModule_Call is reached:
+ *
+ *   module + blocking  a module command that blocks its caller, e.g. our own
+ *                      CXLRING.RESET: RedisModule_BlockClient on a
+ *                      RedisModule_Call client ends in that assertion
+ *   noscript           needs a connection, the main thread or the event loop:
+ *                      MULTI/EXEC/WATCH, (P|S)SUBSCRIBE, MONITOR, WAIT, CLIENT,
+ *                      CONFIG, DEBUG, SHUTDOWN, SAVE, REPLICAOF, FAILOVER, ACL,
+ *                      MODULE, EVAL/FCALL, BLPOP and kin... (what Redis refuses
+ *                      in scripts, for the same reason)
+ *   DENIED             what the flags cannot say (below)
+ *
+ * Blocking commands without noscript (BLMPOP, XREAD BLOCK, ...) run: on a
+ * client that may not block they answer at once, as in a script. A container
+ * (CLIENT, CONFIG, OBJECT, XINFO, ...) is judged by its subcommand's flags.
+ */
+enum {
+    VERDICT_NONE = 0,                   /* empty slot; unknown to Redis: Call answers */
+    VERDICT_RUN,
+    VERDICT_CONTAINER,                  /* look at argv[1] */
+    VERDICT_NOSCRIPT,
+    VERDICT_MODULE_BLOCKING,
+    VERDICT_UNCHECKED,                  /* COMMAND INFO failed, or a name too long */
+    VERDICT_DENIED                      /* + index into DENIED */
+};
+
+static const struct {
+    const char *key;                    /* lowercase, "name" or "name|sub" */
+    const char *why;
+} DENIED[] = {
+    /* Synchronous socket I/O for up to its timeout while we hold the GIL: a
+     * MIGRATE to this very server waits for an answer the main thread cannot
+     * give before the GIL is released. */
+    { "migrate", "it waits on the network while holding the server lock" },
+};
+
+#define NAME_MAX_LEN 63u                /* a command or subcommand name, without NUL */
+
+static int denied_index(const char *key, uint32_t len)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(DENIED) / sizeof(DENIED[0]); i++)
+        if (strlen(DENIED[i].key) == len && !memcmp(DENIED[i].key, key, len))
+            return (int)i;
+    return -1;
+}
+
+static int reply_is(RedisModuleCallReply *r, const char *word)
+{
+    size_t n = 0;
+    const char *p = RedisModule_CallReplyStringPtr(r, &n);
+
+    return p && n == strlen(word) && !strncasecmp(p, word, n);
+}
+
+/* COMMAND INFO key -> a verdict; VERDICT_NONE when Redis has no such command. */
+static uint8_t verdict_from_redis(struct drv_exec *x, const char *key, uint32_t len)
+{
+    RedisModuleCallReply *r, *info, *flags, *subs = NULL;
+    int noscript = 0, blocking = 0, module = 0, denied;
+    uint8_t v = VERDICT_UNCHECKED;
+    size_t i, n;
+
+    r = RedisModule_Call(x->ctx, "COMMAND", "cb", "INFO", key, (size_t)len);
+    if (!r)
+        return VERDICT_UNCHECKED;
+    if (RedisModule_CallReplyType(r) != REDISMODULE_REPLY_ARRAY ||
+        RedisModule_CallReplyLength(r) != 1)
+        goto out;
+    info = RedisModule_CallReplyArrayElement(r, 0);
+    if (RedisModule_CallReplyType(info) == REDISMODULE_REPLY_NULL) {
+        v = VERDICT_NONE;
+        goto out;
+    }
+    /* name, arity, flags, first key, last key, step, ACL categories, tips,
+     * key specs, subcommands (Redis 7 and later, Valkey) */
+    if (RedisModule_CallReplyType(info) != REDISMODULE_REPLY_ARRAY ||
+        RedisModule_CallReplyLength(info) < 3)
+        goto out;
+    flags = RedisModule_CallReplyArrayElement(info, 2);
+    n = RedisModule_CallReplyLength(flags);
+    for (i = 0; i < n; i++) {
+        RedisModuleCallReply *f = RedisModule_CallReplyArrayElement(flags, i);
+
+        noscript |= reply_is(f, "noscript");
+        blocking |= reply_is(f, "blocking");
+        module |= reply_is(f, "module");
+    }
+    if (RedisModule_CallReplyLength(info) >= 10)
+        subs = RedisModule_CallReplyArrayElement(info, 9);
+    denied = denied_index(key, len);
+    if (module && blocking)
+        v = VERDICT_MODULE_BLOCKING;
+    else if (noscript)
+        v = VERDICT_NOSCRIPT;
+    else if (denied >= 0)
+        v = (uint8_t)(VERDICT_DENIED + denied);
+    else if (subs && RedisModule_CallReplyType(subs) == REDISMODULE_REPLY_ARRAY &&
+             RedisModule_CallReplyLength(subs) > 0)
+        v = VERDICT_CONTAINER;
+    else
+        v = VERDICT_RUN;
+out:
+    RedisModule_FreeCallReply(r);
+    return v;
+}
+
+static uint32_t key_hash(const char *key, uint32_t len)
+{
+    uint32_t h = 2166136261u;           /* FNV-1a */
+    uint32_t i;
+
+    for (i = 0; i < len; i++)
+        h = (h ^ (uint8_t)key[i]) * 16777619u;
+    return h;
+}
+
+/* The cached verdict for key, asking Redis on a miss. Open addressing, never over 3/4 full. */
+static uint8_t verdict_for(struct drv_exec *x, const char *key, uint32_t len)
+{
+    uint32_t mask = DRV_VERDICT_SLOTS - 1, i = key_hash(key, len) & mask;
+    struct drv_verdict *slot;
+    uint8_t v;
+
+    for (;; i = (i + 1) & mask) {
+        slot = &x->verdicts[i];
+        if (slot->verdict == VERDICT_NONE)
+            break;
+        if (slot->len == len && !memcmp(slot->key, key, len))
+            return slot->verdict;
+    }
+    v = verdict_from_redis(x, key, len);
+    /* Only what Redis knows is kept: unknown names cannot fill the table. */
+    if (v == VERDICT_NONE || v == VERDICT_UNCHECKED)
+        return v;
+    if (x->verdicts_used >= DRV_VERDICT_SLOTS / 4 * 3) {
+        memset(x->verdicts, 0, sizeof(x->verdicts));
+        x->verdicts_used = 0;
+        return v;                       /* the free slot found above is gone: store next time */
+    }
+    slot->verdict = v;
+    slot->len = (uint8_t)len;
+    memcpy(slot->key, key, len);
+    x->verdicts_used++;
+    return v;
+}
+
+/* Lowercase name bytes appended to key at *len (the caller checked the room). */
+static void key_append(char *key, uint32_t *len, const uint8_t *name, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        key[(*len)++] = (char)(name[i] >= 'A' && name[i] <= 'Z' ? name[i] + 32 : name[i]);
+}
+
+/*
+ * The verdict for a CMD's argv, and in key the name it was given for
+ * ("client|pause"). VERDICT_NONE: Redis has no such command (RedisModule_Call
+ * answers with its own error).
+ */
+static uint8_t cmd_verdict(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                           const uint32_t *argl, char *key, uint32_t *keylen)
+{
+    uint32_t gen = __atomic_load_n(&x->cmd_table_gen, __ATOMIC_RELAXED);   /* GIL-ordered */
+    uint8_t v;
+
+    if (gen != x->verdicts_gen) {       /* a module was loaded or unloaded */
+        memset(x->verdicts, 0, sizeof(x->verdicts));
+        x->verdicts_used = 0;
+        x->verdicts_gen = gen;
+    }
+    *keylen = 0;
+    key_append(key, keylen, argv[0], argl[0]);          /* argl[0] <= NAME_MAX_LEN */
+    if (memchr(argv[0], '|', argl[0]))
+        return VERDICT_NONE;            /* COMMAND INFO would read it as name|sub */
+    v = verdict_for(x, key, *keylen);
+    if (v != VERDICT_CONTAINER)
+        return v;
+    if (argc < 2)
+        return VERDICT_NONE;            /* RedisModule_Call answers the arity error */
+    if (argl[1] > NAME_MAX_LEN || memchr(argv[1], '|', argl[1])) {
+        key[(*keylen)++] = '|';
+        return VERDICT_UNCHECKED;
+    }
+    key[(*keylen)++] = '|';
+    key_append(key, keylen, argv[1], argl[1]);
+    v = verdict_for(x, key, *keylen);
+    return v == VERDICT_CONTAINER ? VERDICT_RUN : v;    /* no deeper nesting exists */
+}
+
+/* The refusal as a RESP2 error reply, one line; 0 when the command may run. */
+static int refusal(uint8_t v, const char *key, uint32_t keylen, char *out, size_t outlen)
+{
+    char name[DRV_VERDICT_KEY + 1];
+    const char *why;
+    uint32_t i;
+    int n;
+
+    switch (v) {
+    case VERDICT_NONE:
+    case VERDICT_RUN:
+        return 0;
+    case VERDICT_NOSCRIPT:
+        why = "it needs a client connection (flag noscript: scripts may not run it either)";
+        break;
+    case VERDICT_MODULE_BLOCKING:
+        why = "it is a module command that blocks its caller (flag blocking)";
+        break;
+    case VERDICT_UNCHECKED:
+        why = "its flags could not be read from COMMAND INFO";
+        break;
+    default:
+        why = (size_t)(v - VERDICT_DENIED) < sizeof(DENIED) / sizeof(DENIED[0])
+            ? DENIED[v - VERDICT_DENIED].why : "refused";
+        break;
+    }
+    /* The name came from the client: no CR, LF or other control bytes in a reply line. */
+    for (i = 0; i < keylen && i < DRV_VERDICT_KEY; i++)
+        name[i] = key[i] > 0x20 && key[i] < 0x7f ? key[i] : '?';
+    name[i] = '\0';
+    n = snprintf(out, outlen, "-ERR '%s' cannot run from the ring: %s\r\n", name, why);
+    return n < (int)outlen ? n : 0;     /* sized so that it always fits */
+}
+
 /* ---- CMD argv... -> OK RESP2 reply ----------------------------------------- */
 
 /*
@@ -177,12 +411,20 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
     RedisModuleCallReply *r;
     const char *proto;
     size_t plen = 0;
-    uint32_t i;
+    uint32_t i, keylen;
+    char key[DRV_VERDICT_KEY], text[DRV_VERDICT_KEY + 160];
+    uint8_t v;
+    int n;
 
     /* RedisModule_Call takes the name as a C string: refuse what it would misread. */
     if (argl[0] == 0 || argl[0] >= sizeof(x->cmdname) || memchr(argv[0], 0, argl[0])) {
         static const char unknown[] = "-ERR unknown command\r\n";
         reply(sink, CXL_ST_OK, unknown, sizeof(unknown) - 1, NULL, 0);
+        return;
+    }
+    v = cmd_verdict(x, argc, argv, argl, key, &keylen);
+    if ((n = refusal(v, key, keylen, text, sizeof(text))) > 0) {
+        reply(sink, CXL_ST_OK, text, (uint32_t)n, NULL, 0);
         return;
     }
     memcpy(x->cmdname, argv[0], argl[0]);
@@ -193,9 +435,8 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
     errno = 0;
     r = RedisModule_Call(x->ctx, x->cmdname, DRV_CALL_FLAGS, x->argv, (size_t)(argc - 1));
     if (!r) {
-        char text[128];
-        int n = snprintf(text, sizeof(text), "-ERR command refused (%s)\r\n",
-                         errno ? strerror(errno) : "no reply");
+        n = snprintf(text, sizeof(text), "-ERR command refused (%s)\r\n",
+                     errno ? strerror(errno) : "no reply");
         reply(sink, CXL_ST_OK, text, (uint32_t)n, NULL, 0);
     } else {
         proto = RedisModule_CallReplyProto(r, &plen);

@@ -331,6 +331,12 @@ static int cmd_reset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
     if (argc != 2)
         return RedisModule_WrongArity(ctx);
+    /* A caller that must not block (RedisModule_Call, MULTI, a script): Redis
+     * asserts if one is left blocked. The flags below keep the ring away; this
+     * keeps any other module's RedisModule_Call safe too. */
+    if (RedisModule_GetContextFlags(ctx) & REDISMODULE_CTX_FLAGS_DENY_BLOCKING)
+        return RedisModule_ReplyWithError(ctx, "ERR CXLRING.RESET blocks its caller; "
+                                          "send it over a client connection");
     if (parse_channel(ctx, s, argv[1], &c) < 0)
         return REDISMODULE_OK;
     if (!s->threads_running)
@@ -352,6 +358,18 @@ static int cmd_reset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 }
 
 /* ---- Start and stop ----------------------------------------------------------- */
+
+/* MODULE LOAD or UNLOAD changed the command table: the poll thread forgets its verdicts. */
+static void on_module_change(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent,
+                             void *data)
+{
+    (void)ctx;
+    (void)eid;
+    (void)subevent;
+    (void)data;
+    /* Relaxed: we hold the GIL, and the poll thread reads it under the GIL. */
+    __atomic_add_fetch(&g_srv.exec.cmd_table_gen, 1, __ATOMIC_RELAXED);
+}
 
 static void server_stop(struct drv_server *s)
 {
@@ -396,14 +414,17 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     }
     if (RedisModule_CreateCommand(ctx, "cxlring.info", cmd_info, "readonly", 0, 0, 0) ==
             REDISMODULE_ERR ||
-        RedisModule_CreateCommand(ctx, "cxlring.reset", cmd_reset, "admin", 0, 0, 0) ==
-            REDISMODULE_ERR) {
+        /* deny-script and blocking: a ring CMD refuses it (exec.c), so does a script */
+        RedisModule_CreateCommand(ctx, "cxlring.reset", cmd_reset, "admin deny-script blocking",
+                                  0, 0, 0) == REDISMODULE_ERR) {
         snprintf(err, sizeof(err), "cannot register the CXLRING commands");
         goto fail_region;
     }
     if (RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_Shutdown, on_shutdown) ==
-        REDISMODULE_ERR) {
-        snprintf(err, sizeof(err), "cannot subscribe to the shutdown event");
+            REDISMODULE_ERR ||
+        RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_ModuleChange,
+                                           on_module_change) == REDISMODULE_ERR) {
+        snprintf(err, sizeof(err), "cannot subscribe to the shutdown and module events");
         goto fail_region;
     }
     if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)

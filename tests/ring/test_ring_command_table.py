@@ -1,0 +1,264 @@
+"""Every command of the server's own table, sent through the ring as a CMD, against the ASan+UBSan
+build: no command kills the server (issue 8).
+
+A CMD runs on the driver's poll thread through RedisModule_Call, on a client that has no
+connection and must not block. What cannot run like that (COMMAND INFO flags `noscript`, module
+commands flagged `blocking`, and the driver's short deny list) gets an error reply that says
+why; everything else runs. The test asks the server for its table (COMMAND for names, arity,
+flags and key positions, COMMAND DOCS for each command's group, subcommands of containers
+such as CLIENT, CONFIG, OBJECT, XINFO and CXLRING included), builds simple arguments (keys of
+the right type exist), sends each command once and checks after each one that the server is
+alive and answers over TCP; at the end that the sanitizers stayed silent. A failure names the
+command that was sent last.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from rawpeer import ST_OK, ST_TOO_LARGE, Region
+from ringharness import MODULE_ASAN
+
+import ringharness
+
+pytestmark = pytest.mark.timeout(300)    # a hang bound only; the run takes a few seconds
+
+GEOMETRY = {"channels": 2, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
+MAX_COMMANDS = 1000                      # Redis 7 has ~350 leaves, Valkey/Redis 8 ~450
+HANG_S = 30.0                            # per command: only a hang gets this far
+REFUSED = b"cannot run from the ring"
+DENIED_BY_NAME = {"migrate"}             # driver/exec.c DENIED: what flags cannot say
+
+# One key per data type, named after the COMMAND DOCS group that works on it.
+KEYS = {"string": b"ct:string", "bitmap": b"ct:string", "hyperloglog": b"ct:hll",
+        "list": b"ct:list", "hash": b"ct:hash", "set": b"ct:set", "sorted-set": b"ct:zset",
+        "geo": b"ct:geo", "stream": b"ct:stream"}
+
+
+def _asan_server(ring_servers):
+    if getattr(ringharness, "NO_ASAN", ""):
+        pytest.skip(f"no ASan build for this server: {ringharness.NO_ASAN}")
+    if not MODULE_ASAN.exists():
+        pytest.skip(f"{MODULE_ASAN} is not built (make build)")
+    return ring_servers.server(GEOMETRY, module=MODULE_ASAN)
+
+
+def _raw(srv) -> redis.Redis:
+    """A TCP client that returns replies as they are (no redis-py parsing of COMMAND)."""
+    c = srv.tcp_client()
+    c.response_callbacks.clear()
+    return c
+
+
+def _text(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _pairs(x):
+    """A map reply, whether it came as a RESP3 map or a RESP2 flat array."""
+    return x.items() if isinstance(x, dict) else zip(x[0::2], x[1::2])
+
+
+def _docs_groups(raw_docs) -> dict[str, str]:
+    """COMMAND DOCS (name -> {field: value}) -> {"client|list": "connection"}."""
+    groups = {}
+    for name, fields in _pairs(raw_docs):
+        doc = {_text(k): v for k, v in _pairs(fields)}
+        full = _text(name).lower()
+        groups[full] = _text(doc.get("group", "generic"))
+        if doc.get("subcommands"):
+            groups.update(_docs_groups(doc["subcommands"]))
+    return groups
+
+
+def command_table(srv) -> list[dict]:
+    """Every leaf of COMMAND: a command, or a container's subcommand."""
+    raw = _raw(srv)
+    groups = _docs_groups(raw.execute_command("COMMAND", "DOCS"))
+    leaves = []
+
+    def walk(entries):
+        for e in entries:
+            full = _text(e[0]).lower()
+            subs = e[9] if len(e) > 9 else []
+            if subs:
+                walk(subs)
+                continue
+            leaves.append({"name": full, "arity": int(e[1]),
+                           "flags": {_text(f).lower() for f in e[2]},
+                           "first": int(e[3]), "last": int(e[4]), "step": int(e[5]),
+                           "group": groups.get(full, "generic")})
+
+    walk(raw.execute_command("COMMAND"))
+    return sorted(leaves, key=lambda c: c["name"])
+
+
+def build_argvs(cmd: dict) -> list[list[bytes]]:
+    """One argv for a fixed arity; the fewest arguments and one more for a variable one (module
+    commands say -1 and count their own arguments: CXLRING.RESET 1)."""
+    words = max(1, cmd["name"].count("|") + 1)
+    n = max(abs(cmd["arity"]), words)
+    return [build_argv(cmd, n)] + ([build_argv(cmd, n + 1)] if cmd["arity"] < 0 else [])
+
+
+def build_argv(cmd: dict, n: int) -> list[bytes]:
+    """The words of the name, then "1" up to n words; keys where the legacy key range says
+    (first, last, step), of the type the command's group works on."""
+    words = [w.encode() for w in cmd["name"].split("|")]
+    argv = words + [b"1"] * (n - len(words))
+    first, last, step = cmd["first"], cmd["last"], cmd["step"]
+    if first > 0 and step > 0:
+        end = last if last >= 0 else n + last
+        for i in range(first, min(end, n - 1) + 1, step):
+            argv[i] = KEYS.get(cmd["group"], b"ct:string")
+    return argv
+
+
+def expect_refused(cmd: dict) -> bool:
+    flags = cmd["flags"]
+    return ("noscript" in flags or ("module" in flags and "blocking" in flags)
+            or cmd["name"] in DENIED_BY_NAME)
+
+
+def make_keys(srv) -> None:
+    p = srv.tcp_client().pipeline(transaction=False)
+    p.delete(*set(KEYS.values()))
+    p.set("ct:string", "1")
+    p.rpush("ct:list", "1", "2", "3")
+    p.hset("ct:hash", "1", "1")
+    p.sadd("ct:set", "1", "2")
+    p.zadd("ct:zset", {"1": 1})
+    p.geoadd("ct:geo", (13.361389, 38.115556, "1"))
+    p.xadd("ct:stream", {"1": "1"}, id="1-1")
+    p.xgroup_create("ct:stream", "1", id="0")
+    p.pfadd("ct:hll", "1")
+    p.execute()
+
+
+class Checked:
+    """A claimed channel and the checks run after every command."""
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.region = Region(srv.region)
+        self.ch = self.region.channel(0)
+        self.ch.claim()
+        self.ch.start_heartbeat()
+        self.tcp = srv.tcp_client()
+        self.sent: list[list[bytes]] = []
+
+    def where(self) -> str:
+        return (f"after CMD {self.sent[-1]!r} ({len(self.sent)} sent; previous "
+                f"{self.sent[-2:-1]!r})\n--- stderr\n{self.srv.stderr_text()[-3000:]}"
+                f"\n--- log\n{self.srv.log_text()[-1500:]}")
+
+    def cmd(self, argv: list[bytes]) -> tuple[int, bytes]:
+        self.sent.append(argv)
+        try:
+            status, payload = self.ch.request(4, argv, timeout=HANG_S)
+        except Exception as e:   # noqa: BLE001 - reported with the command that caused it
+            pytest.fail(f"no answer ({e!r}); server alive: {self.srv.alive()}; {self.where()}")
+        assert self.srv.alive(), f"redis-server died {self.where()}"
+        try:
+            assert self.tcp.ping()
+        except redis.RedisError as e:
+            pytest.fail(f"TCP PING failed ({e!r}) {self.where()}")
+        return status, payload
+
+    def sanitizers_silent(self) -> None:
+        log = self.srv.stderr_text()
+        assert "AddressSanitizer" not in log and "runtime error" not in log, \
+            f"sanitizer report; commands sent: {len(self.sent)}, last {self.sent[-1:]!r}\n" \
+            + log[-5000:]
+
+    def close(self) -> None:
+        self.ch.release()
+        self.region.close()
+
+
+def test_every_command_of_the_table_through_cmd(ring_servers):
+    srv = _asan_server(ring_servers)
+    table = command_table(srv)
+    names = {c["name"] for c in table}
+    # the containers and our own commands are in the walk
+    assert {"client|list", "config|get", "object|encoding", "xinfo|stream",
+            "cxlring.info", "cxlring.reset", "debug", "shutdown"} <= names, sorted(names)
+    assert len(table) <= MAX_COMMANDS, f"{len(table)} commands: raise MAX_COMMANDS knowingly"
+    make_keys(srv)
+    run = Checked(srv)
+    wrong = []
+    try:
+        for cmd in table:
+            for argv in build_argvs(cmd):
+                status, payload = run.cmd(argv)
+                refused = (status == ST_OK and payload.startswith(b"-ERR '")
+                           and REFUSED in payload)
+                if expect_refused(cmd) != refused or status not in (ST_OK, ST_TOO_LARGE):
+                    wrong.append((argv, sorted(cmd["flags"]), status, payload[:120]))
+                if "write" in cmd["flags"]:
+                    make_keys(srv)       # FLUSHALL, RENAME, DEL...: keys of each type again
+        run.sanitizers_silent()
+        assert not wrong, "refused or not as the flags say:\n" + "\n".join(map(repr, wrong))
+        # the server and the ring still work
+        assert run.ch.set(b"after", b"all") == (ST_OK, b"")
+        assert srv.client().get("after") == b"all"
+    finally:
+        run.close()
+
+
+# Commands that cannot run from the ring, each the way an attacker would send it.
+MUST_REFUSE = [
+    [b"CXLRING.RESET", b"1"],             # the module's own blocking command (issue 8)
+    [b"cXlRinG.ReSeT", b"0"],
+    [b"MULTI"], [b"EXEC"], [b"DISCARD"], [b"WATCH", b"k"],
+    [b"SUBSCRIBE", b"c"], [b"PSUBSCRIBE", b"c*"], [b"SSUBSCRIBE", b"c"], [b"MONITOR"],
+    [b"WAIT", b"1", b"0"],
+    [b"CLIENT", b"PAUSE", b"100000"], [b"CLIENT", b"KILL", b"ID", b"1"],
+    [b"CLIENT", b"REPLY", b"OFF"],
+    [b"BLPOP", b"k", b"0"], [b"BRPOPLPUSH", b"a", b"b", b"0"], [b"BZPOPMIN", b"z", b"0"],
+    [b"DEBUG", b"SLEEP", b"0"], [b"DEBUG", b"SEGFAULT"],
+    [b"SHUTDOWN", b"NOSAVE"], [b"SAVE"], [b"FAILOVER"], [b"REPLICAOF", b"127.0.0.1", b"1"],
+    [b"CONFIG", b"SET", b"maxmemory", b"1"], [b"MODULE", b"UNLOAD", b"cxl_ring"],
+    [b"EVAL", b"return redis.call('ping')", b"0"], [b"FUNCTION", b"FLUSH"],
+    [b"ACL", b"SETUSER", b"x"],
+]
+
+
+def test_commands_that_cannot_run_from_the_ring_are_refused(ring_servers):
+    srv = _asan_server(ring_servers)
+    run = Checked(srv)
+    try:
+        for argv in MUST_REFUSE + [[b"MIGRATE", b"127.0.0.1", str(srv.port).encode(), b"k",
+                                    b"0", b"100000"]]:
+            status, payload = run.cmd(argv)
+            assert status == ST_OK and payload.startswith(b"-ERR '"), (argv, payload)
+            assert REFUSED in payload and payload.endswith(b"\r\n"), (argv, payload)
+            assert payload.count(b"\r\n") == 1, (argv, payload)          # one line
+        # nothing happened: no pause, no config change, the module still loaded
+        assert srv.client().config_get("maxmemory")["maxmemory"] == "0"
+        assert b"cxl_ring" in repr(srv.client().module_list()).encode()
+        # blocking commands that Redis lets scripts run answer at once instead of blocking
+        assert run.cmd([b"BLMPOP", b"100000", b"1", b"empty", b"LEFT"]) == (ST_OK, b"*-1\r\n")
+        # CXLRING.INFO is harmless from the ring; CXLRING.RESET still works over a connection
+        status, payload = run.cmd([b"CXLRING.INFO", b"1"])
+        assert status == ST_OK and payload.startswith(b"*"), payload
+        assert srv.client().execute_command("CXLRING.RESET", 1) in (b"OK", "OK", True)
+        assert run.ch.ping() == (ST_OK, b"")
+        run.sanitizers_silent()
+    finally:
+        run.close()
+
+
+def test_refusal_text_is_one_safe_line(ring_servers):
+    """The refused name comes from the client: control bytes never reach the reply line."""
+    srv = ring_servers.server(GEOMETRY)
+    run = Checked(srv)
+    try:
+        status, payload = run.cmd([b"CLIENT", b"PAUSE\r\n+OK"])
+        # not a subcommand: Redis answers unknown subcommand, as over TCP
+        assert status == ST_OK and payload.startswith(b"-ERR"), payload
+        assert payload.count(b"\r\n") == 1, payload
+        status, payload = run.cmd([b"CLIENT", b"x" * 80])         # too long to be checked
+        assert status == ST_OK and REFUSED in payload and payload.count(b"\r\n") == 1, payload
+    finally:
+        run.close()
