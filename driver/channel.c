@@ -37,13 +37,15 @@ int drv_chans_init(struct drv_server *s)
 {
     uint32_t c;
 
-    s->chans = calloc(s->geo.channel_count, sizeof(*s->chans));
+    /*
+     * Redis's allocator, not malloc: INFO memory's used_memory and maxmemory
+     * see what the channels hold (RedisModule_Alloc is thread-safe).
+     */
+    s->chans = RedisModule_Calloc(s->geo.channel_count, sizeof(*s->chans));
     s->msg_cap = (uint32_t)cxl_align8(s->geo.max_msg_size);
     if (s->msg_cap < DRV_IN_CHUNK)
         s->msg_cap = DRV_IN_CHUNK;
-    s->msg = malloc(s->msg_cap);
-    if (!s->chans || !s->msg)
-        return -1;
+    s->msg = RedisModule_Alloc(s->msg_cap);
     s->nchan = s->geo.channel_count;
     for (c = 0; c < s->nchan; c++) {
         struct drv_chan *ch = &s->chans[c];
@@ -57,9 +59,7 @@ int drv_chans_init(struct drv_server *s)
         ch->state = CXL_CHAN_FREE;
         ch->token = 0;
         ch->dead_token = cxl_load_relaxed64(&ch->kserver->dead_token);
-        ch->out = malloc(DRV_OUT_CAP);
-        if (!ch->out)
-            return -1;
+        ch->out = RedisModule_Alloc(DRV_OUT_CAP);
     }
     return 0;
 }
@@ -69,11 +69,11 @@ void drv_chans_free(struct drv_server *s)
     uint32_t c;
 
     for (c = 0; s->chans && c < s->nchan; c++) {
-        free(s->chans[c].out);
-        free(s->chans[c].big);
+        RedisModule_Free(s->chans[c].out);
+        RedisModule_Free(s->chans[c].big);
     }
-    free(s->chans);
-    free(s->msg);
+    RedisModule_Free(s->chans);
+    RedisModule_Free(s->msg);
     s->chans = NULL;
     s->msg = NULL;
 }
@@ -86,10 +86,18 @@ static int stalled(const struct drv_chan *ch)
     return ch->big_len || ch->out_len > DRV_OUT_CAP / 2;
 }
 
+/* The parked large response is given back at once: it is up to max_msg_size per channel. */
+static void free_big(struct drv_chan *ch)
+{
+    RedisModule_Free(ch->big);
+    ch->big = NULL;
+    ch->big_len = 0;
+}
+
 static void drop_staged(struct drv_chan *ch)
 {
     ch->out_len = 0;
-    ch->big_len = 0;
+    free_big(ch);
 }
 
 static void set_state(struct drv_chan *ch, uint32_t state)
@@ -231,7 +239,7 @@ static int drain(struct drv_chan *ch)
         if (!resp_room(ch, ch->big_len))
             return 0;
         resp_publish(ch, ch->big, ch->big_len);
-        ch->big_len = 0;
+        free_big(ch);
     }
     return 1;
 }
@@ -302,7 +310,13 @@ static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uin
     }
     if (ch->broken)
         return;
-    if (!ch->big && !(ch->big = malloc(max_msg))) {
+    /*
+     * Parked until the client reads: at most one per channel (the channel is
+     * not read meanwhile), so a client that never reads holds at most
+     * DRV_OUT_CAP + max_msg_size of the server's memory, counted in
+     * used_memory. Not stalled before this request, so no big one is parked.
+     */
+    if (!(ch->big = RedisModule_TryAlloc(padded))) {
         ch->broken = 1;
         ch->broken_why = "out of memory for a pending response";
         return;

@@ -114,10 +114,8 @@ int drv_v2_init(struct drv_server *s)
     uint32_t i;
 
     s->nchan = s->cfg.v2_rings;
-    s->v2 = calloc(s->nchan, sizeof(*s->v2));
-    s->msg = malloc(CXL_V2_SLOT_SIZE);
-    if (!s->v2 || !s->msg)
-        return -1;
+    s->v2 = RedisModule_Calloc(s->nchan, sizeof(*s->v2));       /* counted in used_memory */
+    s->msg = RedisModule_Alloc(CXL_V2_SLOT_SIZE);
     for (i = 0; i < s->nchan; i++) {
         struct drv_v2_ring *r = &s->v2[i];
         struct cxl_v2_ring_desc d;

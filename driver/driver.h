@@ -179,8 +179,8 @@ struct drv_chan {
      */
     uint8_t *out;                       /* DRV_OUT_CAP bytes of whole, padded responses */
     uint32_t out_len;
-    uint8_t *big;                       /* one large response (> DRV_OUT_CAP / 2), lazily */
-    uint32_t big_len;                   /* padded; 0 = none */
+    uint8_t *big;                       /* one large response (> DRV_OUT_CAP / 2), parked */
+    uint32_t big_len;                   /* padded, its allocation size; 0 = none */
 
     uint32_t logged;                    /* violations logged (rate limit) */
     struct drv_stats stats;

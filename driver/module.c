@@ -407,11 +407,7 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         snprintf(err, sizeof(err), "out of memory for %u channels", s->nchan);
         goto fail_region;
     }
-    s->reset_bc = calloc(s->nchan, sizeof(*s->reset_bc));
-    if (!s->reset_bc) {
-        snprintf(err, sizeof(err), "out of memory");
-        goto fail_region;
-    }
+    s->reset_bc = RedisModule_Calloc(s->nchan, sizeof(*s->reset_bc));
     if (RedisModule_CreateCommand(ctx, "cxlring.info", cmd_info, "readonly", 0, 0, 0) ==
             REDISMODULE_ERR ||
         /* deny-script and blocking: a ring CMD refuses it (exec.c), so does a script */
@@ -438,8 +434,8 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
 
 fail_region:
     drv_chans_free(s);
-    free(s->v2);
-    free(s->reset_bc);
+    RedisModule_Free(s->v2);
+    RedisModule_Free(s->reset_bc);
     drv_region_close(s);
 fail:
     RedisModule_Log(ctx, "warning", DRV_NAME ": not loaded: %s", err);
@@ -459,8 +455,8 @@ int RedisModule_OnUnload(RedisModuleCtx *ctx)
     }
     server_stop(s);
     drv_chans_free(s);
-    free(s->v2);
-    free(s->reset_bc);
+    RedisModule_Free(s->v2);
+    RedisModule_Free(s->reset_bc);
     s->v2 = NULL;
     s->reset_bc = NULL;
     drv_region_close(s);
