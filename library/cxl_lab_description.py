@@ -14,6 +14,8 @@ description:
     each with the fix.
   - Returns the complete lab (per-item defaults filled in, backing file paths, guest PCI slots,
     inter-VM links with their link-local addresses, MAC addresses) that every role then reads.
+  - Items with C(state=absent) are returned apart (RV(lab.absent_regions), RV(lab.absent_vms)), for
+    removal; a region still mapped by a present VM is refused.
 version_added: "1.0.0"
 author: CXL-DSM Lab contributors
 options:
@@ -50,6 +52,24 @@ lab:
       - {name: vm1, role: server, cpuset: "0", ssh_port: 2222,
          regions: [{name: cxl0, pci_slot: 16}]}
     links: [{id: 1, server: vm1, client: vm2, server_address: 169.254.1.1}]
+    absent_regions: []
+    absent_vms: [{name: vm3, state: absent}]
+  contains:
+    regions:
+      description: The present regions, defaults filled in, with their backing file C(path).
+      type: list
+    vms:
+      description: The present VMs, with their mapped regions (PCI addresses) and links.
+      type: list
+    links:
+      description: The inter-VM links (TCP baseline), one per present client.
+      type: list
+    absent_regions:
+      description: Regions with C(state=absent), whose backing file site.yml removes.
+      type: list
+    absent_vms:
+      description: VMs with C(state=absent), which site.yml destroys and undefines.
+      type: list
 errors:
   description: Every problem found, each with its fix (also joined in msg on failure).
   returned: failure

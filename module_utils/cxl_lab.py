@@ -16,8 +16,23 @@ Derived values, so that no role recomputes them:
 - the inter-VM links: every client VM gets one UDP tunnel on 127.0.0.1 to its
   server, addressed 169.254.<link>.1 (server) / 169.254.<link>.2 (client);
 - deterministic MAC addresses, so that guests' network units match by MAC.
+
+This module is the one place where the description's defaults and choices are
+written: roles/lab_description/meta/argument_specs.yml (the schema Ansible checks)
+and inventory/group_vars/all/lab.yml (the commented defaults) are tied to it by
+tests/ansible/test_lab_sources.py, and the resolved lab is written once to
+<controller_dir>/lab.json for the playbooks and tests that read it.
+
+Per-item state (like stackhpc's libvirt_vms): a region or VM with
+`state: absent` is removed by the next site.yml run. The resolved lab keeps the
+present items in `regions` and `vms` (what the lab is: every reader uses these)
+and the absent ones in `absent_regions` and `absent_vms` (what must go: only
+lab_regions, lab_vms and teardown read these). Derived values are computed from
+each item's position in the description, absent items included, so that marking
+one absent does not renumber, readdress or restart the others.
 """
 
+import copy
 import re
 
 from ansible.module_utils.cxl_numa import format_cpulist, parse_cpulist
@@ -28,7 +43,9 @@ USER_NIC_PCI_SLOT = 0x0F
 LINK_PCI_SLOT_BASE = 0x08
 MAX_LINKS = 200
 
+STATES = ("present", "absent")
 VM_DEFAULTS = {
+    "state": "present",
     "role": "client",
     "vcpus": 1,
     "memory_mib": 1024,
@@ -41,6 +58,7 @@ VM_DEFAULTS = {
     "server": None,
 }
 REGION_DEFAULTS = {
+    "state": "present",
     "size_mib": 256,
     "backing_dir": "/dev/shm",
     "numa_node": None,
@@ -59,6 +77,11 @@ LAB_DEFAULTS = {
     "regions": None,
     "vms": None,
     "image": None,
+    "services": None,
+}
+# One entry of a VM's `regions` list.
+MAPPING_DEFAULTS = {
+    "access": "rw",
 }
 IMAGE_DEFAULTS = {
     "source": "debootstrap",
@@ -87,7 +110,7 @@ IMAGE_SOURCES = ("debootstrap", "cloud")
 
 
 def _with_defaults(item, defaults):
-    merged = dict(defaults)
+    merged = copy.deepcopy(defaults)
     merged.update({k: v for k, v in (item or {}).items() if v is not None or k not in defaults})
     for key, value in defaults.items():
         if merged.get(key) is None:
@@ -102,6 +125,18 @@ def _is_power_of_two(value):
 def mac_address(vm_index, nic_index):
     """A locally administered, QEMU-prefixed MAC unique per (VM, NIC)."""
     return f"52:54:00:6c:{vm_index & 0xFF:02x}:{nic_index & 0xFF:02x}"
+
+
+def _state(item, label, errors):
+    """The item's state; a wrong one is reported and taken as present (nothing removed)."""
+    if item["state"] not in STATES:
+        errors.append(
+            "{}: state {!r}: use present (the default) or absent (site.yml removes it).".format(
+                label, item["state"]
+            )
+        )
+        item["state"] = "present"
+    return item["state"]
 
 
 def _int(value, what, errors):
@@ -149,6 +184,7 @@ def normalize(description, topology, backing=None, existing=None):
     # ---- regions -------------------------------------------------------------
     regions = []
     region_by_name = {}
+    absent_regions = []
     highest_memory_node = max([n for n in node_ids if nodes[n]["memory_total_mib"] > 0] or [0])
     wanted_per_dir = {}
     for index, raw in enumerate(lab["regions"] or []):
@@ -162,14 +198,21 @@ def normalize(description, topology, backing=None, existing=None):
             )
             continue
         label = f"region {name}"
-        if name in region_by_name:
+        if name in region_by_name or any(r["name"] == name for r in absent_regions):
             errors.append(f"{label} is described twice: give each region a unique name.")
+            continue
+        backing_dir = str(region["backing_dir"]).rstrip("/") or "/"
+        region["backing_dir"] = backing_dir
+        region["path"] = "{}/{}-{}".format(backing_dir, lab["name"], name)
+        if _state(region, label, errors) == "absent":
+            # Only what removing it needs: its name and backing file.
+            absent_regions.append(region)
             continue
         size = _int(region["size_mib"], f"{label} size_mib", errors)
         if size is not None and not _is_power_of_two(size):
             errors.append(
-                "%s: size_mib %d is not a power of two; ivshmem exposes the region as a "
-                "PCI BAR, whose size must be one (e.g. 256 or 512)." % (label, size)
+                "%s: size_mib %d is not a power of two (ivshmem exposes the region as a "
+                "PCI BAR): use one, e.g. 256 or 512." % (label, size)
             )
         if region["policy"] not in POLICIES:
             errors.append(
@@ -193,9 +236,6 @@ def normalize(description, topology, backing=None, existing=None):
                     "%s: numa_node %d does not exist on this host (nodes: %s): set numa_node "
                     "to one of them, or to null for no binding." % (label, node, node_ids)
                 )
-        backing_dir = str(region["backing_dir"]).rstrip("/") or "/"
-        region["backing_dir"] = backing_dir
-        region["path"] = "{}/{}-{}".format(backing_dir, lab["name"], name)
         info = backing.get(backing_dir)
         if info is None or info.get("fs") is None:
             errors.append(
@@ -247,6 +287,8 @@ def normalize(description, topology, backing=None, existing=None):
     # ---- VMs -----------------------------------------------------------------
     vms = []
     vm_by_name = {}
+    absent_vms = []
+    absent_region_names = {r["name"] for r in absent_regions}
     ports = {}
     for index, raw in enumerate(lab["vms"] or []):
         vm = _with_defaults(raw, VM_DEFAULTS)
@@ -259,10 +301,16 @@ def normalize(description, topology, backing=None, existing=None):
             )
             continue
         label = f"vm {name}"
-        if name in vm_by_name:
+        if name in vm_by_name or any(v["name"] == name for v in absent_vms):
             errors.append(f"{label} is described twice: give each VM a unique name.")
             continue
-        vm["index"] = len(vms)
+        # The position in the description, absent VMs included: marking one VM absent
+        # changes no other VM's default port, CPUs or MAC addresses.
+        vm["index"] = index
+        if _state(vm, label, errors) == "absent":
+            # Only what removing it needs: its name (domain, files, host key).
+            absent_vms.append(vm)
+            continue
         if vm["role"] not in ROLES:
             errors.append("{}: role {!r}: use server or client.".format(label, vm["role"]))
         vm["vcpus"] = _int(vm["vcpus"], f"{label} vcpus", errors) or 1
@@ -311,7 +359,7 @@ def normalize(description, topology, backing=None, existing=None):
         missing = sorted(set(cpus) - online)
         if missing:
             errors.append(
-                "{}: cpuset {} names CPUs this host lacks ({}); online CPUs: {}.".format(
+                "{}: cpuset {} names CPUs this host lacks ({}): use online CPUs ({}).".format(
                     label, vm["cpuset"], format_cpulist(missing), format_cpulist(online)
                 )
             )
@@ -345,8 +393,15 @@ def normalize(description, topology, backing=None, existing=None):
         for slot, entry in enumerate(raw_regions):
             if isinstance(entry, str):
                 entry = {"name": entry}
+            entry = _with_defaults(entry, MAPPING_DEFAULTS)
             rname = entry.get("name")
-            access = entry.get("access") or "rw"
+            access = entry["access"]
+            if rname in absent_region_names:
+                errors.append(
+                    f"{label} maps region {rname}, which has state: absent: remove {rname} "
+                    f"from {name}'s regions (cxl_lab.vms[].regions), or keep the region present."
+                )
+                continue
             if rname not in region_by_name:
                 errors.append(
                     "{} maps region {!r}, which cxl_lab.regions does not describe: add it there "
@@ -397,7 +452,15 @@ def normalize(description, topology, backing=None, existing=None):
 
     # ---- inter-VM links (TCP baseline) ----------------------------------------
     servers = [vm for vm in vms if vm["role"] == "server"]
+    absent_vm_names = {vm["name"] for vm in absent_vms}
     links = []
+    # A client's link number is its position among the described clients, absent ones
+    # included, so that removing one client readdresses no other link.
+    clients = [
+        vm
+        for vm in sorted(vms + absent_vms, key=lambda v: v["index"])
+        if vm.get("role") == "client"
+    ]
     for vm in vms:
         if vm["role"] != "client":
             continue
@@ -410,12 +473,18 @@ def normalize(description, topology, backing=None, existing=None):
             break
         server_name = vm.get("server") or servers[0]["name"]
         server = vm_by_name.get(server_name)
+        if server_name in absent_vm_names:
+            errors.append(
+                "vm {}: its server {} has state: absent: point server: at a present server, "
+                "or keep {} present.".format(vm["name"], server_name, server_name)
+            )
+            continue
         if server is None or server["role"] != "server":
             errors.append(
                 "vm {}: server {!r} is not a VM with role server.".format(vm["name"], server_name)
             )
             continue
-        link_id = len(links) + 1
+        link_id = clients.index(vm) + 1
         if link_id > MAX_LINKS:
             errors.append(
                 "more than %d client VMs: the lab numbers links 169.254.1-%d.0/24."
@@ -484,9 +553,12 @@ def normalize(description, topology, backing=None, existing=None):
 
     if not vms:
         errors.append(
-            "cxl_lab.vms is empty: describe at least one VM (see inventory/group_vars/all/lab.yml)."
+            "cxl_lab.vms has no present VM: describe at least one (see "
+            "inventory/group_vars/all/lab.yml), or run playbooks/teardown.yml to remove the lab."
         )
     lab["regions"] = regions
     lab["vms"] = vms
     lab["links"] = links
+    lab["absent_regions"] = absent_regions
+    lab["absent_vms"] = absent_vms
     return lab, errors

@@ -210,3 +210,122 @@ def test_every_error_is_reported_at_once():
     description["vms"][1]["ssh_port"] = 2222
     _, errors = check(description)
     assert len(errors) >= 2
+
+
+# ---- per-item state ----------------------------------------------------------------
+
+
+def test_every_item_is_present_by_default():
+    lab, _ = check(DEFAULT)
+    assert [r["state"] for r in lab["regions"]] == ["present"]
+    assert [vm["state"] for vm in lab["vms"]] == ["present", "present"]
+    assert lab["absent_regions"] == [] and lab["absent_vms"] == []
+
+
+def test_absent_region_is_listed_for_removal_only():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"].append({"name": "cxl1", "state": "absent"})
+    lab, errors = check(description)
+    assert errors == []
+    assert [r["name"] for r in lab["regions"]] == ["cxl0"]
+    (gone,) = lab["absent_regions"]
+    assert (gone["name"], gone["state"]) == ("cxl1", "absent")
+    assert gone["path"] == "/dev/shm/cxl-lab-cxl1"
+
+
+def test_absent_region_is_not_mapped_by_a_vm_that_maps_every_region():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"].append({"name": "cxl1", "state": "absent"})
+    description["vms"][0]["regions"] = None
+    lab, errors = check(description)
+    assert errors == []
+    assert [r["name"] for r in lab["vms"][0]["regions"]] == ["cxl0"]
+
+
+def test_absent_region_still_mapped_by_a_present_vm_is_refused():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["state"] = "absent"
+    _, errors = check(description)
+    for vm in ("vm1", "vm2"):
+        assert any(
+            f"vm {vm} maps region cxl0, which has state: absent" in e
+            and f"remove cxl0 from {vm}'s regions" in e
+            for e in errors
+        ), errors
+
+
+def test_absent_region_mapped_by_an_absent_vm_is_fine():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"].append({"name": "cxl1", "size_mib": 128})
+    description["vms"].append(
+        {"name": "vm3", "cpuset": "1", "regions": [{"name": "cxl1"}], "state": "absent"}
+    )
+    description["regions"][1]["state"] = "absent"
+    lab, errors = check(description)
+    assert errors == []
+    assert [vm["name"] for vm in lab["absent_vms"]] == ["vm3"]
+
+
+def test_absent_vm_keeps_the_others_unchanged():
+    """Marking a VM absent renumbers nothing: ports, CPUs, MACs and links stay."""
+    description = copy.deepcopy(DEFAULT)
+    for vm in description["vms"]:
+        del vm["cpuset"], vm["ssh_port"]
+    description["vms"].insert(1, {"name": "vm3", "regions": [{"name": "cxl0"}]})
+    before, errors = check(description)
+    assert errors == []
+    description["vms"][1]["state"] = "absent"
+    after, errors = check(description)
+    assert errors == []
+    assert [vm["name"] for vm in after["vms"]] == ["vm1", "vm2"]
+    assert [vm["name"] for vm in after["absent_vms"]] == ["vm3"]
+    old = {vm["name"]: vm for vm in before["vms"]}
+    for vm in after["vms"]:
+        for key in ("ssh_port", "cpuset", "user_mac", "regions"):
+            assert vm[key] == old[vm["name"]][key], key
+    assert after["vms"][1]["links"][0]["address"] == old["vm2"]["links"][0]["address"]
+
+
+def test_absent_vm_frees_its_port():
+    description = copy.deepcopy(DEFAULT)
+    description["vms"].append({"name": "vm3", "ssh_port": 2222, "state": "absent"})
+    _, errors = check(description)
+    assert errors == []
+
+
+def test_client_of_an_absent_server_is_refused():
+    description = copy.deepcopy(DEFAULT)
+    description["vms"].insert(0, {"name": "vm0", "role": "server", "state": "absent"})
+    description["vms"][2]["server"] = "vm0"
+    message = " ".join(check(description)[1])
+    assert "its server vm0 has state: absent" in message and "point server:" in message
+
+
+def test_unknown_state_says_the_choices():
+    message = broken(regions__0__state="gone")
+    assert "region cxl0: state 'gone'" in message and "present" in message and "absent" in message
+    assert "vm vm2: state 'deleted'" in broken(vms__1__state="deleted")
+
+
+def test_lab_with_every_vm_absent_says_teardown():
+    description = copy.deepcopy(DEFAULT)
+    for vm in description["vms"]:
+        vm["state"] = "absent"
+    message = " ".join(check(description)[1])
+    assert "no present VM" in message and "teardown" in message
+
+
+def test_every_error_names_its_item_and_a_fix():
+    """A wrong description of every kind at once: each error says which item and what to do."""
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0].update(numa_node=5, mode="0644", size_mib=300, state="present")
+    description["regions"].append({"name": "cxl1", "state": "absent"})
+    description["vms"][0].update(ssh_port=2223, regions=[{"name": "cxl1"}])
+    description["vms"][1].update(cpuset="9", state="maybe")
+    _, errors = check(description)
+    assert len(errors) >= 6, errors
+    items = ("region cxl0", "region cxl1", "vm vm1", "vm vm2")
+    fixes = ("use ", "remove", "set ", "pick", "give", "change", "shrink")
+    for error in errors:
+        assert any(item in error for item in items), error
+        assert any(fix in error.lower() for fix in fixes), error

@@ -1,0 +1,141 @@
+"""One source of truth for the lab description: module_utils/cxl_lab.py.
+
+Its defaults and choices are copied in two places a person reads: the role's schema
+(roles/lab_description/meta/argument_specs.yml, whose defaults Ansible does not apply)
+and the commented inventory (inventory/group_vars/all/lab.yml). These tests tie both
+to cxl_lab.py, key by key, so that none of them can drift.
+"""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible.module_utils import cxl_lab
+from ansible.module_utils.cxl_lab import normalize
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = yaml.safe_load((REPO / "roles/lab_description/meta/argument_specs.yml").read_text())
+LAB_SPEC = SPEC["argument_specs"]["main"]["options"]["cxl_lab"]["options"]
+INVENTORY = yaml.safe_load((REPO / "inventory/group_vars/all/lab.yml").read_text())["cxl_lab"]
+
+# (where, the schema's options there, cxl_lab.py's defaults there, the keys with no default)
+LEVELS = [
+    ("cxl_lab", LAB_SPEC, cxl_lab.LAB_DEFAULTS, ()),
+    ("cxl_lab.image", LAB_SPEC["image"]["options"], cxl_lab.IMAGE_DEFAULTS, ()),
+    ("cxl_lab.regions[]", LAB_SPEC["regions"]["options"], cxl_lab.REGION_DEFAULTS, ("name",)),
+    ("cxl_lab.vms[]", LAB_SPEC["vms"]["options"], cxl_lab.VM_DEFAULTS, ("name",)),
+    (
+        "cxl_lab.vms[].regions[]",
+        LAB_SPEC["vms"]["options"]["regions"]["options"],
+        cxl_lab.MAPPING_DEFAULTS,
+        ("name",),
+    ),
+]
+CHOICES = {
+    ("cxl_lab", "virt_type"): cxl_lab.VIRT_TYPES,
+    ("cxl_lab.image", "source"): cxl_lab.IMAGE_SOURCES,
+    ("cxl_lab.regions[]", "policy"): cxl_lab.POLICIES,
+    ("cxl_lab.regions[]", "state"): cxl_lab.STATES,
+    ("cxl_lab.vms[]", "role"): cxl_lab.ROLES,
+    ("cxl_lab.vms[]", "mem_policy"): cxl_lab.MEM_POLICIES,
+    ("cxl_lab.vms[]", "state"): cxl_lab.STATES,
+    ("cxl_lab.vms[].regions[]", "access"): cxl_lab.ACCESS,
+}
+# The same host as the inventory's default lab assumes: one node, CPUs 0 and 1.
+TOPOLOGY = {
+    "node_ids": [0],
+    "nodes": {0: {"cpus": [0, 1], "memory_total_mib": 8192, "memory_free_mib": 6000}},
+    "online_cpus": [0, 1],
+    "memory_available_mib": 6000,
+}
+BACKING = {"/dev/shm": {"fs": "tmpfs", "free_mib": 6000}}
+
+
+def level_ids():
+    return [where for where, *_ in LEVELS]
+
+
+@pytest.mark.parametrize("where,spec,defaults,required", LEVELS, ids=level_ids())
+def test_schema_has_exactly_the_keys_of_cxl_lab_py(where, spec, defaults, required):
+    assert sorted(spec) == sorted(set(defaults) | set(required))
+
+
+@pytest.mark.parametrize("where,spec,defaults,required", LEVELS, ids=level_ids())
+def test_schema_defaults_are_cxl_lab_py_defaults(where, spec, defaults, required):
+    """A default in the schema is cxl_lab.py's; a key cxl_lab.py derives has none there."""
+    for key, default in defaults.items():
+        if default is None or isinstance(default, list):
+            assert "default" not in spec[key], f"{where}.{key}: cxl_lab.py derives it"
+        else:
+            assert spec[key].get("default") == default, f"{where}.{key}"
+    for key in required:
+        assert spec[key].get("required") is True, f"{where}.{key}"
+
+
+@pytest.mark.parametrize("where,key", sorted(CHOICES))
+def test_schema_choices_are_cxl_lab_py_choices(where, key):
+    spec = dict((w, s) for w, s, _, _ in LEVELS)[where]
+    assert spec[key]["choices"] == list(CHOICES[(where, key)])
+
+
+def test_every_choice_list_of_the_schema_is_checked():
+    listed = {
+        (where, key) for where, spec, _, _ in LEVELS for key, option in spec.items()
+        if "choices" in option
+    }
+    assert listed == set(CHOICES)
+
+
+def inventory_levels():
+    vm_mappings = [m for vm in INVENTORY["vms"] for m in vm.get("regions") or []]
+    return [
+        ("cxl_lab", [INVENTORY], cxl_lab.LAB_DEFAULTS),
+        ("cxl_lab.image", [INVENTORY["image"]], cxl_lab.IMAGE_DEFAULTS),
+        ("cxl_lab.regions[]", INVENTORY["regions"], cxl_lab.REGION_DEFAULTS),
+        ("cxl_lab.vms[]", INVENTORY["vms"], cxl_lab.VM_DEFAULTS),
+        ("cxl_lab.vms[].regions[]", vm_mappings, cxl_lab.MAPPING_DEFAULTS),
+    ]
+
+
+@pytest.mark.parametrize(
+    "where,items,defaults", inventory_levels(), ids=[w for w, *_ in inventory_levels()]
+)
+def test_inventory_spells_out_every_key(where, items, defaults):
+    """Every key of cxl_lab.py is in the commented inventory (services is documented in
+    docs/lab.md; its defaults are the service roles')."""
+    known = set(defaults) | {"name"}
+    for item in items:
+        assert set(item) <= known, f"{where}: unknown {sorted(set(item) - known)}"
+        assert set(defaults) - {"services"} <= set(item), f"{where}: missing keys"
+
+
+@pytest.mark.parametrize(
+    "where,items,defaults", inventory_levels()[:3], ids=[w for w, *_ in inventory_levels()[:3]]
+)
+def test_inventory_values_are_cxl_lab_py_defaults(where, items, defaults):
+    for item in items:
+        for key, default in defaults.items():
+            if default is not None:
+                assert item[key] == default, f"{where}.{key}"
+
+
+def test_inventory_vms_resolve_as_the_bare_defaults():
+    """The inventory's VMs, spelled out, resolve exactly as the same VMs given by name and
+    role only: every value written there is the default cxl_lab.py would choose."""
+    bare = copy.deepcopy(INVENTORY)
+    bare["vms"] = [{"name": vm["name"], "role": vm["role"]} for vm in INVENTORY["vms"]]
+    bare["regions"] = [{"name": r["name"]} for r in INVENTORY["regions"]]
+    spelled, errors = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
+    assert errors == []
+    derived, errors = normalize(bare, TOPOLOGY, BACKING)
+    assert errors == []
+    assert spelled == derived
+
+
+def test_lab_description_module_documents_the_resolved_keys():
+    """RETURN of library/cxl_lab_description.py names the resolved lab's lists."""
+    text = (REPO / "library/cxl_lab_description.py").read_text()
+    lab, _ = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
+    for key in ("regions", "vms", "links", "absent_regions", "absent_vms"):
+        assert key in lab and f"{key}:" in text, key
