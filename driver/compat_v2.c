@@ -63,7 +63,9 @@ void drv_v2_format(struct drv_server *s)
         memset((uint8_t *)s->region.base + h->ring[i].resp_off, 0, CXL_V2_RING_HDR);
     }
     memcpy(&magic, CXL_V2_MAGIC, 8);
-    cxl_store_release64((volatile uint64_t *)(void *)h->magic, magic);   /* F1 */
+    /* F1 pairs with the reader's load of the magic (F2): the version, the ring table and
+     * the empty rings written above are visible before the magic that vouches for them. */
+    cxl_store_release64((volatile uint64_t *)(void *)h->magic, magic);
 }
 
 /* 1 = all zeros, 0 = matches our configuration, -1 = differs (err says how). */
@@ -196,7 +198,9 @@ static int v2_resp_room(struct drv_v2_ring *r, uint32_t slots)
 
     if (r->resp_head - r->resp_tail_seen < slots)
         return 1;
-    tail = cxl_load_acquire64(r->kresp_tail);   /* V3 */
+    /* V3 pairs with the client's store of resp tail (a plain store is a release on x86):
+     * the client has finished reading the slots it gave back before we overwrite them. */
+    tail = cxl_load_acquire64(r->kresp_tail);
     if (r->resp_head - tail > slots)            /* nonsense: wait, never overwrite */
         return 0;
     r->resp_tail_seen = tail;
@@ -221,7 +225,9 @@ int drv_v2_scan(struct drv_server *s)
 static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32_t budget)
 {
     uint32_t slots = s->cfg.v2_slots, done = 0;
-    uint64_t head = cxl_load_acquire64(r->kreq_head);  /* V1 */
+    /* V1 pairs with the client's store of req head (after its slot): every slot below
+     * head is completely written before we copy it. */
+    uint64_t head = cxl_load_acquire64(r->kreq_head);
     struct v2_sink sink = { .r = r, .slots = slots };
     struct cxl_v2_slot_hdr sh;
     uint8_t *msg = s->msg;
@@ -281,8 +287,12 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
     }
     if (done) {
         /* One store each per batch, not per slot: the client polls these lines. */
-        cxl_store_release64(r->kresp_head, r->resp_head);  /* V4: our slots first */
-        cxl_store_release64(r->kreq_tail, r->req_tail);    /* V2: we are done with theirs */
+        /* V4 pairs with the client's load of resp head: the response slots written
+         * above are visible before the head that hands them over. */
+        cxl_store_release64(r->kresp_head, r->resp_head);
+        /* V2 pairs with the client's load of req tail: our copies of the request slots
+         * are complete before the client may write new requests into them. */
+        cxl_store_release64(r->kreq_tail, r->req_tail);
     }
     return done;
 }

@@ -352,7 +352,9 @@ static int cmd_reset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         return RedisModule_ReplyWithError(ctx, "ERR cannot block this client (MULTI/Lua?)");
     }
     s->reset_bc[c] = bc;
-    __atomic_store_n(&s->reset_pending, 1, __ATOMIC_RELEASE);    /* R1: pairs with R2 */
+    /* R1 pairs with R2 in handle_resets(): a poll thread whose lock-free peek sees the
+     * flag takes the mutex and finds reset_bc[c] (the mutex orders that field itself). */
+    __atomic_store_n(&s->reset_pending, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&s->reset_mutex);
     return REDISMODULE_OK;
 }

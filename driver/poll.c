@@ -33,7 +33,9 @@
 #define SHORT_NAPS_NS     (20000000ull) /* for the first 20 ms of a gap ... */
 #define SHORT_NAP_US      50ull         /* ... sleep at most 50 us */
 
-/* T2: pairs with T1, the main thread's store_release of stop in drv_threads_stop(). */
+/* T2 pairs with T1 in drv_threads_stop(): a thread that sees stop also sees what the
+ * main thread stored before it (server_state STOPPING) and leaves its loop without
+ * taking the GIL again; pthread_join orders everything after that. */
 static int stopping(struct drv_server *s)
 {
     return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE);
@@ -84,13 +86,15 @@ static void on_wake(void *user_data)
 {
     struct drv_server *s = user_data;
 
-    /* W1: pairs with W2 in maybe_wake() and with OnUnload's check. */
+    /* W1 pairs with W2 in maybe_wake(): a poll thread that sees 0 knows this callback has
+     * run, so a new one may be queued (and OnUnload, on this thread, may unload). */
     __atomic_store_n(&s->wake_pending, 0, __ATOMIC_RELEASE);
 }
 
 static void maybe_wake(struct drv_server *s, int *unflushed, uint64_t now_ns)
 {
-    if (!*unflushed || __atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE) ||   /* W2 */
+    /* W2 pairs with W1 in on_wake(): at most one one-shot callback is queued at a time. */
+    if (!*unflushed || __atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE) ||
         now_ns - s->last_wake_ns < WAKE_MIN_NS)
         return;
     __atomic_store_n(&s->wake_pending, 1, __ATOMIC_RELEASE);
@@ -109,7 +113,8 @@ static void handle_resets(struct drv_server *s)
 {
     uint32_t c;
 
-    /* R2: a cheap peek, pairs with R1 in cmd_reset(); the mutex orders the rest. */
+    /* R2 pairs with R1 in cmd_reset(): a cheap peek without the mutex; when it sees a
+     * reset queued, the mutex below orders reset_bc, and a miss is seen next round. */
     if (!__atomic_load_n(&s->reset_pending, __ATOMIC_ACQUIRE))
         return;
     pthread_mutex_lock(&s->reset_mutex);
@@ -302,7 +307,9 @@ void drv_threads_stop(struct drv_server *s)
 
     if (!s->threads_running)
         return;
-    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);         /* T1: pairs with T2 */
+    /* T1 pairs with T2 in stopping(): the threads see stop after the STOPPING state
+     * stored before it, and leave their loops; the joins below order the rest. */
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&s->hb_mutex);
     pthread_cond_signal(&s->hb_cond);
     pthread_mutex_unlock(&s->hb_mutex);

@@ -44,7 +44,9 @@ static void v3_format(struct drv_server *s)
     }
     cxl_header_write_geometry(h, &s->geo);
     cxl_store_relaxed32(&h->server_state, CXL_SERVER_STARTING);
-    cxl_header_publish_magic(h);        /* F1: pairs with the readers' F2 */
+    /* F1 pairs with the readers' F2: a reader that sees the magic sees the whole
+     * geometry and the zeroed control pages written above. */
+    cxl_header_publish_magic(h);
     s->formatted = 1;
 }
 
@@ -103,7 +105,8 @@ static void v3_retire_all(struct drv_server *s)
         struct cxl_shm_server_ctl *kserver = cxl_server_ctl(s->region.base, &s->geo, c);
         uint64_t claim = cxl_load_acquire64(&kclient->claim_token);
 
-        /* dead_token before ack_token: both pair with the client's acquire loads (S3). */
+        /* S2 (retire) pairs with the client's S3: dead_token before ack_token, so a
+         * claimer that sees ack_token 0 also sees the new dead_token. */
         if (claim)
             cxl_store_release64(&kserver->dead_token, claim);
         cxl_store_release64(&kserver->ack_token, 0);
@@ -147,7 +150,9 @@ static int v3_open(struct drv_server *s, char *err, size_t errlen)
     }
     /* Relaxed epoch: the STARTING release below orders it (L1). */
     cxl_store_relaxed64(&s->khdr->server_epoch, 0);
-    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_STARTING);     /* L1 */
+    /* L1 (STARTING) pairs with L2 and with acquire loads of server_state: a reader that
+     * sees STARTING sees epoch 0, never the previous run's epoch beside the new state. */
+    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_STARTING);
     v3_retire_all(s);
     return 0;
 }
@@ -210,9 +215,10 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
 }
 
 /*
- * After the threads run: a new epoch, then RUNNING. L1: the release of
- * server_state pairs with the client's acquire load of it; a client that sees
- * RUNNING then reads the new epoch (and the retired sessions).
+ * After the threads run: a new epoch, then RUNNING, both with release (L1).
+ * The epoch store is the edge clients rely on (their L2 is an acquire load of
+ * server_epoch); the RUNNING store keeps the new epoch ahead of RUNNING for a
+ * reader that acquires server_state.
  */
 void drv_region_running(struct drv_server *s)
 {
@@ -220,8 +226,11 @@ void drv_region_running(struct drv_server *s)
         return;
     s->epoch = cxl_random_u64();
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
+    /* L1 pairs with the client's L2: a client that sees the new epoch also sees every
+     * session of the previous run retired (v3_retire_all) and our pid. */
     cxl_store_release64(&s->khdr->server_epoch, s->epoch);
-    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_RUNNING);         /* L1 */
+    /* L1 (RUNNING): a reader that acquires server_state and sees RUNNING sees the new epoch. */
+    cxl_store_release32(&s->khdr->server_state, CXL_SERVER_RUNNING);
 }
 
 void drv_region_stopping(struct drv_server *s, uint32_t state)
