@@ -149,7 +149,8 @@ static void accept_session(struct drv_chan *ch, uint64_t token, uint64_t now_ns)
 /* Follow claims and releases (cheap: one load when nothing changed). */
 static void session_check(struct drv_chan *ch, uint64_t now_ns)
 {
-    /* S1': pairs with the client's claim CAS (S1). */
+    /* S1' pairs with the client's claim CAS (S1): we see its heartbeat and indexes as
+     * they were when it claimed. */
     uint64_t claim = cxl_load_acquire64(&ch->kclient->claim_token);
 
     if (claim == ch->token)
@@ -180,7 +181,9 @@ static int resp_room(struct drv_chan *ch, uint64_t need)
 
     if (ch->resp.size - (ch->resp_head - ch->resp_tail_seen) >= need)
         return 1;
-    tail = cxl_load_acquire64(ch->resp.shm_tail);   /* P0: pairs with the client's C2 */
+    /* P0 pairs with the client's C2: it has finished copying the bytes it gave back
+     * before we overwrite them. */
+    tail = cxl_load_acquire64(ch->resp.shm_tail);
     if (ch->resp_head - tail > ch->resp.size) {
         ch->broken = 1;
         ch->broken_why = "resp_tail is not within the response ring";
@@ -304,7 +307,8 @@ static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uin
             cxl_ring_copy_in(&ch->resp, pos + sizeof(hdr) + n1, p2, n2);
         cxl_ring_zero(&ch->resp, pos + len, padded - len);
         ch->resp_head += padded;
-        cxl_store_release64(ch->resp.shm_head, ch->resp_head);     /* P1 */
+        /* P1 pairs with C1: the response is in the ring before the head that publishes it. */
+        cxl_store_release64(ch->resp.shm_head, ch->resp_head);
         STAT_ADD(&ch->stats, bytes_out, padded);
         return;
     }
@@ -396,7 +400,7 @@ int drv_v3_scan(struct drv_server *s, uint64_t now_ns)
             if (stalled(ch) || ch->state != CXL_CHAN_ACTIVE)
                 continue;
         }
-        /* C1 (peek): pairs with the client's P1; re-read under the GIL. */
+        /* C1 (a peek; re-read under the GIL) pairs with the client's P1. */
         if (cxl_load_acquire64(ch->req.shm_head) != ch->req_tail) {
             ch->ready = 1;
             ready++;
@@ -436,7 +440,9 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
     char why[160];
     int st, frame;
 
-    head = cxl_load_acquire64(ch->req.shm_head);    /* C1: pairs with the client's P1 */
+    /* C1 pairs with the client's P1: every request below head is completely written
+     * before we copy it. */
+    head = cxl_load_acquire64(ch->req.shm_head);
     if (head - ch->req_head_seen > (uint64_t)1 << 62) {  /* head moved backwards */
         quarantine(ch, "req_head moved backwards");
         return 0;
