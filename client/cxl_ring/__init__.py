@@ -5,8 +5,10 @@
         r.set("greeting", "hello")
         r.get("greeting")
 
-Layers: protocol (wire format, no I/O), region (mapping), channel (sessions and rings),
-client (RingClient, Pipeline), resp (RESP2), proxy (RESP server), cli (``cxl-ring``).
+Layers: protocol (wire format, no I/O), region (mapping), session (claim, lease, liveness),
+channel (the rings: framing, publish, consume), backoff (every wait), client (RingClient,
+Pipeline), resp (RESP2), proxy (RESP server), cli (``cxl-ring``); every error is a
+CxlRingError (exceptions).
 Pure standard library; an optional C core of the unpipelined GET/SET round trip
 (_speedups.c) is used when it was built and CXL_RING_PURE is unset (``SPEEDUPS``).
 """
@@ -14,9 +16,10 @@ Pure standard library; an optional C core of the unpipelined GET/SET round trip
 from . import protocol
 from ._atomic import CAS_BACKEND
 from .channel import SPEEDUPS, Session, claim
-from .client import DataError, Pipeline, RingClient
+from .client import Pipeline, RingClient
 from .exceptions import (
     CxlRingError,
+    DataError,
     LayoutMismatchError,
     NoChannelError,
     NotFormattedError,
@@ -24,6 +27,7 @@ from .exceptions import (
     ProtocolError,
     RegionError,
     RequestTooLargeError,
+    ResponseDecodeError,
     ResponseError,
     RingTimeoutError,
     ServerGoneError,
@@ -46,6 +50,7 @@ __all__ = [
     "Region",
     "RegionError",
     "RequestTooLargeError",
+    "ResponseDecodeError",
     "ResponseError",
     "RingClient",
     "RingTimeoutError",

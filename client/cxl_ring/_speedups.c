@@ -3,15 +3,16 @@
  *
  * Never required: channel.py uses it only when it imports (and CXL_RING_PURE is unset), and
  * the pure-Python Session is the reference. SessionCore is a base class of channel.FastSession;
- * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen), the
- * epoch it was acknowledged under and the broken flag as members, so the Python methods (transact, _read, _wait_one, ...) and these
- * C methods share one copy of the state.
+ * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen),
+ * the epoch it was acknowledged under and the broken flag as members, so the Python methods
+ * (transact, _read, _wait_one, ...) and these C methods share one copy of the state.
  *
  * get()/set() do exactly what Session.get()/set() do on their fast path (docs/ring-protocol.md
  * sections 3 and 4): pack the request straight into the request ring when it does not wrap
  * and fits, publish req_head (release), spin a bounded time for resp_head (acquire), copy the
  * response header once into locals, validate it, copy the payload once, store resp_tail
- * (release). Anything else - a session or server problem, a wrap, a full ring, an argument
+ * (release). Anything else - a session or server problem, a response already waiting before
+ * the request (unsolicited), a wrap, a full ring, an argument
  * that is not exactly bytes, a response that is not the single whole expected message, a wait
  * longer than the spin - is handed to the pure-Python code (_pure_get/_pure_set before
  * publishing, _wait_one after), which raises or waits exactly as without this module.
@@ -153,12 +154,16 @@ static int request_fits(SessionCore *self, uint64_t step)
 /* Session and server checks before a request; 0 means "let Python decide (and raise)".
  * A retired session (ack_token != token) or a new server (server_epoch changed, section 7)
  * goes to Python, which raises SessionLost: the transport claims again, and the new Session
- * adopts its indexes from shared memory; nothing cached here outlives the session. */
+ * adopts its indexes from shared memory; nothing cached here outlives the session.
+ * With nothing in flight the response ring must be empty (resp_head == resp_tail, C1): a
+ * response already there was never asked for, and Python raises ProtocolError for it
+ * (Session.check_idle) instead of this path taking it as the answer to the next request. */
 static inline int session_ready(SessionCore *self)
 {
     return self->bound && !self->broken && load_acquire(self->ack) == self->token &&
            __atomic_load_n(self->server_state, __ATOMIC_ACQUIRE) == SERVER_RUNNING &&
-           __atomic_load_n(self->server_epoch, __ATOMIC_ACQUIRE) == self->epoch;
+           __atomic_load_n(self->server_epoch, __ATOMIC_ACQUIRE) == self->epoch &&
+           load_acquire(self->resp_head_p) == self->resp_tail;
 }
 
 static inline void put_u32(unsigned char *p, uint32_t v) { memcpy(p, &v, 4); }

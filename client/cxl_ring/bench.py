@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from .client import RingClient
 
-# The PoC's CSV header (shared/reference/poc-ring-v2.md), so its plotting scripts still work.
+# The PoC's CSV header (as cxl-ring-bench writes it), so its plotting scripts still work.
 CSV_HEADER = ("label,op,threads,rings,requests,pipeline,max_inflight,throughput_rps,avg_us,"
               "p50_us,p75_us,p90_us,p99_us,p99.9_us,p99.99_us,push_retries,sleep_ms")
 QUANTILES = (("p50", 0.50), ("p75", 0.75), ("p90", 0.90), ("p99", 0.99), ("p99.9", 0.999),

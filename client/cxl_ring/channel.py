@@ -1,4 +1,9 @@
-"""Channel sessions (claim, heartbeat, release) and the two SPSC byte rings of a channel.
+"""The data path of a claimed channel: framing, publishing and consuming on its two SPSC rings.
+
+A channel is one request ring (this client produces, the server consumes) and one response
+ring (the other way round), docs/ring-protocol.md sections 3, 4 and 6. session.py claims the
+channel, keeps its lease and watches the server; ``Session`` here adds the rings on top of
+``SessionBase``, and ``claim()`` returns one.
 
 Memory ordering in pure Python (docs/ring-protocol.md sections 3 and 5)
 ------------------------------------------------------------------------
@@ -15,44 +20,27 @@ are opaque to the C compiler, so program order in this file is the order the CPU
 - C2 (copy the data, then store ``resp_tail``): loads before a later store.
 
 The one thing TSO reorders is a store followed by a load of another location, which only
-matters for the claim (S1): it needs a real compare-and-swap, see below. Other CPUs (arm64,
-POWER) reorder freely, so this module refuses to run there (``check_platform``); a safe path
-would route every index access through libatomic's ``__atomic_load_8``/``__atomic_store_8``
-with acquire/release order, which is not implemented yet.
+matters for the claim (S1): it needs a real compare-and-swap, see session.py. Other CPUs
+(arm64, POWER) reorder freely, so the client refuses to run there
+(``session.check_platform``); a safe path would route every index access through
+libatomic's ``__atomic_load_8``/``__atomic_store_8`` with acquire/release order, which is not
+implemented yet.
 
-Claiming without a CAS in the standard library (S1)
----------------------------------------------------
-``claim_token: seen -> token`` must be a sequentially consistent compare-and-swap, because
-two clients (in different processes, even different guests) may race for the same free
-channel; if both wrote their token with plain stores, the server could accept the first, and
-then see the second as a new claim and silently restart the session under the first client.
-_atomic.py provides a real ``lock cmpxchg`` through ctypes (libatomic, else a 9-byte machine
-code stub), which is what runs on every x86-64 Linux we know of.
-
-If neither is available (a hardened kernel without libatomic), claims fall back to
-*write and verify*: within the process a lock serialises claims; across processes the client
-re-reads ``claim_token`` (must still be ``seen``), stores its token, waits 1 ms, re-reads it
-(must still be its token) and then waits for ``ack_token == token`` (the server acks exactly
-one token, so two racing writers cannot both be acked at the same time). A writer that loses
-after the verification window can still disturb the winner's session once: the winner then
-sees ``ack_token != token`` before its next batch and claims again. That window is the
-documented cost of the fallback; the backend in use is ``_atomic.CAS_BACKEND`` (cxl-ring info
-prints it).
-
-The session then bumps ``client_heartbeat`` from one process-wide background thread (every
-``client_lease_ms / 8``), and releases with ``claim_token := 0`` on close. A process that dies
-stops the heartbeat and the server reclaims the channel after ``client_lease_ms``.
+Responses come in request order (section 4.2), so with nothing in flight the response ring
+must be empty: a response found there before a request is sent was never asked for, and is
+refused (``check_idle``: ProtocolError, nothing sent) rather than taken as the next answer.
 
 The unpipelined round trip (Session.get / Session.set)
 ------------------------------------------------------
-One GET or SET costs: two aligned loads (``ack_token``, ``server_state``), one ``pack_into``
-of a per-length ``struct.Struct`` that lays out header, arguments and zero padding straight
-into the request ring (protocol.get_frame / set_frame), one ``req_head`` store, a spin on
+One GET or SET costs: three aligned loads (``ack_token``, ``server_epoch``,
+``server_state``) and one of ``resp_head`` (the ring must be idle), one ``pack_into`` of a
+per-length ``struct.Struct`` that lays out header, arguments and zero padding straight into the
+request ring (protocol.get_frame / set_frame), one ``req_head`` store, a spin on
 ``resp_head``, one ``unpack_from`` of the response header into locals, validated, one copy of
 the payload, one ``resp_tail`` store. The request ring's free space is computed from the last
-``req_tail`` seen and re-read only when that is not enough; the server's epoch and heartbeat
-are read only once a wait outlasts the spin. A wrap, a full ring, or any response that is not
-the single whole expected message goes the general way (transact, _read, _wait_one), which
+``req_tail`` seen and re-read only when that is not enough; the server's heartbeat is read
+only once a wait outlasts the spin. A wrap, a full ring, or any response that is not the
+single whole expected message goes the general way (transact, _read, _wait_one), which
 validates everything again. Measured on a shared 2-vCPU VM, server and client pinned: GET p50
 2.5 us before, 1.35 us after, redis-py over TCP ~19 us (docs/benchmarks-python.md).
 
@@ -61,22 +49,18 @@ never required: without a compiler, or with CXL_RING_PURE=1 in the environment, 
 pure-Python ``Session`` objects (``SPEEDUPS`` tells which). Both paths share one copy of the
 ring indexes and hand every unusual case to the same Python code, and
 tests/client/test_roundtrip_paths.py runs its tests with both.
+
+Every wait (a full request ring, a reply not there yet) uses backoff.Backoff.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import secrets
-import threading
 import time
-import weakref
 
-from . import _atomic
 from . import protocol as P
+from .backoff import Backoff
 from .exceptions import (
-    CxlRingError,
-    NoChannelError,
     ProtocolError,
     RequestTooLargeError,
     RingTimeoutError,
@@ -84,6 +68,7 @@ from .exceptions import (
     UnknownOutcomeError,
 )
 from .region import Region
+from .session import SessionBase, SessionLost, claim_channel
 
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
@@ -94,12 +79,7 @@ except ImportError:
 SPEEDUPS = _SessionCore is not None
 
 U64_MASK = P.U64_MASK
-SPIN_ROUNDS = 200          # pure spinning before the first time check (~10-20 us)
-YIELD_SECONDS = 0.002      # then sched_yield() (gives the GIL and the CPU away) this long
-# sched_yield, not sleep(0): the latter is a timed sleep that costs the timer slack (~50 us);
-# yielding lets a server thread that shares our CPU run at once.
-_yield = getattr(os, "sched_yield", None) or (lambda: time.sleep(0))
-SLEEP_MIN, SLEEP_MAX = 50e-6, 1e-3
+SPIN_ROUNDS = 200          # the round trip's inline spin on resp_head (~10-20 us), then a wait
 LIVENESS_PERIOD = 0.005    # how often a waiting client looks at the server's liveness fields
 _SPIN = range(SPIN_ROUNDS)
 # Module constants as globals: one dict lookup each on the hot path instead of two.
@@ -112,100 +92,13 @@ _RUNNING = P.SERVER_RUNNING
 _ST_PROTOCOL_ERROR = P.ST_PROTOCOL_ERROR
 
 
-def check_platform() -> None:
-    """Refuse to run where plain Python stores are not ordered (see the module docstring)."""
-    machine = platform.machine()
-    if machine not in ("x86_64", "AMD64") and not os.environ.get("CXL_RING_ASSUME_TSO"):
-        raise CxlRingError(
-            f"pure-Python ring access relies on x86-64 store ordering (TSO); this CPU is "
-            f"{machine!r}. Set CXL_RING_ASSUME_TSO=1 only if you know the stores are ordered."
-        )
-
-
-def new_token() -> int:
-    return secrets.randbits(64) or 1
-
-
-class SessionLost(CxlRingError):
-    """Internal: the session is no longer acknowledged (ack_token != token) or the server
-    restarted (server_epoch changed) while nothing was in flight: claim again (section 5
-    reclaim, section 7 restart) and send the request on the new session. A new Session object
-    adopts req_head / resp_tail from shared memory; nothing cached by the old one is reused."""
-
-
-# ---- Heartbeat ---------------------------------------------------------------------------------
-
-
-class _LeaseKeeper:
-    """One daemon thread per process that bumps client_heartbeat of every live session."""
-
-    def __init__(self) -> None:
-        self._sessions: weakref.WeakSet[Session] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-
-    def add(self, session: Session) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="cxl-ring-lease",
-                                                daemon=True)
-                self._thread.start()
-            self._sessions.add(session)
-        self._wake.set()
-
-    def discard(self, session: Session) -> None:
-        with self._lock:
-            self._sessions.discard(session)
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                sessions = list(self._sessions)
-            period = 0.25
-            for s in sessions:
-                s.beat()
-                period = min(period, s.lease_seconds / 8)
-            del sessions
-            self._wake.wait(max(period, 0.005))
-            self._wake.clear()
-
-
-LEASE_KEEPER = _LeaseKeeper()
-_claim_lock = threading.Lock()
-
-
-# ---- Sessions ----------------------------------------------------------------------------------
-
-
-class Session:
-    """A claimed channel: this thread's request ring (producer) and response ring (consumer).
-
-    Private copies: ``req_head`` and ``resp_tail`` are this side's own indexes, written to
-    shared memory but never read back during the session.
-    """
+class Session(SessionBase):
+    """A claimed channel with its data path: this thread's request ring (producer) and
+    response ring (consumer)."""
 
     def __init__(self, region: Region, header: P.RegionHeader, index: int, token: int) -> None:
-        self.region = region
-        self.header = header
-        self.index = index
-        self.token = token
-        self.u64 = region.u64
-        self.u32 = region.u32
+        SessionBase.__init__(self, region, header, index, token)
         cs, ss = header.client_section(index), header.server_section(index)
-        self.claim_i = cs // 8
-        self.client_heartbeat_i = (cs + P.OFF_CLIENT_HEARTBEAT) // 8
-        self.client_pid_i32 = (cs + P.OFF_CLIENT_PID) // 4
-        self.req_head_i = (cs + P.OFF_REQ_HEAD) // 8
-        self.resp_tail_i = (cs + P.OFF_RESP_TAIL) // 8
-        self.ack_i = ss // 8
-        self.dead_i = (ss + P.OFF_DEAD_TOKEN) // 8
-        self.chan_state_i32 = (ss + P.OFF_CHAN_STATE) // 4
-        self.last_error_i32 = (ss + P.OFF_LAST_ERROR) // 4
-        self.req_tail_i = (ss + P.OFF_REQ_TAIL) // 8
-        self.resp_head_i = (ss + P.OFF_RESP_HEAD) // 8
         self.req_size = header.req_ring_size
         self.resp_size = header.resp_ring_size
         self.req_mask = self.req_size - 1
@@ -218,144 +111,25 @@ class Session:
         self.resp_data = region.buf[base : base + self.resp_size]
         self.max_msg = header.max_msg_size
         self.max_value = header.max_value_size
-        self.lease_seconds = header.client_lease_ms / 1000.0
-        self.dead_after = header.server_dead_after
-        self.req_head = 0
-        self.req_tail_seen = 0     # the server's req_tail at our last look (it only grows)
-        self.resp_tail = 0
-        self.next_id = 1
-        self.epoch = 0
-        self.broken = False
-        self._beat_count = 0
-
-    # -- claim / release
-
-    def beat(self) -> None:
-        """Bump client_heartbeat (called by the lease keeper thread only, after the claim)."""
-        if self.u64 is None:
-            return
-        self._beat_count = (self._beat_count + 1) & U64_MASK
-        self.u64[self.client_heartbeat_i] = self._beat_count
-
-    def _take(self, seen: int) -> bool:
-        """S1: claim_token: seen -> token."""
-        cas = _atomic.cas64
-        if cas is not None:
-            return cas(self.region.address() + self.claim_i * 8, seen, self.token) == seen
-        with _claim_lock:  # write and verify (see the module docstring)
-            if self.u64[self.claim_i] != seen:
-                return False
-            self.u64[self.claim_i] = self.token
-            time.sleep(0.001)
-            return self.u64[self.claim_i] == self.token
-
-    def _await_ack(self, deadline: float) -> None:
-        """S3: wait until ack_token == token, then adopt the ring indexes."""
-        u64 = self.u64
-        self._beat_count = u64[self.client_heartbeat_i] + 1
-        u64[self.client_heartbeat_i] = self._beat_count & U64_MASK
-        self.u32[self.client_pid_i32] = os.getpid() & 0xFFFFFFFF
-        delay = 20e-6
-        while u64[self.ack_i] != self.token:
-            if u64[self.claim_i] != self.token:
-                raise SessionLost("lost the claim race")
-            if self.region.u32[P.OFF_SERVER_STATE // 4] != P.SERVER_RUNNING:
-                self._drop_claim()
-                raise ServerGoneError("server stopped while claiming a channel")
-            now = time.monotonic()
-            if self.region.heartbeat_age(now) > self.dead_after:
-                self._drop_claim()
-                raise ServerGoneError(
-                    f"server heartbeat stood still for {self.region.heartbeat_age(now):.1f} s"
-                )
-            if now > deadline:
-                self._drop_claim()
-                raise RingTimeoutError(
-                    f"server did not acknowledge the claim of channel {self.index}: "
-                    "is the server alive (cxl-ring info)?"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 2e-3)
-        self.epoch = u64[P.OFF_SERVER_EPOCH // 8]
-        self.req_head = self.req_tail_seen = u64[self.req_head_i]
-        self.resp_tail = u64[self.resp_tail_i]
-        if u64[self.req_tail_i] != self.req_head or u64[self.resp_head_i] != self.resp_tail:
-            self._drop_claim()
-            raise ProtocolError(
-                f"channel {self.index}: server acknowledged the session without emptying the "
-                f"rings (req {u64[self.req_tail_i]}/{self.req_head}, "
-                f"resp {u64[self.resp_head_i]}/{self.resp_tail})"
-            )
-        LEASE_KEEPER.add(self)
-
-    def _drop_claim(self) -> None:
-        if self.u64 is not None and self.u64[self.claim_i] == self.token:
-            self.u64[self.claim_i] = 0
 
     def release_views(self) -> None:
         """Forget the shared memory without touching it (the claim was never ours)."""
         for view in (self.req_data, self.resp_data):
             view.release()
-        self.u64 = self.u32 = self.mm = None
+        self.mm = None
+        SessionBase.release_views(self)
 
-    def release(self) -> None:
-        """Release the channel (claim_token := 0) and forget the shared memory."""
-        LEASE_KEEPER.discard(self)
-        if self.u64 is None:
-            return
-        try:
-            self._drop_claim()
-        finally:
-            self.release_views()
-
-    # -- liveness
-
-    def check_ready(self) -> None:
-        """Before a batch: our session is acknowledged and the server is alive."""
-        if self.broken or self.lost():
-            raise SessionLost(f"channel {self.index}: session no longer acknowledged")
-        if self.u32[P.OFF_SERVER_STATE // 4] != P.SERVER_RUNNING:
-            raise ServerGoneError("server is not running (server_state != RUNNING)")
-        age = self.region.heartbeat_age(time.monotonic())
-        if age > self.dead_after:
-            raise ServerGoneError(f"server heartbeat has not moved for {age:.1f} s")
-
-    def lost(self) -> bool:
-        """The server no longer serves this session: it retired it (ack_token != token) or
-        a new server started (server_epoch changed). Sections 5 (reclaim) and 7 (restart)."""
-        u64 = self.u64
-        return u64[self.ack_i] != self.token or u64[_SERVER_EPOCH_I] != self.epoch
-
-    def check_alive(self, now: float, outstanding: int) -> None:
-        """While waiting: raise if the server died, restarted or dropped our session."""
-        u64 = self.u64
-        reason = None
-        if u64[P.OFF_SERVER_EPOCH // 8] != self.epoch:
-            reason = "server restarted (epoch changed)"
-        elif self.u32[P.OFF_SERVER_STATE // 4] != P.SERVER_RUNNING:
-            state = self.u32[P.OFF_SERVER_STATE // 4]
-            reason = f"server is {P.SERVER_STATE_NAMES.get(state, state)}"
-        else:
-            age = self.region.heartbeat_age(now)
-            if age > self.dead_after:
-                reason = f"server heartbeat stood still for {age:.1f} s"
-        if reason is None and u64[self.ack_i] != self.token:
-            reason = f"server retired our session on channel {self.index}"
-        if reason is None and self.u32[self.chan_state_i32] == P.CHAN_QUARANTINED:
+    def check_idle(self) -> None:
+        """With no request in flight the response ring must be empty (section 4.2: responses
+        come in request order). Raise ProtocolError if it is not: a response nobody asked
+        for must not be taken as the answer to the next request."""
+        head = self.u64[self.resp_head_i]                      # C1, pairs with server's P1
+        if head != self.resp_tail:
             self.broken = True
             raise ProtocolError(
-                f"channel {self.index} quarantined by the server "
-                f"(last_error {self.u32[self.last_error_i32]})"
+                f"channel {self.index}: {(head - self.resp_tail) & U64_MASK} bytes of "
+                f"unsolicited response in the response ring with no request in flight"
             )
-        if reason is None:
-            return
-        self.broken = True
-        if outstanding:
-            raise UnknownOutcomeError(
-                f"{reason} with {outstanding} request(s) in flight: outcome unknown",
-                pending=outstanding,
-            )
-        raise ServerGoneError(reason)
 
     # -- rings
 
@@ -435,16 +209,17 @@ class Session:
     def receive(self, count: int, timeout: float) -> list[P.Response]:
         """Collect ``count`` responses without checking their ids (tests)."""
         out: list[P.Response] = []
-        deadline = time.monotonic() + timeout
+        backoff = Backoff()
         while len(out) < count:
             got = self._read(count - len(out))
             out.extend(got)
-            if not got:
-                now = time.monotonic()
-                self.check_alive(now, count - len(out))
-                if now > deadline:
-                    raise RingTimeoutError(f"{len(out)} of {count} responses in {timeout:g} s")
-                time.sleep(SLEEP_MIN)
+            if got:
+                backoff.reset()
+                continue
+            now = time.monotonic()
+            self.check_alive(now, count - len(out))
+            if backoff.wait(now) > timeout:
+                raise RingTimeoutError(f"{len(out)} of {count} responses in {timeout:g} s")
         return out
 
     def transact(self, msgs: list[bytes], first_id: int, timeout: float) -> list[P.Response]:
@@ -454,14 +229,13 @@ class Session:
         flows through rings of any size. Every wait is bounded by ``timeout`` of no progress.
         """
         self.check_ready()
+        self.check_idle()
         n = len(msgs)
         out: list[P.Response] = []
         sent = 0
         expect = first_id
-        spins = 0
-        sleep = SLEEP_MIN
-        next_check = yield_until = 0.0
-        deadline = None
+        backoff = Backoff()
+        next_check = 0.0
         while len(out) < n:
             progress = False
             if sent < n:
@@ -491,37 +265,24 @@ class Session:
                     out.extend(got)
                     progress = True
             if progress:
-                spins = 0
-                deadline = None
+                backoff.reset()
                 continue
-            # -- no progress: spin, then yield, then sleep; check liveness and the deadline
-            spins += 1
-            if spins < SPIN_ROUNDS:
-                continue
+            # -- no progress: wait (spin, yield, sleep); check liveness and the deadline
             now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-                yield_until = now + YIELD_SECONDS
-                next_check = now
-                sleep = SLEEP_MIN
-            if now >= next_check:
+            waited = backoff.wait(now)
+            if not backoff.spinning and now >= next_check:
                 try:
                     self.check_alive(now, sent - len(out))
                 except UnknownOutcomeError as e:
                     e.results, e.unsent = out, n - sent
                     raise
                 next_check = now + LIVENESS_PERIOD
-            if now > deadline:
+            if waited > timeout:
                 self.broken = True
                 raise RingTimeoutError(
                     f"no response for {timeout:g} s on channel {self.index} "
                     f"({sent - len(out)} request(s) in flight, outcome unknown)"
                 )
-            if now < yield_until:
-                _yield()
-            else:
-                time.sleep(sleep)
-                sleep = min(sleep * 2, SLEEP_MAX)
         return out
 
     # -- one request, one response: the unpipelined fast path
@@ -532,7 +293,8 @@ class Session:
     # published. Everything else (a wrap, a full ring, any odd reply) goes the general way,
     # which validates everything again from its own copies. The server's liveness fields are
     # read only when a wait outlasts the spin (_wait_one); before each request, ack_token
-    # (section 5) and server_state are two aligned loads.
+    # (section 5), server_epoch, server_state and resp_head (check_idle) are four aligned
+    # loads.
 
     def get(self, key: bytes, timeout: float) -> tuple[int, bytes] | None:
         """GET ``key``: (status, payload), or None when the fast path does not apply."""
@@ -542,6 +304,8 @@ class Session:
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
+        if u64[self.resp_head_i] != self.resp_tail:
+            self.check_idle()                                  # raises: unsolicited response
         klen = len(key)
         frame = _GET_FRAMES.get(klen) or P.get_frame(klen)
         step = frame.size
@@ -565,6 +329,8 @@ class Session:
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
+        if u64[self.resp_head_i] != self.resp_tail:
+            self.check_idle()                                  # raises: unsolicited response
         klen, vlen = len(key), len(value)
         if klen > self.max_value or vlen > self.max_value:
             return None
@@ -585,20 +351,6 @@ class Session:
         else:
             frame.pack_into(self.req_data, off, n, _OP_SET, 0, 2, rid, klen, key, vlen, value)
         return self._complete((head + step) & U64_MASK, rid, timeout)
-
-    def call(self, msg: bytes, req_id: int, timeout: float) -> P.Response:
-        """One framed, padded message, one response (the caller chose ``req_id``)."""
-        if self.broken or self.lost():
-            raise SessionLost(f"channel {self.index}: session no longer acknowledged")
-        n = len(msg)
-        off = self.req_head & self.req_mask
-        if off + n > self.req_size or self._free_request_bytes() < n:
-            return self.transact([msg], req_id, timeout)[0]
-        if self.u32[_SERVER_STATE_I32] != _RUNNING:
-            raise ServerGoneError("server is not running (server_state != RUNNING)")
-        self.req_data[off : off + n] = msg
-        status, payload = self._complete((self.req_head + n) & U64_MASK, req_id, timeout)
-        return P.Response(status, req_id, payload)
 
     def _complete(self, head: int, rid: int, timeout: float) -> tuple[int, bytes]:
         """Publish the request ring up to ``head``; wait for the one response, id ``rid``."""
@@ -635,11 +387,9 @@ class Session:
         return r.status, r.payload
 
     def _wait_one(self, req_id: int, timeout: float) -> P.Response:
-        now = time.monotonic()
-        deadline = now + timeout
-        yield_until = now + YIELD_SECONDS
-        next_check = now
-        sleep = SLEEP_MIN
+        """Wait for the one response, id ``req_id``, after the caller's spin."""
+        backoff = Backoff(spin=0.0)
+        next_check = 0.0
         while True:
             got = self._read(1)
             if got:
@@ -651,19 +401,15 @@ class Session:
                     )
                 return r
             now = time.monotonic()
+            waited = backoff.wait(now)
             if now >= next_check:
                 self.check_alive(now, 1)
                 next_check = now + LIVENESS_PERIOD
-            if now > deadline:
+            if waited > timeout:
                 self.broken = True
                 raise RingTimeoutError(
                     f"no response for {timeout:g} s on channel {self.index} (outcome unknown)"
                 )
-            if now < yield_until:
-                _yield()
-            else:
-                time.sleep(sleep)
-                sleep = min(sleep * 2, SLEEP_MAX)
 
 
 if _SessionCore is not None:
@@ -695,49 +441,7 @@ else:
     SessionType = Session
 
 
-def server_alive_quick(region: Region, dead_after: float = 1.0) -> None:
-    """Raise ServerGoneError unless the header says RUNNING with a non-zero epoch."""
-    epoch, _hb, state, _pid = region.liveness()
-    if state != P.SERVER_RUNNING or epoch == 0:
-        raise ServerGoneError(
-            f"no server on {region.path}: server_state "
-            f"{P.SERVER_STATE_NAMES.get(state, state)}, epoch {epoch:#x}"
-        )
-    age = region.heartbeat_age(time.monotonic())
-    if age > dead_after:
-        raise ServerGoneError(f"no server on {region.path}: heartbeat stood still {age:.1f} s")
-
-
 def claim(region: Region, header: P.RegionHeader, timeout: float, prefer: int = 0) -> Session:
-    """Claim a free channel (section 5) and wait for the server to acknowledge it."""
-    deadline = time.monotonic() + timeout
-    server_alive_quick(region, header.server_dead_after)
-    u64 = region.u64
-    n = header.channel_count
-    while True:
-        for k in range(n):
-            c = (prefer + k) % n
-            cs, ss = header.client_section(c), header.server_section(c)
-            seen = u64[cs // 8]
-            dead = u64[(ss + P.OFF_DEAD_TOKEN) // 8]
-            if seen != 0 and seen != dead:
-                continue
-            s = SessionType(region, header, c, new_token())
-            if not s._take(seen):
-                s.release_views()
-                continue
-            try:
-                s._await_ack(deadline)
-            except SessionLost:
-                s.release_views()
-                continue
-            except BaseException:
-                s.release_views()
-                raise
-            return s
-        if time.monotonic() > deadline:
-            raise NoChannelError(
-                f"all {n} channels of {region.path} are taken (waited {timeout:g} s)"
-            )
-        server_alive_quick(region, header.server_dead_after)
-        time.sleep(0.01)
+    """Claim a free channel (section 5), wait for the server's ack: a Session (a FastSession
+    when the C core is in use)."""
+    return claim_channel(region, header, timeout, prefer, SessionType)  # type: ignore[return-value]

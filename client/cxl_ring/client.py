@@ -1,8 +1,8 @@
 """RingClient and Pipeline: a redis-py shaped client over the cxl_ring shared-memory rings.
 
-Layers (like redis-py's): protocol.py frames bytes, channel.py/v2.py move them through the
-rings, resp.py decodes CMD replies, and this module turns Python arguments into requests and
-replies into Python values and exceptions.
+Layers (like redis-py's): protocol.py frames bytes, session.py holds a channel (claim, lease,
+liveness), channel.py/v2.py move bytes through the rings, resp.py decodes CMD replies, and this
+module turns Python arguments into requests and replies into Python values and exceptions.
 
     with RingClient("/dev/shm/cxl0") as r:
         r.set("k", "v", ex=10)
@@ -17,6 +17,7 @@ Each thread that uses a client claims its own channel on first use; close() rele
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import datetime
 import threading
@@ -24,26 +25,26 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, Union
 
 from . import protocol as P
-from .channel import Session, SessionLost, check_platform, claim
+from .channel import Session, claim
 from .exceptions import (
     CxlRingError,
+    DataError,
+    LayoutMismatchError,
     OutOfMemoryError,
     ProtocolError,
     RequestTooLargeError,
+    ResponseDecodeError,
     ResponseError,
     ServerGoneError,
     UnknownOutcomeError,
 )
 from .region import Region
 from .resp import decode_one_reply, decode_strings
+from .session import SessionLost, check_platform
 from .v2 import V2Transport
 
 EncodableT = Union[bytes, bytearray, memoryview, str, int, float]
 Callback = Optional[Callable[[Any], Any]]
-
-
-class DataError(CxlRingError, TypeError):
-    """An argument cannot be encoded (redis-py's DataError)."""
 
 
 # ---- Transports ------------------------------------------------------------------------------
@@ -221,15 +222,23 @@ def _decode_reply(op: int, r: P.Response, decode: str | None, errors: str) -> An
     status, payload = r.status, r.payload
     if status == P.ST_OK:
         if op == P.OP_GET:
-            return payload.decode(decode, errors) if decode else payload
+            if not decode:
+                return payload
+            try:
+                return payload.decode(decode, errors)
+            except UnicodeDecodeError as e:
+                return ResponseDecodeError.from_unicode_error(e)
         if op == P.OP_CMD:
             try:
                 value = decode_one_reply(payload)
             except ProtocolError as e:
                 return e
-            if isinstance(value, ResponseError):
+            if isinstance(value, ResponseError) or not decode:
                 return value
-            return decode_strings(value, decode, errors) if decode else value
+            try:
+                return decode_strings(value, decode, errors)
+            except UnicodeDecodeError as e:
+                return ResponseDecodeError.from_unicode_error(e)
         if op == P.OP_DEL:
             if len(payload) != P.DEL_COUNT.size:
                 return ProtocolError(f"DEL reply of {len(payload)} bytes, expected 8")
@@ -246,10 +255,6 @@ def _set_callback(value: Any) -> Any:
     return value if value is None else (value in (b"OK", "OK") or value)
 
 
-def _bool_callback(value: Any) -> Any:
-    return bool(value)
-
-
 # ---- Commands shared by the client and the pipeline ------------------------------------------
 
 
@@ -264,7 +269,10 @@ class _Commands:
         if t is bytes:
             return value  # type: ignore[return-value]
         if t is str:
-            return value.encode(self.encoding)  # type: ignore[union-attr]
+            try:
+                return value.encode(self.encoding)  # type: ignore[union-attr]
+            except UnicodeEncodeError as e:
+                raise DataError(f"cannot encode {value!r} as {self.encoding}: {e.reason}") from None
         if isinstance(value, (bytes, bytearray, memoryview)):
             return bytes(value)
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -346,9 +354,14 @@ class RingClient(_Commands):
 
     path: a file (/dev/shm/NAME), /dev/uioN (or /dev/uioN@MAP), or a PCI resourceN file.
     map_size: bytes to map; default discovered from the file, uio map or BAR size.
-    timeout: seconds any wait may take (claim, ring space, a response).
-    decode_responses: return str instead of bytes.
+    timeout: seconds any wait may take (claim, ring space, a response); may be changed later
+        (``r.timeout = 0.5``), for the calls that follow on every thread.
+    decode_responses: return str instead of bytes (``encoding``, ``encoding_errors``); a reply
+        that is not valid text raises ResponseDecodeError (with encoding_errors="strict").
     layout: "auto" (from the region's magic), "v3", or "v2" (the PoC layout: GET/SET only).
+
+    Raises only CxlRingError and its subclasses (cxl_ring.exceptions), and ValueError for a
+    bad constructor argument.
     """
 
     def __init__(
@@ -364,8 +377,14 @@ class RingClient(_Commands):
         check_platform()
         if layout not in ("auto", "v3", "v2"):
             raise ValueError(f"layout must be 'auto', 'v3' or 'v2', not {layout!r}")
+        try:
+            codecs.lookup(encoding)
+            codecs.lookup_error(encoding_errors)
+        except LookupError as e:
+            raise ValueError(f"encoding {encoding!r} / encoding_errors {encoding_errors!r}: {e}"
+                             ) from None
         self.path = path
-        self.timeout = timeout
+        self._timeout = timeout
         self.decode_responses = decode_responses
         self.encoding = encoding
         self.encoding_errors = encoding_errors
@@ -374,8 +393,6 @@ class RingClient(_Commands):
         try:
             found = self.region.layout()
             if layout != "auto" and layout != found:
-                from .exceptions import LayoutMismatchError
-
                 raise LayoutMismatchError(f"{path}: region has layout {found}, asked for {layout}")
             self._transport: Union[V3Transport, V2Transport] = (
                 V3Transport(self.region, timeout) if found == "v3"
@@ -390,12 +407,28 @@ class RingClient(_Commands):
     def max_value_size(self) -> int:
         return self._transport.max_value_size
 
+    @property
+    def timeout(self) -> float:
+        """Seconds any wait may take (claim, ring space, a response)."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        if self._transport is not None:
+            self._transport.timeout = seconds
+
     def get(self, name: EncodableT) -> Any:
         """GET name: the value (bytes, or str with decode_responses) or None."""
         # The unpipelined hot path, kept flat: one call into the transport, one into the session.
         status, payload = self._transport.get(name if type(name) is bytes else self._enc(name))
         if status == 0:  # ST_OK
-            return payload.decode(self._decode, self.encoding_errors) if self._decode else payload
+            if not self._decode:
+                return payload
+            try:
+                return payload.decode(self._decode, self.encoding_errors)
+            except UnicodeDecodeError as e:
+                raise ResponseDecodeError.from_unicode_error(e) from None
         if status == 1:  # ST_NOT_FOUND
             return None
         return self._reply(P.OP_GET, P.Response(status, 0, payload), None)

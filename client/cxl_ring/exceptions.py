@@ -10,12 +10,25 @@
     +-- RingTimeoutError            a bounded wait expired (also a builtin TimeoutError)
     +-- RequestTooLargeError        a request or reply exceeds max_value_size / max_msg_size
     +-- ProtocolError               the other side broke the protocol (corrupt response
-    |                               section, torn or partial message, quarantined channel)
+    |                               section, torn or partial message, quarantined channel,
+    |                               a response with no request in flight)
     +-- ResponseError               Redis refused the command (ERR, WRONGTYPE, ...)
-        +-- OutOfMemoryError        maxmemory reached (status OOM)
+    |   +-- OutOfMemoryError        maxmemory reached (status OOM)
+    +-- DataError                   an argument cannot be encoded (not bytes, str or a
+    |                               number; a str the client's ``encoding`` cannot encode)
+    +-- ResponseDecodeError         decode_responses=True and a reply is not valid text in
+                                    the client's ``encoding`` (with encoding_errors="strict")
 
-The names follow redis-py (``ResponseError``, ``OutOfMemoryError``) so that code written for
-redis-py reads the same; ServerGoneError is also a builtin ConnectionError.
+The names follow redis-py (``ResponseError``, ``OutOfMemoryError``, ``DataError``) so that
+code written for redis-py reads the same. Some are also the builtin that fits, so that generic
+handlers keep working: ServerGoneError is a ConnectionError, RingTimeoutError a TimeoutError,
+RequestTooLargeError a ValueError, DataError a TypeError, ResponseDecodeError a
+UnicodeDecodeError. Nothing else escapes the client; a bad constructor argument (``layout``,
+``encoding``) is a ValueError, as in any Python API.
+
+After a ResponseDecodeError the session goes on: the reply was received whole, only its
+conversion to str failed. In a pipeline it is returned in place like an error reply (with
+``raise_on_error=False``) or raised after every reply arrived.
 """
 
 from __future__ import annotations
@@ -81,3 +94,26 @@ class ResponseError(CxlRingError):
 
 class OutOfMemoryError(ResponseError):
     """Redis refused a write: maxmemory reached."""
+
+
+class DataError(CxlRingError, TypeError):
+    """An argument cannot be encoded (redis-py's DataError)."""
+
+
+class ResponseDecodeError(CxlRingError, UnicodeDecodeError):
+    """decode_responses=True: a reply is not valid in the client's encoding.
+
+    Carries UnicodeDecodeError's fields (``encoding``, ``object``: the reply bytes, ``start``,
+    ``end``, ``reason``)."""
+
+    def __init__(self, encoding: str, obj: bytes, start: int, end: int, reason: str) -> None:
+        UnicodeDecodeError.__init__(self, encoding, obj, start, end, reason)
+
+    @classmethod
+    def from_unicode_error(cls, e: UnicodeDecodeError) -> ResponseDecodeError:
+        return cls(e.encoding, e.object, e.start, e.end, e.reason)
+
+    def __str__(self) -> str:
+        if len(self.args) == 1:        # a message set later (Pipeline.execute numbers it)
+            return str(self.args[0])
+        return f"reply is not valid {self.encoding}: {UnicodeDecodeError.__str__(self)}"

@@ -9,7 +9,7 @@ Where this module and docs/ring-protocol.md disagree, the document wins.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -261,11 +261,6 @@ MAX_WIRE_STATUS = ST_PROTOCOL_ERROR
 _PAD = (b"", b"\0" * 7, b"\0" * 6, b"\0" * 5, b"\0" * 4, b"\0" * 3, b"\0" * 2, b"\0")
 
 
-def padding(n: int) -> bytes:
-    """Zero bytes that take a message of ``n`` bytes to a multiple of 8."""
-    return _PAD[n & 7]
-
-
 def encode_request(op: int, args: Sequence[bytes], req_id: int, ttl_ms: int = 0) -> bytes:
     """One framed, padded request message. Arguments must already be bytes."""
     parts = [b""]
@@ -444,12 +439,7 @@ def decode_responses(
     return out, p
 
 
-def iter_args(args: Iterable[bytes]) -> int:
-    """Total encoded size of arguments (for size checks before encoding)."""
-    return sum(ARG_LEN.size + len(a) for a in args)
-
-
-# ---- Layout version 2 (the PoC's; shared/reference/poc-ring-v2.md) --------------------------
+# ---- Layout version 2 (the PoC's; docs/ring-protocol.md section 10) -------------------------
 #
 # Region header:  0 8 magic "CXLSHM1\0" | 8 4 version (2) | 12 4 ring_count (1..8) | 16 8 reserved
 #                 24 + 32*i: ring i = u64 req_off, u64 req_sz, u64 resp_off, u64 resp_sz

@@ -34,7 +34,8 @@ import time
 from typing import Callable
 
 from . import protocol as P
-from .channel import Session, claim
+from .backoff import Backoff
+from .channel import LIVENESS_PERIOD, Session, claim
 from .exceptions import CxlRingError, ProtocolError, UnknownOutcomeError
 from .region import Region
 from .resp import CommandReader, RespError, decode_one_reply, encode_bulk, encode_error
@@ -288,6 +289,8 @@ class RingProxy:
         if not outbox:
             return False
         s.check_ready()   # before reading req_tail: a retired session's indexes mean nothing
+        if not self.sent:
+            s.check_idle()    # nothing in flight: a response in the ring is unsolicited
         free = s._free_request_bytes()
         chunk = []
         total = 0
@@ -354,37 +357,31 @@ class RingProxy:
 
     async def _poll(self) -> None:
         """Runs while replies are owed: spin on the ring between event loop turns, then back
-        off; checks liveness and bounds the wait."""
+        off (backoff.Backoff, awaited here so the loop never blocks); checks liveness and
+        bounds the wait."""
         try:
-            idle_since = None
-            sleep = 50e-6
+            backoff = Backoff()
             next_check = 0.0
             while self.pending:
                 if self.pump():
-                    idle_since = None
-                    sleep = 50e-6
+                    backoff.reset()
                     await asyncio.sleep(0)
                     continue
                 now = time.monotonic()
-                if idle_since is None:
-                    idle_since = now
-                    next_check = now + 0.005
-                if now >= next_check and self.session is not None and self.sent:
+                pause = backoff.next_pause(now)
+                if not backoff.spinning and now >= next_check and self.session is not None \
+                        and self.sent:
                     try:
                         self.session.check_alive(now, self.sent)
                     except CxlRingError as e:
                         self._fail_all(e)
                         continue
-                    next_check = now + 0.005
-                if now - idle_since > self.timeout and self.sent:
+                    next_check = now + LIVENESS_PERIOD
+                if backoff.waited > self.timeout and self.sent:
                     self._fail_all(CxlRingError(
                         f"no response for {self.timeout:g} s (outcome unknown)"))
                     continue
-                if now - idle_since < 0.002:
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.sleep(sleep)
-                    sleep = min(sleep * 2, 1e-3)
+                await asyncio.sleep(pause or 0)   # spin and yield: one event loop turn
         finally:
             self._poller = None
 

@@ -108,15 +108,6 @@ def decode_strings(value: Any, encoding: str, errors: str = "strict") -> Any:
 # ---- Encoding ----------------------------------------------------------------------------------
 
 
-def encode_command(args: list[bytes]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        parts.append(b"$%d\r\n" % len(a))
-        parts.append(a)
-        parts.append(CRLF)
-    return b"".join(parts)
-
-
 def encode_bulk(value: bytes | None) -> bytes:
     if value is None:
         return b"$-1\r\n"

@@ -1,10 +1,10 @@
 """Client side of layout v2, the proof of concept's layout (docs/ring-protocol.md section 10).
 
-Fixed 4096-byte slots, GET and SET only, no sessions, no liveness (shared/reference/
-poc-ring-v2.md). Like the PoC's own client, thread ``t`` of a process uses ring
-``t mod ring_count`` under a process-local lock; two *processes* on the same ring would
-corrupt each other, which layout v2 cannot prevent (it has no claims). Waits are bounded by
-the timeout only, since the layout has no server heartbeat.
+Fixed 4096-byte slots, GET and SET only, no sessions, no liveness. Like the PoC's own
+client, thread ``t`` of a process uses ring ``t mod ring_count`` under a process-local lock;
+two *processes* on the same ring would corrupt each other, which layout v2 cannot prevent (it
+has no claims). Waits (backoff.Backoff) are bounded by the timeout only, since the layout has
+no server heartbeat.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from . import protocol as P
-from .channel import _yield
+from .backoff import Backoff
 from .exceptions import (
     CxlRingError,
     ProtocolError,
@@ -52,8 +52,7 @@ class V2Ring:
         n = len(slots)
         out: list[tuple[int, bytes | None]] = []
         sent = 0
-        deadline: float | None = None
-        spins = 0
+        backoff = Backoff()
         while len(out) < n:
             progress = False
             tail = u64[self.req_tail_i]
@@ -85,22 +84,12 @@ class V2Ring:
                 u64[self.resp_tail_i] = self.resp_tail          # after the copy
                 progress = True
             if progress:
-                spins, deadline = 0, None
+                backoff.reset()
                 continue
-            spins += 1
-            if spins < 300:
-                continue
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-            if now > deadline:
+            if backoff.wait(time.monotonic()) > timeout:
                 raise RingTimeoutError(
                     f"layout v2: no response for {timeout:g} s ({sent - len(out)} in flight)"
                 )
-            if spins < 3000:
-                _yield()
-            else:
-                time.sleep(200e-6)
         return out
 
 
