@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import socket
-import time
 from pathlib import Path
 
 import cxl_ring
@@ -34,17 +33,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def malformed_response_pending(shm_path: str, case: dict):
-    """(client, fake): a RingClient whose channel holds the vector ``case``'s malformed
-    response, written by a paused FakeServer; the caller clears ``fake.paused`` to recover."""
+    """(client, fake): a RingClient whose next request (id ``expect_id``) the FakeServer will
+    answer with the vector ``case``'s malformed response bytes instead of the real one."""
     fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
     try:
-        with cxl_ring.RingClient(shm_path, timeout=2) as r:
+        with cxl_ring.RingClient(shm_path, timeout=10) as r:
             r.ping()
             index, _ = r.session_info()
-            fake.paused.set()
-            time.sleep(0.01)
             r._transport.session().next_id = case["expect_id"]
-            fake.inject_response(index, bytes.fromhex(case["hex"]))
+            fake.forge_reply(index, bytes.fromhex(case["hex"]))
             yield r, fake
     finally:
         fake.close()

@@ -36,6 +36,7 @@ class FakeServer:
         self.store: dict[bytes, bytes] = {}
         self.paused = threading.Event()
         self.executed = 0
+        self.forged: dict[int, bytes] = {}   # channel -> raw bytes that answer its next request
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -128,6 +129,12 @@ class FakeServer:
                 self.buf[base + ((head + i) & (size - 1))] = b
             self.u64[(ss + 128) // 8] = (head + (len(raw) if publish is None else publish)) & M
 
+    def forge_reply(self, channel: int, raw: bytes) -> None:
+        """Answer the next request on ``channel`` with ``raw`` (published as is, whatever it
+        frames) instead of its real response: a malformed reply to a request in flight."""
+        with self._lock:
+            self.forged[channel] = raw
+
     def set_resp_head(self, channel: int, value: int) -> None:
         with self._lock:
             self.u64[(self.header.server_section(channel) + 128) // 8] = value & M
@@ -204,6 +211,13 @@ class FakeServer:
         self.u64[(ss + 128) // 8] = (head + len(msg)) & M
         return True
 
+    def _publish_raw(self, ss: int, raw: bytes) -> None:
+        head = self.u64[(ss + 128) // 8]
+        base, size = ss + 4096, self.ring_size
+        for i, b in enumerate(raw):
+            self.buf[base + ((head + i) & (size - 1))] = b
+        self.u64[(ss + 128) // 8] = (head + len(raw)) & M
+
     def _serve(self, c: int, cs: int, ss: int) -> bool:
         u64 = self.u64
         size = self.ring_size
@@ -232,7 +246,10 @@ class FakeServer:
             resp_tail = u64[(cs + 128) // 8]
             if size - ((resp_head - resp_tail) & M) < self.max_msg + 64:
                 break
-            if n > self.max_msg:
+            forged = self.forged.pop(c, None)
+            if forged is not None:
+                self._publish_raw(ss, forged)
+            elif n > self.max_msg:
                 self._respond(ss, P.ST_TOO_LARGE, rid, b"request larger than max_msg_size")
             else:
                 msg = bytes(self.buf[base + off : base + min(off + n, size)])

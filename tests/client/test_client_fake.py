@@ -4,7 +4,6 @@ test_real_server.py."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -31,9 +30,14 @@ from fakeserver import FakeServer
 pytestmark = pytest.mark.timeout(60)
 
 
+# Timeouts in these tests only catch hangs (HANG s): no assertion depends on the speed of the
+# machine. A test that needs a wait to expire lowers r.timeout while the fake server is paused.
+HANG = 20
+
+
 @pytest.fixture
 def client(fake):
-    with cxl_ring.RingClient(fake.path, timeout=3) as r:
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
         yield r
 
 
@@ -95,7 +99,7 @@ def test_close_releases_channel(fake):
     assert claim_token(fake, index) == token
     r.close()
     assert claim_token(fake, index) == 0
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + HANG
     while fake.u64[fake.header.server_section(index) // 8] != 0:
         assert time.monotonic() < deadline, "server never saw the release"
         time.sleep(0.01)
@@ -150,7 +154,7 @@ def test_values_up_to_max(client, fake):
 
 def test_server_too_large_status(fake):
     """A request over the server's limits (sent raw) gets TOO_LARGE and is skipped."""
-    check_oversized_raw_request(fake.path, fake.max_value, channel=2, timeout=2)
+    check_oversized_raw_request(fake.path, fake.max_value, channel=2, timeout=HANG)
 
 
 def test_threads_use_separate_channels(fake):
@@ -176,14 +180,15 @@ def test_threads_use_separate_channels(fake):
 
 
 def test_no_free_channel(fake):
-    clients = [cxl_ring.RingClient(fake.path, timeout=0.3) for _ in range(5)]
+    clients = [cxl_ring.RingClient(fake.path, timeout=HANG) for _ in range(5)]
     try:
         for c in clients[:4]:
             c.ping()
+        clients[4].timeout = 0.3
         t = time.monotonic()
-        with pytest.raises(NoChannelError):
+        with pytest.raises(NoChannelError, match="waited 0.3 s"):
             clients[4].ping()
-        assert time.monotonic() - t < 2
+        assert time.monotonic() - t >= 0.3      # it waited for a channel before giving up
     finally:
         for c in clients:
             c.close()
@@ -194,20 +199,30 @@ def test_no_free_channel(fake):
 
 def test_restart_mid_pipeline_unknown_outcome_then_reconnect(client, fake):
     client.ping()
+    index, _ = client.session_info()
+    cs = fake.header.client_section(index)
+    req_head = fake.u64[(cs + P.OFF_REQ_HEAD) // 8]
     fake.paused.set()
     p = client.pipeline()
     for i in range(1000):
         p.set(f"r{i}", i)
 
-    def restart():
+    def restart_once_in_flight():
+        deadline = time.monotonic() + HANG
+        while fake.u64[(cs + P.OFF_REQ_HEAD) // 8] == req_head:   # the batch is in the ring
+            if time.monotonic() > deadline:
+                break                        # p.execute() then fails the test by itself
+            time.sleep(0.001)
         fake.restart()
         fake.paused.clear()
 
-    timer = threading.Timer(0.2, restart)
-    timer.start()
-    with pytest.raises(UnknownOutcomeError) as e:
-        p.execute()
-    timer.join()
+    restarter = threading.Thread(target=restart_once_in_flight)
+    restarter.start()
+    try:
+        with pytest.raises(UnknownOutcomeError) as e:
+            p.execute()
+    finally:
+        restarter.join(HANG)
     result = {"error": e.value}
     assert isinstance(result.get("error"), UnknownOutcomeError), result
     assert result["error"].pending + result["error"].unsent == 1000
@@ -216,12 +231,12 @@ def test_restart_mid_pipeline_unknown_outcome_then_reconnect(client, fake):
 
 
 def test_killed_server_in_flight_then_gone(client, fake):
+    """The heartbeat stops: the request in flight fails as unknown outcome, found by the
+    heartbeat check (section 7), not by the request timeout (HANG s, far longer)."""
     client.ping()
     fake.kill()
-    t = time.monotonic()
-    with pytest.raises(UnknownOutcomeError):
+    with pytest.raises(UnknownOutcomeError, match="heartbeat stood still"):
         client.set("k", "v")
-    assert time.monotonic() - t < 3           # ~ max(10 heartbeats, 1 s)
     with pytest.raises(ServerGoneError):
         client.get("k")
 
@@ -233,11 +248,13 @@ def test_stopped_server(fake):
 
 
 def test_timeout_then_recovery(fake):
-    with cxl_ring.RingClient(fake.path, timeout=0.3) as r:
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
         r.ping()
         fake.paused.set()
+        r.timeout = 0.3
         with pytest.raises(RingTimeoutError):
             r.get("k")
+        r.timeout = HANG
         fake.paused.clear()
         assert r.set("k", "v") is True and r.get("k") == b"v"
 
@@ -249,7 +266,7 @@ def test_dead_process_channel_is_reclaimed(fake):
                          timeout=30, env={**os.environ, "PYTHONPATH": str(REPO / "client")})
     channel = int(out.stdout)
     ss = fake.header.server_section(channel)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + HANG
     while fake.u64[(ss + 8) // 8] != claim_token(fake, channel):
         assert time.monotonic() < deadline, "server never reclaimed the dead client's channel"
         time.sleep(0.02)
@@ -267,12 +284,9 @@ def _call_for(r: cxl_ring.RingClient, op: str):
 
 @pytest.mark.parametrize("case", VECTORS["malformed_responses"], ids=lambda c: c["name"])
 def test_malformed_responses_raise(case, shm_path):
-    with malformed_response_pending(shm_path, case) as (r, fake):
-        t = time.monotonic()
-        with pytest.raises(ProtocolError):
+    with malformed_response_pending(shm_path, case) as (r, _fake):
+        with pytest.raises(ProtocolError):     # at once: a RingTimeoutError is no ProtocolError
             _call_for(r, case["for_op"])()
-        assert time.monotonic() - t < 1.5
-        fake.paused.clear()
         assert r.ping() is True               # recovers on a fresh session
 
 
@@ -289,29 +303,28 @@ def test_corrupt_response_index(client, fake, head_delta):
 
 
 def test_garbage_response_bytes_fuzz(shm_path):
-    """Random bytes published as responses: always a clean error or a value, never a hang."""
+    """Random bytes published as the reply to a request in flight: always a value or an
+    immediate error, never a wait for the timeout (a RingTimeoutError fails the test)."""
     import random
 
     rnd = random.Random(1234)
     fake = FakeServer(shm_path, max_value=64, max_msg=256, ring_size=4096).start()
     try:
-        with cxl_ring.RingClient(shm_path, timeout=0.5) as r:
+        with cxl_ring.RingClient(shm_path, timeout=HANG) as r:
             for _ in range(150):
-                try:
-                    r.ping()  # a garbage reply taken as valid leaves the real one behind
-                except cxl_ring.CxlRingError:
-                    r.ping()
+                assert r.ping() is True           # a working session after every garbage reply
                 index, _ = r.session_info()
-                fake.paused.set()
-                time.sleep(0.002)
                 raw = bytes(rnd.randrange(256) for _ in range(rnd.choice((8, 16, 24, 40))))
                 if rnd.random() < 0.5:  # plausible header, random rest
                     raw = P.MSG_HEADER.pack(len(raw), rnd.randrange(10), 0, 0,
                                             r._transport.session().next_id) + raw[16:]
-                fake.inject_response(index, raw)
-                with contextlib.suppress(cxl_ring.CxlRingError):
+                fake.forge_reply(index, raw)
+                try:
                     r.get("k")
-                fake.paused.clear()
+                except RingTimeoutError:
+                    raise
+                except cxl_ring.CxlRingError:
+                    pass
     finally:
         fake.close()
 
@@ -326,7 +339,7 @@ def test_torn_request_quarantines_channel(fake):
             s.send_raw(msg[:12])                   # torn: half a header published
             s.send_raw(b"\0" * 4)                  # now 16 bytes: len field says 31
             with pytest.raises(ProtocolError, match="quarantined"):
-                s.receive(1, 2)
+                s.receive(1, HANG)
         finally:
             s.release()
         assert other.ping() is True

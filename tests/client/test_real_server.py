@@ -24,6 +24,7 @@ from cxl_ring.exceptions import (
 )
 
 MAX_VALUE = 65536
+HANG = 20   # bounds that only catch hangs; no assertion depends on the machine's speed
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -103,7 +104,7 @@ def test_values_up_to_max_and_one_over(client, real_server):
 
 
 def test_server_rejects_oversized_raw_request(real_server):
-    check_oversized_raw_request(real_server.path, MAX_VALUE, channel=5, timeout=5)
+    check_oversized_raw_request(real_server.path, MAX_VALUE, channel=5, timeout=HANG)
 
 
 def test_threads_on_separate_channels(real_server):
@@ -182,10 +183,8 @@ def test_corrupt_response_index_raises(client, real_server):
     with cxl_ring.Region(real_server.path) as region:
         ss = region.header().server_section(index)
         region.u64[(ss + P.OFF_RESP_HEAD) // 8] += 1 << 40
-        t = time.monotonic()
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolError):     # at once: a RingTimeoutError is no ProtocolError
             client.get("k")
-        assert time.monotonic() - t < 2
 
 
 def test_garbage_in_response_ring_raises(client, real_server):
@@ -213,7 +212,7 @@ def test_torn_request_quarantines_only_that_channel(client, real_server):
             time.sleep(0.05)
             s.send_raw(b"\0" * 4)           # len says 31, only 16 bytes ever published
             with pytest.raises(ProtocolError, match="quarantined"):
-                s.receive(1, 5)
+                s.receive(1, HANG)
             ss = region.header().server_section(s.index)
             assert region.u32[(ss + P.OFF_CHAN_STATE) // 4] == P.CHAN_QUARANTINED
         finally:
@@ -234,12 +233,12 @@ def test_malformed_request_vectors(real_server_factory):
                 if case["expect"] == "QUARANTINE":
                     s.send_raw(raw)               # exactly these bytes are published
                     with pytest.raises(ProtocolError, match="quarantined"):
-                        s.receive(1, 5)
+                        s.receive(1, HANG)
                     ss = region.header().server_section(s.index)
                     assert region.u32[(ss + P.OFF_CHAN_STATE) // 4] == P.CHAN_QUARANTINED
                     continue
                 s.send_raw(raw + b"\0" * (-len(raw) % 8))
-                (r,) = s.receive(1, 5)
+                (r,) = s.receive(1, HANG)
                 assert P.STATUS_NAMES[r.status] == case["expect"], case["name"]
                 assert r.id == P.MSG_HEADER.unpack_from(raw)[4], case["name"]
             finally:
@@ -255,7 +254,7 @@ def test_dead_process_channel_is_reclaimed(real_server_factory):
     channel, token = map(int, out.stdout.split())
     with cxl_ring.Region(server.path) as region:
         ss = region.header().server_section(channel)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + HANG
         while region.u64[(ss + P.OFF_DEAD_TOKEN) // 8] != token:
             assert time.monotonic() < deadline, "the driver never reclaimed the channel"
             time.sleep(0.05)

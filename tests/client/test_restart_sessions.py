@@ -49,6 +49,18 @@ def busy_other_client(path: str, n: int = 2000) -> None:
         assert all(v is True for v in p.execute())
 
 
+def wait_request_in_ring(path: str, timeout: float = 20.0) -> None:
+    """Until some channel's request ring holds a request the server has not taken."""
+    deadline = time.monotonic() + timeout
+    with cxl_ring.Region(path) as region:
+        h = region.header()
+        while not any(region.u64[(h.client_section(c) + P.OFF_REQ_HEAD) // 8]
+                      != region.u64[(h.server_section(c) + P.OFF_REQ_TAIL) // 8]
+                      for c in range(h.channel_count)):
+            assert time.monotonic() < deadline, "no request ever reached a ring"
+            time.sleep(0.005)
+
+
 def channel_words(path: str) -> list[tuple[int, int, int]]:
     """(claim_token, ack_token, chan_state) of every channel."""
     with cxl_ring.Region(path) as region:
@@ -61,7 +73,7 @@ def channel_words(path: str) -> list[tuple[int, int, int]]:
         return out
 
 
-def wait_all_free(path: str, timeout: float = 5.0) -> None:
+def wait_all_free(path: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         words = channel_words(path)
@@ -166,7 +178,7 @@ def test_proxy_in_flight_at_restart_fails_then_recovers(real_server, proxy_on):
 
     t = threading.Thread(target=blocked_set)
     t.start()
-    time.sleep(0.5)                             # the SET is in the ring, paused
+    wait_request_in_ring(real_server.path)      # the SET is in the ring, paused
     restart(real_server, "kill")
     t.join(30)
     assert len(out) == 1 and isinstance(out[0], redis.ResponseError), out

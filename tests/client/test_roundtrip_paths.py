@@ -18,15 +18,16 @@ import pytest
 from clientutil import REPO, VECTORS, malformed_response_pending
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
+    CxlRingError,
     ProtocolError,
     RequestTooLargeError,
+    ResponseDecodeError,
     RingTimeoutError,
     ServerGoneError,
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
+HANG = 20   # client timeouts that only catch hangs; never a claim about the machine's speed
 
 def _session_class(r: cxl_ring.RingClient) -> str:
     return type(r._transport.session()).__name__
@@ -41,7 +42,7 @@ def test_pure_env_var_disables_the_extension():
 
 
 def test_session_class_follows_the_choice(impl, fake):
-    with cxl_ring.RingClient(fake.path, timeout=3) as r:
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
         assert r.ping() is True
         assert _session_class(r) == ("FastSession" if impl == "c" else "Session")
 
@@ -108,19 +109,21 @@ def test_malformed_responses_raise(impl, case, shm_path):
 
 
 def test_late_reply_times_out_then_recovers(impl, fake):
-    with cxl_ring.RingClient(fake.path, timeout=0.3) as r:
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
         assert r.set("k", "v") is True
         fake.paused.set()
+        r.timeout = 0.3                      # only while the server is paused
         with pytest.raises(RingTimeoutError):
             r.get("k")
         with pytest.raises(RingTimeoutError):
             r.set("k", "w")
+        r.timeout = HANG
         fake.paused.clear()
         assert r.get("k") in (b"v", b"w")
 
 
 def test_restart_then_stop(impl, fake):
-    with cxl_ring.RingClient(fake.path, timeout=3) as r:
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
         assert r.set("k", "v") is True
         fake.restart()                       # the session is retired: claim again, silently
         assert r.get("k") == b"v"
@@ -129,6 +132,82 @@ def test_restart_then_stop(impl, fake):
             r.get("k")
         with pytest.raises(ServerGoneError):
             r.set("k", "v")
+
+
+_CALLS = {
+    "get": lambda r: r.get("k"),
+    "set": lambda r: r.set("k", "w"),
+    "pipeline": lambda r: r.pipeline().get("k").execute(),
+    "cmd": lambda r: r.execute_command("ECHO", "x"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(_CALLS))
+@pytest.mark.parametrize("forged_id", ["next", "last"])
+def test_unsolicited_response_is_refused(impl, fake, call, forged_id):
+    """A response in the ring while no request is in flight (a server bug or a hostile peer)
+    is never taken as the next answer, on either path: ProtocolError before anything is
+    sent, then a fresh session. Even when it carries the id the next request will use."""
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
+        assert r.set("k", "v") is True
+        index, _ = r.session_info()
+        s = r._transport.session()
+        rid = s.next_id if forged_id == "next" else s.next_id - 1
+        fake.inject_response(index, P.encode_response(P.ST_OK, rid, b"forged"))
+        executed = fake.executed
+        with pytest.raises(ProtocolError, match="unsolicited"):
+            _CALLS[call](r)
+        assert fake.executed == executed      # nothing was sent
+        assert r.get("k") == b"v"
+        assert r.session_info()[1] != s.token     # on a fresh session
+
+
+def test_extra_response_after_the_answer_is_refused(impl, fake):
+    """The server answers one request twice: the second answer, published after the first
+    was taken, makes the next call raise instead of answering it."""
+    with cxl_ring.RingClient(fake.path, timeout=HANG) as r:
+        assert r.set("k", "v") is True
+        index, _ = r.session_info()
+        rid = r._transport.session().next_id
+        assert r.get("k") == b"v"
+        fake.inject_response(index, P.encode_response(P.ST_OK, rid, b"v"))   # a duplicate
+        with pytest.raises(ProtocolError, match="unsolicited"):
+            r.get("k")
+        assert r.get("k") == b"v"
+
+
+def test_invalid_utf8_with_decode_responses(impl, fake):
+    """decode_responses=True and a value that is not UTF-8: ResponseDecodeError (a
+    CxlRingError and a UnicodeDecodeError), and the session goes on."""
+    fake.store[b"bin"] = b"\xff\xfe ok"
+    with cxl_ring.RingClient(fake.path, timeout=HANG, decode_responses=True) as r:
+        assert r.set("t", "välue") is True
+        token = r.session_info()[1]
+        with pytest.raises(ResponseDecodeError) as e:
+            r.get("bin")
+        assert isinstance(e.value, CxlRingError) and isinstance(e.value, UnicodeDecodeError)
+        assert e.value.object == b"\xff\xfe ok" and e.value.encoding == "utf-8"
+        with pytest.raises(ResponseDecodeError):
+            r.execute_command("GET", "bin")               # a CMD reply
+        with pytest.raises(ResponseDecodeError, match="Command # 2"):
+            r.pipeline().get("t").get("bin").execute()
+        out = r.pipeline().get("t").get("bin").execute(raise_on_error=False)
+        assert out[0] == "välue" and isinstance(out[1], ResponseDecodeError)
+        assert r.get("t") == "välue"
+        assert r.session_info()[1] == token               # the same session throughout
+    with cxl_ring.RingClient(fake.path, decode_responses=True, encoding_errors="replace") as r:
+        assert r.get("bin") == "\ufffd\ufffd ok"
+
+
+def test_unencodable_argument_is_a_data_error(impl, fake):
+    with cxl_ring.RingClient(fake.path, timeout=HANG, encoding="ascii") as r:
+        with pytest.raises(cxl_ring.DataError):
+            r.set("k", "välue")
+        with pytest.raises(cxl_ring.DataError):
+            r.get("ä")
+        assert r.set("k", "v") is True
+    with pytest.raises(ValueError, match="encoding"):
+        cxl_ring.RingClient(fake.path, encoding="no-such-codec")
 
 
 def test_threads_share_nothing(impl, real_server):
