@@ -11,8 +11,9 @@ and TCP. Measured:
   optional C core (cxl_ring._speedups) is in use, the pure-Python path too (py_ring_pure_*);
 * redis-benchmark -P 16 GET through ``cxl-ring proxy`` vs the same command on direct TCP.
 
-Called by bench/run.py (``make bench``) as ``run(tcp_port=..., region_path=..., quick=...)``,
-which returns the flat dict of results (and writes it to ``out_json`` when given). Standalone:
+The entry point is ``run(tcp_port=..., region_path=..., quick=...)``: bench/run.py (``make
+bench``) calls exactly that, and it returns the flat dict of results (and writes it to
+``out_json`` when given). Standalone:
 
     .venv/bin/python bench/py_bench.py --start-server --out /tmp/py_bench.json
     .venv/bin/python bench/py_bench.py --port 6379 --path /dev/shm/cxl0 --out r.json
@@ -143,9 +144,11 @@ def _pure_rtt(region_path: str, key: bytes, n: int) -> tuple[float, float]:
         channel.SessionType = saved
 
 
-def run(tcp_port: int, region_path: str, out_json: str | None = None,
+def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
         quick: bool = False, rtt_only: bool = False) -> dict[str, Any]:
-    """Measure everything against a running server; returns (and optionally writes) the keys.
+    """The entry point: measure everything against a running redis-server with the cxl_ring
+    module (TCP on 127.0.0.1:``tcp_port``, ring region ``region_path``); returns (and with
+    ``out_json`` writes) the keys listed in the module docstring.
 
     rtt_only: only the unpipelined round trips (no pipelines, no proxy)."""
     import redis
@@ -212,16 +215,16 @@ def run(tcp_port: int, region_path: str, out_json: str | None = None,
 
 
 @contextlib.contextmanager
-def _own_server(pin: bool = False):
-    """redis-server with build/cxl_ring.so; with ``pin``, on the last CPU (poll thread too)
-    while this process moves to CPU 0."""
+def _own_server(pin: bool = False, redis_server: str = "redis-server"):
+    """``redis_server`` with build/cxl_ring.so; with ``pin``, on the last CPU (poll thread
+    too) while this process moves to CPU 0."""
     module = ROOT / "build" / "cxl_ring.so"
     if not module.exists():
         raise SystemExit(f"{module} does not exist: make build")
     port = _free_port()
     region = f"/dev/shm/cxl-pybench-{os.getpid()}"
     tmp = tempfile.mkdtemp(prefix="py-bench-")
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+    argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", tmp, "--loadmodule", str(module), "path", region,
             "channels", "8"]
     if pin:
@@ -261,12 +264,15 @@ def main() -> int:
                     help="only the unpipelined round trips (no pipelines, no proxy)")
     ap.add_argument("--pin", action="store_true",
                     help="with --start-server: server on the last CPU, this client on the first")
+    ap.add_argument("--redis-server", default="redis-server",
+                    help="with --start-server: the server binary (default redis-server)")
     a = ap.parse_args()
+    opts = {"out_json": a.out, "quick": a.quick, "rtt_only": a.rtt_only}
     if a.start_server:
-        with _own_server(a.pin) as (port, region):
-            res = run(port, region, a.out, a.quick, a.rtt_only)
+        with _own_server(a.pin, a.redis_server) as (port, region):
+            res = run(tcp_port=port, region_path=region, **opts)
     elif a.port and a.path:
-        res = run(a.port, a.path, a.out, a.quick, a.rtt_only)
+        res = run(tcp_port=a.port, region_path=a.path, **opts)
     else:
         ap.error("give --port and --path, or --start-server")
     for k, v in res.items():

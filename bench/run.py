@@ -7,8 +7,12 @@ One redis-server with the cxl_ring module loaded serves everything in one run:
   unpipelined round trip of one thread);
 * TCP on 127.0.0.1 and a unix socket, driven by ``redis-benchmark``
   (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip);
-* the Python ring client against redis-py, by ``bench/py_bench.py`` when it exists;
+* the Python ring client against redis-py: ``bench/py_bench.py``'s ``run()``;
 * then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``.
+
+The server under test is ``--redis-server`` (default ``redis-server`` from PATH; any Redis or
+Valkey build that loads the module); its ``INFO server`` name and version are recorded
+(``server_name``: redis or valkey, ``server_version``).
 
 With two or more CPUs the server is pinned to one CPU (``--server-cpu``, default 1)
 and every load generator to another (``--client-cpu``, default 0).
@@ -22,6 +26,7 @@ Usage::
 
     .venv/bin/python bench/run.py --out bench/results            # about a minute
     .venv/bin/python bench/run.py --out /tmp/b --quick           # a few seconds
+    .venv/bin/python bench/run.py --out /tmp/v --redis-server /opt/valkey/bin/valkey-server
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ import contextlib
 import csv
 import datetime
 import importlib.util
-import inspect
 import io
 import json
 import os
@@ -205,6 +209,27 @@ class RedisWithRing:
         except OSError:
             return False
 
+    def info(self, section: str = "server", timeout: float = 10.0) -> dict[str, str]:
+        """``INFO <section>`` over the unix socket, as {field: value}."""
+        cmd = f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout)
+                s.connect(self.unix_socket)
+                s.sendall(cmd)
+                buf = b""
+                while b"\r\n" not in buf:
+                    buf += _recv(s)
+                line, _, body = buf.partition(b"\r\n")
+                if not line.startswith(b"$"):
+                    raise BenchError(f"INFO {section}: {line.decode(errors='replace')}")
+                size = int(line[1:])
+                while len(body) < size:
+                    body += _recv(s)
+        except OSError as e:
+            raise BenchError(f"INFO {section} on {self.unix_socket}: {e}") from e
+        return parse_info(body[:size].decode(errors="replace"))
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
@@ -237,6 +262,32 @@ class RedisWithRing:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _recv(s: socket.socket) -> bytes:
+    chunk = s.recv(65536)
+    if not chunk:
+        raise BenchError("the server closed the connection")
+    return chunk
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """INFO's ``field:value`` lines as a dict (``# Section`` lines and blanks skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def server_identity(info: dict[str, str]) -> dict[str, str | None]:
+    """Which server answered: Valkey says ``server_name:valkey`` and ``valkey_version`` (and a
+    ``redis_version`` for compatibility); Redis has no ``server_name`` and says
+    ``redis_version``."""
+    name = info.get("server_name") or "redis"
+    return {"server_name": name,
+            "server_version": info.get(f"{name}_version") or info.get("redis_version")}
 
 
 # ---------------------------------------------------------------------------
@@ -313,41 +364,18 @@ def idle_cpu_pct(pid: int, settle: float, window: float) -> float:
 
 
 def python_bench(server: RedisWithRing, quick: bool, notes: list[str]) -> dict[str, Any]:
-    """Call bench/py_bench.py (the Python engineer's) when it exists; {} otherwise."""
-    path = ROOT / "bench" / "py_bench.py"
-    if not path.exists():
-        notes.append("bench/py_bench.py does not exist yet: the Python client was not measured")
-        return {}
-    spec = importlib.util.spec_from_file_location("py_bench", path)
+    """bench/py_bench.py's run() against this server: the Python client's keys.
+
+    A failure there is noted and yields {}: it must not lose the ring numbers."""
+    spec = importlib.util.spec_from_file_location("py_bench", ROOT / "bench" / "py_bench.py")
     assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
+    py_bench = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(mod)
-    except Exception as e:  # its import failing must not lose the ring numbers
-        notes.append(f"bench/py_bench.py failed to import: {e!r}")
+        spec.loader.exec_module(py_bench)
+        return py_bench.run(tcp_port=server.port, region_path=server.region, quick=quick)
+    except Exception as e:  # noqa: BLE001 - reported in the results' notes
+        notes.append(f"bench/py_bench.py run() failed: {e!r}")
         return {}
-    fn = next((getattr(mod, n) for n in ("run", "run_bench", "bench", "main_bench")
-               if callable(getattr(mod, n, None))), None)
-    if fn is None:
-        notes.append("bench/py_bench.py has no run()/run_bench(): skipped")
-        return {}
-    offer = {
-        "port": server.port, "tcp_port": server.port, "host": "127.0.0.1",
-        "path": server.region, "region": server.region, "region_path": server.region,
-        "unix_socket": server.unix_socket, "unixsocket": server.unix_socket,
-        "socket_path": server.unix_socket, "quick": quick,
-    }
-    params = inspect.signature(fn).parameters
-    kwargs = {k: v for k, v in offer.items() if k in params}
-    try:
-        result = fn(**kwargs)
-    except Exception as e:
-        notes.append(f"bench/py_bench.py {fn.__name__}() failed: {e!r}")
-        return {}
-    if not isinstance(result, dict):
-        notes.append(f"bench/py_bench.py {fn.__name__}() returned {type(result).__name__}")
-        return {}
-    return result
 
 
 # ---------------------------------------------------------------------------
@@ -362,7 +390,7 @@ def first_line(cmd: list[str]) -> str:
         return "unknown"
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(redis_server: str = "redis-server") -> dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -375,7 +403,7 @@ def machine_info() -> dict[str, Any]:
         "cpus": cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "redis_server": first_line(["redis-server", "--version"]),
+        "redis_server": first_line([redis_server, "--version"]),
         "redis_benchmark": first_line(["redis-benchmark", "--version"]),
         "cc": first_line(["cc", "--version"]),
         "git_commit": commit,
@@ -420,6 +448,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['machine']['cpu_model']})",
         "",
         "Produced by `bench/run.py`; see `docs/benchmarks.md` for the method.",
+        "",
+        f"Server: {res.get('server_name', 'n/a')} {res.get('server_version') or 'n/a'} "
+        f"(`{res.get('server_executable', 'n/a')}`).",
         "",
         "| req/s | ring (C bench) | TCP -P 16 | unix -P 16 | TCP -P 1 |",
         "|---|---|---|---|---|",
@@ -484,7 +515,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-python", action="store_true", help="skip bench/py_bench.py")
     p.add_argument("--bench-bin", type=Path, default=ROOT / "build" / "cxl-ring-bench")
     p.add_argument("--module", type=Path, default=ROOT / "build" / "cxl_ring.so")
-    p.add_argument("--redis-server", default="redis-server")
+    p.add_argument("--redis-server", default="redis-server",
+                   help="the server binary to measure: redis-server (default, from PATH), "
+                        "valkey-server, or a path; its name and version are recorded")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="limit for any single load run, seconds (default 120)")
     a = p.parse_args(argv)
@@ -503,6 +536,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"{path} ({what}) does not exist: run `make build` first")
     if not shutil.which("redis-benchmark"):
         raise BenchError("redis-benchmark is not installed (apt-get install redis-tools)")
+    server_executable = shutil.which(a.redis_server)
+    if server_executable is None:
+        raise BenchError(f"{a.redis_server}: no such server binary (give --redis-server PATH)")
 
     pin = not a.no_pin and cpu_count() >= 2
     server_cpu = a.server_cpu if pin else None
@@ -516,7 +552,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": a.quick,
         "repeat": a.repeat,
-        "machine": machine_info(),
+        "machine": machine_info(a.redis_server),
+        "server_executable": server_executable,
         "pinning": {"server_cpu": server_cpu, "client_cpu": client_cpu},
         "value_size": 64,
         "keyspace": 100000,
@@ -532,6 +569,11 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     server = RedisWithRing(a.module, region, cpu=server_cpu, redis_server=a.redis_server)
     with server:
         commands["redis_server"] = shlex.join(server.command)
+        info = server.info("server")
+        res.update(server_identity(info))
+        res["server_info"] = {k: info[k] for k in (
+            "server_name", "redis_version", "valkey_version", "redis_mode", "redis_build_id",
+            "executable", "arch_bits") if k in info}
         tcp = ["-h", "127.0.0.1", "-p", str(server.port)]
         unix = ["-s", server.unix_socket]
         t = a.timeout

@@ -9,13 +9,41 @@ import sys
 from pathlib import Path
 
 import pytest
-from benchutil import MODULE, REPO, RUNNER
+from benchutil import MODULE, REPO, RUNNER, runner
 
 REQUIRED_KEYS = [
     "ring_get_rps", "ring_set_rps", "tcp_p16_get_rps", "tcp_p16_set_rps", "tcp_p1_get_rps",
     "unix_p16_get_rps", "ring_rtt_p50_us", "tcp_rtt_p50_us", "server_idle_cpu_pct",
     "ratio_ring_get_vs_tcp_p16", "ratio_rtt_p50_ring_vs_tcp", "machine", "commands", "targets",
+    "server_name", "server_version", "server_executable",
 ]
+
+VALKEY_INFO = (
+    "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.2\r\n"
+    "redis_mode:standalone\r\n\r\n"
+)
+REDIS_INFO = ("# Server\r\nredis_version:8.0.3\r\nredis_git_sha1:00000000\r\n"
+              "redis_mode:standalone\r\n")
+
+
+def test_server_identity_from_info() -> None:
+    valkey = runner.parse_info(VALKEY_INFO)
+    assert runner.server_identity(valkey) == {"server_name": "valkey", "server_version": "8.0.2"}
+    redis = runner.parse_info(REDIS_INFO)
+    assert runner.server_identity(redis) == {"server_name": "redis", "server_version": "8.0.3"}
+
+
+def test_py_bench_has_the_entry_point_the_runner_calls() -> None:
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("py_bench", REPO / "bench" / "py_bench.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    params = inspect.signature(mod.run).parameters
+    for name in ("tcp_port", "region_path", "quick"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
 
 
 def test_runner_help() -> None:
@@ -31,6 +59,16 @@ def test_runner_without_module_says_what_to_do(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "run `make build` first" in out.stderr
     assert not (tmp_path / "latest.json").exists()
+
+
+def test_runner_with_a_missing_server_binary_says_so(tmp_path: Path) -> None:
+    if not MODULE.exists():
+        pytest.skip(f"{MODULE.relative_to(REPO)} is not built yet (the cxl_ring driver)")
+    missing = str(tmp_path / "no-such-server")
+    out = subprocess.run([sys.executable, str(RUNNER), "--out", str(tmp_path), "--quick",
+                          "--redis-server", missing], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "no such server binary" in out.stderr and missing in out.stderr
 
 
 @pytest.mark.timeout(120)
@@ -53,8 +91,11 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert all(v["result"] in ("PASS", "MISS") for v in doc["targets"].values())
     assert "redis-benchmark" in doc["commands"]["tcp_p16"]
     assert "cxl-ring-bench" in doc["commands"]["ring_pipelined"]
+    assert doc["server_name"] in ("redis", "valkey")
+    assert doc["server_version"] and doc["server_version"][0].isdigit()
     md = (tmp_path / "latest.md").read_text()
     assert "| GET, pipelined |" in md
+    assert f"Server: {doc['server_name']} {doc['server_version']}" in md
     verdict_lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("PASS:", "MISS:"))]
     assert len(verdict_lines) == 3
     assert set(Path("/dev/shm").glob("cxlbench-*")) == regions_before   # region removed
