@@ -255,6 +255,21 @@ def _set_callback(value: Any) -> Any:
     return value if value is None else (value in (b"OK", "OK") or value)
 
 
+def _ttl_ms(value: Any, ms_per_unit: int, name: str) -> int:
+    """ex (seconds) or px (milliseconds): an int, a float or a timedelta -> a TTL in ms that
+    fits the ring's u64 and Redis' signed 64-bit expiry."""
+    if isinstance(value, datetime.timedelta):
+        ms = value.total_seconds() * 1000
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = value * ms_per_unit
+    else:
+        raise DataError(f"{name} must be an int, a float or a datetime.timedelta, "
+                        f"not {type(value).__name__}")
+    if not 1 <= ms < 1 << 62:         # also NaN and infinity
+        raise DataError(f"{name} must be a duration of 1 ms to 2**62 ms, not {value!r}")
+    return int(ms)
+
+
 # ---- Commands shared by the client and the pipeline ------------------------------------------
 
 
@@ -309,12 +324,9 @@ class _Commands:
         if ex is not None and px is not None:
             raise DataError("``ex`` and ``px`` are mutually exclusive")
         if ex is not None:
-            secs = ex.total_seconds() if isinstance(ex, datetime.timedelta) else ex
-            ttl_ms = int(secs * 1000)
+            ttl_ms = _ttl_ms(ex, 1000, "ex")
         elif px is not None:
-            ttl_ms = int(px.total_seconds() * 1000) if isinstance(px, datetime.timedelta) else px
-        if (ex is not None or px is not None) and ttl_ms <= 0:
-            raise DataError("ex/px must be a positive duration")
+            ttl_ms = _ttl_ms(px, 1, "px")
         if nx or xx or keepttl or get:
             argv = [b"SET", key, val]
             if ttl_ms:

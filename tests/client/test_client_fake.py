@@ -73,6 +73,13 @@ def test_set_options(client, fake):
         client.set("t", "1", ex=0)
     with pytest.raises(cxl_ring.DataError):
         client.set("t", True)
+    for bad in ({"ex": "10"}, {"px": 1 << 64}, {"ex": float("inf")}, {"px": float("nan")},
+                {"ex": -1}, {"px": True}, {"ex": 1, "px": 1}):
+        with pytest.raises(cxl_ring.DataError):
+            client.set("t", "1", **bad)
+    assert client.set("t", "1", ex=0.5) is True and client.set("t", "1", px=1.5) is True
+    with pytest.raises(cxl_ring.DataError):
+        client.set("t", "1", px=0.4)                  # rounds to no TTL at all
 
 
 def test_error_reply_raises(client):
