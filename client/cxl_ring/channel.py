@@ -124,12 +124,15 @@ class Session(SessionBase):
         come in request order). Raise ProtocolError if it is not: a response nobody asked
         for must not be taken as the answer to the next request."""
         head = self.u64[self.resp_head_i]                      # C1, pairs with server's P1
-        if head != self.resp_tail:
-            self.broken = True
-            raise ProtocolError(
-                f"channel {self.index}: {(head - self.resp_tail) & U64_MASK} bytes of "
-                f"unsolicited response in the response ring with no request in flight"
-            )
+        if head == self.resp_tail:
+            return
+        self.broken = True
+        used = (head - self.resp_tail) & U64_MASK
+        if used > self.resp_size:
+            raise ProtocolError(f"channel {self.index}: corrupt response ring indexes "
+                                f"(server head {head}, tail {self.resp_tail})")
+        raise ProtocolError(f"channel {self.index}: {used} bytes of unsolicited response in "
+                            f"the response ring with no request in flight")
 
     # -- rings
 

@@ -186,3 +186,24 @@ def test_redis_benchmark(real_proxy):
     assert set(rates) == {"SET", "GET"}, out.stdout
     assert all(float(v) > 0 for v in rates.values())
     assert real_proxy.alive()
+
+
+def test_unsolicited_response_fails_that_command_only(fake):
+    """A response in the proxy's ring while nothing is in flight is refused (the command that
+    would have taken it gets an error and is not sent); the proxy claims again and goes on."""
+    from cxl_ring import protocol as P
+
+    p = Proxy(fake.path)
+    try:
+        r = p.client()
+        assert r.set("k", "v") is True
+        (channel,) = [c for c in range(fake.channels)
+                      if fake.u64[fake.header.server_section(c) // 8] != 0]
+        fake.inject_response(channel, P.encode_response(P.ST_OK, 0, b"forged"))
+        executed = fake.executed
+        with pytest.raises(redis.ResponseError, match="unsolicited"):
+            r.get("k")
+        assert fake.executed == executed
+        assert r.get("k") == b"v" and p.alive()
+    finally:
+        p.stop()
