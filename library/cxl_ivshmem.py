@@ -223,19 +223,6 @@ class Sysfs:
         return found
 
 
-def region_state(sysfs, region, driver, link_dir):
-    address = region["pci_address"]
-    link = os.path.join(link_dir, region["name"])
-    return {
-        "name": region["name"],
-        "pci_address": address,
-        "driver": sysfs.driver_of(address),
-        "driver_override": sysfs.read("bus/pci/devices", address, "driver_override"),
-        "path": link,
-        "target": os.readlink(link) if os.path.islink(link) else None,
-    }
-
-
 def file_access(path):
     """(group name or gid, "0ooo") of path, or (None, None) when it is missing."""
     try:
@@ -320,39 +307,182 @@ def udev_rules(results, driver, link_dir, group, mode):
     return "\n".join(lines) + "\n"
 
 
-def persist(module, files, actions, before, after):
-    """Write each {path: content} that differs; record it in actions and the diff."""
-    for path, content in files.items():
-        if not path:
-            continue
+# ---- observe, desire, plan, apply ------------------------------------------------------
+# Like library/cxl_region.py: the guest as it is, the guest as it should be, the actions
+# between the two (pure functions), then those actions. The binding is planned and applied
+# first: which file maps a region (the uio device or the sysfs BAR2 file) is known only once
+# the device is bound, so the paths and files are planned on the guest as observed after the
+# binding - in check mode, on the guest as it is, which predicts the sysfs BAR2 file.
+
+# The keys of a region's state that the diff shows.
+DIFF_KEYS = ("name", "pci_address", "driver", "driver_override", "path", "target", "access")
+
+
+def observe(sysfs, params):
+    """The guest now: is the driver loaded, and per region its binding, path and map file."""
+    regions = {}
+    for region in params["regions"]:
+        address = region["pci_address"]
+        link = os.path.join(params["link_dir"], region["name"])
+        uio = sysfs.uio_of(address)
+        size = sysfs.bar_size(address, 2)
+        kind, target = choose_map(sysfs, address, uio, size)
+        map_file = sysfs.map_file(kind, address, uio)
+        group, mode = file_access(map_file)
+        regions[region["name"]] = {
+            "name": region["name"],
+            "pci_address": address,
+            "driver": sysfs.driver_of(address),
+            "driver_override": sysfs.read("bus/pci/devices", address, "driver_override"),
+            "path": link,
+            "target": os.readlink(link) if os.path.islink(link) else None,
+            "access": f"{group} {mode}",
+            # How the device, as bound now, maps the region.
+            "map": kind,
+            "map_target": target,
+            "map_file": map_file,
+            "uio": uio,
+            "size_bytes": size,
+        }
+    return {"driver_loaded": sysfs.driver_loaded(params["driver"]), "regions": regions}
+
+
+def read_files(paths):
+    """{path: content, or None when it does not exist} of the module's own files."""
+    contents = {}
+    for path in paths:
         try:
             with open(path) as handle:
-                current = handle.read()
-        except OSError:
-            current = None
-        before["files"][path] = current
-        after["files"][path] = content
-        if current == content:
-            continue
-        actions.append(f"write {path}")
-        if module.check_mode:
-            continue
-        directory = os.path.dirname(path)
-        if directory and not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
+                contents[path] = handle.read()
+        except FileNotFoundError:
+            contents[path] = None
+    return contents
 
 
-def core(module, sysfs):
+def desired_state(params, observed):
+    """The guest as it should be, given OBSERVED (the guest once its devices are bound)."""
+    driver, group = params["driver"], params["group"]
+    mode = "%04o" % int(str(params["mode"]), 8)
+    regions, results = {}, {}
+    for name, now in observed["regions"].items():
+        regions[name] = dict(
+            now,
+            driver=driver,
+            driver_override=driver,
+            target=now["map_target"],
+            access=f"{group} {mode}",
+        )
+        results[name] = {
+            "path": now["path"],
+            "target": now["map_target"],
+            "map": now["map"],
+            "pci_address": now["pci_address"],
+            "uio": now["uio"],
+            "size_bytes": now["size_bytes"],
+            "group": group,
+            "mode": mode,
+        }
+    files = {
+        params["modules_load"]: f"{driver}\n",
+        params["udev_rules"]: udev_rules(results, driver, params["link_dir"], group, mode),
+        params["regions_json"]: json.dumps(results, indent=2, sort_keys=True) + "\n",
+    }
+    return {
+        "driver_loaded": True,
+        "regions": regions,
+        "results": results,
+        "group": group,
+        "mode": mode,
+        "files": {path: content for path, content in files.items() if path},
+    }
+
+
+def plan_binding(before, driver):
+    """Load the driver if needed, then bind every device that is not bound to it."""
+    actions = [] if before["driver_loaded"] else [("modprobe", driver)]
+    for name, now in before["regions"].items():
+        if now["driver"] != driver or now["driver_override"] != driver:
+            actions.append(("bind", name, now["pci_address"], driver))
+    return actions
+
+
+def plan_publish(observed, desired, files_now):
+    """The paths, the map files' group and mode, and the module's files, from OBSERVED
+    (the bound guest) to DESIRED."""
+    actions = []
+    for name, want in desired["regions"].items():
+        now = observed["regions"][name]
+        if now["target"] != want["target"]:
+            actions.append(("link", now["path"], want["target"]))
+        if now["access"] != want["access"]:
+            actions.append(("access", name, want["map_file"], desired["group"], desired["mode"]))
+    for path, content in desired["files"].items():
+        if files_now.get(path) != content:
+            actions.append(("write", path, content))
+    return actions
+
+
+def describe(action):
+    """An action as the module reports it."""
+    kind = action[0]
+    if kind == "modprobe":
+        return f"modprobe {action[1]}"
+    if kind == "bind":
+        return f"bind {action[2]} to {action[3]}"
+    if kind == "link":
+        return f"link {action[1]} -> {action[2]}"
+    if kind == "access":
+        return f"chgrp {action[3]} and chmod {action[4]} {action[2]}"
+    return f"write {action[1]}"
+
+
+def apply(module, sysfs, actions, gid):
+    for action in actions:
+        kind = action[0]
+        if kind == "modprobe":
+            sysfs.load_driver(action[1])
+        elif kind == "bind":
+            _, name, address, driver = action
+            sysfs.bind(address, driver)
+            if sysfs.driver_of(address) != driver:
+                module.fail_json(
+                    msg=f"region {name}: {address} did not bind to {driver} "
+                    f"(driver now: {sysfs.driver_of(address)}); see dmesg"
+                )
+        elif kind == "link":
+            _, link, target = action
+            os.makedirs(os.path.dirname(link), 0o755, exist_ok=True)
+            tmp = link + ".tmp"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(target, tmp)
+            os.rename(tmp, link)
+        elif kind == "access":
+            _, name, map_file, _, mode = action
+            try:
+                os.chown(map_file, -1, gid)
+                os.chmod(map_file, int(mode, 8))
+            except OSError as exc:
+                module.fail_json(
+                    msg=f"region {name}: cannot set the group and mode of {map_file}: {exc}"
+                )
+        elif kind == "write":
+            _, path, content = action
+            directory = os.path.dirname(path)
+            if directory:
+                os.makedirs(directory, 0o755, exist_ok=True)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as handle:
+                handle.write(content)
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, path)
+
+
+def validate(module, sysfs):
+    """Fail before any change: a bad mode or group, a device missing or of the wrong size.
+    Returns the group's gid."""
     params = module.params
-    driver = params["driver"]
-    link_dir = params["link_dir"]
-    mode = parse_mode(module, params["mode"])
-    mode_text = "%04o" % mode
+    parse_mode(module, params["mode"])
     try:
         gid = grp.getgrnam(params["group"]).gr_gid
     except KeyError:
@@ -377,85 +507,40 @@ def core(module, sysfs):
                 "restart the VM so that QEMU maps the resized region"
                 % (region["name"], address, size, region["size_bytes"])
             )
+    return gid
 
-    before = {r["name"]: region_state(sysfs, r, driver, link_dir) for r in params["regions"]}
-    actions = []
-    if not sysfs.driver_loaded(driver):
-        actions.append(f"modprobe {driver}")
-        if not module.check_mode:
-            sysfs.load_driver(driver)
-    results = {}
-    for region in params["regions"]:
-        name, address = region["name"], region["pci_address"]
-        if before[name]["driver"] != driver or before[name]["driver_override"] != driver:
-            actions.append(f"bind {address} to {driver}")
-            if not module.check_mode:
-                sysfs.bind(address, driver)
-                if sysfs.driver_of(address) != driver:
-                    module.fail_json(
-                        msg=f"region {name}: {address} did not bind to {driver} "
-                        f"(driver now: {sysfs.driver_of(address)}); see dmesg"
-                    )
-        uio = sysfs.uio_of(address)
-        bar2 = sysfs.bar_size(address, 2)
-        kind, target = choose_map(sysfs, address, uio, bar2)
-        link = os.path.join(link_dir, name)
-        if before[name]["target"] != target:
-            actions.append(f"link {link} -> {target}")
-            if not module.check_mode:
-                if not os.path.isdir(link_dir):
-                    os.makedirs(link_dir, 0o755)
-                tmp = link + ".tmp"
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-                os.symlink(target, tmp)
-                os.rename(tmp, link)
-        map_file = sysfs.map_file(kind, address, uio)
-        group_now, mode_now = file_access(map_file)
-        before[name]["access"] = f"{group_now} {mode_now}"
-        if (group_now, mode_now) != (params["group"], mode_text):
-            actions.append(f"chgrp {params['group']} and chmod {mode_text} {map_file}")
-            if not module.check_mode:
-                try:
-                    os.chown(map_file, -1, gid)
-                    os.chmod(map_file, mode)
-                except OSError as exc:
-                    module.fail_json(msg=f"region {name}: cannot set the group and mode of "
-                                     f"{map_file}: {exc}")
-        results[name] = {
-            "path": link,
-            "target": target,
-            "map": kind,
-            "pci_address": address,
-            "uio": uio,
-            "size_bytes": bar2,
-            "group": params["group"],
-            "mode": mode_text,
-        }
-    after = {}
-    for name, result in results.items():
-        state = dict(before[name])
-        state.update({"driver": driver, "driver_override": driver, "target": result["target"],
-                      "access": f"{params['group']} {mode_text}"})
-        after[name] = state
-    before["files"], after["files"] = {}, {}
-    persist(
-        module,
-        {
-            params["modules_load"]: f"{driver}\n",
-            params["udev_rules"]: udev_rules(results, driver, link_dir, params["group"], mode_text),
-            params["regions_json"]: json.dumps(results, indent=2, sort_keys=True) + "\n",
-        },
-        actions,
-        before,
-        after,
-    )
+
+def diff_view(state, files):
+    view = {name: {k: region[k] for k in DIFF_KEYS} for name, region in state["regions"].items()}
+    view["files"] = files
+    return view
+
+
+def core(module, sysfs):
+    params = module.params
+    gid = validate(module, sysfs)
+    before = observe(sysfs, params)
+    binding = plan_binding(before, params["driver"])
+    if binding and not module.check_mode:
+        apply(module, sysfs, binding, gid)
+        bound = observe(sysfs, params)
+    else:
+        bound = before
+    desired = desired_state(params, bound)
+    files_before = read_files(desired["files"])
+    publish = plan_publish(bound, desired, files_before)
+    if publish and not module.check_mode:
+        apply(module, sysfs, publish, gid)
+    actions = binding + publish
     return {
         "changed": bool(actions),
-        "actions": actions,
-        "regions": results,
-        "ansible_facts": {"cxl_regions": results},
-        "diff": {"before": before, "after": after},
+        "actions": [describe(action) for action in actions],
+        "regions": desired["results"],
+        "ansible_facts": {"cxl_regions": desired["results"]},
+        "diff": {
+            "before": diff_view(before, files_before),
+            "after": diff_view(desired, desired["files"]),
+        },
     }
 
 
@@ -483,7 +568,11 @@ ARGUMENT_SPEC = dict(
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    module.exit_json(**core(module, Sysfs(module.params["sys_root"], module)))
+    try:
+        result = core(module, Sysfs(module.params["sys_root"], module))
+    except OSError as exc:
+        module.fail_json(msg="cxl_ivshmem: " + " ".join(str(exc).split()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

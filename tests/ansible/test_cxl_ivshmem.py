@@ -216,3 +216,58 @@ def test_unknown_group_says_create_it(module, monkeypatch, run_module, tmp_path)
                       extra={"group": "no-such-cxl-group"})
     assert how == "fail" and "no-such-cxl-group does not exist" in result["msg"]
     assert kernel.binds == 0
+
+
+# ---- the plan alone: pure functions of the observed and the desired state ----------------
+
+PARAMS = {
+    "regions": [{"name": "cxl0", "pci_address": ADDRESS, "size_bytes": BAR2}],
+    "driver": "uio_pci_generic",
+    "link_dir": "/dev/cxl",
+    "group": "cxl",
+    "mode": "0660",
+    "udev_rules": "",
+    "modules_load": "/etc/modules-load.d/cxl-lab.conf",
+    "regions_json": "",
+}
+SYSFS_BAR2 = f"/sys/bus/pci/devices/{ADDRESS}/resource2"
+
+
+def observed(driver=None, target=None, access="root 0600", loaded=False):
+    return {
+        "driver_loaded": loaded,
+        "regions": {
+            "cxl0": {
+                "name": "cxl0", "pci_address": ADDRESS, "driver": driver,
+                "driver_override": driver, "path": "/dev/cxl/cxl0", "target": target,
+                "access": access, "map": "resource2", "map_target": SYSFS_BAR2,
+                "map_file": SYSFS_BAR2, "uio": "uio0" if driver else None, "size_bytes": BAR2,
+            }
+        },
+    }
+
+
+def test_plan_binds_an_unbound_guest(module):
+    assert module.plan_binding(observed(), "uio_pci_generic") == [
+        ("modprobe", "uio_pci_generic"),
+        ("bind", "cxl0", ADDRESS, "uio_pci_generic"),
+    ]
+
+
+def test_plan_publishes_path_access_and_files(module):
+    now = observed(driver="uio_pci_generic", loaded=True)
+    desired = module.desired_state(PARAMS, now)
+    actions = module.plan_publish(now, desired, {})
+    assert [module.describe(a) for a in actions] == [
+        f"link /dev/cxl/cxl0 -> {SYSFS_BAR2}",
+        f"chgrp cxl and chmod 0660 {SYSFS_BAR2}",
+        "write /etc/modules-load.d/cxl-lab.conf",
+    ]
+
+
+def test_plan_of_a_converged_guest_is_empty(module):
+    now = observed(driver="uio_pci_generic", target=SYSFS_BAR2, access="cxl 0660", loaded=True)
+    desired = module.desired_state(PARAMS, now)
+    files = {"/etc/modules-load.d/cxl-lab.conf": "uio_pci_generic\n"}
+    assert module.plan_binding(now, "uio_pci_generic") == []
+    assert module.plan_publish(now, desired, files) == []
