@@ -140,15 +140,19 @@ def core(module):
     return {"changed": False, "lab": lab}
 
 
+ARGUMENT_SPEC = dict(
+    description=dict(type="dict", required=True),
+    topology=dict(type="dict"),
+)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            description=dict(type="dict", required=True),
-            topology=dict(type="dict"),
-        ),
-        supports_check_mode=True,
-    )
-    module.exit_json(**core(module))
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = core(module)
+    except OSError as exc:
+        module.fail_json(msg="cxl_lab_description: " + " ".join(str(exc).split()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -70,15 +70,19 @@ def core(module):
     return {"changed": False, "ansible_facts": {"cxl_numa": topology}}
 
 
+ARGUMENT_SPEC = dict(
+    sys_root=dict(type="path", default="/sys"),
+    proc_root=dict(type="path", default="/proc"),
+)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            sys_root=dict(type="path", default="/sys"),
-            proc_root=dict(type="path", default="/proc"),
-        ),
-        supports_check_mode=True,
-    )
-    module.exit_json(**core(module))
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = core(module)
+    except OSError as exc:
+        module.fail_json(msg="cxl_numa_facts: " + " ".join(str(exc).split()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -290,23 +290,30 @@ def core(module):
     }
 
 
+ARGUMENT_SPEC = dict(
+    path=dict(type="path", required=True),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    size_mib=dict(type="int"),
+    owner=dict(type="str", default="libvirt-qemu"),
+    group=dict(type="str", default="kvm"),
+    mode=dict(type="str", default="0600"),
+    numa_node=dict(type="int"),
+    policy=dict(type="str", choices=["bind", "preferred", "interleave"], default="bind"),
+    prealloc=dict(type="bool", default=False),
+)
+
+
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-            size_mib=dict(type="int"),
-            owner=dict(type="str", default="libvirt-qemu"),
-            group=dict(type="str", default="kvm"),
-            mode=dict(type="str", default="0600"),
-            numa_node=dict(type="int"),
-            policy=dict(type="str", choices=["bind", "preferred", "interleave"], default="bind"),
-            prealloc=dict(type="bool", default=False),
-        ),
+        argument_spec=ARGUMENT_SPEC,
         required_if=[("state", "present", ["size_mib"])],
         supports_check_mode=True,
     )
-    module.exit_json(**core(module))
+    try:
+        result = core(module)
+    except OSError as exc:
+        module.fail_json(msg="cxl_region: " + " ".join(str(exc).split()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

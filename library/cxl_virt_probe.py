@@ -137,17 +137,21 @@ def core(module, prober=probe_kvm):
     return {"changed": False, "virt_type": "qemu", "reason": reason}
 
 
+ARGUMENT_SPEC = dict(
+    virt_type=dict(type="str", choices=["auto", "kvm", "qemu"], default="auto"),
+    kernel=dict(type="path"),
+    qemu=dict(type="str", default="qemu-system-x86_64"),
+    timeout=dict(type="int", default=60),
+)
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            virt_type=dict(type="str", choices=["auto", "kvm", "qemu"], default="auto"),
-            kernel=dict(type="path"),
-            qemu=dict(type="str", default="qemu-system-x86_64"),
-            timeout=dict(type="int", default=60),
-        ),
-        supports_check_mode=True,
-    )
-    module.exit_json(**core(module))
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        result = core(module)
+    except OSError as exc:
+        module.fail_json(msg="cxl_virt_probe: " + " ".join(str(exc).split()))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":
