@@ -226,6 +226,10 @@ struct drv_server {
     uint64_t wakeups;
     int      wake_pending;              /* a one-shot to the event loop is queued */
     uint64_t last_wake_ns;
+    /* Queueing a one-shot and OnUnload's "none is queued, no more will be" are one step
+     * each under this mutex: no callback can be queued behind an unload's back. */
+    pthread_mutex_t wake_mutex;
+    int      wakes_closed;              /* under wake_mutex: OnUnload is unloading */
 
     /* CXLRING.RESET requests, handed to the poll thread */
     pthread_mutex_t reset_mutex;

@@ -448,13 +448,19 @@ int RedisModule_OnUnload(RedisModuleCtx *ctx)
 {
     struct drv_server *s = &g_srv;
 
+    /* Under wake_mutex: the poll thread cannot queue a callback between this check and
+     * the stop below (it runs outside the GIL). */
+    pthread_mutex_lock(&s->wake_mutex);
     if (__atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE)) {
+        pthread_mutex_unlock(&s->wake_mutex);
         /* A one-shot callback into this module is queued: unloading now would leave
          * the event loop a dangling pointer. It runs within one loop iteration. */
         RedisModule_Log(ctx, "warning", DRV_NAME ": an event-loop callback is pending; "
                         "retry MODULE UNLOAD");
         return REDISMODULE_ERR;
     }
+    s->wakes_closed = 1;
+    pthread_mutex_unlock(&s->wake_mutex);
     server_stop(s);
     drv_chans_free(s);
     RedisModule_Free(s->v2);

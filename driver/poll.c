@@ -97,11 +97,18 @@ static void maybe_wake(struct drv_server *s, int *unflushed, uint64_t now_ns)
     if (!*unflushed || __atomic_load_n(&s->wake_pending, __ATOMIC_ACQUIRE) ||
         now_ns - s->last_wake_ns < WAKE_MIN_NS)
         return;
+    pthread_mutex_lock(&s->wake_mutex);
+    if (s->wakes_closed) {
+        pthread_mutex_unlock(&s->wake_mutex);
+        return;
+    }
     __atomic_store_n(&s->wake_pending, 1, __ATOMIC_RELEASE);
     if (RedisModule_EventLoopAddOneShot(on_wake, s) != REDISMODULE_OK) {
         __atomic_store_n(&s->wake_pending, 0, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&s->wake_mutex);
         return;
     }
+    pthread_mutex_unlock(&s->wake_mutex);
     s->last_wake_ns = now_ns;
     __atomic_add_fetch(&s->wakeups, 1, __ATOMIC_RELAXED);
     *unflushed = 0;
@@ -274,6 +281,8 @@ int drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size
     s->exec.max_value = s->cfg.layout == 3 ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
     pthread_mutex_init(&s->reset_mutex, NULL);
     pthread_mutex_init(&s->hb_mutex, NULL);
+    pthread_mutex_init(&s->wake_mutex, NULL);
+    s->wakes_closed = 0;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->hb_cond, &ca);
