@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("info", "region header, channels, server epoch and liveness")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-wait", action="store_true",
-                   help="do not watch the heartbeat for liveness (instant)")
+                   help="do not watch the heartbeat for liveness (instant; else up to "
+                        "server_dead_after, usually one heartbeat interval)")
     p = cmd("get", "GET a key (prints the value, or (nil))")
     p.add_argument("key")
     p = cmd("set", "SET a key")
@@ -179,8 +180,9 @@ def _info(path: str, map_size: int | None, watch: bool) -> dict[str, Any]:
         epoch, hb, state, pid = region.liveness()
         alive = None
         if watch and state == P.SERVER_RUNNING:
-            deadline = time.monotonic() + min(h.server_dead_after, 2 * h.heartbeat_interval_ms
-                                              / 1000 + 0.05)
+            # "Not moving" means what it means to a client (section 7): still after
+            # server_dead_after. A live server answers within one heartbeat interval.
+            deadline = time.monotonic() + h.server_dead_after
             alive = False
             while time.monotonic() < deadline:
                 if region.liveness()[1] != hb:
