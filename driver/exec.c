@@ -179,7 +179,9 @@ void drv_exec_del(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
  *                      MULTI/EXEC/WATCH, (P|S)SUBSCRIBE, MONITOR, WAIT, CLIENT,
  *                      CONFIG, DEBUG, SHUTDOWN, SAVE, REPLICAOF, FAILOVER, ACL,
  *                      MODULE, EVAL/FCALL, BLPOP and kin... (what Redis refuses
- *                      in scripts, for the same reason)
+ *                      in scripts, for the same reason; the server's own flags
+ *                      decide: Valkey lets scripts run WAIT, which then answers
+ *                      at once)
  *   DENIED             what the flags cannot say (below)
  *
  * Blocking commands without noscript (BLMPOP, XREAD BLOCK, ...) run: on a
@@ -381,7 +383,7 @@ static int refusal(uint8_t v, const char *key, uint32_t keylen, char *out, size_
         why = "it is a module command that blocks its caller (flag blocking)";
         break;
     case VERDICT_UNCHECKED:
-        why = "its flags could not be read from COMMAND INFO";
+        why = "its flags could not be checked (COMMAND INFO failed or the name is too long)";
         break;
     default:
         why = (size_t)(v - VERDICT_DENIED) < sizeof(DENIED) / sizeof(DENIED[0])
