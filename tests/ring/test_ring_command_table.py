@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import pytest
 import redis
+import ringharness
 from rawpeer import ST_OK, ST_TOO_LARGE, Region
 from ringharness import MODULE, MODULE_ASAN
-
-import ringharness
 
 pytestmark = pytest.mark.timeout(300)    # a hang bound only; the run takes a few seconds
 
@@ -281,5 +280,19 @@ def test_refusal_text_is_one_safe_line(ring_servers):
         assert payload.count(b"\r\n") == 1, payload
         status, payload = run.cmd([b"CLIENT", b"x" * 80])         # too long to be checked
         assert status == ST_OK and REFUSED in payload and payload.count(b"\r\n") == 1, payload
+    finally:
+        run.close()
+
+
+def test_without_command_info_every_cmd_is_refused(ring_servers):
+    """COMMAND renamed away: the flags cannot be read, so CMD fails closed (GET/SET still work)."""
+    srv = ring_servers.server(GEOMETRY, conf=["--rename-command", "COMMAND", ""])
+    run = Checked(srv)
+    try:
+        for argv in ([b"GET", b"k"], [b"CXLRING.RESET", b"1"], [b"CLIENT", b"LIST"]):
+            status, payload = run.cmd(argv)
+            assert status == ST_OK and REFUSED in payload and b"checked" in payload, payload
+        assert run.ch.set(b"k", b"v") == (ST_OK, b"")
+        assert run.ch.get(b"k") == (ST_OK, b"v")
     finally:
         run.close()
