@@ -165,7 +165,7 @@ class RedisWithRing:
             args += ["channels", str(self.channels)]
         return args + self.extra_args
 
-    def start(self, timeout: float = 15.0) -> RedisWithRing:
+    def start(self, timeout: float = 30.0) -> RedisWithRing:
         if not self.module.exists():
             raise BenchError(f"{self.module} does not exist: run `make build` first")
         self.port = free_tcp_port()

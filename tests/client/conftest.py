@@ -65,7 +65,7 @@ class RealServer:
             argv += [k, str(v)]
         return argv
 
-    def start(self, timeout: float = 10.0) -> RealServer:
+    def start(self, timeout: float = 30.0) -> RealServer:
         self.proc = subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -78,7 +78,7 @@ class RealServer:
         self.stop()
         raise RuntimeError(f"cxl_ring region never became RUNNING: {self.log_tail()}")
 
-    def restart(self, timeout: float = 10.0) -> RealServer:
+    def restart(self, timeout: float = 30.0) -> RealServer:
         """kill -9, then a new redis-server on the same region (the driver reuses it)."""
         self.kill()
         self.port = free_port()

@@ -27,7 +27,7 @@ class Proxy:
             [sys.executable, "-m", "cxl_ring.cli", "proxy", "--path", region,
              "--listen", f"127.0.0.1:{self.port}"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
