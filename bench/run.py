@@ -571,9 +571,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         commands["redis_server"] = shlex.join(server.command)
         info = server.info("server")
         res.update(server_identity(info))
+        # (not INFO's "executable": Redis makes it from its cwd and a relative argv[0])
         res["server_info"] = {k: info[k] for k in (
             "server_name", "redis_version", "valkey_version", "redis_mode", "redis_build_id",
-            "executable", "arch_bits") if k in info}
+            "arch_bits") if k in info}
         tcp = ["-h", "127.0.0.1", "-p", str(server.port)]
         unix = ["-s", server.unix_socket]
         t = a.timeout
