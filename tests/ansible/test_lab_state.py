@@ -1,0 +1,73 @@
+"""state: absent for real: site.yml --tags regions on a lab of its own (labrun.py).
+
+The lab is the default one renamed, with a second region no VM maps. Marking that
+region absent removes its file and nothing else, a second run changes nothing, and
+marking absent a region that a present VM still maps is refused before any change,
+with the fix. The resolved description (lab.json) follows each run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from labrun import make_lab, recap, run, write_lab
+
+LAB_NAME = "cxltest-state"
+FILES = {name: Path(f"/dev/shm/{LAB_NAME}-{name}") for name in ("cxl0", "cxl1")}
+
+
+@pytest.fixture
+def lab(tmp_path):
+    variables = make_lab(tmp_path, LAB_NAME, 2932)
+    regions = variables["cxl_lab"]["regions"]
+    regions[0]["size_mib"] = 4
+    regions.append(dict(regions[0], name="cxl1"))
+    write_lab(tmp_path, variables)
+    yield tmp_path, variables
+    for path in FILES.values():
+        path.unlink(missing_ok=True)
+
+
+def regions_run(workdir):
+    return run(workdir, "site.yml", "--tags", "regions")
+
+
+def resolved(workdir) -> dict:
+    return json.loads((workdir / "controller" / "lab.json").read_text())
+
+
+def test_absent_region_is_removed_and_the_rest_stays(lab):
+    workdir, variables = lab
+    first = regions_run(workdir)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert all(path.stat().st_size == 4 << 20 for path in FILES.values())
+
+    variables["cxl_lab"]["regions"][1]["state"] = "absent"
+    write_lab(workdir, variables)
+    second = regions_run(workdir)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert not FILES["cxl1"].exists()
+    assert FILES["cxl0"].stat().st_size == 4 << 20
+    lab_json = resolved(workdir)
+    assert [r["name"] for r in lab_json["regions"]] == ["cxl0"]
+    assert [r["name"] for r in lab_json["absent_regions"]] == ["cxl1"]
+
+    third = regions_run(workdir)
+    assert third.returncode == 0, third.stdout[-4000:]
+    assert recap(third.stdout)["changed"] == 0, third.stdout[-4000:]
+
+
+def test_absent_region_still_mapped_is_refused_before_any_change(lab):
+    workdir, variables = lab
+    assert regions_run(workdir).returncode == 0
+    variables["cxl_lab"]["regions"][0]["state"] = "absent"
+    write_lab(workdir, variables)
+    refused = regions_run(workdir)
+    assert refused.returncode != 0
+    vm = variables["cxl_lab"]["vms"][0]["name"]
+    assert f"vm {vm} maps region cxl0, which has state: absent" in refused.stdout
+    assert f"remove cxl0 from {vm}'s regions" in refused.stdout
+    assert FILES["cxl0"].exists()
