@@ -7,7 +7,8 @@
  *   poll.c       the poll thread (GIL batches, back-off) and the heartbeat thread
  *   channel.c    layout v3: sessions, framing, responses, quarantine
  *   compat_v2.c  layout v2: the PoC's slot rings
- *   exec.c       GET/SET/DEL fast paths and CMD through RedisModule_Call
+ *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
+ *                check of the command's flags (what cannot run from the ring)
  *
  * Threads. The Redis main thread runs OnLoad, the commands and the shutdown
  * event. The poll thread owns every private channel field below and is the
