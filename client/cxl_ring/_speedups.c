@@ -37,6 +37,10 @@
 #define FLAG_TTL 1
 #define ST_PROTOCOL_ERROR 7
 #define SPIN_NS 10000 /* like the Python spin: ~10 us, then _wait_one yields and sleeps */
+/* What channel.py expects of this core; bumped whenever its behaviour changes, so that a
+ * stale build (pip install -e . is not rerun by every checkout) is not used. 2: refuses a
+ * response waiting before the request (unsolicited). */
+#define CORE_VERSION 2
 
 typedef struct {
     PyObject_HEAD
@@ -377,6 +381,10 @@ PyMODINIT_FUNC PyInit__speedups(void)
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)
         return NULL;
+    if (PyModule_AddIntConstant(m, "CORE_VERSION", CORE_VERSION) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&SessionCoreType);
     if (PyModule_AddObject(m, "SessionCore", (PyObject *)&SessionCoreType) < 0) {
         Py_DECREF(&SessionCoreType);

@@ -45,8 +45,9 @@ validates everything again. Measured on a shared 2-vCPU VM, server and client pi
 2.5 us before, 1.35 us after, redis-py over TCP ~19 us (docs/benchmarks-python.md).
 
 The optional C core (_speedups.c, FastSession) does the same steps in C, ~0.55 us p50. It is
-never required: without a compiler, or with CXL_RING_PURE=1 in the environment, sessions are
-pure-Python ``Session`` objects (``SPEEDUPS`` tells which). Both paths share one copy of the
+never required: without a compiler, with CXL_RING_PURE=1 in the environment, or when the built
+extension is stale (its CORE_VERSION is not this module's), sessions are pure-Python
+``Session`` objects (``SPEEDUPS`` tells which). Both paths share one copy of the
 ring indexes and hand every unusual case to the same Python code, and
 tests/client/test_roundtrip_paths.py runs its tests with both.
 
@@ -70,10 +71,15 @@ from .exceptions import (
 from .region import Region
 from .session import SessionBase, SessionLost, claim_channel
 
+CORE_VERSION = 2          # the _speedups.c behaviour this module expects (its CORE_VERSION)
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
         raise ImportError("CXL_RING_PURE is set")
-    from ._speedups import SessionCore as _SessionCore
+    from . import _speedups
+
+    if getattr(_speedups, "CORE_VERSION", 0) != CORE_VERSION:
+        raise ImportError("stale _speedups build: rebuild with pip install -e .")
+    _SessionCore = _speedups.SessionCore
 except ImportError:
     _SessionCore = None
 SPEEDUPS = _SessionCore is not None
