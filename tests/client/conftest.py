@@ -171,7 +171,8 @@ def impl(request, monkeypatch):
     """Make new sessions pure-Python or C-backed for the duration of one test."""
     if request.param == "c":
         if not channel.SPEEDUPS:
-            pytest.skip("cxl_ring._speedups not in use (not built, or CXL_RING_PURE is set)")
+            pytest.skip("cxl_ring._speedups not in use (not built, stale: pip install -e ., "
+                        "or CXL_RING_PURE is set)")
         monkeypatch.setattr(channel, "SessionType", channel.FastSession)
     else:
         monkeypatch.setattr(channel, "SessionType", channel.Session)
