@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(120)
 
 MAX_VALUE = 1 << 20
 GEOMETRY = {"channels": 6, "req_ring": "2m", "resp_ring": "2m", "max_value": "1m",
-            "client_lease_ms": 300}
+            "client_lease_ms": 1000}   # a reclaim takes a second; heartbeats every 125 ms
 OUT_CAP = 64 << 10                       # driver.h DRV_OUT_CAP
 MAX_MSG = MAX_VALUE + (64 << 10)         # max_value + CXL_MSG_SLACK
 VALUE = bytes(range(256)) * 3600         # 900 KiB: two fill the 2 MiB ring, the third parks
