@@ -16,14 +16,16 @@
 # The bookworm redis-server (7.0) needs no preparing: it is what `make build` builds for.
 #
 # It writes DEST/include/redismodule.h (the server's own header: Redis 8.0's, or Valkey's
-# redismodule.h, which maps the RedisModule_* API onto valkeymodule.h) and DEST/server.env
+# redismodule.h, which maps the RedisModule_* API onto valkeymodule.h), DEST/bin/ (links
+# redis-server, redis-cli, redis-benchmark to the server's binaries) and DEST/server.env
 # (shell syntax) with CXL_TEST_SERVER (the server binary), CXL_TEST_SERVER_VERSION,
 # CXL_TEST_HEADER, CXL_TEST_HEADER_SOURCE (the tarball it came from) and CXL_TEST_NO_ASAN
 # (why the ASan build cannot be loaded into this server; empty: it can), for `make
 # test-servers` and tests/ring.
 #
 # Exit status 3: the server is not available on this system (not Debian 12, or the archive
-# lacks it); the reason is printed in one line and the caller skips that server.
+# index lacks it); the reason is printed in one line and the caller skips that server. Any
+# other failure (a download, the build) is exit status 1.
 set -euo pipefail
 name=${1:?usage: prepare-server.sh NAME DEST}
 dest=${2:?usage: prepare-server.sh NAME DEST}
@@ -62,6 +64,15 @@ fetch_orig() {
 # Copy a header into DEST/include only when it differs: the module is rebuilt when it changes.
 install_header() { cmp -s "$1" "$dest/include/$(basename "$1")" || cp "$1" "$dest/include/"; }
 
+# DEST/bin/redis-server, redis-cli, redis-benchmark: links to the server's binaries under the
+# names the lab's roles deploy (Valkey answers to them as it does to its own).
+install_bins() {
+    mkdir -p "$dest/bin"
+    ln -sfn "$1" "$dest/bin/redis-server"
+    ln -sfn "$2" "$dest/bin/redis-cli"
+    ln -sfn "$3" "$dest/bin/redis-benchmark"
+}
+
 # upstream version of a Debian version: 5:8.0.2-3+deb13u3 -> 8.0.2, 8.1.1+dfsg1-3 -> 8.1.1
 upstream() { sed -e 's/^[0-9]*://' -e 's/-[^-]*$//' -e 's/+.*//' <<<"$1"; }
 
@@ -85,8 +96,10 @@ write_env() {  # server binary, version, header, the tarball the header came fro
 case "$name" in
 redis8)
     "$here/install-server-sources.sh" >/dev/null
-    flags_hash=$( (echo "$REDIS8_MAKE_ARGS"; cc --version | head -n1) | sha256sum | cut -c1-12)
-    # The cache is keyed by the version apt offers and the build flags.
+    # The cache is keyed by the version apt offers, the build flags and compiler, and the
+    # layout of a cache entry (bump cache_layout when what is kept there changes).
+    cache_layout=2
+    flags_hash=$( (echo "$cache_layout $REDIS8_MAKE_ARGS"; cc --version | head -n1) | sha256sum | cut -c1-12)
     ver=$(apt-cache showsrc redis 2>/dev/null | awk '/^Version:/ {print $2}' \
           | grep -E '^([0-9]+:)?8\.' | sort -V | tail -n1 || true)
     [ -n "$ver" ] || unavailable "no Redis 8 source package in the apt index (trixie deb-src)"
@@ -94,9 +107,9 @@ redis8)
     tree=$cache/redis-$ver-$flags_hash
     exec 9>"$cache/.redis-$ver.lock"
     flock 9
-    if [ ! -x "$tree/bin/redis-server" ]; then
+    if [ ! -f "$tree/BUILD" ]; then
         tarball=$(fetch_orig redis trixie)
-        [ -n "$tarball" ] || unavailable "apt-get source redis/trixie gave no orig tarball"
+        [ -n "$tarball" ] || { say "apt-get source redis/trixie gave no orig tarball"; exit 1; }
         say "building Redis $ver ($REDIS8_MAKE_ARGS, -j$JOBS) into $tree, once"
         tar xf "$tarball" -C "$work"
         srcdir=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name 'redis-*' | head -n1)
@@ -104,13 +117,15 @@ redis8)
         make -C "$srcdir" -j"$JOBS" $REDIS8_MAKE_ARGS >"$work/build.log" 2>&1 || {
             tail -n 40 "$work/build.log" >&2; say "build failed"; exit 1; }
         rm -rf "$tree.tmp" && mkdir -p "$tree.tmp/bin" "$tree.tmp/include"
-        cp "$srcdir/src/redis-server" "$srcdir/src/redis-cli" "$tree.tmp/bin/"
+        cp "$srcdir/src/redis-server" "$srcdir/src/redis-cli" "$srcdir/src/redis-benchmark" \
+            "$tree.tmp/bin/"
         cp "$srcdir/src/redismodule.h" "$tree.tmp/include/"
         printf 'source %s\nmake %s\ncc %s\n' "$(basename "$tarball")" "$REDIS8_MAKE_ARGS" \
             "$(cc --version | head -n1)" >"$tree.tmp/BUILD"
         rm -rf "$tree" && mv "$tree.tmp" "$tree"
     fi
     install_header "$tree/include/redismodule.h"
+    install_bins "$tree/bin/redis-server" "$tree/bin/redis-cli" "$tree/bin/redis-benchmark"
     write_env "$tree/bin/redis-server" "$ver" "$tree/include/redismodule.h" \
         "$(awk '/^source/ {print $2}' "$tree/BUILD")"
     ;;
@@ -137,7 +152,7 @@ valkey)
         # module API is looked up by name at load time, so a newer header only adds entries.
         tarball=$(fetch_orig valkey bookworm-backports)
         [ -n "$tarball" ] || tarball=$(fetch_orig valkey trixie)
-        [ -n "$tarball" ] || unavailable "apt-get source valkey gave no orig tarball"
+        [ -n "$tarball" ] || { say "apt-get source valkey gave no orig tarball"; exit 1; }
         member_dir=$(tar taf "$tarball" | awk -F/ '/\/src\/valkeymodule\.h$/ && !f {print $1; f=1}')
         tar xaf "$tarball" -C "$work" "$member_dir/src/valkeymodule.h" "$member_dir/src/redismodule.h"
         rm -rf "$hdr_dir.tmp" && mkdir -p "$hdr_dir.tmp"
@@ -147,6 +162,7 @@ valkey)
     fi
     install_header "$hdr_dir/valkeymodule.h"
     install_header "$hdr_dir/redismodule.h"
+    install_bins "$bin" "$(command -v valkey-cli)" "$(command -v valkey-benchmark)"
     write_env "$bin" "$ver" "$hdr_dir/redismodule.h" "$(cat "$hdr_dir/SOURCE")"
     ;;
 *)
