@@ -9,11 +9,13 @@ nothing.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from labrun import make_lab, recap, run
+from labrun import RUN_BOUND, make_lab, recap, run
 
 LAB_NAME = "cxltest-teardown"
 REGION_FILE = Path(f"/dev/shm/{LAB_NAME}-cxl0")
@@ -51,3 +53,38 @@ def test_teardown_removes_the_lab_then_changes_nothing(test_lab):
     second = run(workdir, "playbooks/teardown.yml")
     assert second.returncode == 0, second.stdout[-4000:]
     assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64'>hvm</type></os>
+</domain>
+"""
+
+
+def virsh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", "qemu:///system", *args], capture_output=True,
+                          text=True, timeout=RUN_BOUND)
+
+
+def test_teardown_undefines_a_domain_of_the_lab(test_lab):
+    """roles/lab_vms/tasks/destroy.yml asks libvirt itself which domains exist."""
+    if shutil.which("virsh") is None:
+        pytest.skip("libvirt is not installed (requirements/apt-lab.txt)")
+    workdir, lab = test_lab
+    started = run(workdir, "playbooks/teardown.yml")  # starts libvirt's daemons when down
+    assert started.returncode == 0, started.stdout[-4000:]
+    name = lab["vms"][1]["name"]
+    xml = workdir / "domain.xml"
+    xml.write_text(DOMAIN_XML.format(name=name))
+    defined = virsh("define", str(xml))
+    try:
+        assert defined.returncode == 0, defined.stderr
+        removed = run(workdir, "playbooks/teardown.yml")
+        assert removed.returncode == 0, removed.stdout[-4000:]
+        assert recap(removed.stdout)["changed"] > 0
+        assert name not in virsh("list", "--all", "--name").stdout.split()
+    finally:
+        virsh("undefine", name)
