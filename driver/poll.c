@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include "driver.h"
+#include "compat.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -177,6 +178,12 @@ static void *poll_main(void *arg)
         if (ready) {
             if (gil_lock(s) < 0)
                 break;
+            if (drv_compat_must_wait(s->exec.ctx)) {
+                /* The server cannot take this batch from this thread now (compat.c). */
+                RedisModule_ThreadSafeContextUnlock(s->exec.ctx);
+                sleep_ns(500000ull);
+                continue;
+            }
             drv_exec_begin_batch(&s->exec);
             done = s->cfg.layout == 3
                  ? drv_v3_process(s, s->cfg.batch, now + DRV_BATCH_NS)
@@ -279,6 +286,7 @@ int drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size
         goto fail_ctx;
     }
     s->exec.max_value = s->cfg.layout == 3 ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
+    drv_compat_init(ctx);
     pthread_mutex_init(&s->reset_mutex, NULL);
     pthread_mutex_init(&s->hb_mutex, NULL);
     pthread_mutex_init(&s->wake_mutex, NULL);
