@@ -55,7 +55,14 @@ install -m 0755 /dev/stdin "$root/usr/local/sbin/cxl-lab-seed" <<'SEED'
 # small equivalent of cloud-init: apply the NoCloud seed's lab/ files (hostname,
 # root's authorized_keys, the SSH host key, systemd-networkd units).
 set -eu
-dev=$(blkid -L cidata || true)
+# The seed's CD-ROM may show up late on a slow boot (TCG on a loaded host): look for it
+# until it does; the bound (600 s) only stops a boot that really has no seed.
+dev=""
+tries=0
+while [ -z "$dev" ] && [ "$tries" -lt 600 ]; do
+    dev=$(blkid -L cidata || true)
+    [ -n "$dev" ] || { tries=$((tries + 1)); sleep 1; }
+done
 [ -n "$dev" ] || { echo "cxl-lab-seed: no cidata seed, nothing to apply"; exit 0; }
 mnt=$(mktemp -d)
 mount -o ro "$dev" "$mnt"
@@ -89,7 +96,9 @@ Wants=network-pre.target
 
 [Service]
 Type=oneshot
-ExecStartPre=/bin/udevadm settle --timeout=30
+# Settling helps the seed's device appear; on a slow boot it may not finish in time,
+# which must not skip the seed (the script waits for the device itself): "-".
+ExecStartPre=-/bin/udevadm settle --timeout=120
 ExecStart=/usr/local/sbin/cxl-lab-seed
 RemainAfterExit=yes
 
