@@ -4,6 +4,7 @@
 #   make test    install what is missing, build, then every test (pytest, the driver
 #                against Redis 8 and Valkey too, Molecule)
 #   make bench   the benchmarks (ring vs TCP, same machine, same run)
+#   make test-servers  tests/ring against Redis 8.0 and Valkey 8 too (docs/servers.md)
 #
 # Every target installs its own dependencies idempotently: Debian/Ubuntu packages
 # from requirements/apt-*.txt (sudo when not root) and a virtualenv in .venv from
