@@ -4,8 +4,8 @@
 #
 # usage: scripts/fetch-redis-source.sh DEST
 #
-# Default: the distribution's own source package (`apt-get source redis`, the
-#          version the lab's redis-server runs; deb-src is enabled by
+# Default: the distribution's own source package (`apt-get source redis=<version of the
+#          installed redis-server>`, the version the lab's redis-server runs; deb-src is enabled by
 #          scripts/install-system-deps.sh).
 # REDIS_TARBALL=/path/redis-X.Y.Z.tar.gz, or REDIS_URL=... with REDIS_SHA256=...:
 #          a release tarball instead (labs with internet, upstream 7.x/8.x).
@@ -23,12 +23,20 @@ if [ -n "${REDIS_URL:-}" ]; then
     REDIS_TARBALL=$work/redis.tar.gz
 fi
 if [ -z "${REDIS_TARBALL:-}" ]; then
-    (cd "$work" && apt-get source -qq --download-only redis >/dev/null 2>&1) || {
-        echo "fetch-redis-source: 'apt-get source redis' failed; enable deb-src (make deps does)" \
-             "or set REDIS_TARBALL / REDIS_URL+REDIS_SHA256" >&2
+    # The source of the redis-server this system runs, by version: other suites' deb-src
+    # lines (make test-servers adds trixie's) must not change what the driver is built against.
+    spec=redis
+    ver=$(dpkg-query -W -f='${source:Version}' redis-server 2>/dev/null || true)
+    [ -n "$ver" ] && spec="redis=$ver"
+    # Only the orig tarball is needed: a failure to fetch the .dsc or the Debian patches alone
+    # is not fatal.
+    (cd "$work" && apt-get source -qq --download-only "$spec" >/dev/null 2>&1) || true
+    REDIS_TARBALL=$(ls "$work"/redis_*.orig.tar.gz 2>/dev/null | head -n1)
+    if [ -z "$REDIS_TARBALL" ]; then
+        echo "fetch-redis-source: 'apt-get source $spec' found no orig tarball; enable deb-src" \
+             "(make deps does) or set REDIS_TARBALL / REDIS_URL+REDIS_SHA256" >&2
         exit 1
-    }
-    REDIS_TARBALL=$(ls "$work"/redis_*.orig.tar.gz | head -n1)
+    fi
 fi
 member=$(tar tzf "$REDIS_TARBALL" | awk '/\/src\/redismodule\.h$/ && !f {print; f=1}')
 tar xzf "$REDIS_TARBALL" -C "$work" "$member"
