@@ -3,9 +3,10 @@ PUBLISH through CMD, with a client subscribed; and CMD while a client is in MONI
 
 Redis 7.x and Valkey 8 deliver those messages from the driver's poll thread (it holds the
 GIL). Redis 8 aborts when anything but its main thread hands a message to a connected
-client (redis/redis#14823), so there the driver serves nothing while a client is subscribed
-and says so in its log; the requests are answered once no client is (driver/compat.c,
-docs/servers.md). Every check waits for an event (a log line, a message), never for time.
+client (redis/redis#14823; MONITOR: redis/redis#14152, after 8.0.2), so there the driver
+serves nothing while a client is subscribed or in MONITOR and says so in its log; the
+requests are answered once no client is (driver/compat.c, docs/servers.md). Every check
+waits for an event (a log line, a message), never for time.
 """
 
 from __future__ import annotations
@@ -113,12 +114,20 @@ def test_publish_through_cmd_reaches_a_subscriber(ring_servers, peer):
 
 def test_cmd_while_a_client_monitors(ring_servers, peer):
     srv = ring_servers.server(SMALL)
-    if redis8(srv):
-        pytest.xfail("Redis 8.0.2 aborts when a module thread runs a command while a client "
-                     "is in MONITOR (redis/redis#14152, fixed after 8.0.2); INFO does not "
-                     "count MONITOR clients, so the driver cannot wait for them")
     ch = peer(srv)
-    with srv.client().monitor() as monitor:
-        assert ch.cmd(b"INCR", b"n") == (ST_OK, b":1\r\n")
-        seen = monitor.next_command()
-        assert "INCR" in seen["command"].upper() and srv.alive()
+    client = srv.client()
+    if not redis8(srv):
+        with client.monitor() as monitor:
+            assert ch.cmd(b"INCR", b"n") == (ST_OK, b":1\r\n")
+            seen = monitor.next_command()
+            assert "INCR" in seen["command"].upper() and srv.alive()
+        return
+    # Redis 8: the CMD waits while the client is in MONITOR, then runs.
+    with client.monitor():
+        rid = ch.send(OP_CMD, [b"INCR", b"n"])
+        wait_for(lambda: WAITING in srv.log_text(), 10, "the driver's log line")
+        assert srv.alive()
+    client.connection_pool.disconnect()                # the MONITOR connection goes
+    status, got, payload = ch.recv(timeout=30)
+    assert (status, got, payload) == (ST_OK, rid, b":1\r\n")
+    assert srv.alive()
