@@ -35,7 +35,14 @@ $(VENV)/.installed: pyproject.toml $(filter-out requirements/apt-%,$(wildcard re
 	$(PY) -m pip install -q -e . $(addprefix -r ,$(filter-out requirements/apt-%,$(wildcard requirements/*.txt)))
 	@touch $@
 
-venv: system-deps $(VENV)/.installed
+# The client's optional C core, rebuilt in place whenever its source changes (pip's editable
+# install builds it only once); channel.py refuses a core whose CORE_VERSION is stale.
+SPEEDUPS    := client/cxl_ring/.speedups-built
+$(SPEEDUPS): client/cxl_ring/_speedups.c setup.py $(VENV)/.installed
+	$(PY) setup.py -q build_ext --inplace
+	@touch $@
+
+venv: system-deps $(VENV)/.installed $(SPEEDUPS)
 
 deps: system-deps venv
 
