@@ -15,6 +15,12 @@
  *   P1  store_release(resp_head)      pairs with the client's C1 (load_acquire resp_head)
  *   S1' load_acquire(claim_token)     pairs with the client's S1 (seq-cst CAS)
  *   S2  store_release(ack_token)      pairs with the client's S3 (load_acquire ack_token)
+ *
+ * Sessions cannot leak into each other (protocol doc 3.1 and 4.3): a request
+ * executes only when its id carries this session's generation, and the
+ * response ring is zeroed before a new session is acknowledged. req_tail is
+ * stored (C2) before any response to the requests below it is published (P1),
+ * so a client that has its responses may zero its request bytes (Z1).
  */
 #include "driver.h"
 
@@ -59,6 +65,11 @@ int drv_chans_init(struct drv_server *s)
         ch->state = CXL_CHAN_FREE;
         ch->token = 0;
         ch->dead_token = cxl_load_relaxed64(&ch->kserver->dead_token);
+        /* Our own field, kept across restarts: a writer of a session retired by the last
+         * run cannot carry a generation this run hands out (until 2^32 sessions). */
+        ch->gen = cxl_load_relaxed32(&ch->kserver->session_gen);
+        /* Whatever a previous run left in our response rings goes now. */
+        cxl_ring_scrub(&ch->resp, 0, ch->resp.size);
         ch->out = RedisModule_Alloc(DRV_OUT_CAP);
     }
     return 0;
@@ -106,6 +117,18 @@ static void set_state(struct drv_chan *ch, uint32_t state)
     cxl_store_release32(&ch->kserver->chan_state, state);
 }
 
+/*
+ * Zero the response bytes written since the last scrub (section 3.1): called
+ * when a session ends and before one starts, so a new owner never reads an
+ * earlier session's responses. Our own section; S2 of the next accept
+ * publishes the zeros.
+ */
+static void scrub_responses(struct drv_chan *ch)
+{
+    cxl_ring_scrub(&ch->resp, ch->resp_scrubbed, ch->resp_head - ch->resp_scrubbed);
+    ch->resp_scrubbed = ch->resp_head;
+}
+
 /* Retire the current session (lease expired, CXLRING.RESET): its owner must claim again. */
 static void retire(struct drv_chan *ch)
 {
@@ -117,6 +140,7 @@ static void retire(struct drv_chan *ch)
     ch->token = 0;
     cxl_store_release64(&ch->kserver->ack_token, 0);
     drop_staged(ch);
+    scrub_responses(ch);
     ch->broken = 0;
     set_state(ch, CXL_CHAN_FREE);
 }
@@ -128,10 +152,18 @@ static void accept_session(struct drv_chan *ch, uint64_t token, uint64_t now_ns)
     uint64_t req_head = cxl_load_acquire64(&ch->kclient->req_head);
     uint64_t resp_tail = cxl_load_acquire64(&ch->kclient->resp_tail);
 
+    scrub_responses(ch);                /* a quarantined session claimed again ends here */
     ch->req_tail = req_head;
+    ch->req_tail_published = req_head;
     ch->req_head_seen = req_head;
     ch->resp_head = resp_tail;
     ch->resp_tail_seen = resp_tail;
+    ch->resp_scrubbed = resp_tail;
+    /* A new generation for the new session; 0 means "none" and is skipped. Stored
+     * before S2, which publishes it with the indexes. */
+    if (++ch->gen == 0)
+        ch->gen = 1;
+    cxl_store_relaxed32(&ch->kserver->session_gen, ch->gen);
     cxl_store_release64(&ch->kserver->req_tail, req_head);
     cxl_store_release64(&ch->kserver->resp_head, resp_tail);
     drop_staged(ch);
@@ -158,6 +190,7 @@ static void session_check(struct drv_chan *ch, uint64_t now_ns)
     if (claim == 0) {                   /* released */
         ch->token = 0;
         drop_staged(ch);
+        scrub_responses(ch);
         cxl_store_release64(&ch->kserver->ack_token, 0);
         set_state(ch, CXL_CHAN_FREE);
         STAT_INC(&ch->stats, releases);
@@ -193,9 +226,24 @@ static int resp_room(struct drv_chan *ch, uint64_t need)
     return ch->resp.size - (ch->resp_head - tail) >= need;
 }
 
+/*
+ * C2 before any P1: the requests answered so far are released before their
+ * responses are published, so a client holding a response may zero the
+ * request's bytes (its Z1 load of req_tail sees at least this store).
+ */
+static void req_tail_publish(struct drv_chan *ch)
+{
+    if (ch->req_tail != ch->req_tail_published) {
+        /* C2: we are done with these bytes; pairs with the client's P0 and Z1. */
+        cxl_store_release64(ch->req.shm_tail, ch->req_tail);
+        ch->req_tail_published = ch->req_tail;
+    }
+}
+
 /* Copy whole messages to the ring at resp_head and publish them (P1). */
 static void resp_publish(struct drv_chan *ch, const void *bytes, uint32_t n)
 {
+    req_tail_publish(ch);
     cxl_ring_copy_in(&ch->resp, ch->resp_head, bytes, n);
     ch->resp_head += n;
     /* P1: the message bytes above are visible before the new head; pairs with C1. */
@@ -299,6 +347,8 @@ static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uin
     /* Large (a big GET value, a CMD reply): keep the order, skip the staging copy. */
     if (drain(ch) && resp_room(ch, padded)) {
         uint64_t pos = ch->resp_head;
+
+        req_tail_publish(ch);
 
         cxl_ring_copy_in(&ch->resp, pos, &hdr, sizeof(hdr));
         if (n1)
@@ -428,16 +478,31 @@ static void refill(struct drv_server *s, struct drv_chan *ch, uint64_t used, uin
     *avail = (uint32_t)n;
 }
 
+/* Step past one message of padded bytes: in the private copy and in the stream. */
+static void consume(struct drv_chan *ch, uint64_t padded, uint32_t *off, uint32_t *avail)
+{
+    STAT_INC(&ch->stats, requests);
+    STAT_ADD(&ch->stats, bytes_in, padded);
+    if (padded <= *avail) {
+        *off += (uint32_t)padded;
+        *avail -= (uint32_t)padded;
+    } else {
+        *off = *avail = 0;              /* skipped a message we did not copy */
+    }
+    ch->req_tail += padded;
+}
+
 /* Consume up to budget requests of one channel. Returns how many. */
 static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t budget)
 {
     const struct cxl_geometry *g = &s->geo;
     struct v3_sink sink = { .ch = ch, .max_msg = g->max_msg_size };
     struct cxl_msg_hdr hdr;
-    uint64_t head, used, padded, tail0 = ch->req_tail, refilled_at = UINT64_MAX;
+    uint64_t head, used, padded, refilled_at = UINT64_MAX;
     uint32_t done = 0, off = 0, avail = 0;
     const char *bad = NULL;
-    char why[160];
+    static const char big[] = "request is larger than max_msg_size";
+    char why[160], stale[128];
     int st, frame;
 
     /* C1 pairs with the client's P1: every request below head is completely written
@@ -474,38 +539,43 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
             refilled_at = ch->req_tail;
             continue;                   /* parse the fresh copy from the start */
         }
+        if (cxl_id_gen(hdr.id) != ch->gen) {
+            /*
+             * Not this session's request (protocol doc 4.3): a writer whose session was
+             * retired. Never executed, never answered; the stream was shared with another
+             * writer, so nothing after it is trusted either: quarantine.
+             */
+            snprintf(stale, sizeof(stale), "request of an earlier session (generation %u, "
+                     "this session is %u); nothing after it was executed",
+                     cxl_id_gen(hdr.id), ch->gen);
+            STAT_INC(&ch->stats, stale_requests);
+            bad = stale;
+            break;
+        }
         sink.id = hdr.id;
         if (frame == CXL_FRAME_SKIP) {
-            static const char big[] = "request is larger than max_msg_size";
+            consume(ch, padded, &off, &avail);
+            done++;
             note_violation(ch, CXL_ST_TOO_LARGE);
             v3_reply(&sink, CXL_ST_TOO_LARGE, big, sizeof(big) - 1, NULL, 0);
-        } else {
-            st = cxl_req_decode(s->msg + off, hdr.len, g->max_value_size, &s->req,
-                                why, sizeof(why));
-            if (st == CXL_ST_OK && drv_exec_must_wait(&s->exec, s->req.op))
-                break;                  /* not consumed: served after the pause */
-            if (st == CXL_ST_OK) {
-                drv_exec_request(&s->exec, &s->req, v3_reply, &sink);
-            } else {
-                note_violation(ch, st);
-                v3_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
-            }
+            continue;
         }
-        STAT_INC(&ch->stats, requests);
-        STAT_ADD(&ch->stats, bytes_in, padded);
-        if (padded <= avail) {
-            off += (uint32_t)padded;
-            avail -= (uint32_t)padded;
-        } else {
-            off = avail = 0;            /* skipped a message we did not copy */
-        }
-        ch->req_tail += padded;
+        st = cxl_req_decode(s->msg + off, hdr.len, g->max_value_size, &s->req,
+                            why, sizeof(why));
+        if (st == CXL_ST_OK && drv_exec_must_wait(&s->exec, s->req.op))
+            break;                      /* not consumed: served after the pause */
+        /* Consumed before it runs: the decoded request points into our private copy, and
+         * a response published while it runs must find req_tail past it (C2 before P1). */
+        consume(ch, padded, &off, &avail);
         done++;
+        if (st == CXL_ST_OK) {
+            drv_exec_request(&s->exec, &s->req, v3_reply, &sink);
+        } else {
+            note_violation(ch, st);
+            v3_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
+        }
     }
-    if (ch->req_tail != tail0) {
-        /* C2: we are done with these bytes; pairs with the client's P0. */
-        cxl_store_release64(ch->req.shm_tail, ch->req_tail);
-    }
+    req_tail_publish(ch);
     if (bad) {
         quarantine(ch, bad);            /* after the answers to what came before */
         return done;

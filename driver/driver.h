@@ -73,6 +73,7 @@ struct drv_stats {
     uint64_t bad_request;
     uint64_t unknown_op;
     uint64_t protocol_errors;           /* quarantines (v3), corrupt indexes (v2) */
+    uint64_t stale_requests;            /* requests of an earlier session, never executed */
     uint64_t sessions;
     uint64_t releases;
     uint64_t reclaims;
@@ -161,10 +162,13 @@ struct drv_chan {
     uint32_t state;                     /* enum cxl_chan_state, mirrors kserver->chan_state */
     uint64_t token;                     /* mirrors kserver->ack_token */
     uint64_t dead_token;                /* mirrors kserver->dead_token */
+    uint32_t gen;                       /* mirrors kserver->session_gen: the ids' high half */
     uint64_t req_tail;                  /* our consumer index */
+    uint64_t req_tail_published;        /* req_tail as last stored (C2) */
     uint64_t req_head_seen;             /* last producer index seen: must not go back */
     uint64_t resp_head;                 /* our producer index */
     uint64_t resp_tail_seen;            /* last consumer index seen */
+    uint64_t resp_scrubbed;             /* response bytes below this are zero (section 3.1) */
     uint64_t hb_seen;
     uint64_t hb_changed_ns;
     int      ready;                     /* scan found requests */

@@ -3,7 +3,7 @@
  * or a /dev/shm file), as a module loaded into a stock redis-server.
  *
  * A client maps the same region and talks to this module through per-channel
- * request and response rings (docs/ring-protocol.md, layout version 3; or the
+ * request and response rings (docs/ring-protocol.md, layout version 4; or the
  * proof of concept's layout v2 with `layout v2`). Requests run against the
  * real keyspace: what a ring client sets, redis-cli sees; writes reach the
  * AOF and replicas; maxmemory is respected.
@@ -213,7 +213,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
              STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
              STAT_GET(st, protocol_errors);
-    RedisModule_ReplyWithMap(ctx, 22);
+    RedisModule_ReplyWithMap(ctx, 23);
     reply_u64(ctx, "channel", c);
     reply_str(ctx, "state", state);
     reply_str(ctx, "token", tok);
@@ -227,6 +227,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     reply_u64(ctx, "bad_request", STAT_GET(st, bad_request));
     reply_u64(ctx, "unknown_op", STAT_GET(st, unknown_op));
     reply_u64(ctx, "protocol_errors", STAT_GET(st, protocol_errors));
+    reply_u64(ctx, "stale_requests", STAT_GET(st, stale_requests));
     reply_u64(ctx, "last_error", last_error);
     reply_u64(ctx, "sessions", STAT_GET(st, sessions));
     reply_u64(ctx, "releases", STAT_GET(st, releases));

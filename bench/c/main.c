@@ -487,7 +487,7 @@ static void run_phase(struct worker *w, int phase, int op, uint64_t target, int 
                             (const char *)r.text);
                 goto out;
             }
-            if (r.has_id && r.id != expect) {
+            if (r.has_id && r.id != (expect & CXL_ID_SEQ_MASK)) {
                 worker_fail(w, CXL_E_CORRUPT, inflight, "response id %" PRIu64 " where %"
                             PRIu64 " was expected (responses out of order)", r.id, expect);
                 goto out;

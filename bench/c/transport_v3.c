@@ -6,6 +6,7 @@
  */
 #include "bench.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +88,9 @@ static int v3_push(struct bench_conn *c, int op, uint64_t id, const uint8_t *key
     uint32_t argl[2] = { key_len, val_len };
     uint32_t len;
 
+    /* The id carries the session's generation (section 4.3); the bench counts in the
+     * low half, which a run of under 2^32 requests per thread never wraps. */
+    id = cxl_session_id(&c->session, (uint32_t)id);
     if (op == OP_GET)
         len = cxl_req_encode(c->scratch, CXL_OP_GET, 0, id, 0, 1, argv, argl);
     else
@@ -106,7 +110,12 @@ static int v3_pop(struct bench_conn *c, struct bench_reply *r)
 
     if (rc)
         return rc;
-    r->id = resp.id;
+    if (resp.status != CXL_ST_PROTOCOL_ERROR && cxl_id_gen(resp.id) != c->session.gen) {
+        snprintf(c->session.err, sizeof(c->session.err), "response id %#" PRIx64 " does not "
+                 "carry this session's generation %u", resp.id, c->session.gen);
+        return CXL_E_CORRUPT;
+    }
+    r->id = resp.id & CXL_ID_SEQ_MASK;  /* main.c compares the low half */
     r->has_id = 1;
     r->status = resp.status;
     r->value_len = resp.payload_len;

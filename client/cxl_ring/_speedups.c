@@ -3,7 +3,8 @@
  *
  * Never required: channel.py uses it only when it imports (and CXL_RING_PURE is unset), and
  * the pure-Python Session is the reference. SessionCore is a base class of channel.FastSession;
- * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen),
+ * it holds the session's private ring indexes (req_head, resp_tail, next_id, req_tail_seen,
+ * req_scrubbed),
  * the epoch it was acknowledged under and the broken flag as members, so the Python methods
  * (transact, _read, _wait_one, ...) and these C methods share one copy of the state.
  *
@@ -11,7 +12,9 @@
  * sections 3 and 4): pack the request straight into the request ring when it does not wrap
  * and fits, publish req_head (release), spin a bounded time for resp_head (acquire), copy the
  * response header once into locals, validate it, copy the payload once, store resp_tail
- * (release). Anything else - a session or server problem, a response already waiting before
+ * (release), then zero the request's bytes (the server stored req_tail before the response:
+ * docs/ring-protocol.md 3.1). Request ids carry the session generation in their high half
+ * (next_id is set by Python at the ack, section 4.3). Anything else - a session or server problem, a response already waiting before
  * the request (unsolicited), a wrap, a full ring, an argument
  * that is not exactly bytes, a response that is not the single whole expected message, a wait
  * longer than the spin - is handed to the pure-Python code (_pure_get/_pure_set before
@@ -39,13 +42,16 @@
 #define SPIN_NS 10000 /* like the Python spin: ~10 us, then _wait_one yields and sleeps */
 /* What channel.py expects of this core; bumped whenever its behaviour changes, so that a
  * stale build (pip install -e . is not rerun by every checkout) is not used. 2: refuses a
- * response waiting before the request (unsolicited). */
-#define CORE_VERSION 2
+ * response waiting before the request (unsolicited). 3: layout 4, ids carry the session
+ * generation, request bytes are zeroed once answered. */
+#define CORE_VERSION 3
+/* channel.py's session.SEQ_RENEW: past it Python claims again before the ids' low half wraps */
+#define SEQ_RENEW 0xF0000000ull
 
 typedef struct {
     PyObject_HEAD
     /* shared state the Python side reads and writes too (members) */
-    unsigned long long req_head, resp_tail, next_id, req_tail_seen, epoch;
+    unsigned long long req_head, resp_tail, next_id, req_tail_seen, req_scrubbed, epoch;
     char broken;
     /* the mapping and the geometry, set by _bind */
     Py_buffer view;
@@ -167,6 +173,7 @@ static inline int session_ready(SessionCore *self)
     return self->bound && !self->broken && load_acquire(self->ack) == self->token &&
            __atomic_load_n(self->server_state, __ATOMIC_ACQUIRE) == SERVER_RUNNING &&
            __atomic_load_n(self->server_epoch, __ATOMIC_ACQUIRE) == self->epoch &&
+           (self->next_id & 0xffffffffull) < SEQ_RENEW &&
            load_acquire(self->resp_head_p) == self->resp_tail;
 }
 
@@ -183,6 +190,24 @@ static unsigned char *put_header(unsigned char *p, uint32_t n, int op, int flags
     p[7] = (unsigned char)(argc >> 8);
     put_u64(p + 8, id);
     return p + 16;
+}
+
+/* With every response in, zero the request bytes since the last scrub (Session._scrub_idle). */
+static void scrub_idle(SessionCore *self)
+{
+    uint64_t n = self->req_head - self->req_scrubbed;
+    uint64_t off = self->req_scrubbed & (self->req_size - 1), first = self->req_size - off;
+
+    if (n >= self->req_size) {
+        memset(self->req_data, 0, self->req_size);
+    } else if (n) {
+        if (first > n)
+            first = n;
+        memset(self->req_data + off, 0, first);
+        if (n > first)
+            memset(self->req_data, 0, n - first);
+    }
+    self->req_scrubbed = self->req_head;
 }
 
 static PyObject *wait_in_python(SessionCore *self, uint64_t rid, PyObject *timeout)
@@ -243,6 +268,7 @@ static PyObject *complete(SessionCore *self, uint64_t step, uint64_t rid, PyObje
         return NULL;   /* nothing consumed: the session stays usable */
     self->resp_tail = head;
     store_release(self->resp_tail_p, head);                       /* C2 */
+    scrub_idle(self);
     PyObject *st = PyLong_FromLong((long)status);
     if (st == NULL) {
         Py_DECREF(payload);
@@ -343,6 +369,8 @@ static PyMemberDef core_members[] = {
     {"req_head", T_ULONGLONG, offsetof(SessionCore, req_head), 0, "request producer index"},
     {"resp_tail", T_ULONGLONG, offsetof(SessionCore, resp_tail), 0, "response consumer index"},
     {"next_id", T_ULONGLONG, offsetof(SessionCore, next_id), 0, "id of the next request"},
+    {"req_scrubbed", T_ULONGLONG, offsetof(SessionCore, req_scrubbed), 0,
+     "request bytes below this are zero"},
     {"req_tail_seen", T_ULONGLONG, offsetof(SessionCore, req_tail_seen), 0,
      "the server's req_tail at the last look"},
     {"epoch", T_ULONGLONG, offsetof(SessionCore, epoch), 0,

@@ -69,9 +69,9 @@ from .exceptions import (
     UnknownOutcomeError,
 )
 from .region import Region
-from .session import SessionBase, SessionLost, claim_channel
+from .session import SEQ_RENEW, SessionBase, SessionLost, claim_channel
 
-CORE_VERSION = 2          # the _speedups.c behaviour this module expects (its CORE_VERSION)
+CORE_VERSION = 3          # the _speedups.c behaviour this module expects (its CORE_VERSION)
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
         raise ImportError("CXL_RING_PURE is set")
@@ -96,6 +96,7 @@ _SERVER_STATE_I32 = P.OFF_SERVER_STATE // 4
 _SERVER_EPOCH_I = P.OFF_SERVER_EPOCH // 8
 _RUNNING = P.SERVER_RUNNING
 _ST_PROTOCOL_ERROR = P.ST_PROTOCOL_ERROR
+_SEQ_MASK = P.ID_SEQ_MASK
 
 
 class Session(SessionBase):
@@ -117,6 +118,28 @@ class Session(SessionBase):
         self.resp_data = region.buf[base : base + self.resp_size]
         self.max_msg = header.max_msg_size
         self.max_value = header.max_value_size
+        self._zeros = memoryview(bytes(self.req_size))
+
+    def _scrub_idle(self) -> None:
+        """Zero the request bytes the server has released (section 3.1), with nothing in flight.
+
+        Called once every response is in: the server stores req_tail (C2) before it publishes
+        the response to any request below it, so req_tail == req_head now, and the next owner
+        of the channel finds no request of ours in the ring."""
+        start = self.req_scrubbed
+        n = (self.req_head - start) & U64_MASK
+        if n == 0:
+            return
+        size = self.req_size
+        if n >= size:
+            self.req_data[:] = self._zeros
+        else:
+            off = start & self.req_mask
+            first = min(n, size - off)
+            self.req_data[off : off + first] = self._zeros[:first]
+            if n > first:
+                self.req_data[: n - first] = self._zeros[: n - first]
+        self.req_scrubbed = self.req_head
 
     def release_views(self) -> None:
         """Forget the shared memory without touching it (the claim was never ours)."""
@@ -292,6 +315,7 @@ class Session(SessionBase):
                     f"no response for {timeout:g} s on channel {self.index} "
                     f"({sent - len(out)} request(s) in flight, outcome unknown)"
                 )
+        self._scrub_idle()
         return out
 
     # -- one request, one response: the unpipelined fast path
@@ -309,7 +333,7 @@ class Session(SessionBase):
         """GET ``key``: (status, payload), or None when the fast path does not apply."""
         u64 = self.u64
         if (self.broken or u64[self.ack_i] != self.token
-                or u64[_SERVER_EPOCH_I] != self.epoch):
+                or u64[_SERVER_EPOCH_I] != self.epoch or (self.next_id & _SEQ_MASK) >= SEQ_RENEW):
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
@@ -334,7 +358,7 @@ class Session(SessionBase):
         """SET ``key`` ``value`` [ttl_ms]: (status, payload), or None (fast path not applicable)."""
         u64 = self.u64
         if (self.broken or u64[self.ack_i] != self.token
-                or u64[_SERVER_EPOCH_I] != self.epoch):
+                or u64[_SERVER_EPOCH_I] != self.epoch or (self.next_id & _SEQ_MASK) >= SEQ_RENEW):
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != _RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")
@@ -391,6 +415,7 @@ class Session(SessionBase):
                     raise ProtocolError(
                         f"channel {self.index}: response id {resp_id}, expected {rid}"
                     )
+                self._scrub_idle()
                 return status, payload
         r = self._wait_one(rid, timeout)
         return r.status, r.payload
@@ -408,6 +433,7 @@ class Session(SessionBase):
                     raise ProtocolError(
                         f"channel {self.index}: response id {r.id}, expected {req_id}"
                     )
+                self._scrub_idle()
                 return r
             now = time.monotonic()
             waited = backoff.wait(now)
@@ -426,7 +452,8 @@ if _SessionCore is not None:
     class FastSession(_SessionCore, Session):
         """A Session whose get() and set() run in C (_speedups.c), the rest in Python.
 
-        The C base holds req_head, resp_tail, next_id, req_tail_seen, epoch and broken, so both
+        The C base holds req_head, resp_tail, next_id, req_tail_seen, req_scrubbed, epoch and
+        broken, so both
         share one copy of them. Whatever the C fast path does not handle it passes to the
         Python methods below (_pure_get, _pure_set, _wait_one), which behave as in Session.
         """

@@ -1,4 +1,4 @@
-"""The cxl_ring wire format, layout version 3 (docs/ring-protocol.md), without any I/O.
+"""The cxl_ring wire format, layout version 4 (docs/ring-protocol.md), without any I/O.
 
 Constants, ``struct.Struct`` objects named after what they encode, the region header
 parser/validator and the message encoders/decoders. The client, the proxy, the CLI, the
@@ -24,7 +24,7 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #
 # Header section (all little-endian):
 #    0  8  magic "CXLDSMR\0"          64  4  req_ring_size           128  8  server_epoch
-#    8  4  version (3)                68  4  resp_ring_size          136  8  server_heartbeat
+#    8  4  version (4)                68  4  resp_ring_size          136  8  server_heartbeat
 #   12  4  header_size (4096)         72  4  max_msg_size            144  4  server_state
 #   16  4  feature_flags              76  4  max_value_size          148  4  server_pid
 #   20  4  channel_count              80  4  heartbeat_interval_ms
@@ -39,12 +39,13 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #    8  8  client_heartbeat                        8  8  dead_token
 #   16  4  client_pid                             16  4  chan_state
 #   64  8  req_head   (request producer)          20  4  last_error
-#  128  8  resp_tail  (response consumer)         64  8  req_tail   (request consumer)
-# 4096     request ring data                     128  8  resp_head  (response producer)
+#  128  8  resp_tail  (response consumer)         24  4  session_gen (ids' high half)
+# 4096     request ring data                      64  8  req_tail   (request consumer)
+#                                                128  8  resp_head  (response producer)
 #                                               4096     response ring data
 
 MAGIC = b"CXLDSMR\0"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 PAGE_SIZE = 4096
 HEADER_SIZE = 4096
 CONTROL_SIZE = 4096
@@ -79,6 +80,7 @@ OFF_ACK_TOKEN = 0
 OFF_DEAD_TOKEN = 8
 OFF_CHAN_STATE = 16
 OFF_LAST_ERROR = 20
+OFF_SESSION_GEN = 24
 OFF_REQ_TAIL = 64
 OFF_RESP_HEAD = 128
 # Server control page fields 0..23 in one copy (ack_token, dead_token, chan_state, last_error).
@@ -226,6 +228,22 @@ def format_header(
 # Request payload: [u64 ttl_ms if FLAG_TTL] then argc x (u32 length, bytes), nothing else.
 
 MSG_HEADER = struct.Struct("<IBBHQ")
+
+# A request id binds the request to its session (section 4.3): the high 32 bits are the
+# session_gen the server published at the ack, the low 32 bits the client's sequence number.
+# The server never executes a request whose generation is not the current session's.
+ID_GEN_SHIFT = 32
+ID_SEQ_MASK = 0xFFFFFFFF
+
+
+def make_id(gen: int, seq: int) -> int:
+    """The id of request number ``seq`` (mod 2**32) of the session with generation ``gen``."""
+    return ((gen & 0xFFFFFFFF) << ID_GEN_SHIFT) | (seq & ID_SEQ_MASK)
+
+
+def id_gen(req_id: int) -> int:
+    """The session generation an id carries."""
+    return (req_id >> ID_GEN_SHIFT) & 0xFFFFFFFF
 # A request header directly followed by its first argument's length (GET's whole prefix).
 MSG_HEADER_ARG_LEN = struct.Struct("<IBBHQI")
 ARG_LEN = struct.Struct("<I")

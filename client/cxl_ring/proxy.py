@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import struct
 import time
 from typing import Callable
 
@@ -47,6 +48,7 @@ OUTBOX_LOW = 20_000
 WRITE_HIGH = 64 << 20    # bytes buffered for a slow client before it stops being read
 
 _OK = b"+OK\r\n"
+_ID_GEN = struct.Struct("<I")     # the high half of a message id, at offset 12
 _PONG = b"+PONG\r\n"
 _NIL = b"$-1\r\n"
 _HELLO2 = (b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"
@@ -300,7 +302,14 @@ class RingProxy:
             total += len(m)
         if not chunk:
             return False
-        s._write(b"".join(chunk))
+        # Framed before a session existed: each id's high half becomes this session's
+        # generation (section 4.3); the low half keeps the proxy's numbering.
+        data = bytearray(b"".join(chunk))
+        off = 0
+        for m in chunk:
+            _ID_GEN.pack_into(data, off + 12, s.gen)
+            off += len(m)
+        s._write(bytes(data))
         self.sent += len(chunk)
         s.next_id += len(chunk)
         self.stats["ring_batches"] += 1
@@ -316,14 +325,17 @@ class RingProxy:
         touched = set()
         pending = self.pending
         for r in got:
-            if r.id != expect:
+            if r.id != P.make_id(s.gen, expect):
                 s.broken = True
-                raise ProtocolError(f"response id {r.id}, expected {expect}")
+                raise ProtocolError(f"response id {r.id:#x}, expected "
+                                    f"{P.make_id(s.gen, expect):#x}")
             expect += 1
             conn, slot, op = pending.popleft()
             slot.data = self._to_resp(op, r)
             touched.add(conn)
         self.sent -= len(got)
+        if not self.sent:
+            s._scrub_idle()     # every request answered: zero their bytes (section 3.1)
         for conn in touched:
             conn.flush()
         return True

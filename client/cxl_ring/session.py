@@ -56,6 +56,9 @@ from .exceptions import (
 from .region import Region
 
 U64_MASK = P.U64_MASK
+# Past this sequence number a session claims again rather than let its ids' low half wrap into
+# the generation (section 4.3); the headroom covers the largest batch a caller can send.
+SEQ_RENEW = 0xF0000000
 _SERVER_STATE_I32 = P.OFF_SERVER_STATE // 4
 _SERVER_EPOCH_I = P.OFF_SERVER_EPOCH // 8
 
@@ -152,6 +155,7 @@ class SessionBase:
         self.dead_i = (ss + P.OFF_DEAD_TOKEN) // 8
         self.chan_state_i32 = (ss + P.OFF_CHAN_STATE) // 4
         self.last_error_i32 = (ss + P.OFF_LAST_ERROR) // 4
+        self.session_gen_i32 = (ss + P.OFF_SESSION_GEN) // 4
         self.req_tail_i = (ss + P.OFF_REQ_TAIL) // 8
         self.resp_head_i = (ss + P.OFF_RESP_HEAD) // 8
         self.lease_seconds = header.client_lease_ms / 1000.0
@@ -159,6 +163,8 @@ class SessionBase:
         self.req_head = 0
         self.req_tail_seen = 0     # the server's req_tail at our last look (it only grows)
         self.resp_tail = 0
+        self.req_scrubbed = 0      # request bytes below this are zero (section 3.1)
+        self.gen = 0               # session_gen: the high half of every request id (4.3)
         self.next_id = 1
         self.epoch = 0
         self.broken = False
@@ -212,8 +218,11 @@ class SessionBase:
                 )
             backoff.wait(now)
         self.epoch = u64[_SERVER_EPOCH_I]
-        self.req_head = self.req_tail_seen = u64[self.req_head_i]
+        self.req_head = self.req_tail_seen = self.req_scrubbed = u64[self.req_head_i]
         self.resp_tail = u64[self.resp_tail_i]
+        # Stored by the server before its ack (S2): every id of this session carries it.
+        self.gen = self.u32[self.session_gen_i32]
+        self.next_id = P.make_id(self.gen, 1)
         if u64[self.req_tail_i] != self.req_head or u64[self.resp_head_i] != self.resp_tail:
             self._drop_claim()
             raise ProtocolError(
@@ -244,8 +253,9 @@ class SessionBase:
     # -- liveness
 
     def check_ready(self) -> None:
-        """Before a batch: our session is acknowledged and the server is alive."""
-        if self.broken or self.lost():
+        """Before a batch: our session is acknowledged and the server is alive, and its ids
+        have room (a session sends fewer than 2**32 requests; then it claims again)."""
+        if self.broken or self.lost() or (self.next_id & P.ID_SEQ_MASK) >= SEQ_RENEW:
             raise SessionLost(f"channel {self.index}: session no longer acknowledged")
         if self.u32[_SERVER_STATE_I32] != P.SERVER_RUNNING:
             raise ServerGoneError("server is not running (server_state != RUNNING)")

@@ -9,6 +9,8 @@
  *   C2 store_release(resp_tail)   pairs with the server's P0 load of resp_tail
  *   S1 CAS(claim_token)           sequentially consistent, races other clients
  *   S3 load_acquire(ack_token)    pairs with the server's S2 store of ack_token
+ *   Z1 load_acquire(req_tail)     pairs with the server's C2: the request bytes below it
+ *                                 are copied by the server, so we zero them (scrub)
  *   F2 (in cxl_header_read)       pairs with the server's F1 store of magic
  *   L2 load_acquire(server_epoch) pairs with the server's L1 stores of epoch and state
  */
@@ -363,7 +365,10 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
          * indexes we own were left by the previous session; read them once.
          */
         s->req_head = cxl_load_relaxed64(&s->kcli->req_head);
+        s->req_scrubbed = s->req_head;
         s->resp_tail = cxl_load_relaxed64(&s->kcli->resp_tail);
+        /* Written before S2 with the indexes: the generation our ids must carry. */
+        s->gen = cxl_load_relaxed32(&s->ksrv->session_gen);
         s->resp_tail_published = s->resp_tail;
         s->req_tail_seen = cxl_load_acquire64(s->req.shm_tail);
         s->resp_head_seen = cxl_load_acquire64(s->resp.shm_head);
@@ -385,13 +390,38 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
     return CXL_E_NO_CHANNEL;
 }
 
+/*
+ * Zero the request bytes the server has released (section 3.1): the next
+ * owner of this channel finds no request of ours. Z1 pairs with the server's
+ * C2, which it stores before the response to any request below it (so after
+ * the last response, everything we sent is zeroed). A req_tail outside
+ * [req_scrubbed, req_head] is left for cxl_session_push to report.
+ */
+static void scrub_requests(struct cxl_session *s)
+{
+    uint64_t tail;
+
+    /* A retired session's old positions may be the next owner's: touch nothing. Relaxed:
+     * only a guard, the edge that orders the zeroing is Z1. */
+    if (cxl_load_relaxed64(&s->ksrv->ack_token) != s->token)
+        return;
+    tail = cxl_load_acquire64(s->req.shm_tail);               /* Z1 */
+    if (tail == s->req_scrubbed || tail - s->req_scrubbed > s->req_head - s->req_scrubbed)
+        return;
+    cxl_ring_scrub(&s->req, s->req_scrubbed, tail - s->req_scrubbed);
+    s->req_scrubbed = tail;
+}
+
 void cxl_session_release(struct cxl_session *s)
 {
     if (!s->kcli)
         return;
+    scrub_requests(s);
     unregister_session(s->client, s);
-    /* Release: the server sees claim_token == 0 != ack_token and frees the channel. */
-    cxl_store_release64(&s->kcli->claim_token, 0);
+    /* Release: the server sees claim_token == 0 != ack_token and frees the channel. Only
+     * our own claim: a retired session's channel may be the next owner's by now. */
+    if (cxl_load_relaxed64(&s->kcli->claim_token) == s->token)
+        cxl_store_release64(&s->kcli->claim_token, 0);
     s->kcli = NULL;
     free(s->buf);
     s->buf = NULL;
@@ -519,5 +549,6 @@ void cxl_session_pop_done(struct cxl_session *s)
         /* C2: we finished copying the responses before handing their bytes back. */
         cxl_store_release64(&s->kcli->resp_tail, s->resp_tail);
         s->resp_tail_published = s->resp_tail;
+        scrub_requests(s);
     }
 }

@@ -3,8 +3,10 @@
  * through the server's request path: cxl_frame_check, then cxl_req_decode.
  *
  * usage: vector_check MAX_VALUE MAX_MSG < cases
- *   each input line:  NAME HEX        (HEX = the bytes the client published; "-" = none)
+ *   each input line:  NAME HEX [GEN]  (HEX = the bytes the client published; "-" = none;
+ *                                      GEN = the session_gen of the session serving it)
  *   each output line: NAME QUARANTINE
+ *                     NAME STALE                  (GEN given, the id carries another one)
  *                     NAME STATUS                 (an error status, message skipped)
  *                     NAME OK OP FLAGS ARGC ID TTL xARGHEX,xARGHEX,... (- = none)
  * tests/ring/test_ring_vectors.py builds this with cc and compares with the JSON.
@@ -56,7 +58,7 @@ int main(int argc, char **argv)
     max_value = (uint32_t)strtoul(argv[1], NULL, 0);
     max_msg = (uint32_t)strtoul(argv[2], NULL, 0);
     while (fgets(line, sizeof(line), stdin)) {
-        char *hex = strchr(line, ' ');
+        char *hex = strchr(line, ' '), *gen_arg;
         struct cxl_msg_hdr hdr;
         const char *bad = NULL;
         size_t used;
@@ -67,6 +69,9 @@ int main(int argc, char **argv)
             continue;
         *hex++ = '\0';
         hex[strcspn(hex, "\r\n")] = '\0';
+        gen_arg = strchr(hex, ' ');
+        if (gen_arg)
+            *gen_arg++ = '\0';
         strncpy(name, line, sizeof(name) - 1);
         name[sizeof(name) - 1] = '\0';
         used = unhex(hex, bytes, sizeof(bytes));
@@ -80,6 +85,11 @@ int main(int argc, char **argv)
             frame = CXL_FRAME_QUARANTINE;
         if (frame == CXL_FRAME_QUARANTINE) {
             printf("%s QUARANTINE\n", name);
+            continue;
+        }
+        /* The driver's order (driver/channel.c): framing, then the session, then the rest. */
+        if (gen_arg && cxl_id_gen(hdr.id) != (uint32_t)strtoul(gen_arg, NULL, 0)) {
+            printf("%s STALE\n", name);
             continue;
         }
         if (frame == CXL_FRAME_SKIP) {

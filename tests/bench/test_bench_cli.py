@@ -84,17 +84,17 @@ def test_v2_region_with_v3_client_says_layout_v2(bench_bin: Path, shm_path: str)
 
 
 def test_v3_region_with_v2_client_says_layout_v3(bench_bin: Path, shm_path: str) -> None:
-    write_region(shm_path, b"CXLDSMR\0" + struct.pack("<II", 3, 4096))
+    write_region(shm_path, b"CXLDSMR\0" + struct.pack("<II", 4, 4096))
     out = run_bench("--path", shm_path, "--layout", "v2")
     assert out.returncode == 3
     assert "layout v3" in out.stderr and "without --layout v2" in out.stderr
 
 
 def test_other_layout_version_exit_3(bench_bin: Path, shm_path: str) -> None:
-    write_region(shm_path, b"CXLDSMR\0" + struct.pack("<II", 4, 4096))
+    write_region(shm_path, b"CXLDSMR\0" + struct.pack("<II", 3, 4096))   # before sessions bound ids
     out = run_bench("--path", shm_path)
     assert out.returncode == 3
-    assert "layout version 4" in out.stderr
+    assert "layout version 3" in out.stderr
 
 
 def test_map_size_larger_than_region_exit_2(bench_bin: Path, shm_path: str) -> None:

@@ -52,10 +52,10 @@ def check_oversized_raw_request(path: str, max_value: int, channel: int, timeout
     with cxl_ring.Region(path) as region:
         s = cxl_ring.claim(region, region.header(), channel)
         try:
-            over = P.encode_request(P.OP_SET, [b"k", b"v" * (max_value + 1)], 77)
-            s.send_raw(over + P.encode_request(P.OP_PING, [], 78))
+            over = P.encode_request(P.OP_SET, [b"k", b"v" * (max_value + 1)], s.next_id)
+            s.send_raw(over + P.encode_request(P.OP_PING, [], s.next_id + 1))
             r1, r2 = s.receive(2, timeout)
-            assert (r1.status, r1.id) == (P.ST_TOO_LARGE, 77)
-            assert (r2.status, r2.id) == (P.ST_OK, 78)
+            assert (r1.status, r1.id) == (P.ST_TOO_LARGE, s.next_id)
+            assert (r2.status, r2.id) == (P.ST_OK, s.next_id + 1)
         finally:
             s.release()

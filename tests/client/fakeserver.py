@@ -168,6 +168,9 @@ class FakeServer:
                 u64[(ss + 128) // 8] = u64[(cs + 128) // 8]
                 u32[(ss + 16) // 4] = P.CHAN_ACTIVE
                 u32[(ss + 20) // 4] = 0
+                # a new generation per session (section 4.3): the client's ids carry it
+                u32[(ss + P.OFF_SESSION_GEN) // 4] = (u32[(ss + P.OFF_SESSION_GEN) // 4] + 1
+                                                      ) & 0xFFFFFFFF or 1
                 u64[ss // 8] = claim                                 # S2
                 self._seen_hb[c] = (u64[(cs + 8) // 8], now)
                 work = True

@@ -41,6 +41,30 @@ def test_request_encoding(case):
         op, case["flags"], case["id"], case["ttl_ms"], args)
 
 
+@pytest.mark.parametrize("case", VECTORS["session_ids"], ids=lambda c: f"gen{c['gen']:#x}")
+def test_session_ids(case):
+    """A request id carries the session generation in its high half (section 4.3)."""
+    rid = P.make_id(case["gen"], case["seq"])
+    assert rid == case["id"] and P.id_gen(rid) == case["gen"]
+    assert rid & P.ID_SEQ_MASK == case["seq"]
+    assert P.encode_get(b"k", rid).hex() == case["hex"]
+
+
+@pytest.mark.parametrize("case", VECTORS["session_requests"], ids=lambda c: c["name"])
+def test_session_request_verdict(case):
+    """What the server decides for a request of another generation, from the header alone:
+    framing first, then the generation (the client never sends one of another session)."""
+    raw = bytes.fromhex(case["hex"])
+    n, _op, _flags, _argc, rid = P.MSG_HEADER.unpack_from(raw)
+    if n < 16 or P.align8(n) > len(raw):
+        verdict = "QUARANTINE"
+    elif P.id_gen(rid) != case["session_gen"]:
+        verdict = "STALE"
+    else:
+        verdict = "OK"
+    assert verdict == case["expect"]
+
+
 @pytest.mark.parametrize("case", VECTORS["malformed_requests"], ids=lambda c: c["name"])
 def test_malformed_request_status(case):
     """The fake server's decoder (the server-side rules of section 6) agrees with the file."""
@@ -119,7 +143,7 @@ def test_header_roundtrip_and_helpers():
     (lambda b: b"\0" * 8 + b[8:], NotFormattedError),
     (lambda b: b"CXLSHM1\0" + b[8:], LayoutMismatchError),
     (lambda b: b"GARBAGE!" + b[8:], LayoutMismatchError),
-    (lambda b: b[:8] + (4).to_bytes(4, "little") + b[12:], LayoutMismatchError),
+    (lambda b: b[:8] + (3).to_bytes(4, "little") + b[12:], LayoutMismatchError),   # before 4
     (lambda b: b[:20] + (0).to_bytes(4, "little") + b[24:], ProtocolError),      # no channels
     (lambda b: b[:64] + (5000).to_bytes(4, "little") + b[68:], ProtocolError),   # not 2^k
     (lambda b: b[:40] + (12345).to_bytes(8, "little") + b[48:], ProtocolError),  # stride

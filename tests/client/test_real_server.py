@@ -230,6 +230,8 @@ def test_malformed_request_vectors(real_server_factory):
             s = cxl_ring.claim(region, region.header(), 5)
             try:
                 raw = bytes.fromhex(case["hex"])
+                if len(raw) >= 16:            # a request of this session (section 4.3)
+                    raw = raw[:12] + s.gen.to_bytes(4, "little") + raw[16:]
                 if case["expect"] == "QUARANTINE":
                     s.send_raw(raw)               # exactly these bytes are published
                     with pytest.raises(ProtocolError, match="quarantined"):

@@ -3,15 +3,19 @@
 Self-contained on purpose (no dependency on client/cxl_ring): the hostile tests need to
 write arbitrary bytes and indexes, which a well-behaved client library would refuse to do.
 
-Region map (layout v3, all little-endian):
+Region map (layout version 4, all little-endian):
 
     0                      header section, 4096 bytes (server)
     4096 + c * stride      channel c: client section = control page + request ring
     ... + client_size      channel c: server section = control page + response ring
 
 Client control page: claim_token@0 client_heartbeat@8 client_pid@16 req_head@64 resp_tail@128
-Server control page: ack_token@0 dead_token@8 chan_state@16 last_error@20 req_tail@64
-                     resp_head@128
+Server control page: ack_token@0 dead_token@8 chan_state@16 last_error@20 session_gen@24
+                     req_tail@64 resp_head@128
+
+Request ids carry the session's generation in their high half (section 4.3): ``send`` does
+it, ``tag``/``stamp`` do it for hand-made messages. This peer does not zero its request bytes
+(section 3.1): tests that check scrubbing use the client library.
 
 Indexes are written with one aligned 8-byte store: a memoryview cast to 'Q' stores with
 a single memcpy of 8 bytes, i.e. one MOV on x86-64 (TSO: plain loads are acquire, plain
@@ -88,7 +92,7 @@ class Region:
          self.table_off, self.stride, self.client_size, self.server_size, self.req_ring_size,
          self.resp_ring_size, self.max_msg, self.max_value, self.heartbeat_ms,
          self.lease_ms) = GEOMETRY.unpack_from(self.mm, 8)
-        if self.version != 3 or self.region_size > self.size:
+        if self.version != 4 or self.region_size > self.size:
             self.close()
             raise PeerError(f"{path}: version {self.version}, region {self.region_size}")
 
@@ -152,6 +156,7 @@ class Channel:
         self.epoch = 0
         self.req_head = 0
         self.resp_tail = 0
+        self.gen = 0
         self.next_id = 1
         self._hb_stop: threading.Event | None = None
         self._hb_thread: threading.Thread | None = None
@@ -176,6 +181,10 @@ class Channel:
     @property
     def last_error(self) -> int:
         return self.r.u32(self.s + 20)
+
+    @property
+    def session_gen(self) -> int:
+        return self.r.u32(self.s + 24)
 
     @property
     def req_tail(self) -> int:
@@ -208,6 +217,17 @@ class Channel:
         self.epoch = self.r.epoch
         self.req_head = self.r.u64(self.c + 64)
         self.resp_tail = self.r.u64(self.c + 128)
+        self.gen = self.session_gen
+
+    def tag(self, seq: int) -> int:
+        """The id of request ``seq`` in this session: session_gen in the high half (4.3)."""
+        return (self.gen << 32) | (seq & 0xFFFFFFFF)
+
+    def stamp(self, msg: bytes) -> bytes:
+        """``msg`` (one message) with this session's generation in its id's high half."""
+        if len(msg) < HDR:
+            return msg
+        return msg[:12] + struct.pack("<I", self.gen) + msg[16:]
 
     def release(self) -> None:
         self.stop_heartbeat()
@@ -262,7 +282,7 @@ class Channel:
     def send(self, op: int, args: list[bytes] = (), flags: int = 0, ttl_ms: int = 0,
              req_id: int | None = None) -> int:
         if req_id is None:
-            req_id = self.next_id
+            req_id = self.tag(self.next_id)
             self.next_id += 1
         msg = encode_request(op, list(args), req_id, flags, ttl_ms)
         self.wait_room(len(msg))

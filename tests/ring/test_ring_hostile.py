@@ -88,9 +88,11 @@ def rig(ring_servers, module_path):
 
 
 def expect_error(ch, msg: bytes, status: int, req_id: int):
-    ch.push_raw(msg)
+    """A message of this session (its id carries the session generation) answered with an
+    error status."""
+    ch.push_raw(ch.stamp(msg))
     got_status, got_id, payload = ch.recv()
-    assert (got_status, got_id) == (status, req_id), payload
+    assert (got_status, got_id) == (status, ch.tag(req_id)), payload
     assert payload, "an error status carries a reason"
     assert ch.state == CHAN_ACTIVE
     assert ch.last_error == status
@@ -199,7 +201,8 @@ def test_garbage_resp_tail(rig):
     ch.r.put_u64(ch.c + 128, ch.resp_tail + (1 << 40))    # consumer index from nowhere
     # enough requests that the server must look at resp_tail for room
     for i in range(400):
-        ch.push_raw(encode_request(OP_SET, [b"g", b"v" * 1000], req_id=i), publish=False)
+        ch.push_raw(encode_request(OP_SET, [b"g", b"v" * 1000], req_id=ch.tag(i)),
+                    publish=False)
     ch.publish_head(ch.req_head)
     expect_quarantine(rig, response=False)
 
@@ -252,7 +255,7 @@ def test_random_messages(rig):
             args = [rnd.randbytes(rnd.randrange(0, 40)) for _ in range(rnd.randrange(0, 4))]
             if op == OP_CMD and args:
                 args[0] = rnd.choice([b"PING", b"GET", b"ECHO", b"TIME"])
-            msg = encode_request(op, args, req_id=i, flags=rnd.choice([0, 0, 0, 1, 2]),
+            msg = encode_request(op, args, req_id=ch.tag(i), flags=rnd.choice([0, 0, 0, 1, 2]),
                                  ttl_ms=rnd.randrange(0, 3), argc=rnd.choice([None, None, 7]))
         else:
             msg = rnd.randbytes(rnd.randrange(1, 200))
@@ -288,7 +291,7 @@ def test_message_rewritten_while_being_read(rig):
     t.start()
     try:
         for i in range(200):
-            msg = encode_request(OP_SET, [b"rw%d" % i, os.urandom(64)], req_id=i)
+            msg = encode_request(OP_SET, [b"rw%d" % i, os.urandom(64)], req_id=ch.tag(i))
             ch.wait_room(len(msg), timeout=2) if ch.state == CHAN_ACTIVE else None
             ch.push_raw(msg)
             if i % 20 == 0:

@@ -34,7 +34,9 @@ def vectors():
 
 def run(vector_check, vectors, cases) -> dict[str, list[str]]:
     limits = vectors["limits"]
-    stdin = "".join(f"{c['name']} {c['hex'] or '-'}\n" for c in cases)
+    stdin = "".join(f"{c['name']} {c['hex'] or '-'}"
+                    + (f" {c['session_gen']}" if "session_gen" in c else "") + "\n"
+                    for c in cases)
     out = subprocess.run([str(vector_check), str(limits["max_value_size"]),
                           str(limits["max_msg_size"])], input=stdin, capture_output=True,
                          text=True, check=True, timeout=60).stdout
@@ -59,3 +61,19 @@ def test_malformed_requests_get_the_expected_verdict(vector_check, vectors):
     got = run(vector_check, vectors, vectors["malformed_requests"])
     for case in vectors["malformed_requests"]:
         assert got[case["name"]][0] == case["expect"], (case["name"], got[case["name"]])
+
+
+def test_requests_of_another_session_are_stale(vector_check, vectors):
+    """The driver's order: framing, then the session generation (section 4.3), then decoding."""
+    got = run(vector_check, vectors, vectors["session_requests"])
+    for case in vectors["session_requests"]:
+        assert got[case["name"]][0] == case["expect"], (case["name"], got[case["name"]])
+
+
+def test_session_id_vectors_decode_to_their_generation(vector_check, vectors):
+    cases = [{"name": f"id{i}", "hex": c["hex"], "session_gen": c["gen"]}
+             for i, c in enumerate(vectors["session_ids"])]
+    got = run(vector_check, vectors, cases)
+    for i, c in enumerate(vectors["session_ids"]):
+        fields = got[f"id{i}"]
+        assert fields[0] == "OK" and int(fields[4]) == c["id"], fields

@@ -17,7 +17,7 @@ OUT = Path(__file__).with_name("messages.json")
 LIMITS = {"max_value_size": 64, "max_msg_size": 256}
 
 FORMAT = """\
-Shared protocol test vectors for docs/ring-protocol.md (layout v3) and the PoC layout v2.
+Shared protocol test vectors for docs/ring-protocol.md (layout version 4) and the PoC layout v2.
 All integers little-endian; "hex" is the exact bytes, lowercase, no separators.
 limits: the max_value_size/max_msg_size the cases assume (a decoder under test uses these).
 requests: valid requests. Fields: op (name), flags, argc, id, ttl_ms (0 = none), args_hex
@@ -27,6 +27,11 @@ malformed_requests: hex = the bytes the client published (head - tail == len(hex
   expect = the status name the server answers (with the header's id, message skipped), or
   "QUARANTINE" (the stream is not framed: PROTOCOL_ERROR response with id 0, channel
   QUARANTINED, last_error = 7). Each case has exactly one defect.
+session_ids: request ids bind a request to its session (section 4.3): id = session_gen << 32 |
+  seq. Fields gen, seq, id; hex = a GET of key "k" with that id.
+session_requests: the server's verdict for a request published on a session whose generation is
+  session_gen: "OK" (executed), "STALE" (another generation: never executed, channel
+  quarantined), or "QUARANTINE" (not framed; checked before the generation).
 responses: valid responses. for_op = the request op they answer; status (name), id,
   payload_hex; hex = framed bytes with padding. value = what a client returns: {"bytes": hex},
   {"none": true}, {"int": n}, {"true": true}, {"resp_hex": hex} (CMD: the RESP2 reply), or
@@ -140,6 +145,32 @@ def build():
             "QUARANTINE"),
     ]
 
+    def session_id(gen, seq):
+        rid = (gen << 32) | seq
+        return {"gen": gen, "seq": seq, "id": rid, "hex": frame(16 + 5, 1, 0, 1, rid,
+                                                                args_payload([b"k"])).hex()}
+
+    session_ids = [session_id(1, 1), session_id(7, 0), session_id(0x80000000, 0x7FFFFFFF),
+                   session_id(0xFFFFFFFF, 0xFFFFFFFF)]
+
+    def in_session(name, gen, raw, expect):
+        return {"name": name, "session_gen": gen, "hex": raw.hex(), "expect": expect}
+
+    get_k = args_payload([b"k"])
+    session_requests = [
+        in_session("current_generation", 5, frame(21, 1, 0, 1, (5 << 32) | 9, get_k), "OK"),
+        in_session("earlier_generation", 5, frame(21, 1, 0, 1, (4 << 32) | 9, get_k), "STALE"),
+        in_session("later_generation", 5, frame(21, 1, 0, 1, (6 << 32) | 9, get_k), "STALE"),
+        in_session("generation_zero", 5, frame(21, 1, 0, 1, 9, get_k), "STALE"),
+        in_session("generation_in_low_half", 5, frame(21, 1, 0, 1, 5, get_k), "STALE"),
+        in_session("stale_and_unknown_op", 5, frame(21, 9, 0, 1, (4 << 32) | 9, get_k),
+                   "STALE"),
+        in_session("stale_and_over_max_msg", 5,
+                   frame(264, 4, 0, 1, (4 << 32) | 9, u32(244) + b"x" * 244), "STALE"),
+        in_session("stale_and_not_framed", 5, u32(8) + u8(1) + u8(0) + u16(0) + u64(4 << 32),
+                   "QUARANTINE"),
+    ]
+
     responses = [
         response("get_hit", "GET", "OK", 1, b"hello", {"bytes": b"hello".hex()}),
         response("get_miss", "GET", "NOT_FOUND", 2, b"", {"none": True}),
@@ -216,6 +247,8 @@ def build():
         "limits": LIMITS,
         "requests": requests,
         "malformed_requests": malformed,
+        "session_ids": session_ids,
+        "session_requests": session_requests,
         "responses": responses,
         "malformed_responses": malformed_responses,
         "v2_requests": v2_requests,

@@ -123,6 +123,7 @@ struct cxl_session {
     uint32_t chan;
     uint64_t token;
     uint64_t epoch;                     /* server_epoch at claim time */
+    uint32_t gen;                       /* session_gen at the ack: the high half of every id */
 
     struct cxl_shm_client_ctl *kcli;    /* shared: our client section (we write) */
     const struct cxl_shm_server_ctl *ksrv; /* shared: the server's section (read only) */
@@ -134,6 +135,7 @@ struct cxl_session {
     uint64_t resp_tail;                 /* private copy of the index we own */
     uint64_t resp_head_seen;            /* last server resp_head we loaded (C1) */
     uint64_t resp_tail_published;
+    uint64_t req_scrubbed;              /* request bytes below this are zero (section 3.1) */
 
     uint8_t *buf;                       /* private copy of the current response */
     uint32_t buf_size;
@@ -148,6 +150,15 @@ struct cxl_session {
  */
 int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t first,
                       uint32_t timeout_ms);
+
+/*
+ * The id of this session's request number seq (section 4.3): session_gen in
+ * the high half. A session sends at most 2^32 requests; claim again before.
+ */
+static inline uint64_t cxl_session_id(const struct cxl_session *s, uint32_t seq)
+{
+    return cxl_id_make(s->gen, seq);
+}
 
 /* Release the channel (claim_token := 0) and free the session's memory. */
 void cxl_session_release(struct cxl_session *s);
@@ -165,7 +176,8 @@ void cxl_session_flush(struct cxl_session *s);
 /*
  * Pop the next response into r (valid until the next pop). CXL_OK, CXL_E_AGAIN
  * when none is there, CXL_E_CORRUPT. The ring space is handed back to the
- * server by cxl_session_pop_done() (C2), once per batch of pops.
+ * server by cxl_session_pop_done() (C2), once per batch of pops, which also
+ * zeroes the request bytes the server has released (Z1, section 3.1).
  */
 int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r);
 void cxl_session_pop_done(struct cxl_session *s);

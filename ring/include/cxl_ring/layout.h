@@ -1,5 +1,5 @@
 /*
- * layout.h - the byte layout of a cxl_ring region, layout version 3.
+ * layout.h - the byte layout of a cxl_ring region, layout version 4.
  *
  * This header is docs/ring-protocol.md in C. Every structure here lives in
  * shared memory and is written by exactly one peer: the header and the server
@@ -21,7 +21,7 @@
 
 #define CXL_MAGIC             "CXLDSMR"         /* 8 bytes with the NUL */
 #define CXL_MAGIC_LEN         8
-#define CXL_LAYOUT_VERSION    3u
+#define CXL_LAYOUT_VERSION    4u
 #define CXL_PAGE_SIZE         4096u
 #define CXL_HEADER_SIZE       CXL_PAGE_SIZE
 #define CXL_CONTROL_SIZE      CXL_PAGE_SIZE      /* control page before each ring */
@@ -100,7 +100,8 @@ struct cxl_shm_server_ctl {
     uint64_t dead_token;                /*   8 */
     uint32_t chan_state;                /*  16 */
     uint32_t last_error;                /*  20 */
-    uint8_t  reserved0[64 - 24];
+    uint32_t session_gen;               /*  24: generation of the session served (section 5) */
+    uint8_t  reserved0[64 - 28];
     uint64_t req_tail;                  /*  64: request consumer index */
     uint8_t  reserved1[128 - 72];
     uint64_t resp_head;                 /* 128: response producer index */
@@ -115,6 +116,7 @@ _Static_assert(sizeof(struct cxl_shm_client_ctl) == CXL_CONTROL_SIZE, "client co
 _Static_assert(offsetof(struct cxl_shm_client_ctl, req_head) == 64, "req_head line");
 _Static_assert(offsetof(struct cxl_shm_client_ctl, resp_tail) == 128, "resp_tail line");
 _Static_assert(sizeof(struct cxl_shm_server_ctl) == CXL_CONTROL_SIZE, "server control page");
+_Static_assert(offsetof(struct cxl_shm_server_ctl, session_gen) == 24, "session generation");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, req_tail) == 64, "req_tail line");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, resp_head) == 128, "resp_head line");
 
@@ -131,9 +133,29 @@ struct cxl_msg_hdr {
     uint8_t  op;                        /* request: enum cxl_op; response: enum cxl_status */
     uint8_t  flags;
     uint16_t argc;                      /* request only; 0 in responses */
-    uint64_t id;                        /* echoed by the response */
+    uint64_t id;                        /* high half: session_gen; low half: the client's */
 };
 _Static_assert(sizeof(struct cxl_msg_hdr) == CXL_MSG_HDR_SIZE, "message header");
+_Static_assert(offsetof(struct cxl_msg_hdr, id) == 8, "message id");
+
+/*
+ * A request id binds the request to its session (docs/ring-protocol.md 4.3):
+ * the high 32 bits are the session_gen the server published at accept, the
+ * low 32 bits the client's sequence number. The server executes a request only
+ * when its generation is the current session's.
+ */
+#define CXL_ID_GEN_SHIFT      32u
+#define CXL_ID_SEQ_MASK       0xffffffffull
+
+static inline uint64_t cxl_id_make(uint32_t gen, uint32_t seq)
+{
+    return ((uint64_t)gen << CXL_ID_GEN_SHIFT) | seq;
+}
+
+static inline uint32_t cxl_id_gen(uint64_t id)
+{
+    return (uint32_t)(id >> CXL_ID_GEN_SHIFT);
+}
 
 enum cxl_op {
     CXL_OP_GET  = 1,                    /* key                 -> OK value | NOT_FOUND */

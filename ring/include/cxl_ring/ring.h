@@ -138,6 +138,27 @@ static inline void cxl_ring_zero(const struct cxl_ring *r, uint64_t pos, uint64_
         cxl_ring_copy_in(r, pos, zeros, n);
 }
 
+/*
+ * Zero n bytes at stream position pos, wrapping (docs/ring-protocol.md 3.1:
+ * a producer scrubs bytes its consumer has released). n >= size zeroes the
+ * whole data area.
+ */
+static inline void cxl_ring_scrub(const struct cxl_ring *r, uint64_t pos, uint64_t n)
+{
+    uint64_t off = pos & r->mask;
+    uint64_t first = r->size - off;
+
+    if (n >= r->size) {
+        memset(r->data, 0, r->size);
+        return;
+    }
+    if (first > n)
+        first = n;
+    memset(r->data + off, 0, first);
+    if (n > first)
+        memset(r->data, 0, n - first);
+}
+
 /* ---- Message codec -------------------------------------------------------- */
 
 #define CXL_MAX_ARGS 1024u              /* argc limit for CMD/DEL argv tables */
