@@ -256,3 +256,44 @@ def test_bench_client_leaves_zeros(srv, region):
         ch.claim()
         assert_zero(region, chan)
         ch.release()
+
+
+@pytest.mark.parametrize("impl", ["pure", "c"])
+def test_client_library_as_next_owner_never_gets_a_stale_answer(srv, region, impl):
+    """The next owner is the client library (pure Python or its C core): the stale peer's
+    write breaks its session loudly (ProtocolError, nothing silent), and on its new session its
+    GETs return its own values while nothing the stale peer sent ran."""
+    from cxl_ring import channel as chmod
+    from cxl_ring import protocol as P
+    from cxl_ring import session as sess
+    from cxl_ring.exceptions import ProtocolError
+    from cxl_ring.region import Region as ClientRegion
+
+    if impl == "c" and not chmod.SPEEDUPS:
+        pytest.skip("the C core (_speedups) is not built or is stale")
+    cls = chmod.Session if impl == "pure" else chmod.FastSession
+    srv.client().set("sentinel", "kept")
+    old = stale_peer(srv, region, "reset")
+    creg = ClientRegion(srv.region)
+    try:
+        header = creg.header()
+        s = sess.claim_channel(creg, header, HANG, 0, cls)
+        try:
+            assert s.index == 0 and s.gen != old.gen and P.id_gen(s.next_id) == s.gen
+            stale_write(old)
+            wait_for(lambda: region.channel(0).state == CHAN_QUARANTINED, "quarantine")
+            with pytest.raises(ProtocolError):
+                s.get(b"mine", HANG)
+        finally:
+            s.release()
+        s = sess.claim_channel(creg, header, HANG, 0, cls)
+        try:
+            assert s.set(b"mine", b"next owner", 0, HANG) == (ST_OK, b"")
+            assert s.get(b"mine", HANG) == (ST_OK, b"next owner")
+            assert s.get(b"stale-key", HANG) == (ST_NOT_FOUND, b"")
+        finally:
+            s.release()
+    finally:
+        creg.close()
+    nothing_of_the_stale_peer_ran(srv)
+    assert srv.info(0)["stale_requests"] == 1
