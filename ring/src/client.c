@@ -405,7 +405,9 @@ static void scrub_requests(struct cxl_session *s)
      * only a guard, the edge that orders the zeroing is Z1. */
     if (cxl_load_relaxed64(&s->ksrv->ack_token) != s->token)
         return;
-    tail = cxl_load_acquire64(s->req.shm_tail);               /* Z1 */
+    /* Every request answered: req_tail == req_head, since the server stores req_tail
+     * before any response (C2 before P1). Otherwise Z1 tells how far it has copied. */
+    tail = s->inflight ? cxl_load_acquire64(s->req.shm_tail) : s->req_head;   /* Z1 */
     if (tail == s->req_scrubbed || tail - s->req_scrubbed > s->req_head - s->req_scrubbed)
         return;
     cxl_ring_scrub(&s->req, s->req_scrubbed, tail - s->req_scrubbed);
@@ -487,6 +489,7 @@ int cxl_session_push(struct cxl_session *s, const void *msg, uint32_t len)
     cxl_ring_copy_in(&s->req, s->req_head, msg, len);
     cxl_ring_zero(&s->req, s->req_head + len, need - len);
     s->req_head += need;
+    s->inflight++;
     return CXL_OK;
 }
 
@@ -536,6 +539,8 @@ int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r)
     if (plen)
         cxl_ring_copy_out(&s->resp, s->resp_tail + CXL_MSG_HDR_SIZE, s->buf, plen);
     s->resp_tail += cxl_align8(hdr.len);
+    if (s->inflight && hdr.op != CXL_ST_PROTOCOL_ERROR)   /* a quarantine answers nothing */
+        s->inflight--;
     r->id = hdr.id;
     r->status = hdr.op;
     r->payload_len = plen;

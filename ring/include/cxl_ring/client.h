@@ -136,6 +136,7 @@ struct cxl_session {
     uint64_t resp_head_seen;            /* last server resp_head we loaded (C1) */
     uint64_t resp_tail_published;
     uint64_t req_scrubbed;              /* request bytes below this are zero (section 3.1) */
+    uint64_t inflight;                  /* requests pushed and not yet answered */
 
     uint8_t *buf;                       /* private copy of the current response */
     uint32_t buf_size;
