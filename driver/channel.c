@@ -1,5 +1,5 @@
 /*
- * channel.c - layout v3 channels, server side (docs/ring-protocol.md 3-6).
+ * channel.c - layout v4 channels, server side (docs/ring-protocol.md 3-6).
  *
  * Everything here runs on the poll thread. A channel's client control page
  * and request ring are hostile input: every index and every message header is

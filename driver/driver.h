@@ -3,9 +3,9 @@
  *
  * The module is split by concern:
  *   module.c     Redis entry points: arguments, CXLRING.* commands, events
- *   region.c     map the region; format, validate or refuse its header (v3 and v2)
+ *   region.c     map the region; format, validate or refuse its header (v4 and v2)
  *   poll.c       the poll thread (GIL batches, back-off) and the heartbeat thread
- *   channel.c    layout v3: sessions, framing, responses, quarantine
+ *   channel.c    layout v4: sessions, framing, responses, quarantine
  *   compat_v2.c  layout v2: the PoC's slot rings
  *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
  *                check of the command's flags (what cannot run from the ring)
@@ -48,7 +48,7 @@ struct drv_config {
     char     path[DRV_PATH_MAX];
     uint64_t map_size;                  /* 0 = discover */
     struct cxl_params params;           /* v3 geometry and liveness */
-    int      layout;                    /* 3 or 2 */
+    int      layout;                    /* CXL_LAYOUT_VERSION (4) or 2 */
     int      format;                    /* enum drv_format */
     uint32_t spin_us;
     uint32_t idle_sleep_us;

@@ -78,7 +78,7 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
     int i;
 
     memset(cfg, 0, sizeof(*cfg));
-    cfg->layout = 3;
+    cfg->layout = CXL_LAYOUT_VERSION;
     cfg->format = DRV_FORMAT_AUTO;
     cfg->spin_us = DRV_DEFAULT_SPIN_US;
     cfg->idle_sleep_us = DRV_DEFAULT_SLEEP_US;
@@ -132,8 +132,12 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
         } else if (!strcasecmp(name, "v2_slots")) {
             U32(cfg->v2_slots, 1, 1u << 20);
         } else if (!strcasecmp(name, "layout")) {
-            if (!strcasecmp(val, "v3") || !strcmp(val, "3"))
-                cfg->layout = 3;
+            /* v3 and v4 name the same sessions layout: v3 is its name before layout 4
+             * bound requests to sessions, still accepted so that existing configurations
+             * keep working (the region's version field is what must match). */
+            if (!strcasecmp(val, "v4") || !strcmp(val, "4") ||
+                !strcasecmp(val, "v3") || !strcmp(val, "3"))
+                cfg->layout = CXL_LAYOUT_VERSION;
             else if (!strcasecmp(val, "v2") || !strcmp(val, "2"))
                 cfg->layout = 2;
             else
@@ -198,7 +202,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     uint32_t last_error = 0;
     uint64_t errors, pending = 0;
 
-    if (s->cfg.layout == 3) {
+    if (s->cfg.layout == CXL_LAYOUT_VERSION) {
         struct drv_chan *ch = &s->chans[c];
         st = &ch->stats;
         /* Read back what we published: the poll thread's private copy may be mid-change. */
@@ -236,7 +240,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     reply_u64(ctx, "resp_full", STAT_GET(st, resp_full));
     reply_u64(ctx, "bytes_in", STAT_GET(st, bytes_in));
     reply_u64(ctx, "bytes_out", STAT_GET(st, bytes_out));
-    if (s->cfg.layout == 3)             /* bytes of responses waiting for room */
+    if (s->cfg.layout == CXL_LAYOUT_VERSION)             /* bytes of responses waiting for room */
         pending = (uint64_t)__atomic_load_n(&s->chans[c].out_len, __ATOMIC_RELAXED) +
                   __atomic_load_n(&s->chans[c].big_len, __ATOMIC_RELAXED);
     reply_u64(ctx, "pending", pending);
@@ -272,13 +276,13 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         reply_channel(ctx, s, c);
         return REDISMODULE_OK;
     }
-    if (s->cfg.layout == 3) {
+    if (s->cfg.layout == CXL_LAYOUT_VERSION) {
         state = cxl_load_acquire32(&s->khdr->server_state);
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
     RedisModule_ReplyWithMap(ctx, 14);
-    reply_str(ctx, "layout", s->cfg.layout == 3 ? "v3" : "v2");
+    reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v4" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_u64(ctx, "map_size", s->region.size);
     reply_str(ctx, "epoch", epoch);
@@ -287,8 +291,8 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "formatted", (uint64_t)s->formatted);
     reply_u64(ctx, "channel_count", s->nchan);
     reply_u64(ctx, "max_value", s->exec.max_value);
-    reply_u64(ctx, "client_lease_ms", s->cfg.layout == 3 ? s->geo.client_lease_ms : 0);
-    reply_u64(ctx, "heartbeat_ms", s->cfg.layout == 3 ? s->geo.heartbeat_interval_ms : 0);
+    reply_u64(ctx, "client_lease_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.client_lease_ms : 0);
+    reply_u64(ctx, "heartbeat_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.heartbeat_interval_ms : 0);
     reply_u64(ctx, "gil_holds", __atomic_load_n(&s->gil_holds, __ATOMIC_RELAXED));
     reply_u64(ctx, "event_loop_wakeups", __atomic_load_n(&s->wakeups, __ATOMIC_RELAXED));
     RedisModule_ReplyWithSimpleString(ctx, "channels");
@@ -406,7 +410,7 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         goto fail;
     if (drv_region_open(s, err, sizeof(err)) < 0)
         goto fail;
-    if ((s->cfg.layout == 3 ? drv_chans_init(s) : drv_v2_init(s)) < 0) {
+    if ((s->cfg.layout == CXL_LAYOUT_VERSION ? drv_chans_init(s) : drv_v2_init(s)) < 0) {
         snprintf(err, sizeof(err), "out of memory for %u channels", s->nchan);
         goto fail_region;
     }
@@ -431,7 +435,7 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     drv_region_running(s);
     RedisModule_Log(ctx, "notice", DRV_NAME ": serving %s (%s, layout v%d, %u %s, %" PRIu64
                     " bytes mapped, %s), epoch %016" PRIx64, s->cfg.path, s->region.kind,
-                    s->cfg.layout, s->nchan, s->cfg.layout == 3 ? "channels" : "rings",
+                    s->cfg.layout, s->nchan, s->cfg.layout == CXL_LAYOUT_VERSION ? "channels" : "rings",
                     s->region.size, s->formatted ? "formatted" : "reused", s->epoch);
     return REDISMODULE_OK;
 

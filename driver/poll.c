@@ -132,7 +132,7 @@ static void handle_resets(struct drv_server *s)
 
         if (!bc)
             continue;
-        if (s->cfg.layout == 3)
+        if (s->cfg.layout == CXL_LAYOUT_VERSION)
             drv_v3_reset(s, c);
         else
             drv_v2_reset(s, c);
@@ -167,14 +167,14 @@ static void *poll_main(void *arg)
     while (!stopping(s)) {
         now = cxl_now_ns();
         if (now >= next_housekeeping) {
-            if (s->cfg.layout == 3)
+            if (s->cfg.layout == CXL_LAYOUT_VERSION)
                 drv_v3_housekeeping(s, now);
             next_housekeeping = now + HOUSEKEEPING_NS;
         }
         handle_resets(s);
         maybe_wake(s, &unflushed, now);
 
-        ready = s->cfg.layout == 3 ? drv_v3_scan(s, now) : drv_v2_scan(s);
+        ready = s->cfg.layout == CXL_LAYOUT_VERSION ? drv_v3_scan(s, now) : drv_v2_scan(s);
         if (ready) {
             if (gil_lock(s) < 0)
                 break;
@@ -185,7 +185,7 @@ static void *poll_main(void *arg)
                 continue;
             }
             drv_exec_begin_batch(&s->exec);
-            done = s->cfg.layout == 3
+            done = s->cfg.layout == CXL_LAYOUT_VERSION
                  ? drv_v3_process(s, s->cfg.batch, now + DRV_BATCH_NS)
                  : drv_v2_process(s, s->cfg.batch, now + DRV_BATCH_NS);
             if (s->exec.writes)
@@ -243,7 +243,7 @@ static void *poll_main(void *arg)
 static void *heartbeat_main(void *arg)
 {
     struct drv_server *s = arg;
-    uint32_t interval_ms = s->cfg.layout == 3 ? s->geo.heartbeat_interval_ms : 1000;
+    uint32_t interval_ms = s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.heartbeat_interval_ms : 1000;
     uint64_t period_ns = (uint64_t)interval_ms * 1000000ull / 2;
     struct timespec deadline;
 
@@ -252,7 +252,7 @@ static void *heartbeat_main(void *arg)
         period_ns = 500000ull;
     pthread_mutex_lock(&s->hb_mutex);
     while (!stopping(s)) {
-        if (s->cfg.layout == 3) {
+        if (s->cfg.layout == CXL_LAYOUT_VERSION) {
             /* Relaxed: clients only watch it change; it orders nothing. */
             uint64_t hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
             cxl_store_relaxed64(&s->khdr->server_heartbeat, hb + 1);
@@ -285,7 +285,7 @@ int drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size
         snprintf(err, errlen, "cannot select db 0");
         goto fail_ctx;
     }
-    s->exec.max_value = s->cfg.layout == 3 ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
+    s->exec.max_value = s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
     drv_compat_init(ctx);
     pthread_mutex_init(&s->reset_mutex, NULL);
     pthread_mutex_init(&s->hb_mutex, NULL);

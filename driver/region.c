@@ -189,7 +189,7 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
     uint64_t need, create = 0;
     struct stat st;
 
-    if (cfg->layout == 3) {
+    if (cfg->layout == CXL_LAYOUT_VERSION) {
         if (cxl_geometry_from_params(&cfg->params, &s->geo, err, errlen) < 0)
             return -1;
         need = s->geo.region_size;
@@ -207,7 +207,7 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
         cxl_region_unmap(&s->region);
         return -1;
     }
-    if ((cfg->layout == 3 ? v3_open(s, err, errlen) : v2_open(s, err, errlen)) < 0) {
+    if ((cfg->layout == CXL_LAYOUT_VERSION ? v3_open(s, err, errlen) : v2_open(s, err, errlen)) < 0) {
         cxl_region_unmap(&s->region);
         return -1;
     }
@@ -222,7 +222,7 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
  */
 void drv_region_running(struct drv_server *s)
 {
-    if (s->cfg.layout != 3)
+    if (s->cfg.layout != CXL_LAYOUT_VERSION)
         return;
     s->epoch = cxl_random_u64();
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
@@ -235,7 +235,7 @@ void drv_region_running(struct drv_server *s)
 
 void drv_region_stopping(struct drv_server *s, uint32_t state)
 {
-    if (s->cfg.layout == 3 && s->khdr)
+    if (s->cfg.layout == CXL_LAYOUT_VERSION && s->khdr)
         cxl_store_release32(&s->khdr->server_state, state);
 }
 

@@ -1,6 +1,6 @@
 /*
  * bench.h - cxl-ring-bench internals: options, the transport interface that
- * hides layout v3 (sessions on channels) and layout v2 (the PoC's slot rings),
+ * hides layout v4 (sessions on channels) and layout v2 (the PoC's slot rings),
  * the latency histogram and the per-phase results.
  */
 #ifndef CXL_BENCH_H

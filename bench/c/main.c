@@ -1,7 +1,7 @@
 /*
  * cxl-ring-bench - load generator for the cxl_ring Redis driver.
  *
- * Each thread claims its own channel of a shared-memory region (layout v3,
+ * Each thread claims its own channel of a shared-memory region (layout v4,
  * docs/ring-protocol.md) or takes its own ring of the proof of concept's
  * layout v2, sends GET/SET requests (one at a time, or pipelined up to a
  * window), and measures throughput and latency. Flags that the PoC's client
@@ -38,8 +38,8 @@ static void usage(FILE *f)
 "  --path PATH            the shared region: a /dev/shm file, /dev/uioN, or a sysfs\n"
 "                         PCI resource2 file (required)\n"
 "  --map-size BYTES       bytes to map (default: the whole file or BAR)\n"
-"  --layout v3|v2         protocol layout (default v3; v2 = the PoC's slot rings, for\n"
-"                         the driver's `layout v2` mode)\n"
+"  --layout v4|v2         protocol layout (default v4, also accepted as v3; v2 = the\n"
+"                         PoC's slot rings, for the driver's `layout v2` mode)\n"
 "\n"
 "Load:\n"
 "  --bench N              requests per phase, all threads together (default 100000)\n"
@@ -69,7 +69,7 @@ static void usage(FILE *f)
 "  --cost                 also print push retries (ring full) and time slept\n"
 "  --csv FILE             append one row per phase with the PoC's header; with\n"
 "                         --latency or --cost the default is results/ring_metrics.csv\n"
-"  --label NAME           the CSV/JSON label (default ring_v3 or ring_v2)\n"
+"  --label NAME           the CSV/JSON label (default ring_v4 or ring_v2)\n"
 "  --json FILE            write a JSON summary (- for stdout)\n"
 "  --quiet                only errors on stderr\n"
 "  --cacheline-rtt A,B    no benchmark: measure the round trip of a cache line between\n"
@@ -198,7 +198,7 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
     o->value_size = 64;
     o->keyspace = 100000;
     o->prefill = 1;
-    o->layout = 3;
+    o->layout = CXL_LAYOUT_VERSION;
     o->timeout_s = 60;
     o->claim_timeout_ms = 3000;
     o->spin_ns = 50000;
@@ -215,12 +215,14 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
             o->map_size = parse_u64("--map-size", optarg, CXL_PAGE_SIZE, UINT64_MAX / 2);
             break;
         case OPT_LAYOUT:
-            if (!strcmp(optarg, "v3") || !strcmp(optarg, "3"))
-                o->layout = 3;
+            /* v3: this layout's name before layout 4, accepted for existing scripts */
+            if (!strcmp(optarg, "v4") || !strcmp(optarg, "4") ||
+                !strcmp(optarg, "v3") || !strcmp(optarg, "3"))
+                o->layout = CXL_LAYOUT_VERSION;
             else if (!strcmp(optarg, "v2") || !strcmp(optarg, "2"))
                 o->layout = 2;
             else
-                fail_usage("--layout wants v3 or v2, not '%s'", optarg);
+                fail_usage("--layout wants v4 or v2, not '%s'", optarg);
             break;
         case OPT_BENCH: o->requests = parse_u64("--bench", optarg, 1, 1ull << 40); break;
         case OPT_DURATION:
@@ -299,7 +301,7 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
     if (o->batch > o->max_inflight)
         o->batch = o->max_inflight;
     if (!o->label)
-        o->label = o->layout == 2 ? "ring_v2" : "ring_v3";
+        o->label = o->layout == 2 ? "ring_v2" : "ring_v4";
     if (!o->csv && (o->latency_flag || o->cost))
         o->csv = "results/ring_metrics.csv";    /* the PoC's default */
     o->stall_s = o->timeout_s < 5 ? o->timeout_s : 5;

@@ -71,7 +71,7 @@ static int v2_open(const struct bench_opts *o, char *err, size_t errlen)
     memcpy(&want_v3, CXL_MAGIC, 8);
     if (magic != want_v2) {
         if (magic == want_v3)
-            ERR("%s holds layout v3 (magic CXLDSMR), not the PoC layout v2; run without "
+            ERR("%s holds layout v4 (magic CXLDSMR), not the PoC layout v2; run without "
                 "--layout v2", o->path);
         else if (magic == 0)
             ERR("region %s is not formatted: is a cxl_ring server with `layout v2` running "

@@ -1,5 +1,5 @@
 /*
- * transport_v3.c - cxl-ring-bench over layout version 3: one session (one
+ * transport_v3.c - cxl-ring-bench over layout version 4: one session (one
  * claimed channel) per thread, through the client library in
  * ring/src/client.c (claim, heartbeat thread, push, pop with validation,
  * liveness checks, release).
@@ -140,7 +140,7 @@ static const char *v3_error(struct bench_conn *c)
 }
 
 const struct transport transport_v3 = {
-    .name = "v3",
+    .name = "v4",
     .open = v3_open,
     .close = v3_close,
     .lanes = v3_lanes,

@@ -79,7 +79,7 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
                    "resourceN file (default $CXL_RING_PATH)", **d)
     p.add_argument("--map-size", type=_size, metavar="BYTES",
                    help="bytes to map (default: discovered from the file/uio/BAR size)", **d)
-    p.add_argument("--layout", choices=("auto", "v3", "v2"),
+    p.add_argument("--layout", choices=("auto", "v4", "v3", "v2"),
                    help="protocol layout (default auto: from the region's magic)", **d)
     p.add_argument("--timeout", type=float, metavar="SEC",
                    help="bound on every wait (default 5)", **d)
@@ -189,7 +189,7 @@ def _info(path: str, map_size: int | None, watch: bool) -> dict[str, Any]:
                     alive = True
                     break
                 time.sleep(0.005)
-        out = {"path": path, "layout": "v3", "mapped_size": region.size,
+        out = {"path": path, "layout": "v4", "mapped_size": region.size,
                "header": {k: getattr(h, k) for k in h.__dataclass_fields__},
                "server": {"epoch": f"{epoch:#018x}", "heartbeat": hb,
                           "state": P.SERVER_STATE_NAMES.get(state, str(state)), "pid": pid,

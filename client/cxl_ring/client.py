@@ -51,9 +51,9 @@ Callback = Optional[Callable[[Any], Any]]
 
 
 class V3Transport:
-    """Layout v3: one claimed channel per thread; requests are (op, args, ttl_ms) tuples."""
+    """Layout v4: one claimed channel per thread; requests are (op, args, ttl_ms) tuples."""
 
-    layout = "v3"
+    layout = "v4"
 
     def __init__(self, region: Region, timeout: float) -> None:
         self.region = region
@@ -370,7 +370,8 @@ class RingClient(_Commands):
         (``r.timeout = 0.5``), for the calls that follow on every thread.
     decode_responses: return str instead of bytes (``encoding``, ``encoding_errors``); a reply
         that is not valid text raises ResponseDecodeError (with encoding_errors="strict").
-    layout: "auto" (from the region's magic), "v3", or "v2" (the PoC layout: GET/SET only).
+    layout: "auto" (from the region's magic), "v4" ("v3", its name before version 4, is accepted
+    too), or "v2" (the PoC layout: GET/SET only).
 
     Raises only CxlRingError and its subclasses (cxl_ring.exceptions), and ValueError for a
     bad constructor argument.
@@ -387,8 +388,9 @@ class RingClient(_Commands):
         encoding_errors: str = "strict",
     ) -> None:
         check_platform()
-        if layout not in ("auto", "v3", "v2"):
-            raise ValueError(f"layout must be 'auto', 'v3' or 'v2', not {layout!r}")
+        if layout not in ("auto", "v4", "v3", "v2"):
+            raise ValueError(f"layout must be 'auto', 'v4' or 'v2', not {layout!r}")
+        layout = "v4" if layout == "v3" else layout
         try:
             codecs.lookup(encoding)
             codecs.lookup_error(encoding_errors)
@@ -407,7 +409,7 @@ class RingClient(_Commands):
             if layout != "auto" and layout != found:
                 raise LayoutMismatchError(f"{path}: region has layout {found}, asked for {layout}")
             self._transport: Union[V3Transport, V2Transport] = (
-                V3Transport(self.region, timeout) if found == "v3"
+                V3Transport(self.region, timeout) if found == "v4"
                 else V2Transport(self.region, timeout)
             )
         except BaseException:

@@ -125,10 +125,10 @@ class Region:
         return self.u64[0].to_bytes(8, "little")
 
     def layout(self) -> str:
-        """'v3', 'v2', or raise LayoutMismatchError."""
+        """'v4', 'v2', or raise LayoutMismatchError (the version field is checked by header())."""
         magic = self.magic()
         if magic == P.MAGIC:
-            return "v3"
+            return "v4"
         if magic == P.V2_MAGIC:
             return "v2"
         if magic == b"\0" * 8:
@@ -138,7 +138,7 @@ class Region:
         raise LayoutMismatchError(f"{self.path}: not a cxl_ring region (magic {magic!r})")
 
     def header(self) -> P.RegionHeader:
-        """Validated private copy of the v3 header geometry."""
+        """Validated private copy of the v4 header geometry."""
         self.magic()  # F2 before the geometry
         return P.parse_header(bytes(self.buf[: P.REGION_GEOMETRY.size]), self.size)
 

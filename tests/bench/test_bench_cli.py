@@ -41,7 +41,7 @@ def test_version(bench_bin: Path) -> None:
 @pytest.mark.parametrize("args, message", [
     ([], "--path REGION is required"),
     (["--path", "/x", "--bench", "0"], "--bench wants an integer"),
-    (["--path", "/x", "--layout", "v4"], "--layout wants v3 or v2"),
+    (["--path", "/x", "--layout", "v5"], "--layout wants v4 or v2"),
     (["--path", "/x", "--op", "del"], "unknown operation 'del'"),
     (["--path", "/x", "--threads", "1000"], "--threads wants an integer"),
     (["--path", "/x", "--get-ratio", "2"], "--get-ratio wants a number"),
@@ -62,7 +62,7 @@ def test_missing_region_exit_2(bench_bin: Path, shm_path: str) -> None:
 
 def test_unformatted_region_exit_2(bench_bin: Path, shm_path: str) -> None:
     write_region(shm_path, b"")
-    for layout in ("v3", "v2"):
+    for layout in ("v4", "v3", "v2"):
         out = run_bench("--path", shm_path, "--layout", layout)
         assert out.returncode == 2, out
         assert "not formatted" in out.stderr
@@ -76,18 +76,18 @@ def test_unknown_magic_exit_3(bench_bin: Path, shm_path: str) -> None:
     assert "unknown magic" in out.stderr
 
 
-def test_v2_region_with_v3_client_says_layout_v2(bench_bin: Path, shm_path: str) -> None:
+def test_v2_region_with_v4_client_says_layout_v2(bench_bin: Path, shm_path: str) -> None:
     write_region(shm_path, b"CXLSHM1\0" + struct.pack("<II", 2, 4))
     out = run_bench("--path", shm_path)
     assert out.returncode == 3
     assert "layout v2" in out.stderr
 
 
-def test_v3_region_with_v2_client_says_layout_v3(bench_bin: Path, shm_path: str) -> None:
+def test_v4_region_with_v2_client_says_layout_v4(bench_bin: Path, shm_path: str) -> None:
     write_region(shm_path, b"CXLDSMR\0" + struct.pack("<II", 4, 4096))
     out = run_bench("--path", shm_path, "--layout", "v2")
     assert out.returncode == 3
-    assert "layout v3" in out.stderr and "without --layout v2" in out.stderr
+    assert "layout v4" in out.stderr and "without --layout v2" in out.stderr
 
 
 def test_other_layout_version_exit_3(bench_bin: Path, shm_path: str) -> None:

@@ -1,5 +1,5 @@
 """cxl-ring-bench against a real redis-server with the cxl_ring module: short runs in
-layout v3 and v2, the PoC's CSV, JSON, channel release, and the errors a user sees when
+layout v4 and v2, the PoC's CSV, JSON, channel release, and the errors a user sees when
 the server is stopped or dies mid-run."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ POC_CSV_HEADER = ("label,op,threads,rings,requests,pipeline,max_inflight,through
                   "avg_us,p50_us,p75_us,p90_us,p99_us,p99.9_us,p99.99_us,push_retries,"
                   "sleep_ms")
 
-# Layout v3 offsets (docs/ring-protocol.md 2.1-2.2) to check claims were released.
+# Layout v4 offsets (docs/ring-protocol.md 2.1-2.2) to check claims were released.
 HDR = struct.Struct("<8sIIII Q Q Q Q Q")  # magic .. server_section_size
 
 
@@ -55,13 +55,13 @@ def claim_tokens(region: str) -> list[int]:
     return tokens
 
 
-def test_pipelined_set_get_v3(ring_server, tmp_path: Path) -> None:
+def test_pipelined_set_get_v4(ring_server, tmp_path: Path) -> None:
     out = run_bench("--path", ring_server.region, "--bench", "20000", "--pipeline",
                     "--max-inflight", "256", "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     assert "SET: 20000 requests" in out.stdout and "GET: 20000 requests" in out.stdout
     doc = read_json(tmp_path / "r.json")
-    assert doc["outcome"] == "ok" and doc["layout"] == "v3" and doc["pipeline"] is True
+    assert doc["outcome"] == "ok" and doc["layout"] == "v4" and doc["pipeline"] is True
     ops = {r["op"]: r for r in doc["results"]}
     assert set(ops) == {"SET", "GET"}
     for r in ops.values():
@@ -162,7 +162,7 @@ def test_layout_mismatch_against_real_servers(ring_server, ring_server_v2) -> No
     out = run_bench("--path", ring_server_v2.region, "--bench", "10")
     assert out.returncode == 3 and "layout v2" in out.stderr
     out = run_bench("--path", ring_server.region, "--layout", "v2", "--bench", "10")
-    assert out.returncode == 3 and "layout v3" in out.stderr
+    assert out.returncode == 3 and "layout v4" in out.stderr
     out = run_bench("--path", ring_server_v2.region, "--layout", "v2", "--threads", "5")
     assert out.returncode == 1 and "only 4 rings" in out.stderr
 

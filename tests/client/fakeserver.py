@@ -1,4 +1,4 @@
-"""An in-process fake of the cxl_ring server side (layout v3 and v2), for unit tests.
+"""An in-process fake of the cxl_ring server side (layout v4, here "v3", and v2), for unit tests.
 
 It follows docs/ring-protocol.md closely enough to exercise the client (claims, acks, rings,
 statuses, quarantine, heartbeat, epoch changes), and lets tests misbehave on purpose: pause,

@@ -119,6 +119,6 @@ def test_info_counts(chan, server):
     assert info["state"] == "active"
     assert info["requests"] >= 2 and info["not_found"] >= 1
     top = server.info()
-    assert top["layout"] == "v3" and top["server_state"] == "running"
+    assert top["layout"] == "v4" and top["server_state"] == "running"
     assert int(top["epoch"]) == chan.r.epoch != 0
     assert len(top["channels"]) == 4
