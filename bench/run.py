@@ -61,9 +61,9 @@ TARGETS = {
     "server_idle_cpu_pct": ("<=", 2.0),
 }
 
-# Layout v3 header fields the runner polls to know the driver is serving
+# Layout v4 header fields the runner polls to know the driver is serving
 # (docs/ring-protocol.md 2.1): magic at 0, server_state at 144 (2 = RUNNING).
-V3_MAGIC = b"CXLDSMR\0"
+V4_MAGIC = b"CXLDSMR\0"
 V2_MAGIC = b"CXLSHM1\0"
 STATE_OFFSET = 144
 STATE_RUNNING = 2
@@ -119,7 +119,7 @@ def region_state(path: str, layout: str) -> str | None:
         return None
     if layout == "v2":
         return "running" if head[:8] == V2_MAGIC else None
-    if len(head) < STATE_OFFSET + 4 or head[:8] != V3_MAGIC:
+    if len(head) < STATE_OFFSET + 4 or head[:8] != V4_MAGIC:
         return None
     (state,) = struct.unpack_from("<I", head, STATE_OFFSET)
     return "running" if state == STATE_RUNNING else None
@@ -137,7 +137,7 @@ class RedisWithRing:
         module: Path,
         region: str,
         *,
-        layout: str = "v3",
+        layout: str = "v4",
         channels: int = 8,
         module_args: list[str] | None = None,
         cpu: int | None = None,
@@ -161,7 +161,7 @@ class RedisWithRing:
 
     def module_argv(self) -> list[str]:
         args = ["path", self.region, "layout", self.layout]
-        if self.layout == "v3":
+        if self.layout != "v2":
             args += ["channels", str(self.channels)]
         return args + self.extra_args
 

@@ -1,6 +1,5 @@
 """Fixtures for the cxl-ring-bench tests: the built client, unique /dev/shm names, and a
-real redis-server with build/cxl_ring.so in layout v4 or v2 (started through bench/run.py
-with `layout v3`, the name that layout had before version 4, which the driver still accepts).
+real redis-server with build/cxl_ring.so in layout v4 or v2 (started through bench/run.py).
 
 Tests that need the driver skip, saying so, until build/cxl_ring.so exists. Every
 redis-server a fixture starts is stopped and every /dev/shm file it names is removed.
@@ -60,7 +59,7 @@ def _server(layout: str, extra: list[str]) -> Iterator[runner.RedisWithRing]:
 @pytest.fixture(scope="module")
 def ring_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
     """A redis-server serving layout v4 with 4 channels of 256 KiB rings (shared by a module)."""
-    yield from _server("v3", ["req_ring", "262144", "resp_ring", "262144",
+    yield from _server("v4", ["req_ring", "262144", "resp_ring", "262144",
                               "max_value", "131072"])
 
 
@@ -73,5 +72,5 @@ def ring_server_v2(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
 @pytest.fixture
 def own_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
     """A private layout v4 server for tests that stop or kill it."""
-    yield from _server("v3", ["req_ring", "262144", "resp_ring", "262144",
+    yield from _server("v4", ["req_ring", "262144", "resp_ring", "262144",
                               "max_value", "131072"])
