@@ -14,6 +14,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from rawpeer import Region  # noqa: E402
 from ringharness import MODULE, MODULE_ASAN, NO_ASAN, REDIS_SERVER, Cluster  # noqa: E402
 
 
@@ -51,3 +52,22 @@ def module_path(request):
         pytest.skip(f"no ASan build in {REDIS_SERVER}: {NO_ASAN}")
     _require(path)
     return path
+
+
+@pytest.fixture
+def peer():
+    """open_peer(srv, chan=0): a raw peer holding channel chan, heartbeating; released after."""
+    opened = []
+
+    def open_peer(srv, chan=0):
+        region = Region(srv.region)
+        ch = region.channel(chan)
+        ch.claim()
+        ch.start_heartbeat()
+        opened.append((region, ch))
+        return ch
+
+    yield open_peer
+    for region, ch in opened:
+        ch.release()
+        region.close()

@@ -39,6 +39,22 @@ if os.environ.get("CXL_TEST_MODULE"):
 # Non-empty: why the ASan build cannot run in this server (scripts/prepare-server.sh).
 NO_ASAN = os.environ.get("CXL_TEST_NO_ASAN", "")
 
+# Every wait in the driver tests only catches a hang: none measures the machine's speed.
+HANG_S = 30.0
+
+
+def wait_for(predicate, what: str, timeout: float = HANG_S):
+    """Poll predicate() until it is true and return its value; the deadline catches a hang."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
 _names = itertools.count()
 
 

@@ -3,42 +3,16 @@
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 
 import pytest
-from rawpeer import ST_OK, ST_OOM, Region
+from rawpeer import ST_OK, ST_OOM
+from ringharness import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 SMALL = {"channels": 2, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
 
-
-@pytest.fixture
-def peer():
-    opened = []
-
-    def open_peer(srv, chan=0):
-        region = Region(srv.region)
-        ch = region.channel(chan)
-        ch.claim()
-        ch.start_heartbeat()
-        opened.append((region, ch))
-        return ch
-
-    yield open_peer
-    for region, ch in opened:
-        ch.release()
-        region.close()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def aof_bytes(workdir: Path) -> bytes:
@@ -52,9 +26,10 @@ def test_ring_writes_reach_the_aof(ring_servers, peer):
     assert ch.set(b"aof-ttl", b"v", ttl_ms=600000) == (ST_OK, b"")
     assert ch.cmd(b"HSET", b"aof-hash", b"f", b"v")[0] == ST_OK
     assert ch.delete(b"aof-key")[0] == ST_OK
-    wait_for(lambda: b"aof-hash" in aof_bytes(srv.workdir), 30, "the AOF")
-    data = aof_bytes(srv.workdir)
-    assert b"aof-value" in data and b"PXAT" in data and b"DEL" in data
+    # Each write reaches the AOF when its GIL hold ends; wait for all of them.
+    wait_for(lambda: all(w in aof_bytes(srv.workdir)
+                         for w in (b"aof-value", b"PXAT", b"aof-hash", b"DEL")), "the AOF",
+             timeout=10)
     # and a restart from that AOF has the ring's data
     srv.stop()
     srv.start()
@@ -67,15 +42,15 @@ def test_replica_sees_ring_writes(ring_servers, peer):
     primary = ring_servers.server(SMALL)
     replica = ring_servers.server(SMALL, conf=["--replicaof", "127.0.0.1", str(primary.port)])
     rc = replica.client()
-    wait_for(lambda: rc.info("replication")["master_link_status"] == "up", 60, "the link")
+    wait_for(lambda: rc.info("replication")["master_link_status"] == "up", "the link", timeout=60)
     ch = peer(primary)
     assert ch.set(b"repl-key", b"repl-value") == (ST_OK, b"")
     assert ch.cmd(b"INCRBY", b"repl-n", b"5") == (ST_OK, b":5\r\n")
-    wait_for(lambda: rc.get("repl-key") == b"repl-value" and rc.get("repl-n") == b"5", 30,
+    wait_for(lambda: rc.get("repl-key") == b"repl-value" and rc.get("repl-n") == b"5",
              "the replica")
     status, payload = ch.delete(b"repl-key")
     assert status == ST_OK and struct.unpack("<Q", payload) == (1,)
-    wait_for(lambda: rc.exists("repl-key") == 0, 30, "the replicated DEL")
+    wait_for(lambda: rc.exists("repl-key") == 0, "the replicated DEL")
     # the replica's own ring refuses writes, as its TCP port does
     rch = peer(replica)
     status, payload = rch.set(b"x", b"y")

@@ -27,21 +27,11 @@ from rawpeer import (
     ST_UNKNOWN_OUTCOME,
     Region,
 )
-from ringharness import REPO
+from ringharness import REPO, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 SMALL = {"channels": 4, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def main_thread_busy(srv) -> bool:
@@ -62,7 +52,7 @@ def test_epoch_and_heartbeat(ring_servers):
         assert region.epoch != 0
         assert region.server_pid == srv.pid
         hb = region.heartbeat
-        wait_for(lambda: region.heartbeat >= hb + 3, 15, "three heartbeats")
+        wait_for(lambda: region.heartbeat >= hb + 3, "three heartbeats")
     finally:
         region.close()
 
@@ -78,9 +68,9 @@ def test_heartbeat_ticks_while_main_thread_busy(ring_servers):
                                                                             "8"))
         hb = region.heartbeat
         busy.start()
-        wait_for(lambda: main_thread_busy(srv), 10, "the main thread to start sleeping")
+        wait_for(lambda: main_thread_busy(srv), "the main thread to start sleeping")
         rid = ch.send(OP_SET, [b"during-sleep", b"1"])   # waits for the GIL, not lost
-        wait_for(lambda: region.heartbeat >= hb + 5, 7, "five heartbeats")
+        wait_for(lambda: region.heartbeat >= hb + 5, "five heartbeats", timeout=7)
         # The main thread is still asleep: the heartbeat moved while Redis was busy.
         assert busy.is_alive(), "DEBUG SLEEP ended before five heartbeats: inconclusive"
         busy.join(30)
@@ -182,12 +172,12 @@ def test_killed_client_channel_is_reclaimed(ring_servers):
         assert ch.state == CHAN_ACTIVE
         proc.kill()
         proc.wait(10)
-        wait_for(lambda: ch.state == CHAN_FREE and ch.dead_token == token, 30, "reclaim")
+        wait_for(lambda: ch.state == CHAN_FREE and ch.dead_token == token, "reclaim")
         assert srv.info(2)["reclaims"] == 1
         ch.claim()                                       # free for the next client
         assert ch.ping() == (ST_OK, b"")
         ch.release()
-        wait_for(lambda: ch.state == CHAN_FREE and ch.ack_token == 0, 30, "release")
+        wait_for(lambda: ch.state == CHAN_FREE and ch.ack_token == 0, "release")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,6 +15,7 @@ import time
 import pytest
 import redis
 from rawpeer import OP_CMD, OP_GET, ST_OK, ST_TOO_LARGE, Region
+from ringharness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,20 +33,11 @@ def used_memory(srv) -> int:
     return int(srv.client().info("memory")["used_memory"])
 
 
-def wait_for(what: str, cond, timeout: float = HANG_S) -> None:
-    """Poll until cond() holds; the deadline only catches a hang."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what} after {timeout}s")
-        time.sleep(0.01)
-
-
 def park(srv, ch, op: int, args: list[bytes], n: int) -> list[int]:
     """Send n requests and read nothing: the ring fills, a response parks, reading stops."""
     ids = [ch.send(op, args) for _ in range(n)]
-    wait_for(f"a parked response on channel {ch.chan}",
-             lambda: srv.info(ch.chan)["pending"] > OUT_CAP)
+    wait_for(lambda: srv.info(ch.chan)["pending"] > OUT_CAP,
+             f"a parked response on channel {ch.chan}")
     return ids
 
 
@@ -106,8 +98,8 @@ def test_parked_responses_are_counted_and_given_back(ring_servers, peers):
     for ch in abandoned:
         ch.stop_heartbeat()              # the client is gone: the lease runs out
     for ch in chans:
-        wait_for(f"channel {ch.chan} to be free",
-                 lambda ch=ch: srv.info(ch.chan)["state"] == "free")
+        wait_for(lambda ch=ch: srv.info(ch.chan)["state"] == "free",
+                 f"channel {ch.chan} to be free")
         info = srv.info(ch.chan)
         assert info["pending"] == 0, info
         assert info["releases" if ch in released else "reclaims"] == 1, info

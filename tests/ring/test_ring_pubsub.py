@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from rawpeer import OP_CMD, OP_SET, ST_OK, Region
+from rawpeer import OP_CMD, OP_SET, ST_OK
+from ringharness import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -23,38 +24,12 @@ WAITING = "ring requests wait until none"
 SERVING = "serving the rings again"
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def redis8(srv) -> bool:
     """Redis (not Valkey) 8 or later: publishes only from its main thread."""
     info = srv.client().info("server")
     return (info.get("server_name", "redis") != "valkey"
             and int(str(info["redis_version"]).split(".")[0]) >= 8)
 
-
-@pytest.fixture
-def peer():
-    opened = []
-
-    def open_peer(srv):
-        region = Region(srv.region)
-        ch = region.channel(0)
-        ch.claim()
-        ch.start_heartbeat()
-        opened.append((region, ch))
-        return ch
-
-    yield open_peer
-    for region, ch in opened:
-        ch.release()
-        region.close()
 
 
 def messages(pubsub, count: int, timeout: float = 10.0) -> list[tuple[bytes, bytes]]:
@@ -69,12 +44,12 @@ def messages(pubsub, count: int, timeout: float = 10.0) -> list[tuple[bytes, byt
 
 def served_after_unsubscribe(srv, ch, pubsub, rid: int):
     """Redis 8: the request waits while the client is subscribed, then is answered."""
-    wait_for(lambda: WAITING in srv.log_text(), 10, "the driver's log line")
+    wait_for(lambda: WAITING in srv.log_text(), "the driver's log line")
     assert srv.alive()
     pubsub.close()                                       # no client subscribed any more
     status, got, payload = ch.recv(timeout=30)
     assert (status, got) == (ST_OK, rid), payload
-    wait_for(lambda: SERVING in srv.log_text(), 10, "the driver's log line")
+    wait_for(lambda: SERVING in srv.log_text(), "the driver's log line")
     return payload
 
 
@@ -125,7 +100,7 @@ def test_cmd_while_a_client_monitors(ring_servers, peer):
     # Redis 8: the CMD waits while the client is in MONITOR, then runs.
     with client.monitor():
         rid = ch.send(OP_CMD, [b"INCR", b"n"])
-        wait_for(lambda: WAITING in srv.log_text(), 10, "the driver's log line")
+        wait_for(lambda: WAITING in srv.log_text(), "the driver's log line")
         assert srv.alive()
     client.connection_pool.disconnect()                # the MONITOR connection goes
     status, got, payload = ch.recv(timeout=30)

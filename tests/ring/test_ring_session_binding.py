@@ -15,8 +15,6 @@ Every test runs on the plain and the ASan build of the module (hostile input).
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from rawpeer import (
     CHAN_ACTIVE,
@@ -30,6 +28,7 @@ from rawpeer import (
     Channel,
     Region,
 )
+from ringharness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,15 +36,6 @@ GEOMETRY = {"channels": 2, "req_ring": "256k", "resp_ring": "256k", "max_value":
             "client_lease_ms": 1000}
 HANG = 30          # every wait below only catches a hang
 SECRET = b"previous-session-secret:"
-
-
-def wait_for(predicate, what: str):
-    deadline = time.monotonic() + HANG
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"no {what} within {HANG} s")
 
 
 @pytest.fixture
