@@ -182,12 +182,6 @@ class RedisRing:
         self.proc = None
         return rc
 
-    def cpu_ticks(self) -> int:
-        """utime + stime of the whole process, in clock ticks (/proc/PID/stat)."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-
 
 def pairs(raw) -> dict:
     """A RESP2 flat field/value array (CXLRING.INFO) as a dict, recursively."""
