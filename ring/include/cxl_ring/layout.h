@@ -1,11 +1,12 @@
 /*
- * layout.h - the byte layout of a cxl_ring region, layout version 4.
+ * layout.h - the byte layout of a cxl_ring region, layout version 5.
  *
  * This header is docs/ring-protocol.md in C. Every structure here lives in
  * shared memory and is written by exactly one peer: the header and the server
  * sections by the server, a client section by the client that owns that
- * channel. Sections are page-aligned so that the hypervisor can map each one
- * read-only to the peers that do not own it.
+ * channel. Sections are grouped by writer into segments (one per channel group
+ * and side), each its own file or device, so that the hypervisor maps each
+ * segment read-write, read-only or not at all into each peer (Sec-DSM).
  *
  * Fields are accessed only through barrier.h helpers (never plain loads or
  * stores), and the types below are named cxl_shm_* so that a pointer into
@@ -21,13 +22,18 @@
 
 #define CXL_MAGIC             "CXLDSMR"         /* 8 bytes with the NUL */
 #define CXL_MAGIC_LEN         8
-#define CXL_LAYOUT_VERSION    4u
+#define CXL_LAYOUT_VERSION    5u
 #define CXL_PAGE_SIZE         4096u
 #define CXL_HEADER_SIZE       CXL_PAGE_SIZE
 #define CXL_CONTROL_SIZE      CXL_PAGE_SIZE      /* control page before each ring */
 #define CXL_CACHELINE         64u
 
 #define CXL_MAX_CHANNELS      256u
+#define CXL_MAX_GROUPS        32u
+#define CXL_MAX_SEGMENTS      (1u + 2u * CXL_MAX_GROUPS)
+#define CXL_SEGMENT_TABLE_OFF 256u
+#define CXL_SEGMENT_ENTRY     32u
+#define CXL_GROUP_NONE        0xffffu       /* group of the header segment */
 #define CXL_MIN_RING_SIZE     4096u
 #define CXL_MAX_RING_SIZE     (1u << 30)
 
@@ -63,8 +69,10 @@ struct cxl_shm_header {
     uint32_t feature_flags;             /*  16 */
     uint32_t channel_count;             /*  20 */
     uint64_t region_size;               /*  24 */
-    uint64_t channel_table_off;         /*  32 */
-    uint64_t channel_stride;            /*  40 */
+    uint32_t group_count;               /*  32 */
+    uint32_t segment_count;             /*  36: 1 + 2 * group_count */
+    uint32_t segment_align;             /*  40: power of two >= 4096 */
+    uint32_t reserved_g;                /*  44 */
     uint64_t client_section_size;       /*  48 */
     uint64_t server_section_size;       /*  56 */
     uint32_t req_ring_size;             /*  64 */
@@ -79,7 +87,26 @@ struct cxl_shm_header {
     uint64_t server_heartbeat;          /* 136 */
     uint32_t server_state;              /* 144 */
     uint32_t server_pid;                /* 148 */
-    uint8_t  reserved1[CXL_HEADER_SIZE - 152];
+    uint8_t  reserved1[CXL_SEGMENT_TABLE_OFF - 152];
+    /* geometry, written while formatting: one entry per segment */
+    struct cxl_shm_segment {
+        uint64_t offset;                /*  0: offset(k) in the region */
+        uint64_t size;                  /*  8: bytes the layout uses */
+        uint64_t span;                  /* 16: bytes reserved (a power of two) */
+        uint8_t  kind;                  /* 24: enum cxl_segment_kind */
+        uint8_t  reserved;              /* 25 */
+        uint16_t group;                 /* 26: CXL_GROUP_NONE for the header */
+        uint16_t first_channel;         /* 28 */
+        uint16_t channel_count;         /* 30 */
+    } segments[CXL_MAX_SEGMENTS];       /* 256 */
+    uint8_t  reserved2[CXL_HEADER_SIZE - CXL_SEGMENT_TABLE_OFF
+                       - CXL_MAX_SEGMENTS * CXL_SEGMENT_ENTRY];
+};
+
+enum cxl_segment_kind {
+    CXL_SEG_HEADER = 1,                 /* written by the server */
+    CXL_SEG_CLIENT = 2,                 /* written by the group's client */
+    CXL_SEG_SERVER = 3,                 /* written by the server */
 };
 
 /* Control page of a client section, written by the channel's owner. */
@@ -112,6 +139,11 @@ _Static_assert(sizeof(struct cxl_shm_header) == CXL_HEADER_SIZE, "header is one 
 _Static_assert(offsetof(struct cxl_shm_header, client_lease_ms) == 84, "header geometry");
 _Static_assert(offsetof(struct cxl_shm_header, server_epoch) == 128, "liveness line");
 _Static_assert(offsetof(struct cxl_shm_header, server_pid) == 148, "liveness line");
+_Static_assert(offsetof(struct cxl_shm_header, group_count) == 32, "group count");
+_Static_assert(offsetof(struct cxl_shm_header, segment_align) == 40, "segment alignment");
+_Static_assert(offsetof(struct cxl_shm_header, segments) == CXL_SEGMENT_TABLE_OFF, "segment table");
+_Static_assert(sizeof(struct cxl_shm_segment) == CXL_SEGMENT_ENTRY, "segment entry");
+_Static_assert(offsetof(struct cxl_shm_segment, kind) == 24, "segment kind");
 _Static_assert(sizeof(struct cxl_shm_client_ctl) == CXL_CONTROL_SIZE, "client control page");
 _Static_assert(offsetof(struct cxl_shm_client_ctl, req_head) == 64, "req_head line");
 _Static_assert(offsetof(struct cxl_shm_client_ctl, resp_tail) == 128, "resp_tail line");
@@ -183,6 +215,80 @@ enum cxl_status {
 static inline uint64_t cxl_align8(uint64_t n)
 {
     return (n + (CXL_MSG_ALIGN - 1)) & ~(uint64_t)(CXL_MSG_ALIGN - 1);
+}
+
+/* ---- Layout 5: segments (docs/ring-protocol.md section 2) ---------------- */
+
+/* One segment as the layout places it (a private copy, not shared memory). */
+struct cxl_segment_plan {
+    uint64_t offset, size, span;
+    uint8_t  kind;
+    uint16_t group, first_channel, channel_count;
+};
+
+static inline uint64_t cxl_pow2_ceil(uint64_t n)
+{
+    uint64_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+/*
+ * Place the segments of a region: groups[g] channels in group g, g < ngroups.
+ * Fills out[0 .. 2 * ngroups] and returns region_size, or 0 when the input is
+ * out of range (ngroups 1..CXL_MAX_GROUPS, every group >= 1 channel, at most
+ * CXL_MAX_CHANNELS in all, ring sizes powers of two >= 4096, align a power of
+ * two >= 4096). Every peer and the lab's host side use this one rule.
+ */
+static inline uint64_t cxl_layout_plan(const uint32_t *groups, uint32_t ngroups,
+                                       uint32_t req_ring_size, uint32_t resp_ring_size,
+                                       uint32_t segment_align,
+                                       struct cxl_segment_plan *out)
+{
+    uint64_t off = 0, total = 0;
+    uint32_t first = 0;
+
+    if (ngroups < 1 || ngroups > CXL_MAX_GROUPS)
+        return 0;
+    if (segment_align < CXL_PAGE_SIZE || (segment_align & (segment_align - 1)))
+        return 0;
+    if (req_ring_size < CXL_MIN_RING_SIZE || (req_ring_size & (req_ring_size - 1)) ||
+        resp_ring_size < CXL_MIN_RING_SIZE || (resp_ring_size & (resp_ring_size - 1)))
+        return 0;
+    for (uint32_t g = 0; g < ngroups; g++) {
+        if (groups[g] < 1)
+            return 0;
+        total += groups[g];
+    }
+    if (total > CXL_MAX_CHANNELS)
+        return 0;
+    for (uint32_t k = 0; k < 1 + 2 * ngroups; k++) {
+        struct cxl_segment_plan *seg = &out[k];
+        if (k == 0) {
+            seg->kind = CXL_SEG_HEADER;
+            seg->group = CXL_GROUP_NONE;
+            seg->first_channel = 0;
+            seg->channel_count = 0;
+            seg->size = CXL_HEADER_SIZE;
+        } else {
+            uint32_t g = (k - 1) / 2;
+            seg->kind = (k % 2) ? CXL_SEG_CLIENT : CXL_SEG_SERVER;
+            seg->group = (uint16_t)g;
+            seg->first_channel = (uint16_t)first;
+            seg->channel_count = (uint16_t)groups[g];
+            seg->size = (uint64_t)groups[g] * (CXL_CONTROL_SIZE +
+                        (seg->kind == CXL_SEG_CLIENT ? req_ring_size : resp_ring_size));
+            if (seg->kind == CXL_SEG_SERVER)
+                first += groups[g];
+        }
+        seg->span = cxl_pow2_ceil(seg->size);
+        if (seg->span < segment_align)
+            seg->span = segment_align;
+        seg->offset = off;
+        off += seg->span;
+    }
+    return off;
 }
 
 /* ---- Layout version 2 (the PoC's, docs/ring-protocol.md section 10) ------ */
