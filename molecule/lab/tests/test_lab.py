@@ -59,6 +59,35 @@ def console_tail(hypervisor, name: str) -> str:
     return hypervisor.run("tail -n 30 %s/logs/%s-console.log", STATE_DIR, name).stdout
 
 
+def secdsm(entry: dict) -> bool:
+    return entry.get("security") == "secdsm"
+
+
+def qemu_args(hypervisor, name: str) -> list[str]:
+    return [
+        a.get("value")
+        for a in live_xml(hypervisor, name).iter("{http://libvirt.org/schemas/domain/qemu/1.0}arg")
+    ]
+
+
+def backends(hypervisor, name: str) -> dict[str, str]:
+    """mem-path -> the whole memory-backend-file argument, from the live domain XML."""
+    found = {}
+    for arg in qemu_args(hypervisor, name):
+        if arg.startswith("memory-backend-file,"):
+            fields = dict(f.split("=", 1) for f in arg.split(",")[1:] if "=" in f)
+            found[fields["mem-path"]] = arg
+    return found
+
+
+SECDSM_REGIONS = [name for name, r in REGIONS.items() if secdsm(r)]
+OFF_REGIONS = [name for name, r in REGIONS.items() if not secdsm(r)]
+SEGMENT_FILES = [
+    (name, seg) for name in SECDSM_REGIONS for seg in REGIONS[name]["segments"]
+]
+SEGMENT_IDS = [f"{name}-{seg['name']}" for name, seg in SEGMENT_FILES]
+
+
 # ---- hypervisor ----------------------------------------------------------------
 
 
@@ -77,14 +106,33 @@ def test_numatune_in_live_xml(hypervisor, vm):
 
 
 def test_region_backends_in_live_xml(hypervisor, vm):
-    args = [
-        a.get("value")
-        for a in live_xml(hypervisor, vm["name"]).iter(
-            "{http://libvirt.org/schemas/domain/qemu/1.0}arg"
-        )
-    ]
+    found = backends(hypervisor, vm["name"])
     for entry in vm["regions"]:
-        assert any("mem-path={},".format(entry["path"]) in a and "share=on" in a for a in args)
+        if secdsm(entry):
+            continue
+        assert entry["path"] in found and "share=on" in found[entry["path"]]
+
+
+def test_live_xml_maps_exactly_the_granted_segments(hypervisor, vm):
+    """Sec-DSM: one backend per granted segment, none for the others (nothing else mapped)."""
+    found = backends(hypervisor, vm["name"])
+    for entry in vm["regions"]:
+        if not secdsm(entry):
+            continue
+        region = REGIONS[entry["name"]]
+        granted = {seg["path"] for seg in entry["segments"]}
+        every = {seg["path"] for seg in region["segments"]}
+        name = entry["name"]
+        assert granted <= set(found), f"{name}: granted segments missing from the domain"
+        assert not (every - granted) & set(found), f"{name}: an ungranted segment is mapped"
+
+
+def test_read_only_grants_are_read_only_backends(hypervisor, vm):
+    found = backends(hypervisor, vm["name"])
+    for entry in vm["regions"]:
+        for seg in entry.get("segments", []) if secdsm(entry) else []:
+            arg = found[seg["path"]]
+            assert ("readonly=on" in arg.split(",")) == (seg["access"] == "ro"), arg
 
 
 def test_ssh_is_forwarded_on_loopback_only(hypervisor, vm):
@@ -96,19 +144,35 @@ def test_ssh_is_forwarded_on_loopback_only(hypervisor, vm):
     )
 
 
-@pytest.mark.parametrize("name", list(REGIONS))
+@pytest.mark.parametrize("name", OFF_REGIONS)
 def test_region_file_size(hypervisor, name):
     assert hypervisor.file(REGIONS[name]["path"]).size == REGIONS[name]["size_bytes"]
 
 
-@pytest.mark.parametrize("name", list(REGIONS))
+@pytest.mark.parametrize("name", OFF_REGIONS)
 def test_region_file_mode_is_private(hypervisor, name):
     assert hypervisor.file(REGIONS[name]["path"]).mode == int(REGIONS[name]["mode"], 8)
 
 
-@pytest.mark.parametrize("name", list(REGIONS))
+@pytest.mark.parametrize("name", OFF_REGIONS)
 def test_region_file_belongs_to_qemu(hypervisor, name):
     assert hypervisor.file(REGIONS[name]["path"]).user == REGIONS[name]["owner"]
+
+
+@pytest.mark.parametrize("name,seg", SEGMENT_FILES, ids=SEGMENT_IDS)
+def test_segment_file_spans_its_segment(hypervisor, name, seg):
+    assert hypervisor.file(seg["path"]).size == seg["span"]
+
+
+@pytest.mark.parametrize("name,seg", SEGMENT_FILES, ids=SEGMENT_IDS)
+def test_segment_file_is_private_to_qemu(hypervisor, name, seg):
+    segment = hypervisor.file(seg["path"])
+    assert (segment.user, segment.mode) == (REGIONS[name]["owner"], int(REGIONS[name]["mode"], 8))
+
+
+@pytest.mark.parametrize("name", SECDSM_REGIONS)
+def test_segment_directory_is_not_world_accessible(hypervisor, name):
+    assert hypervisor.file(REGIONS[name]["path"]).mode & 0o007 == 0
 
 
 def test_controller_key_is_private():
@@ -127,19 +191,38 @@ def test_guest_answers(guest, vm, hypervisor):
     assert result.stdout.strip() == vm["name"], console_tail(hypervisor, vm["name"])
 
 
+def devices(entry: dict) -> list[dict]:
+    """The ivshmem devices of one region in one VM: one per granted segment, or the region's."""
+    return entry["segments"] if secdsm(entry) else [entry]
+
+
 def test_ivshmem_is_bound_to_uio(guest, vm):
     for entry in vm["regions"]:
-        driver = guest.file("/sys/bus/pci/devices/{}/driver".format(entry["pci_address"]))
-        assert driver.linked_to.endswith("/uio_pci_generic")
+        for device in devices(entry):
+            driver = guest.file("/sys/bus/pci/devices/{}/driver".format(device["pci_address"]))
+            assert driver.linked_to.endswith("/uio_pci_generic")
+
+
+def test_guest_sees_only_its_own_ivshmem_devices(guest, vm):
+    """An ungranted segment is no device at all in the guest: nothing to probe or map."""
+    listed = guest.check_output("lspci -n -d 1af4:1110 | wc -l")
+    assert int(listed) == sum(len(devices(entry)) for entry in vm["regions"])
 
 
 def test_region_path_is_published(guest, vm):
     for entry in vm["regions"]:
-        assert guest.file("/dev/cxl/{}".format(entry["name"])).is_symlink
+        path = guest.file("/dev/cxl/{}".format(entry["name"]))
+        if secdsm(entry):
+            assert path.is_directory
+            assert sorted(path.listdir()) == sorted(seg["name"] for seg in entry["segments"])
+        else:
+            assert path.is_symlink
 
 
 def test_region_path_maps_the_whole_region(guest, vm):
     for entry in vm["regions"]:
+        if secdsm(entry):
+            continue
         size = guest.check_output(
             'python3 -c \'import json;print(json.load(open("/etc/cxl-lab/regions.json"))'
             '["{}"]["size_bytes"])\''.format(entry["name"])
@@ -151,19 +234,32 @@ def test_binding_survives_reboots(guest):
     assert guest.file("/etc/udev/rules.d/70-cxl-lab.rules").contains("uio_pci_generic")
 
 
-def region_file_access(guest, region: str) -> tuple[str, int]:
-    target = guest.file(f"/dev/cxl/{region}").linked_to
+def region_file_access(guest, path: str) -> tuple[str, int]:
+    target = guest.file(path).linked_to
     return guest.file(target).group, guest.file(target).mode
 
 
 def test_region_file_belongs_to_the_region_group(guest, vm):
     for entry in vm["regions"]:
-        assert region_file_access(guest, entry["name"]) == ("cxl", 0o660)
+        if secdsm(entry):
+            continue
+        assert region_file_access(guest, f"/dev/cxl/{entry['name']}") == ("cxl", 0o660)
+
+
+def test_segment_files_carry_the_grant_in_their_mode(guest, vm):
+    """A read-only segment's file has no write bit: the services' users cannot even open it rw."""
+    for entry in vm["regions"]:
+        for seg in entry["segments"] if secdsm(entry) else []:
+            expected = 0o660 if seg["access"] == "rw" else 0o440
+            path = f"/dev/cxl/{entry['name']}/{seg['name']}"
+            assert region_file_access(guest, path) == ("cxl", expected), path
 
 
 def test_udev_gives_the_region_file_its_group_again(guest, vm):
     """What the kernel does on a reboot or a re-probe (root 0600), the udev rule undoes."""
-    entry = vm["regions"][0]
+    entry = next((e for e in vm["regions"] if not secdsm(e)), None)
+    if entry is None:
+        pytest.skip("no single-file region in this VM")
     target = guest.file(f"/dev/cxl/{entry['name']}").linked_to
     guest.check_output("chgrp root %s && chmod 0600 %s", target, target)
     try:
@@ -171,7 +267,7 @@ def test_udev_gives_the_region_file_its_group_again(guest, vm):
             "udevadm trigger --action=bind --settle /sys/bus/pci/devices/%s",
             entry["pci_address"],
         )
-        assert region_file_access(guest, entry["name"]) == ("cxl", 0o660)
+        assert region_file_access(guest, f"/dev/cxl/{entry['name']}") == ("cxl", 0o660)
     finally:
         guest.run("chgrp cxl %s && chmod 0660 %s", target, target)
 
@@ -184,7 +280,7 @@ PEEK = (
 )
 
 
-@pytest.mark.parametrize("name", list(REGIONS))
+@pytest.mark.parametrize("name", OFF_REGIONS)
 def test_bytes_written_in_one_vm_are_read_in_the_others_and_the_host(hypervisor, name):
     mappers = [vm for vm in VMS if any(e["name"] == name for e in vm["regions"])]
     writers = [
@@ -210,6 +306,62 @@ def test_bytes_written_in_one_vm_are_read_in_the_others_and_the_host(hypervisor,
         str(offset // 64),
     )
     assert on_host == token
+
+
+def host_bytes(hypervisor, path: str, offset: int) -> str:
+    return hypervisor.check_output(
+        "dd if=%s bs=64 count=1 skip=%s status=none | tr -d '\\000'", path, str(offset // 64)
+    )
+
+
+def grants(name: str) -> list[tuple[dict, dict]]:
+    """(vm, segment entry) for every segment of a secdsm region granted to a VM."""
+    return [
+        (vm, seg)
+        for vm in VMS
+        for entry in vm["regions"]
+        if entry["name"] == name and secdsm(entry)
+        for seg in entry["segments"]
+    ]
+
+
+@pytest.mark.parametrize("name", SECDSM_REGIONS)
+def test_client_segment_bytes_reach_the_server_and_the_host(hypervisor, name):
+    """A client writes its own client segment; the server VM and the host read the bytes."""
+    writable = [(vm, seg) for vm, seg in grants(name)
+                if seg["access"] == "rw" and seg["name"].startswith("client-")]
+    if not writable:
+        pytest.skip(f"no client holds a writable segment of {name}")
+    writer, seg = writable[0]
+    readers = [vm for vm, other in grants(name)
+               if other["name"] == seg["name"] and vm is not writer]
+    token = f"molecule-{name}-{secrets.token_hex(8)}"
+    offset = seg["size_bytes"] - 8192  # past the sections the layout uses in this segment
+    path = f"/dev/cxl/{name}/{seg['name']}"
+    guest_host(writer["name"]).check_output(
+        "python3 -c %s %s %s %s", PEEK, path, str(offset), token)
+    for reader in readers:
+        seen = guest_host(reader["name"]).check_output(
+            "python3 -c %s %s %s", PEEK, path, str(offset))
+        assert seen == token, "{} reads {!r}".format(reader["name"], seen)
+    assert host_bytes(hypervisor, seg["path"], offset) == token
+
+
+@pytest.mark.parametrize("name", SECDSM_REGIONS)
+def test_a_client_write_into_the_header_is_dropped(hypervisor, name):
+    """root in a client VM opens the read-only header for writing and writes: nothing lands."""
+    readonly = [(vm, seg) for vm, seg in grants(name)
+                if seg["access"] == "ro" and seg["name"] == "header"]
+    if not readonly:
+        pytest.skip(f"no VM holds {name}'s header read-only")
+    vm, seg = readonly[0]
+    offset = 4096 - 64  # the header page's reserved tail: harmless if it did land
+    before = host_bytes(hypervisor, seg["path"], offset)
+    token = f"forged-{secrets.token_hex(8)}"
+    guest_host(vm["name"]).run(
+        "python3 -c %s %s %s %s", PEEK, f"/dev/cxl/{name}/header", str(offset), token
+    )
+    assert host_bytes(hypervisor, seg["path"], offset) == before != token
 
 
 # One datagram over the inter-VM link and its echo (reversed), port 40999. The echo
