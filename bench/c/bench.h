@@ -109,7 +109,7 @@ struct transport {
     const char *(*error)(struct bench_conn *conn);
 };
 
-extern const struct transport transport_v3;
+extern const struct transport transport_v5;
 extern const struct transport transport_v2;
 
 /* Map a cxl_client_rc to an exit code. */

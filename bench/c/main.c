@@ -1,8 +1,8 @@
 /*
  * cxl-ring-bench - load generator for the cxl_ring Redis driver.
  *
- * Each thread claims its own channel of a shared-memory region (layout v4,
- * docs/ring-protocol.md) or takes its own ring of the proof of concept's
+ * Each thread claims its own channel of a shared-memory region (layout v5,
+ * docs/ring-protocol.md: one file, or a directory of segment files) or takes its own ring of the proof of concept's
  * layout v2, sends GET/SET requests (one at a time, or pipelined up to a
  * window), and measures throughput and latency. Flags that the PoC's client
  * had (--path --map-size --bench --threads --pipeline --max-inflight
@@ -35,11 +35,15 @@ static void usage(FILE *f)
 "Benchmark the cxl_ring Redis driver through its shared-memory rings.\n"
 "\n"
 "Region and layout:\n"
-"  --path PATH            the shared region: a /dev/shm file, /dev/uioN, or a sysfs\n"
-"                         PCI resource2 file (required)\n"
-"  --map-size BYTES       bytes to map (default: the whole file or BAR)\n"
-"  --layout v4|v2         protocol layout (default v4, also accepted as v3; v2 = the\n"
-"                         PoC's slot rings, for the driver's `layout v2` mode)\n"
+"  --path PATH            the shared region (required): one file (security off: a\n"
+"                         /dev/shm file, /dev/uioN, or a sysfs PCI resource2 file) or\n"
+"                         a directory of segment files (security secdsm: header,\n"
+"                         client-<g>, server-<g>; only the segments granted to this\n"
+"                         peer need be there, and only channels of a client segment\n"
+"                         it can write are claimed)\n"
+"  --map-size BYTES       bytes to map of a one-file region (default: all of it)\n"
+"  --layout v5|v2         protocol layout (default v5; v2 = the PoC's slot rings, for\n"
+"                         the driver's `layout v2` mode)\n"
 "\n"
 "Load:\n"
 "  --bench N              requests per phase, all threads together (default 100000)\n"
@@ -69,14 +73,15 @@ static void usage(FILE *f)
 "  --cost                 also print push retries (ring full) and time slept\n"
 "  --csv FILE             append one row per phase with the PoC's header; with\n"
 "                         --latency or --cost the default is results/ring_metrics.csv\n"
-"  --label NAME           the CSV/JSON label (default ring_v4 or ring_v2)\n"
+"  --label NAME           the CSV/JSON label (default ring_v5 or ring_v2)\n"
 "  --json FILE            write a JSON summary (- for stdout)\n"
 "  --quiet                only errors on stderr\n"
 "  --cacheline-rtt A,B    no benchmark: measure the round trip of a cache line between\n"
 "                         CPUs A and B (the floor of any ring round trip), print ns\n"
 "  --help, --version\n"
 "\n"
-"Exit codes: 0 ok; 1 usage; 2 cannot open the region or it is not formatted;\n"
+"Exit codes: 0 ok; 1 usage; 2 cannot open the region, it is not formatted, or no\n"
+"channel of it is writable here;\n"
 "3 layout mismatch; 4 server not running, gone or restarted (in-flight requests have\n"
 "an unknown outcome); 5 timeout; 6 protocol error or error replies.\n");
 }
@@ -215,14 +220,16 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
             o->map_size = parse_u64("--map-size", optarg, CXL_PAGE_SIZE, UINT64_MAX / 2);
             break;
         case OPT_LAYOUT:
-            /* v3: this layout's name before layout 4, accepted for existing scripts */
-            if (!strcmp(optarg, "v4") || !strcmp(optarg, "4") ||
-                !strcmp(optarg, "v3") || !strcmp(optarg, "3"))
+            if (!strcmp(optarg, "v5") || !strcmp(optarg, "5"))
                 o->layout = CXL_LAYOUT_VERSION;
             else if (!strcmp(optarg, "v2") || !strcmp(optarg, "2"))
                 o->layout = 2;
+            else if (!strcmp(optarg, "v4") || !strcmp(optarg, "4") ||
+                     !strcmp(optarg, "v3") || !strcmp(optarg, "3"))
+                fail_usage("--layout %s is no longer spoken: layout v5 replaced it (the "
+                           "driver's default); use --layout v5", optarg);
             else
-                fail_usage("--layout wants v4 or v2, not '%s'", optarg);
+                fail_usage("--layout wants v5 or v2, not '%s'", optarg);
             break;
         case OPT_BENCH: o->requests = parse_u64("--bench", optarg, 1, 1ull << 40); break;
         case OPT_DURATION:
@@ -301,7 +308,7 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
     if (o->batch > o->max_inflight)
         o->batch = o->max_inflight;
     if (!o->label)
-        o->label = o->layout == 2 ? "ring_v2" : "ring_v4";
+        o->label = o->layout == 2 ? "ring_v2" : "ring_v5";
     if (!o->csv && (o->latency_flag || o->cost))
         o->csv = "results/ring_metrics.csv";    /* the PoC's default */
     o->stall_s = o->timeout_s < 5 ? o->timeout_s : 5;
@@ -594,6 +601,7 @@ int bench_exit_for(int rc)
     switch (rc) {
     case CXL_OK:              return EXIT_OK_BENCH;
     case CXL_E_OPEN:
+    case CXL_E_NO_ACCESS:
     case CXL_E_NOT_FORMATTED: return EXIT_NO_REGION;
     case CXL_E_LAYOUT:        return EXIT_LAYOUT;
     case CXL_E_NOT_RUNNING:
@@ -628,7 +636,7 @@ int main(int argc, char **argv)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     parse_args(&o, argc, argv);
-    t = o.layout == 2 ? &transport_v2 : &transport_v3;
+    t = o.layout == 2 ? &transport_v2 : &transport_v5;
 
     code = t->open(&o, err, sizeof(err));
     if (code) {
@@ -638,8 +646,8 @@ int main(int argc, char **argv)
     }
     lanes = t->lanes();
     if (o.threads > lanes) {
-        snprintf(msg, sizeof(msg), "--threads %u, but the region has only %u %s; each "
-                 "thread needs its own", o.threads, lanes, o.layout == 2 ? "rings" : "channels");
+        snprintf(msg, sizeof(msg), "--threads %u, but the region has only %u %s "
+                 "this process may claim; each thread needs its own", o.threads, lanes, o.layout == 2 ? "rings" : "channels");
         fprintf(stderr, "cxl-ring-bench: error: %s\n", msg);
         write_json_error(&o, EXIT_USAGE, msg);
         t->close();

@@ -52,7 +52,7 @@ static uint32_t claim_timeout_ms;
 static int v2_open(const struct bench_opts *o, char *err, size_t errlen)
 {
     const struct cxl_v2_header *h;
-    uint64_t magic, want_v2, want_v3;
+    uint64_t magic, want_v2, want_v5;
     uint32_t version, i;
     char why[256];
 
@@ -68,10 +68,10 @@ static int v2_open(const struct bench_opts *o, char *err, size_t errlen)
     h = (const struct cxl_v2_header *)region.base;
     magic = cxl_load_acquire64((const volatile uint64_t *)(const void *)h->magic);
     memcpy(&want_v2, CXL_V2_MAGIC, 8);
-    memcpy(&want_v3, CXL_MAGIC, 8);
+    memcpy(&want_v5, CXL_MAGIC, 8);
     if (magic != want_v2) {
-        if (magic == want_v3)
-            ERR("%s holds layout v4 (magic CXLDSMR), not the PoC layout v2; run without "
+        if (magic == want_v5)
+            ERR("%s holds layout v5 (magic CXLDSMR), not the PoC layout v2; run without "
                 "--layout v2", o->path);
         else if (magic == 0)
             ERR("region %s is not formatted: is a cxl_ring server with `layout v2` running "

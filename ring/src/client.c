@@ -18,10 +18,13 @@
 #include "cxl_ring/client.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -52,6 +55,7 @@ const char *cxl_client_strerror(int rc)
     case CXL_E_QUARANTINED:   return "channel quarantined";
     case CXL_E_CORRUPT:       return "corrupt ring";
     case CXL_E_TOO_LARGE:     return "request too large";
+    case CXL_E_NO_ACCESS:     return "no writable channel";
     default:                  return "unknown error";
     }
 }
@@ -115,21 +119,81 @@ void cxl_backoff_wait(struct cxl_backoff *b, uint64_t now)
 
 /* ---- Region ----------------------------------------------------------------- */
 
+/*
+ * A directory region (security secdsm): read the geometry from the header
+ * segment alone, map the segments it places, then read the header again where
+ * it now sits and check it is the same layout (a server may have reformatted
+ * in between). Returns 0, 1 (all zeros) or -1 (layout mismatch), or
+ * CXL_E_OPEN with err filled.
+ */
+static int open_dir(struct cxl_client *c, const char *dir, char *why, size_t whylen)
+{
+    struct cxl_geometry first;
+    char path[256];
+    struct stat st;
+    void *hdr;
+    int fd, rc;
+
+    if ((size_t)snprintf(path, sizeof(path), "%s/header", dir) >= sizeof(path)) {
+        snprintf(why, whylen, "region directory path is longer than %zu bytes",
+                 sizeof(path) - 8);
+        return CXL_E_OPEN;
+    }
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, whylen, "cannot open %s: %s; every peer needs the region's header "
+                 "segment readable", path, strerror(errno));
+        return CXL_E_OPEN;
+    }
+    if (fstat(fd, &st) < 0 || (S_ISREG(st.st_mode) && st.st_size < CXL_HEADER_SIZE)) {
+        snprintf(why, whylen, "%s is smaller than the %u-byte header", path, CXL_HEADER_SIZE);
+        close(fd);
+        return CXL_E_OPEN;
+    }
+    hdr = mmap(NULL, CXL_HEADER_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (hdr == MAP_FAILED) {
+        snprintf(why, whylen, "cannot map %s: %s", path, strerror(errno));
+        return CXL_E_OPEN;
+    }
+    rc = cxl_header_read(hdr, 0, &first, why, whylen);
+    munmap(hdr, CXL_HEADER_SIZE);
+    if (rc)
+        return rc;
+    if (cxl_region_map_dir(dir, &first, CXL_ROLE_CLIENT, 0, &c->region, why, whylen) < 0)
+        return CXL_E_OPEN;
+    rc = cxl_header_read(c->region.base, c->region.size, &c->geo, why, whylen);
+    if (rc == 0 && !cxl_geometry_equal(&first, &c->geo)) {
+        snprintf(why, whylen, "the header changed while the segments were mapped "
+                 "(reformatted); open the region again");
+        rc = -1;
+    }
+    return rc;
+}
+
 int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
                     char *err, size_t errlen)
 {
-    char why[256];
+    char why[1024];
     uint32_t state;
     int rc;
 
     memset(c, 0, sizeof(*c));
     c->region.fd = -1;
-    if (cxl_region_map(path, map_size, 0, &c->region, why, sizeof(why)) < 0) {
-        ERR("%s", why);
-        return CXL_E_OPEN;
+    if (cxl_region_is_dir(path)) {
+        rc = open_dir(c, path, why, sizeof(why));
+        if (rc == CXL_E_OPEN) {
+            ERR("%s", why);
+            return CXL_E_OPEN;
+        }
+    } else {
+        if (cxl_region_map(path, map_size, 0, &c->region, why, sizeof(why)) < 0) {
+            ERR("%s", why);
+            return CXL_E_OPEN;
+        }
+        rc = cxl_header_read(c->region.base, c->region.size, &c->geo, why, sizeof(why));
     }
     c->khdr = (const struct cxl_shm_header *)c->region.base;
-    rc = cxl_header_read(c->khdr, c->region.size, &c->geo, why, sizeof(why));
     if (rc == 1) {
         ERR("region %s is not formatted (all zeros): is a cxl_ring server running on it?",
             path);
@@ -137,7 +201,7 @@ int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
         return CXL_E_NOT_FORMATTED;
     }
     if (rc < 0) {
-        ERR("%s: %s", path, why);
+        ERR("%s: layout mismatch: %s", path, why);
         cxl_region_unmap(&c->region);
         return CXL_E_LAYOUT;
     }
@@ -157,6 +221,30 @@ int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
         c->server_dead_ns = (uint64_t)CXL_SERVER_DEAD_MIN_MS * 1000000ull;
     pthread_mutex_init(&c->lock, NULL);
     return CXL_OK;
+}
+
+int cxl_client_claimable(const struct cxl_client *c, uint32_t chan)
+{
+    if (!c->region.base || chan >= c->geo.channel_count)
+        return 0;
+    return (cxl_region_access(&c->region, cxl_client_section_off(&c->geo, chan),
+                              c->geo.client_section_size) & CXL_ACCESS_WRITE) &&
+           (cxl_region_access(&c->region, cxl_server_section_off(&c->geo, chan),
+                              c->geo.server_section_size) & CXL_ACCESS_READ);
+}
+
+uint32_t cxl_client_channels(const struct cxl_client *c, uint32_t *chans, uint32_t cap)
+{
+    uint32_t chan, n = 0;
+
+    for (chan = 0; chan < c->geo.channel_count; chan++) {
+        if (!cxl_client_claimable(c, chan))
+            continue;
+        if (chans && n < cap)
+            chans[n] = chan;
+        n++;
+    }
+    return n;
 }
 
 int cxl_client_liveness(const struct cxl_client *c, uint64_t epoch)
@@ -335,13 +423,26 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
     }
     s->token = cxl_random_u64();
 
+    if (!cxl_client_channels(c, NULL, 0)) {
+        SERR(s, "no channel of this region can be claimed here: no client segment is "
+             "mapped writable with its server segment readable (grant this peer its "
+             "group's client-<g> read-write and server-<g> read-only)");
+        free(s->buf);
+        s->buf = NULL;
+        return CXL_E_NO_ACCESS;
+    }
     for (i = 0; i < n; i++) {
         uint32_t chan = (first + i) % n;
-        struct cxl_shm_client_ctl *kcli = cxl_client_ctl(c->region.base, &c->geo, chan);
-        const struct cxl_shm_server_ctl *ksrv = cxl_server_ctl(c->region.base, &c->geo, chan);
-        uint64_t seen = cxl_load_acquire64(&kcli->claim_token);
-        uint64_t dead = cxl_load_acquire64(&ksrv->dead_token);
+        struct cxl_shm_client_ctl *kcli;
+        const struct cxl_shm_server_ctl *ksrv;
+        uint64_t seen, dead;
 
+        if (!cxl_client_claimable(c, chan))
+            continue;                   /* a segment this peer may not write (or read) */
+        kcli = cxl_client_ctl(c->region.base, &c->geo, chan);
+        ksrv = cxl_server_ctl(c->region.base, &c->geo, chan);
+        seen = cxl_load_acquire64(&kcli->claim_token);
+        dead = cxl_load_acquire64(&ksrv->dead_token);
         if (seen != 0 && seen != dead)
             continue;                   /* held by a live session */
         if (!cxl_cas64(&kcli->claim_token, seen, s->token))  /* S1 */

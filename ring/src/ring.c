@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -22,6 +23,31 @@ static int is_pow2(uint64_t v) { return v && !(v & (v - 1)); }
 
 /* ---- Geometry ----------------------------------------------------------- */
 
+/* The segment table and the channel -> group map, by cxl_layout_plan(). */
+static int place_segments(struct cxl_geometry *g, const uint32_t *groups, char *err,
+                          size_t errlen)
+{
+    uint32_t k, c;
+
+    g->client_section_size = CXL_CONTROL_SIZE + (uint64_t)g->req_ring_size;
+    g->server_section_size = CXL_CONTROL_SIZE + (uint64_t)g->resp_ring_size;
+    g->segment_count = 1 + 2 * g->group_count;
+    g->region_size = cxl_layout_plan(groups, g->group_count, g->req_ring_size,
+                                     g->resp_ring_size, g->segment_align, g->seg);
+    if (!g->region_size) {
+        ERR("cannot place %u channel groups (%u channels, segment_align %u)",
+            g->group_count, g->channel_count, g->segment_align);
+        return -1;
+    }
+    for (k = 0; k < g->group_count; k++) {
+        const struct cxl_segment_plan *sp = &g->seg[cxl_client_segment(k)];
+
+        for (c = sp->first_channel; c < (uint32_t)sp->first_channel + sp->channel_count; c++)
+            g->chan_group[c] = (uint8_t)k;
+    }
+    return 0;
+}
+
 int cxl_geometry_from_params(const struct cxl_params *p, struct cxl_geometry *g,
                              char *err, size_t errlen)
 {
@@ -34,8 +60,38 @@ int cxl_geometry_from_params(const struct cxl_params *p, struct cxl_geometry *g,
                                                         : CXL_DEFAULT_HEARTBEAT_MS;
     g->client_lease_ms = p->client_lease_ms ? p->client_lease_ms : CXL_DEFAULT_CLIENT_LEASE_MS;
 
-    if (g->channel_count > CXL_MAX_CHANNELS) {
+    g->segment_align = p->segment_align ? p->segment_align : CXL_PAGE_SIZE;
+    g->group_count = p->group_count ? p->group_count : 1;
+
+    if (g->group_count > CXL_MAX_GROUPS) {
+        ERR("groups must be 1..%u channel groups, not %u", CXL_MAX_GROUPS, g->group_count);
+        return -1;
+    }
+    if (p->group_count) {
+        uint64_t sum = 0;
+        uint32_t i;
+
+        for (i = 0; i < p->group_count; i++) {
+            if (!p->groups[i]) {
+                ERR("channel group %u has no channel; every group needs at least one", i);
+                return -1;
+            }
+            sum += p->groups[i];
+        }
+        if (p->channels && p->channels != sum) {
+            ERR("channels %u differs from the sum of the groups' channels (%" PRIu64 "); "
+                "give one of them, or make them agree", p->channels, sum);
+            return -1;
+        }
+        g->channel_count = sum > UINT32_MAX ? UINT32_MAX : (uint32_t)sum;
+    }
+    if (!g->channel_count || g->channel_count > CXL_MAX_CHANNELS) {
         ERR("channels must be 1..%u, not %u", CXL_MAX_CHANNELS, g->channel_count);
+        return -1;
+    }
+    if (!is_pow2(g->segment_align) || g->segment_align < CXL_PAGE_SIZE) {
+        ERR("segment_align must be a power of two of at least %u bytes, not %u",
+            CXL_PAGE_SIZE, g->segment_align);
         return -1;
     }
     if (!is_pow2(g->req_ring_size) || !is_pow2(g->resp_ring_size) ||
@@ -63,23 +119,22 @@ int cxl_geometry_from_params(const struct cxl_params *p, struct cxl_geometry *g,
             g->heartbeat_interval_ms, g->client_lease_ms);
         return -1;
     }
-    g->channel_table_off = CXL_HEADER_SIZE;
-    g->client_section_size = CXL_CONTROL_SIZE + (uint64_t)g->req_ring_size;
-    g->server_section_size = CXL_CONTROL_SIZE + (uint64_t)g->resp_ring_size;
-    g->channel_stride = g->client_section_size + g->server_section_size;
-    g->region_size = g->channel_table_off + (uint64_t)g->channel_count * g->channel_stride;
-    return 0;
+    return place_segments(g, p->group_count ? p->groups : &g->channel_count, err, errlen);
 }
 
 void cxl_header_write_geometry(struct cxl_shm_header *h, const struct cxl_geometry *g)
 {
+    uint32_t k;
+
     h->version = CXL_LAYOUT_VERSION;
     h->header_size = CXL_HEADER_SIZE;
     h->feature_flags = 0;
     h->channel_count = g->channel_count;
     h->region_size = g->region_size;
-    h->channel_table_off = g->channel_table_off;
-    h->channel_stride = g->channel_stride;
+    h->group_count = g->group_count;
+    h->segment_count = g->segment_count;
+    h->segment_align = g->segment_align;
+    h->reserved_g = 0;
     h->client_section_size = g->client_section_size;
     h->server_section_size = g->server_section_size;
     h->req_ring_size = g->req_ring_size;
@@ -88,6 +143,19 @@ void cxl_header_write_geometry(struct cxl_shm_header *h, const struct cxl_geomet
     h->max_value_size = g->max_value_size;
     h->heartbeat_interval_ms = g->heartbeat_interval_ms;
     h->client_lease_ms = g->client_lease_ms;
+    for (k = 0; k < g->segment_count; k++) {
+        struct cxl_shm_segment *e = &h->segments[k];
+        const struct cxl_segment_plan *sp = &g->seg[k];
+
+        e->offset = sp->offset;
+        e->size = sp->size;
+        e->span = sp->span;
+        e->kind = sp->kind;
+        e->reserved = 0;
+        e->group = sp->group;
+        e->first_channel = sp->first_channel;
+        e->channel_count = sp->channel_count;
+    }
 }
 
 void cxl_header_publish_magic(struct cxl_shm_header *h)
@@ -99,50 +167,66 @@ void cxl_header_publish_magic(struct cxl_shm_header *h)
     cxl_store_release64((volatile uint64_t *)(void *)h->magic, magic);
 }
 
+static const char *kind_name(uint8_t kind)
+{
+    return kind == CXL_SEG_HEADER ? "header" : kind == CXL_SEG_CLIENT ? "client"
+         : kind == CXL_SEG_SERVER ? "server" : "unknown";
+}
+
 int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
                     struct cxl_geometry *g, char *err, size_t errlen)
 {
+    static const struct cxl_shm_header zero;
+    struct cxl_shm_header copy;         /* the header, read once */
     uint64_t magic, want;
-    uint32_t version, header_size;
     struct cxl_params p;
     struct cxl_geometry expect;
     char why[200];
+    uint32_t k;
 
     /* F2: read the magic first; pairs with F1. */
     magic = cxl_load_acquire64((const volatile uint64_t *)(const void *)h->magic);
     memcpy(&want, CXL_MAGIC, CXL_MAGIC_LEN);
+    /* One copy of everything after the magic; every check below reads the copy. */
+    memcpy((uint8_t *)&copy + CXL_MAGIC_LEN, (const uint8_t *)h + CXL_MAGIC_LEN,
+           CXL_HEADER_SIZE - CXL_MAGIC_LEN);
+    memcpy(copy.magic, &magic, CXL_MAGIC_LEN);
     if (magic != want) {
-        const uint8_t *b = (const uint8_t *)h;
-        uint64_t i;
-        for (i = 0; i < CXL_HEADER_SIZE && i < map_size; i++)
-            if (b[i])
-                break;
-        if (i == CXL_HEADER_SIZE || i == map_size)
-            return 1;               /* all zeros: never formatted */
-        if (!memcmp(h->magic, CXL_V2_MAGIC, sizeof(CXL_V2_MAGIC)))
+        if (!memcmp(&copy, &zero, sizeof(copy)))
+            return 1;                   /* all zeros: never formatted */
+        if (!memcmp(copy.magic, CXL_V2_MAGIC, sizeof(CXL_V2_MAGIC)))
             ERR("region holds the PoC layout v2 (magic CXLSHM1), not layout %u; "
                 "use layout v2 or reformat", CXL_LAYOUT_VERSION);
         else
             ERR("region header has an unknown magic; not a cxl_ring region");
         return -1;
     }
-    version = cxl_load_relaxed32(&h->version);
-    header_size = cxl_load_relaxed32(&h->header_size);
-    if (version != CXL_LAYOUT_VERSION || header_size != CXL_HEADER_SIZE) {
+    if (copy.version != CXL_LAYOUT_VERSION || copy.header_size != CXL_HEADER_SIZE) {
         ERR("region has layout version %u (header %u bytes); this build speaks version %u",
-            version, header_size, CXL_LAYOUT_VERSION);
+            copy.version, copy.header_size, CXL_LAYOUT_VERSION);
         return -1;
     }
-    /* Each geometry field once, into private params; then recompute and compare. */
+    if (copy.group_count < 1 || copy.group_count > CXL_MAX_GROUPS ||
+        copy.segment_count != 1 + 2 * copy.group_count) {
+        ERR("region header has %u channel groups and %u segments; layout %u wants 1..%u "
+            "groups and 1 + 2 x groups segments", copy.group_count, copy.segment_count,
+            CXL_LAYOUT_VERSION, CXL_MAX_GROUPS);
+        return -1;
+    }
+    /* The geometry fields, then each group's channel count from its client entry. */
     memset(&p, 0, sizeof(p));
-    p.channels = cxl_load_relaxed32(&h->channel_count);
-    p.req_ring_size = cxl_load_relaxed32(&h->req_ring_size);
-    p.resp_ring_size = cxl_load_relaxed32(&h->resp_ring_size);
-    p.max_value_size = cxl_load_relaxed32(&h->max_value_size);
-    p.heartbeat_interval_ms = cxl_load_relaxed32(&h->heartbeat_interval_ms);
-    p.client_lease_ms = cxl_load_relaxed32(&h->client_lease_ms);
+    p.channels = copy.channel_count;
+    p.req_ring_size = copy.req_ring_size;
+    p.resp_ring_size = copy.resp_ring_size;
+    p.max_value_size = copy.max_value_size;
+    p.heartbeat_interval_ms = copy.heartbeat_interval_ms;
+    p.client_lease_ms = copy.client_lease_ms;
+    p.segment_align = copy.segment_align;
+    p.group_count = copy.group_count;
+    for (k = 0; k < copy.group_count; k++)
+        p.groups[k] = copy.segments[cxl_client_segment(k)].channel_count;
     if (!p.channels || !p.req_ring_size || !p.resp_ring_size || !p.max_value_size ||
-        !p.heartbeat_interval_ms || !p.client_lease_ms) {
+        !p.heartbeat_interval_ms || !p.client_lease_ms || !p.segment_align) {
         ERR("region header has a zero geometry field");
         return -1;
     }
@@ -150,16 +234,32 @@ int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
         ERR("region header geometry is invalid: %s", why);
         return -1;
     }
-    if (cxl_load_relaxed64(&h->region_size) != expect.region_size ||
-        cxl_load_relaxed64(&h->channel_table_off) != expect.channel_table_off ||
-        cxl_load_relaxed64(&h->channel_stride) != expect.channel_stride ||
-        cxl_load_relaxed64(&h->client_section_size) != expect.client_section_size ||
-        cxl_load_relaxed64(&h->server_section_size) != expect.server_section_size ||
-        cxl_load_relaxed32(&h->max_msg_size) != expect.max_msg_size) {
+    if (copy.region_size != expect.region_size ||
+        copy.client_section_size != expect.client_section_size ||
+        copy.server_section_size != expect.server_section_size ||
+        copy.max_msg_size != expect.max_msg_size) {
         ERR("region header geometry is inconsistent (derived sizes do not match)");
         return -1;
     }
-    if (expect.region_size > map_size) {
+    /* Every entry is exactly what the layout places there: kind and group by index,
+     * the groups cover the channels in order, every offset, size and span by the rule. */
+    for (k = 0; k < expect.segment_count; k++) {
+        const struct cxl_shm_segment *e = &copy.segments[k];
+        const struct cxl_segment_plan *sp = &expect.seg[k];
+
+        if (e->offset != sp->offset || e->size != sp->size || e->span != sp->span ||
+            e->kind != sp->kind || e->reserved != 0 || e->group != sp->group ||
+            e->first_channel != sp->first_channel || e->channel_count != sp->channel_count) {
+            ERR("region segment table entry %u (%s, group %u, channels %u+%u, offset %" PRIu64
+                ", size %" PRIu64 ", span %" PRIu64 ") is not the layout's (%s, group %u, "
+                "channels %u+%u, offset %" PRIu64 ", size %" PRIu64 ", span %" PRIu64 ")",
+                k, kind_name(e->kind), e->group, e->first_channel, e->channel_count,
+                e->offset, e->size, e->span, kind_name(sp->kind), sp->group,
+                sp->first_channel, sp->channel_count, sp->offset, sp->size, sp->span);
+            return -1;
+        }
+    }
+    if (map_size && expect.region_size > map_size) {
         ERR("region needs %" PRIu64 " bytes but only %" PRIu64 " are mapped",
             expect.region_size, map_size);
         return -1;
@@ -170,10 +270,19 @@ int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
 
 int cxl_geometry_equal(const struct cxl_geometry *a, const struct cxl_geometry *b)
 {
-    return a->channel_count == b->channel_count && a->req_ring_size == b->req_ring_size &&
-           a->resp_ring_size == b->resp_ring_size && a->max_value_size == b->max_value_size &&
-           a->heartbeat_interval_ms == b->heartbeat_interval_ms &&
-           a->client_lease_ms == b->client_lease_ms && a->region_size == b->region_size;
+    uint32_t k;
+
+    if (a->channel_count != b->channel_count || a->req_ring_size != b->req_ring_size ||
+        a->resp_ring_size != b->resp_ring_size || a->max_value_size != b->max_value_size ||
+        a->heartbeat_interval_ms != b->heartbeat_interval_ms ||
+        a->client_lease_ms != b->client_lease_ms || a->region_size != b->region_size ||
+        a->group_count != b->group_count || a->segment_align != b->segment_align)
+        return 0;
+    for (k = 0; k < a->group_count; k++)
+        if (a->seg[cxl_client_segment(k)].channel_count !=
+            b->seg[cxl_client_segment(k)].channel_count)
+            return 0;
+    return 1;
 }
 
 /* ---- Rings ---------------------------------------------------------------- */
@@ -375,11 +484,14 @@ static int read_sysfs_u64(const char *path, uint64_t *out)
 /* uio: pick the largest map (BAR2 on ivshmem-plain is map1; BAR0 is 256 bytes). */
 static int uio_pick_map(const char *dev, int *index, uint64_t *size)
 {
-    const char *name = strrchr(dev, '/');
-    char path[256];
+    char path[PATH_MAX + 64], real[PATH_MAX];
+    const char *name;
     int i, best = -1;
     uint64_t best_size = 0, s;
 
+    if (realpath(dev, real))
+        dev = real;                     /* a segment directory's symlink to /dev/uioN */
+    name = strrchr(dev, '/');
     name = name ? name + 1 : dev;
     for (i = 0; i < 6; i++) {
         snprintf(path, sizeof(path), "/sys/class/uio/%s/maps/map%d/size", name, i);
@@ -395,20 +507,41 @@ static int uio_pick_map(const char *dev, int *index, uint64_t *size)
     return 0;
 }
 
-int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
-                   struct cxl_region *rg, char *err, size_t errlen)
+/* /dev/uioN, or a symlink to it (a segment directory in a guest). */
+static int is_uio(const char *path)
+{
+    char real[PATH_MAX];
+    const char *name;
+
+    if (!strncmp(path, "/dev/uio", 8))
+        return 1;
+    if (!realpath(path, real))
+        return 0;
+    name = strrchr(real, '/');
+    return !strncmp(name ? name + 1 : real, "uio", 3);
+}
+
+/*
+ * Open one region or segment file and find what to map: fd, the size to map
+ * (map_size 0 = all of it) and the file offset (uio maps). open_flags is
+ * O_RDWR or O_RDONLY (O_CREAT with create_size). errno-style failure: -1 with
+ * a message and *err_no set, so that a caller can fall back to read-only.
+ */
+static int open_mappable(const char *path, int open_flags, uint64_t map_size,
+                         uint64_t create_size, int *fd_out, uint64_t *size_out,
+                         off_t *offset_out, char *kind, size_t kindlen, int *err_no,
+                         char *err, size_t errlen)
 {
     struct stat st;
     off_t offset = 0;
-    int fd, flags = O_RDWR;
+    int fd;
 
-    memset(rg, 0, sizeof(*rg));
-    rg->fd = -1;
-    if (create_size)
-        flags |= O_CREAT;
-    fd = open(path, flags | O_CLOEXEC, 0600);
+    *err_no = 0;
+    fd = open(path, open_flags | O_CLOEXEC, 0600);
     if (fd < 0) {
-        ERR("cannot open region %s: %s", path, strerror(errno));
+        *err_no = errno;
+        ERR("cannot open %s%s: %s", path, (open_flags & O_ACCMODE) == O_RDWR ?
+            " read-write" : "", strerror(errno));
         return -1;
     }
     if (fstat(fd, &st) < 0) {
@@ -416,7 +549,7 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
         close(fd);
         return -1;
     }
-    if (S_ISCHR(st.st_mode) && !strncmp(path, "/dev/uio", 8)) {
+    if (S_ISCHR(st.st_mode) && is_uio(path)) {
         int idx;
         uint64_t sz;
 
@@ -426,7 +559,7 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
             close(fd);
             return -1;
         }
-        if (sz < CXL_PAGE_SIZE * 2) {
+        if (sz < CXL_PAGE_SIZE * 2 && !create_size) {
             ERR("%s only exposes BAR0 (%" PRIu64 " bytes); map the sysfs resource2 file instead",
                 path, sz);
             close(fd);
@@ -435,7 +568,7 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
         offset = (off_t)idx * getpagesize();    /* uio: map N is at offset N * page */
         if (!map_size)
             map_size = sz;
-        snprintf(rg->kind, sizeof(rg->kind), "uio");
+        snprintf(kind, kindlen, "uio");
     } else if (S_ISREG(st.st_mode)) {
         if (create_size && (uint64_t)st.st_size < create_size) {
             if (ftruncate(fd, (off_t)create_size) < 0) {
@@ -447,9 +580,9 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
             st.st_size = (off_t)create_size;
         }
         if (!map_size)
-            map_size = (uint64_t)st.st_size;
+            map_size = (uint64_t)st.st_size & ~(uint64_t)(CXL_PAGE_SIZE - 1);
         /* sysfs resourceN files report the BAR size as their size */
-        snprintf(rg->kind, sizeof(rg->kind), strstr(path, "/resource") ? "resource" : "file");
+        snprintf(kind, kindlen, strstr(path, "/resource") ? "resource" : "file");
         if (map_size > (uint64_t)st.st_size) {
             ERR("region %s is %" PRIu64 " bytes, smaller than map size %" PRIu64,
                 path, (uint64_t)st.st_size, map_size);
@@ -461,6 +594,33 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
         close(fd);
         return -1;
     }
+    *fd_out = fd;
+    *size_out = map_size;
+    *offset_out = offset;
+    return 0;
+}
+
+static void region_init(struct cxl_region *rg)
+{
+    uint32_t k;
+
+    memset(rg, 0, sizeof(*rg));
+    rg->fd = -1;
+    for (k = 0; k < CXL_MAX_SEGMENTS; k++)
+        rg->seg[k].fd = -1;
+}
+
+int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
+                   struct cxl_region *rg, char *err, size_t errlen)
+{
+    off_t offset;
+    int fd, err_no;
+
+    region_init(rg);
+    if (open_mappable(path, O_RDWR | (create_size ? O_CREAT : 0), map_size, create_size, &fd,
+                      &map_size, &offset, rg->kind, sizeof(rg->kind), &err_no, err,
+                      errlen) < 0)
+        return -1;
     if (map_size < CXL_HEADER_SIZE) {
         ERR("map size %" PRIu64 " is smaller than the region header", map_size);
         close(fd);
@@ -478,14 +638,181 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
     return 0;
 }
 
+int cxl_region_is_dir(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* The file name of segment k in a directory region: header, client-<g>, server-<g>. */
+static void segment_name(const struct cxl_segment_plan *sp, char *out, size_t outlen)
+{
+    if (sp->kind == CXL_SEG_HEADER)
+        snprintf(out, outlen, "header");
+    else
+        snprintf(out, outlen, "%s-%u", sp->kind == CXL_SEG_CLIENT ? "client" : "server",
+                 sp->group);
+}
+
+int cxl_region_map_dir(const char *dir, const struct cxl_geometry *geo, int role, int create,
+                       struct cxl_region *rg, char *err, size_t errlen)
+{
+    uint64_t reserve, align = geo->segment_align;
+    uint8_t *raw, *base;
+    uint32_t k;
+
+    region_init(rg);
+    snprintf(rg->kind, sizeof(rg->kind), "dir");
+    rg->is_dir = 1;
+    /* The whole range with no access, aligned to segment_align (huge pages need it):
+     * an absent segment stays PROT_NONE, never someone else's mapping. */
+    reserve = geo->region_size + align;
+    raw = mmap(NULL, reserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) {
+        ERR("cannot reserve %" PRIu64 " bytes of address space for region %s: %s",
+            geo->region_size, dir, strerror(errno));
+        return -1;
+    }
+    base = (uint8_t *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+    if (base > raw)
+        munmap(raw, (size_t)(base - raw));
+    if (raw + reserve > base + geo->region_size)
+        munmap(base + geo->region_size, (size_t)(raw + reserve - (base + geo->region_size)));
+    rg->base = base;
+    rg->size = geo->region_size;
+    rg->nseg = geo->segment_count;
+
+    for (k = 0; k < geo->segment_count; k++) {
+        const struct cxl_segment_plan *sp = &geo->seg[k];
+        struct cxl_region_segment *rs = &rg->seg[k];
+        int server_writes = sp->kind != CXL_SEG_CLIENT;
+        char name[32], path[512], kind[16], why[1024];
+        uint64_t size = 0, create_size = 0;
+        off_t offset;
+        int fd, err_no, flags;
+        struct stat st;
+        void *at;
+
+        segment_name(sp, name, sizeof(name));
+        if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, name) >= sizeof(path)) {
+            ERR("region directory path %s is longer than %zu bytes", dir, sizeof(path) - 32);
+            goto fail;
+        }
+        rs->offset = sp->offset;
+        if (role == CXL_ROLE_SERVER) {
+            /* Missing or empty: created at span bytes in the existing directory. */
+            if (create && (stat(path, &st) < 0 ? errno == ENOENT
+                                                : (S_ISREG(st.st_mode) && st.st_size == 0)))
+                create_size = sp->span;
+            flags = server_writes ? O_RDWR : O_RDONLY;
+            if (create_size) {
+                int cfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+
+                if (cfd < 0 || ftruncate(cfd, (off_t)create_size) < 0) {
+                    ERR("cannot create segment file %s (%" PRIu64 " bytes): %s", path,
+                        create_size, strerror(errno));
+                    if (cfd >= 0)
+                        close(cfd);
+                    goto fail;
+                }
+                close(cfd);
+            }
+            if (open_mappable(path, flags, 0, 0, &fd, &size, &offset, kind, sizeof(kind),
+                              &err_no, why, sizeof(why)) < 0) {
+                ERR("%s; the server needs %s %s (grant it to the server, or let the driver "
+                    "create the segment files on one host)", why, name,
+                    server_writes ? "read-write" : "readable");
+                goto fail;
+            }
+            rs->access = server_writes ? CXL_ACCESS_RW : CXL_ACCESS_READ;
+        } else {
+            /* header and server-* read-only even where writable; client-* rw if we can */
+            int opened;
+
+            rs->access = server_writes ? CXL_ACCESS_READ : CXL_ACCESS_RW;
+            opened = open_mappable(path, server_writes ? O_RDONLY : O_RDWR, 0, 0, &fd, &size,
+                                   &offset, kind, sizeof(kind), &err_no, why,
+                                   sizeof(why)) == 0;
+            if (!opened && !server_writes &&
+                (err_no == EACCES || err_no == EROFS || err_no == EPERM)) {
+                rs->access = CXL_ACCESS_READ;
+                opened = open_mappable(path, O_RDONLY, 0, 0, &fd, &size, &offset, kind,
+                                       sizeof(kind), &err_no, why, sizeof(why)) == 0;
+            }
+            if (!opened) {
+                rs->access = CXL_ACCESS_NONE;
+                if (err_no == ENOENT && sp->kind != CXL_SEG_HEADER)
+                    continue;           /* not granted to this peer: stays unmapped */
+                ERR("%s%s", why, sp->kind == CXL_SEG_HEADER ? "; every peer needs the "
+                    "region's header segment readable" : "");
+                goto fail;
+            }
+        }
+        if (size < sp->size) {
+            ERR("segment file %s is %" PRIu64 " bytes; layout %u needs at least %" PRIu64
+                " (its span is %" PRIu64 ")", path, size, CXL_LAYOUT_VERSION, sp->size,
+                sp->span);
+            close(fd);
+            rs->access = CXL_ACCESS_NONE;
+            goto fail;
+        }
+        if (size > sp->span)
+            size = sp->span;
+        at = mmap(base + sp->offset, size, PROT_READ |
+                  (rs->access & CXL_ACCESS_WRITE ? PROT_WRITE : 0), MAP_SHARED | MAP_FIXED,
+                  fd, offset);
+        if (at == MAP_FAILED) {
+            ERR("cannot map segment file %s (%" PRIu64 " bytes at offset %" PRIu64 "): %s",
+                path, size, sp->offset, strerror(errno));
+            close(fd);
+            rs->access = CXL_ACCESS_NONE;
+            goto fail;
+        }
+        rs->fd = fd;
+        rs->mapped = size;
+    }
+    return 0;
+
+fail:
+    cxl_region_unmap(rg);
+    return -1;
+}
+
 void cxl_region_unmap(struct cxl_region *rg)
 {
+    uint32_t k;
+
     if (rg->base)
-        munmap(rg->base, rg->size);
+        munmap(rg->base, rg->size);     /* a directory's whole reservation, segments too */
     if (rg->fd >= 0)
         close(rg->fd);
+    for (k = 0; k < rg->nseg; k++) {
+        if (rg->seg[k].fd >= 0)
+            close(rg->seg[k].fd);
+        rg->seg[k].fd = -1;
+        rg->seg[k].mapped = 0;
+        rg->seg[k].access = CXL_ACCESS_NONE;
+    }
     rg->base = NULL;
     rg->fd = -1;
+}
+
+unsigned cxl_region_access(const struct cxl_region *rg, uint64_t off, uint64_t len)
+{
+    uint32_t k;
+
+    if (!rg->base || off > rg->size || len > rg->size - off)
+        return CXL_ACCESS_NONE;
+    if (!rg->is_dir)
+        return CXL_ACCESS_RW;
+    for (k = 0; k < rg->nseg; k++) {
+        const struct cxl_region_segment *rs = &rg->seg[k];
+
+        if (off >= rs->offset && off - rs->offset < rs->mapped)
+            return len <= rs->mapped - (off - rs->offset) ? rs->access : CXL_ACCESS_NONE;
+    }
+    return CXL_ACCESS_NONE;
 }
 
 uint64_t cxl_random_u64(void)

@@ -38,6 +38,7 @@ enum cxl_client_rc {
     CXL_E_QUARANTINED   = -10,  /* the server quarantined our channel */
     CXL_E_CORRUPT       = -11,  /* the server published an impossible index or message */
     CXL_E_TOO_LARGE     = -12,  /* a request larger than max_msg_size */
+    CXL_E_NO_ACCESS     = -13,  /* no channel's client segment is mapped writable here */
 };
 
 /* A short name for a result code ("server gone", ...). */
@@ -85,12 +86,28 @@ struct cxl_client {
 };
 
 /*
- * Map the region at path (file, /dev/uioN or sysfs resource file), read and
- * validate its header, and check that the server is RUNNING. map_size 0 =
- * the whole file or BAR. On error returns a negative code with err filled.
+ * Map the region at path, read and validate its header and segment table, and
+ * check that the server is RUNNING. path is one file (security off: a /dev/shm
+ * file, /dev/uioN or a sysfs resource file; map_size 0 = the whole file or BAR)
+ * or a directory of segment files (security secdsm: header and server-* are
+ * mapped read-only, client-* read-write where the file allows it, absent ones
+ * stay unmapped; map_size is ignored). On error returns a negative code with
+ * err filled.
  */
 int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
                     char *err, size_t errlen);
+
+/*
+ * Whether this client may claim channel chan: its client section is mapped
+ * writable and its server section readable (docs/ring-protocol.md section 2).
+ */
+int cxl_client_claimable(const struct cxl_client *c, uint32_t chan);
+
+/*
+ * The claimable channels, in channel order: fills up to cap entries of
+ * chans (may be NULL) and returns how many there are.
+ */
+uint32_t cxl_client_channels(const struct cxl_client *c, uint32_t *chans, uint32_t cap);
 
 /*
  * Start the heartbeat thread: bumps client_heartbeat of every claimed session
@@ -146,8 +163,9 @@ struct cxl_session {
 
 /*
  * Claim a free channel (S1), start its heartbeat and wait up to timeout_ms
- * for the server's ack (S3). Only channels in [first, channel_count) are
- * tried first, then the rest, so that threads spread over channels.
+ * for the server's ack (S3). Channels from `first` up are tried first, then
+ * the rest, so that threads spread over channels; only claimable channels
+ * (cxl_client_claimable) are tried: CXL_E_NO_ACCESS when there is none.
  */
 int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t first,
                       uint32_t timeout_ms);

@@ -21,15 +21,18 @@
 
 /* The configuration a server formats a region with. Zero fields take defaults. */
 struct cxl_params {
-    uint32_t channels;
+    uint32_t channels;                  /* 0: the sum of groups[], or the default */
     uint32_t req_ring_size;
     uint32_t resp_ring_size;
     uint32_t max_value_size;
     uint32_t heartbeat_interval_ms;
     uint32_t client_lease_ms;
+    uint32_t group_count;               /* 0: one group of `channels` */
+    uint32_t groups[CXL_MAX_GROUPS];    /* channels per group, group_count entries */
+    uint32_t segment_align;             /* 0: 4096 */
 };
 
-/* A validated private copy of a region's geometry. */
+/* A validated private copy of a region's geometry (layout 5, section 2). */
 struct cxl_geometry {
     uint32_t channel_count;
     uint32_t req_ring_size;
@@ -39,46 +42,67 @@ struct cxl_geometry {
     uint32_t heartbeat_interval_ms;
     uint32_t client_lease_ms;
     uint64_t region_size;
-    uint64_t channel_table_off;
-    uint64_t channel_stride;
     uint64_t client_section_size;
     uint64_t server_section_size;
+    uint32_t group_count;
+    uint32_t segment_count;             /* 1 + 2 * group_count */
+    uint32_t segment_align;
+    struct cxl_segment_plan seg[CXL_MAX_SEGMENTS];  /* cxl_layout_plan()'s placement */
+    uint8_t  chan_group[CXL_MAX_CHANNELS];          /* channel -> its group */
 };
+
+/* Segment index of group g's client (server) segment; segment 0 is the header. */
+static inline uint32_t cxl_client_segment(uint32_t group) { return 1u + 2u * group; }
+static inline uint32_t cxl_server_segment(uint32_t group) { return 2u + 2u * group; }
 
 /* Fill defaults, check limits and compute the layout. Returns 0, or -1 with a message. */
 int cxl_geometry_from_params(const struct cxl_params *params, struct cxl_geometry *geo,
                              char *err, size_t errlen);
 
-/* Write geometry into a header (formatting only: before magic is published). */
+/* Write geometry and the segment table into a header (formatting only: before magic). */
 void cxl_header_write_geometry(struct cxl_shm_header *hdr, const struct cxl_geometry *geo);
 
 /* Publish the magic last (F1). */
 void cxl_header_publish_magic(struct cxl_shm_header *hdr);
 
 /*
- * Read a header once and validate it against the mapped size.
- * Returns 0 with *geo filled; -1 with a message (bad magic, unknown version,
- * inconsistent or out-of-bounds geometry). An all-zero header returns 1.
+ * Read a header once (a private copy of it and its segment table) and validate
+ * all of it (docs/ring-protocol.md 2.1, last paragraph). map_size is the bytes
+ * of address space at the region's base (0: do not check). Returns 0 with
+ * *geo filled; -1 with a message (bad magic, unknown version, a segment table
+ * that is not the layout's: a layout mismatch). An all-zero header returns 1.
  */
 int cxl_header_read(const struct cxl_shm_header *hdr, uint64_t map_size,
                     struct cxl_geometry *geo, char *err, size_t errlen);
 
-/* True when two geometries describe the same layout. */
+/* True when two geometries describe the same layout (segment table included). */
 int cxl_geometry_equal(const struct cxl_geometry *a, const struct cxl_geometry *b);
+
+/* Offset in the region of channel chan's client (server) section, via the segment table. */
+static inline uint64_t cxl_client_section_off(const struct cxl_geometry *geo, uint32_t chan)
+{
+    const struct cxl_segment_plan *seg = &geo->seg[cxl_client_segment(geo->chan_group[chan])];
+
+    return seg->offset + (uint64_t)(chan - seg->first_channel) * geo->client_section_size;
+}
+
+static inline uint64_t cxl_server_section_off(const struct cxl_geometry *geo, uint32_t chan)
+{
+    const struct cxl_segment_plan *seg = &geo->seg[cxl_server_segment(geo->chan_group[chan])];
+
+    return seg->offset + (uint64_t)(chan - seg->first_channel) * geo->server_section_size;
+}
 
 static inline struct cxl_shm_client_ctl *
 cxl_client_ctl(void *base, const struct cxl_geometry *geo, uint32_t chan)
 {
-    return (struct cxl_shm_client_ctl *)((uint8_t *)base + geo->channel_table_off +
-                                         (uint64_t)chan * geo->channel_stride);
+    return (struct cxl_shm_client_ctl *)((uint8_t *)base + cxl_client_section_off(geo, chan));
 }
 
 static inline struct cxl_shm_server_ctl *
 cxl_server_ctl(void *base, const struct cxl_geometry *geo, uint32_t chan)
 {
-    return (struct cxl_shm_server_ctl *)((uint8_t *)base + geo->channel_table_off +
-                                         (uint64_t)chan * geo->channel_stride +
-                                         geo->client_section_size);
+    return (struct cxl_shm_server_ctl *)((uint8_t *)base + cxl_server_section_off(geo, chan));
 }
 
 /* ---- Byte rings ----------------------------------------------------------- */
@@ -206,22 +230,74 @@ uint32_t cxl_req_encode(uint8_t *buf, uint8_t op, uint8_t flags, uint64_t id, ui
 
 /* ---- Regions ------------------------------------------------------------ */
 
+/* What a peer may do with bytes of its mapping. */
+enum cxl_access {
+    CXL_ACCESS_NONE  = 0,               /* not mapped: touching it faults */
+    CXL_ACCESS_READ  = 1,
+    CXL_ACCESS_WRITE = 2,
+    CXL_ACCESS_RW    = CXL_ACCESS_READ | CXL_ACCESS_WRITE,
+};
+
+/* Who maps a directory region (docs/ring-protocol.md section 2). */
+enum cxl_role {
+    CXL_ROLE_SERVER = 1,                /* header, server-* read-write; client-* read-only */
+    CXL_ROLE_CLIENT = 2,                /* header, server-* read-only; client-* rw if it can */
+};
+
+/* One segment file of a directory region, as mapped. */
+struct cxl_region_segment {
+    uint64_t offset;                    /* in the region */
+    uint64_t mapped;                    /* bytes mapped at base + offset; 0 = absent */
+    uint8_t  access;                    /* enum cxl_access */
+    int      fd;
+};
+
 struct cxl_region {
     void    *base;
-    uint64_t size;                      /* bytes mapped */
-    int      fd;
-    char     kind[16];                  /* "file", "uio", "resource" */
+    uint64_t size;                      /* bytes mapped (file) or reserved (directory) */
+    int      fd;                        /* the file form's file; -1 for a directory */
+    char     kind[16];                  /* "file", "uio", "resource", "dir" */
+    int      is_dir;                    /* a directory of segment files (security secdsm) */
+    uint32_t nseg;                      /* directory: segments, in segment order */
+    struct cxl_region_segment seg[CXL_MAX_SEGMENTS];
 };
 
 /*
  * Map a region by path: a regular file (/dev/shm, hugetlbfs), /dev/uioN (the
- * largest map, normally BAR2 = map1), or a sysfs PCI resourceN file. map_size
- * 0 means "find it": file size, uio maps/mapN/size, resource file size.
- * create_size > 0 creates or extends a regular file to that size (server only).
+ * largest map, normally BAR2 = map1), or a sysfs PCI resourceN file, read-write
+ * (security off: one file holds the whole region). map_size 0 means "find it":
+ * file size, uio maps/mapN/size, resource file size. create_size > 0 creates or
+ * extends a regular file to that size (server only).
  */
 int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
                    struct cxl_region *region, char *err, size_t errlen);
+
+/* True when path is a directory (a region of segment files, security secdsm). */
+int cxl_region_is_dir(const char *path);
+
+/*
+ * Map a directory of segment files (header, client-<g>, server-<g>) laid out
+ * by geo: reserve geo->region_size bytes with no access, then map every segment
+ * file present at base + offset (MAP_FIXED | MAP_SHARED), at least size(k) and
+ * at most span(k) bytes of it.
+ *   CXL_ROLE_SERVER: header and every server-* opened read-write, every client-*
+ *     read-only; each must be there (create: missing or empty files are created
+ *     with span bytes, mode 0600, in the existing directory).
+ *   CXL_ROLE_CLIENT: header (must be there) and server-* read-only; client-*
+ *     read-write when the file allows it, else read-only; absent = unmapped.
+ * Returns 0, or -1 with a message naming the file and the fix.
+ */
+int cxl_region_map_dir(const char *dir, const struct cxl_geometry *geo, int role, int create,
+                       struct cxl_region *region, char *err, size_t errlen);
+
 void cxl_region_unmap(struct cxl_region *region);
+
+/*
+ * What this mapping allows on [off, off + len) of the region: enum cxl_access
+ * bits, NONE if any byte of it is unmapped. Check before touching a segment
+ * that may be absent (a directory region): a touch there faults.
+ */
+unsigned cxl_region_access(const struct cxl_region *region, uint64_t off, uint64_t len);
 
 /* A fresh random non-zero 64-bit value (tokens, epochs). */
 uint64_t cxl_random_u64(void);

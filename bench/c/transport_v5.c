@@ -1,8 +1,10 @@
 /*
- * transport_v3.c - cxl-ring-bench over layout version 4: one session (one
+ * transport_v5.c - cxl-ring-bench over layout version 5: one session (one
  * claimed channel) per thread, through the client library in
  * ring/src/client.c (claim, heartbeat thread, push, pop with validation,
- * liveness checks, release).
+ * liveness checks, release). The region is one file (security off) or a
+ * directory of segment files (security secdsm); either way a thread claims
+ * only a channel whose client segment this process mapped writable.
  */
 #include "bench.h"
 
@@ -18,8 +20,10 @@ struct bench_conn {
 static struct cxl_client client;
 static uint32_t claim_timeout_ms;
 static uint32_t scratch_size;
+static uint32_t channels[CXL_MAX_CHANNELS];   /* the claimable ones */
+static uint32_t nchannels;
 
-static int v3_open(const struct bench_opts *o, char *err, size_t errlen)
+static int v5_open(const struct bench_opts *o, char *err, size_t errlen)
 {
     int rc = cxl_client_open(&client, o->path, o->map_size, err, errlen);
 
@@ -30,6 +34,14 @@ static int v3_open(const struct bench_opts *o, char *err, size_t errlen)
                  o->value_size, client.geo.max_value_size);
         cxl_client_close(&client);
         return EXIT_USAGE;
+    }
+    nchannels = cxl_client_channels(&client, channels, CXL_MAX_CHANNELS);
+    if (!nchannels) {
+        snprintf(err, errlen, "%s: no channel can be claimed from here: no client segment is "
+                 "mapped writable (give the bench its group's client-<g> read-write)",
+                 o->path);
+        cxl_client_close(&client);
+        return EXIT_NO_REGION;
     }
     rc = cxl_client_start_heartbeat(&client, err, errlen);
     if (rc) {
@@ -42,17 +54,17 @@ static int v3_open(const struct bench_opts *o, char *err, size_t errlen)
     return EXIT_OK_BENCH;
 }
 
-static void v3_close(void)
+static void v5_close(void)
 {
     cxl_client_close(&client);
 }
 
-static uint32_t v3_lanes(void)
+static uint32_t v5_lanes(void)
 {
-    return client.geo.channel_count;
+    return nchannels;
 }
 
-static int v3_attach(uint32_t index, struct bench_conn **out, char *err, size_t errlen)
+static int v5_attach(uint32_t index, struct bench_conn **out, char *err, size_t errlen)
 {
     struct bench_conn *c = calloc(1, sizeof(*c));
     int rc;
@@ -62,7 +74,7 @@ static int v3_attach(uint32_t index, struct bench_conn **out, char *err, size_t 
         snprintf(err, errlen, "out of memory");
         return CXL_E_OPEN;
     }
-    rc = cxl_session_claim(&client, &c->session, index % client.geo.channel_count,
+    rc = cxl_session_claim(&client, &c->session, channels[index % nchannels],
                            claim_timeout_ms);
     if (rc) {
         snprintf(err, errlen, "%s", c->session.err);
@@ -74,14 +86,14 @@ static int v3_attach(uint32_t index, struct bench_conn **out, char *err, size_t 
     return CXL_OK;
 }
 
-static void v3_detach(struct bench_conn *c)
+static void v5_detach(struct bench_conn *c)
 {
     cxl_session_release(&c->session);
     free(c->scratch);
     free(c);
 }
 
-static int v3_push(struct bench_conn *c, int op, uint64_t id, const uint8_t *key,
+static int v5_push(struct bench_conn *c, int op, uint64_t id, const uint8_t *key,
                    uint32_t key_len, const uint8_t *val, uint32_t val_len)
 {
     const uint8_t *argv[2] = { key, val };
@@ -98,12 +110,12 @@ static int v3_push(struct bench_conn *c, int op, uint64_t id, const uint8_t *key
     return cxl_session_push(&c->session, c->scratch, len);
 }
 
-static void v3_flush(struct bench_conn *c)
+static void v5_flush(struct bench_conn *c)
 {
     cxl_session_flush(&c->session);
 }
 
-static int v3_pop(struct bench_conn *c, struct bench_reply *r)
+static int v5_pop(struct bench_conn *c, struct bench_reply *r)
 {
     struct cxl_resp resp;
     int rc = cxl_session_pop(&c->session, &resp);
@@ -124,32 +136,32 @@ static int v3_pop(struct bench_conn *c, struct bench_reply *r)
     return CXL_OK;
 }
 
-static void v3_pop_done(struct bench_conn *c)
+static void v5_pop_done(struct bench_conn *c)
 {
     cxl_session_pop_done(&c->session);
 }
 
-static int v3_check(struct bench_conn *c)
+static int v5_check(struct bench_conn *c)
 {
     return cxl_session_check(&c->session);
 }
 
-static const char *v3_error(struct bench_conn *c)
+static const char *v5_error(struct bench_conn *c)
 {
     return c->session.err;
 }
 
-const struct transport transport_v3 = {
-    .name = "v4",
-    .open = v3_open,
-    .close = v3_close,
-    .lanes = v3_lanes,
-    .attach = v3_attach,
-    .detach = v3_detach,
-    .push = v3_push,
-    .flush = v3_flush,
-    .pop = v3_pop,
-    .pop_done = v3_pop_done,
-    .check = v3_check,
-    .error = v3_error,
+const struct transport transport_v5 = {
+    .name = "v5",
+    .open = v5_open,
+    .close = v5_close,
+    .lanes = v5_lanes,
+    .attach = v5_attach,
+    .detach = v5_detach,
+    .push = v5_push,
+    .flush = v5_flush,
+    .pop = v5_pop,
+    .pop_done = v5_pop_done,
+    .check = v5_check,
+    .error = v5_error,
 };
