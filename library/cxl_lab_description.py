@@ -9,10 +9,12 @@ module: cxl_lab_description
 short_description: Validate and complete the CXL lab description on the hypervisor
 description:
   - Checks the C(cxl_lab) description against the host before anything is created - NUMA nodes
-    and CPUs that exist, unique names and SSH ports, regions that fit in free memory and whose size
-    is a power of two, VMs that only map described regions - and fails with every problem found,
-    each with the fix.
-  - Returns the complete lab (per-item defaults filled in, backing file paths, guest PCI slots,
+    and CPUs that exist, unique names and SSH ports, regions that fit in free memory and hold
+    their layout, VMs that only map described regions, segment grants that name real segments
+    and leave a server what it needs, at most 16 shared-memory devices per VM - and fails with
+    every problem found, each with the fix.
+  - Returns the complete lab (per-item defaults filled in, backing paths, each region's layout-5
+    plan with its channel groups and segments, each VM's granted segments and guest PCI slots,
     inter-VM links with their link-local addresses, MAC addresses) that every role then reads.
   - Items with C(state=absent) are returned apart (RV(lab.absent_regions), RV(lab.absent_vms)), for
     removal; a region still mapped by a present VM is refused.
@@ -47,25 +49,32 @@ lab:
   returned: success
   type: dict
   sample:
-    regions: [{name: cxl0, path: /dev/shm/cxl-lab-cxl0, size_mib: 256, size_bytes: 268435456}]
+    regions:
+      - {name: cxl0, security: secdsm, path: /dev/shm/cxl-lab-cxl0, region_size: 67112960,
+         groups: [{group: 0, vm: vm2, channels: 8, first_channel: 0}],
+         segments: [{name: header, kind: header, group: null, offset: 0, size: 4096, span: 4096,
+                     first_channel: 0, channel_count: 0, path: /dev/shm/cxl-lab-cxl0/header}]}
     vms:
       - {name: vm1, role: server, cpuset: "0", ssh_port: 2222,
-         regions: [{name: cxl0, pci_slot: 16}]}
+         regions: [{name: cxl0, security: secdsm, group: null,
+                    segments: [{name: header, access: rw, pci_slot: 16}]}]}
     links: [{id: 1, server: vm1, client: vm2, server_address: 169.254.1.1}]
     absent_regions: []
     absent_vms: [{name: vm3, state: absent}]
   contains:
     regions:
-      description: The present regions, defaults filled in, with their backing file C(path).
+      description: The present regions, defaults filled in, with their backing C(path) (a file,
+        or with security secdsm a directory), channel C(groups) and layout C(segments).
       type: list
     vms:
-      description: The present VMs, with their mapped regions (PCI addresses) and links.
+      description: The present VMs, with their mapped regions (granted segments, PCI addresses),
+        what the guest module takes (C(ivshmem)) and links.
       type: list
     links:
       description: The inter-VM links (TCP baseline), one per present client.
       type: list
     absent_regions:
-      description: Regions with C(state=absent), whose backing file site.yml removes.
+      description: Regions with C(state=absent), whose backing file or directory site.yml removes.
       type: list
     absent_vms:
       description: VMs with C(state=absent), which site.yml destroys and undefines.
@@ -110,6 +119,15 @@ def backing_info(directory, mounts_text, hugetlbfs_mounts):
     return info
 
 
+def existing_bytes(path):
+    """Bytes a region already holds at PATH: its file, or its directory's segment files."""
+    if os.path.isfile(path):
+        return os.stat(path).st_size
+    if os.path.isdir(path):
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return 0
+
+
 def core(module):
     description = module.params["description"]
     topology = module.params["topology"] or read_topology()
@@ -130,8 +148,7 @@ def core(module):
         path = "{}/{}-{}".format(
             directory, description.get("name") or "cxl-lab", region.get("name")
         )
-        if os.path.isfile(path):
-            existing[path] = os.stat(path).st_size
+        existing[path] = existing_bytes(path)
     lab, errors = normalize(description, topology, backing, existing)
     if errors:
         module.fail_json(

@@ -9,10 +9,14 @@ errors each of which names the offending item and says the fix. Nothing is
 created anywhere before this passes.
 
 Derived values, so that no role recomputes them:
-- each region's backing file path;
-- per VM and mapped region, the guest PCI slot of its ivshmem-plain device
-  (0x10 + index of the region in the VM's list) - the guest module finds the
-  region there, and later roles only ever see /dev/cxl/<region>;
+- each region's backing path: a file (`security: off`) or a directory of
+  segment files (`security: secdsm`), and its layout-5 plan (docs/ring-protocol.md
+  section 2): channel groups, segments with offset, size and span, region_size;
+- per VM and mapped region, what it is granted: the whole region (off), or each
+  segment rw, ro or not at all (secdsm: role defaults, then the VM's `grants`);
+- per VM, the guest PCI slot of each ivshmem-plain device: 0x10 upwards over its
+  devices, in region order then segment order - the guest module finds them there,
+  and later roles only ever see /dev/cxl/<region>;
 - the inter-VM links: every client VM gets one UDP tunnel on 127.0.0.1 to its
   server, addressed 169.254.<link>.1 (server) / 169.254.<link>.2 (client);
 - deterministic MAC addresses, so that guests' network units match by MAC.
@@ -39,6 +43,8 @@ from ansible.module_utils.cxl_numa import format_cpulist, parse_cpulist
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 REGION_PCI_SLOT_BASE = 0x10
+# Slots 0x10..0x1f: the last slot of a PCI bus is 0x1f.
+MAX_REGION_DEVICES = 0x20 - REGION_PCI_SLOT_BASE
 USER_NIC_PCI_SLOT = 0x0F
 LINK_PCI_SLOT_BASE = 0x08
 MAX_LINKS = 200
@@ -56,9 +62,12 @@ VM_DEFAULTS = {
     "ssh_port": None,
     "regions": None,
     "server": None,
+    "channels": 8,
+    "grants": None,
 }
 REGION_DEFAULTS = {
     "state": "present",
+    "security": "secdsm",
     "size_mib": 256,
     "backing_dir": "/dev/shm",
     "numa_node": None,
@@ -67,6 +76,7 @@ REGION_DEFAULTS = {
     "mode": "0600",
     "owner": "libvirt-qemu",
     "group": "kvm",
+    "segment_align": "auto",
 }
 LAB_DEFAULTS = {
     "name": "cxl-lab",
@@ -101,12 +111,89 @@ IMAGE_DEFAULTS = {
     "extra_packages": ["redis-server", "redis-tools", "python3-venv"],
     "cloud_image": "",
 }
-ROLES = ("server", "client")
+# The ring sizes the lab plans regions with: cxl_lab.services.ring.req_ring / resp_ring,
+# the driver's own defaults (docs/ring-protocol.md section 2.1).
+RING_DEFAULTS = {
+    "req_ring": 2 << 20,
+    "resp_ring": 2 << 20,
+}
+ROLES = ("server", "client", "attacker")
+SECURITY = ("secdsm", "off")
+GRANTS = ("rw", "ro", "none")
 POLICIES = ("bind", "preferred", "interleave")
 MEM_POLICIES = ("strict", "preferred", "interleave")
 ACCESS = ("rw", "ro")
 VIRT_TYPES = ("auto", "kvm", "qemu")
 IMAGE_SOURCES = ("debootstrap", "cloud")
+
+
+# ---- layout 5: the segment plan (docs/ring-protocol.md section 2) -------------------
+# The same rule as cxl_layout_plan() in ring/include/cxl_ring/layout.h and
+# cxl_ring.protocol.plan_layout(); tests/vectors/layout5.json holds their common vectors.
+PAGE_SIZE = 4096
+HEADER_SIZE = PAGE_SIZE
+CONTROL_SIZE = PAGE_SIZE
+MIN_RING_SIZE = 4096
+MAX_RING_SIZE = 1 << 30
+MAX_CHANNELS = 256
+MAX_GROUPS = 32
+
+
+def _pow2_ceil(n):
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
+
+
+def layout_plan(groups, req_ring, resp_ring, segment_align):
+    """(region_size, segments) of a layout-5 region whose group g has groups[g] channels.
+
+    Each segment: {name, kind (header|client|server), group (None for the header),
+    first_channel, channel_count, offset, size, span}, in segment order. Raises
+    ValueError, saying why, for what cxl_layout_plan() refuses (returns 0 for).
+    """
+    if not 1 <= len(groups) <= MAX_GROUPS:
+        raise ValueError(f"{len(groups)} channel groups: a region has 1 to {MAX_GROUPS}")
+    if segment_align < PAGE_SIZE or not _is_power_of_two(segment_align):
+        raise ValueError(f"segment_align {segment_align} is not a power of two >= {PAGE_SIZE}")
+    for what, size in (("req_ring", req_ring), ("resp_ring", resp_ring)):
+        if size < MIN_RING_SIZE or not _is_power_of_two(size):
+            raise ValueError(f"{what} {size} is not a power of two >= {MIN_RING_SIZE}")
+    if any(count < 1 for count in groups):
+        raise ValueError("every channel group needs at least one channel")
+    if sum(groups) > MAX_CHANNELS:
+        raise ValueError(f"{sum(groups)} channels: a region has at most {MAX_CHANNELS}")
+    segments = [
+        {
+            "name": "header",
+            "kind": "header",
+            "group": None,
+            "first_channel": 0,
+            "channel_count": 0,
+            "size": HEADER_SIZE,
+        }
+    ]
+    first = 0
+    for group, count in enumerate(groups):
+        for kind, ring in (("client", req_ring), ("server", resp_ring)):
+            segments.append(
+                {
+                    "name": f"{kind}-{group}",
+                    "kind": kind,
+                    "group": group,
+                    "first_channel": first,
+                    "channel_count": count,
+                    "size": count * (CONTROL_SIZE + ring),
+                }
+            )
+        first += count
+    offset = 0
+    for segment in segments:
+        segment["span"] = max(_pow2_ceil(segment["size"]), segment_align)
+        segment["offset"] = offset
+        offset += segment["span"]
+    return offset, segments
 
 
 def _with_defaults(item, defaults):
@@ -147,6 +234,255 @@ def _int(value, what, errors):
         return None
 
 
+def _ring_sizes(lab, errors):
+    """The ring sizes regions are planned with (cxl_lab.services.ring), checked."""
+    services = lab.get("services") if isinstance(lab.get("services"), dict) else {}
+    ring = services.get("ring") if isinstance(services.get("ring"), dict) else {}
+    sizes = {}
+    for key, default in RING_DEFAULTS.items():
+        value = ring.get(key)
+        if value is None:
+            sizes[key] = default
+            continue
+        value = _int(value, f"cxl_lab.services.ring.{key}", errors)
+        if value is not None and (
+            not MIN_RING_SIZE <= value <= MAX_RING_SIZE or not _is_power_of_two(value)
+        ):
+            errors.append(
+                "cxl_lab.services.ring.%s %d: use a power of two from %d to %d (default %d)."
+                % (key, value, MIN_RING_SIZE, MAX_RING_SIZE, default)
+            )
+            value = None
+        sizes[key] = default if value is None else value
+    return sizes
+
+
+def _segment_align(region, page_bytes, label, errors):
+    """auto: the backing's page size (4096 on tmpfs, the huge page size on hugetlbfs)."""
+    value = region["segment_align"]
+    if value == "auto":
+        return page_bytes
+    align = _int(value, f"{label} segment_align", errors)
+    if align is None:
+        return page_bytes
+    if align < PAGE_SIZE or not _is_power_of_two(align):
+        errors.append(
+            "%s: segment_align %d: use auto, or a power of two >= %d." % (label, align, PAGE_SIZE)
+        )
+        return page_bytes
+    if align % page_bytes:
+        errors.append(
+            "%s: segment_align %d is smaller than %s's page size (%d): use auto or at least %d."
+            % (label, align, region["backing_dir"], page_bytes, page_bytes)
+        )
+        return page_bytes
+    return align
+
+
+def _mapping_names(vm, region_by_name):
+    """(region name, access) of each entry of a VM's regions; null: every present region."""
+    entries = vm["regions"]
+    if entries is None:
+        entries = [{"name": name} for name in region_by_name]
+    for entry in entries:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        entry = _with_defaults(entry, MAPPING_DEFAULTS)
+        yield entry.get("name"), entry["access"]
+
+
+def _describe_groups(groups):
+    if len(groups) == 1 and groups[0]["vm"] is None:
+        return "one group of %d channels, no client VM maps it" % groups[0]["channels"]
+    return "%d channel groups: %s" % (
+        len(groups),
+        ", ".join("%s %d" % (g["vm"], g["channels"]) for g in groups),
+    )
+
+
+def _role_grants(role, region, group):
+    """What a VM of ROLE is granted in a secdsm REGION by default, per segment."""
+    grants = {}
+    for segment in region["segments"]:
+        if role == "server":
+            grants[segment["name"]] = "ro" if segment["kind"] == "client" else "rw"
+        elif segment["kind"] == "header":
+            grants[segment["name"]] = "ro"
+        elif segment["group"] == group and group is not None:
+            grants[segment["name"]] = "rw" if segment["kind"] == "client" else "ro"
+        else:
+            grants[segment["name"]] = "none"
+    return grants
+
+
+def _grants(vm, label, mapped, region_by_name, errors):
+    """The VM's grants overrides, checked: {region: {segment: rw|ro|none}}."""
+    grants = vm["grants"]
+    if grants is None:
+        return {}
+    shape = "{<region>: {<segment>: rw|ro|none}}, e.g. {cxl0: {client-0: ro}}"
+    if not isinstance(grants, dict):
+        errors.append(f"{label}: grants {grants!r}: use {shape}.")
+        return {}
+    mapped_by_name = {m["name"]: m for m in mapped}
+    checked = {}
+    for rname, per_segment in grants.items():
+        where = f"{label}: grants.{rname}"
+        if rname not in region_by_name:
+            errors.append(
+                "{}: cxl_lab.regions describes no present region {!r}: grant segments of one "
+                "of {} or remove the entry.".format(
+                    where, rname, ", ".join(sorted(region_by_name)) or "none"
+                )
+            )
+            continue
+        region = region_by_name[rname]
+        if rname not in mapped_by_name:
+            errors.append(
+                f"{where}: {vm['name']} does not map region {rname}: add {rname} to its "
+                "regions, or remove the grant."
+            )
+            continue
+        if region["security"] == "off":
+            errors.append(
+                f"{where}: region {rname} has security: off, where every VM maps the whole "
+                f"region rw and there is nothing to grant: remove the grant, or set security: "
+                f"secdsm on {rname}."
+            )
+            continue
+        if not isinstance(per_segment, dict):
+            errors.append(f"{where} {per_segment!r}: use {shape}.")
+            continue
+        names = [s["name"] for s in region["segments"]]
+        checked[rname] = {}
+        for segment, access in per_segment.items():
+            if names and segment not in names:
+                errors.append(
+                    "{}: region {} has no segment {!r} (its segments: {}): grant one of "
+                    "them.".format(where, rname, segment, ", ".join(names))
+                )
+            elif access not in GRANTS:
+                errors.append(f"{where}.{segment}: access {access!r}: use rw, ro or none.")
+            else:
+                checked[rname][segment] = access
+    return checked
+
+
+# What a server must be granted in a secdsm region, and why (docs/ring-protocol.md 2).
+SERVER_NEEDS = {
+    "header": ("rw", "the server writes the header"),
+    "server": ("rw", "the server writes every server segment (its responses)"),
+    "client": ("ro", "the server reads every client segment (the requests) and never writes one"),
+}
+
+
+def _granted_segments(vm, label, mapping, region, errors):
+    """The segments of a secdsm REGION the VM maps: role defaults, then its grants,
+    capped at ro when it maps the region ro; a server must keep what it needs."""
+    rname = region["name"]
+    role = vm["role"] if vm["role"] in ROLES else "client"
+    if role == "server" and mapping["access"] == "ro":
+        errors.append(
+            f"{label} is a server and maps region {rname} (security: secdsm) with access ro: "
+            f"the server writes the header and every server segment: map {rname} rw "
+            "(the default)."
+        )
+        return []
+    grants = _role_grants(role, region, mapping["group"])
+    grants.update(vm["grants"].get(rname, {}))
+    if mapping["access"] == "ro":
+        grants = {k: ("ro" if v == "rw" else v) for k, v in grants.items()}
+    granted = []
+    for segment in region["segments"]:
+        access = grants[segment["name"]]
+        if role == "server":
+            need, why = SERVER_NEEDS[segment["kind"]]
+            if access != need:
+                errors.append(
+                    "%s is region %s's server but its grants give it %s %s: %s: grant %s %s "
+                    "(remove the override grants.%s.%s)."
+                    % (
+                        label,
+                        rname,
+                        segment["name"],
+                        access,
+                        why,
+                        segment["name"],
+                        need,
+                        rname,
+                        segment["name"],
+                    )
+                )
+        if access != "none":
+            granted.append(
+                {
+                    "name": segment["name"],
+                    "access": access,
+                    "path": segment["path"],
+                    "size_bytes": segment["span"],
+                }
+            )
+    return granted
+
+
+def _allocate_pci_slots(vm, label, mapped, errors):
+    """One ivshmem-plain device per off region and per granted secdsm segment, at
+    0x10 upwards in region order, then segment order."""
+    devices = []
+    for mapping in mapped:
+        devices.extend(mapping["segments"] if mapping["security"] == "secdsm" else [mapping])
+    for slot, device in enumerate(devices, REGION_PCI_SLOT_BASE):
+        device["pci_slot"] = slot
+        device["pci_address"] = f"0000:00:{slot:02x}.0"
+    if len(devices) > MAX_REGION_DEVICES:
+        errors.append(
+            "%s needs %d shared-memory devices (one per region with security: off, one per "
+            "granted segment with secdsm) but the guest PCI slots 0x10-0x1f hold %d: map fewer "
+            "regions, give a secdsm region fewer client VMs (its server maps 1 + 2 per client), "
+            "or set security: off on one of them (one device)."
+            % (label, len(devices), MAX_REGION_DEVICES)
+        )
+
+
+def _ivshmem_entry(mapping):
+    """What library/cxl_ivshmem.py takes for one mapped region."""
+    if mapping["security"] == "off":
+        return {
+            "name": mapping["name"],
+            "pci_address": mapping["pci_address"],
+            "size_bytes": mapping["size_bytes"],
+        }
+    return {
+        "name": mapping["name"],
+        "security": "secdsm",
+        "segments": [
+            {
+                "name": s["name"],
+                "pci_address": s["pci_address"],
+                "size_bytes": s["size_bytes"],
+                "access": s["access"],
+            }
+            for s in mapping["segments"]
+        ],
+    }
+
+
+def _check_one_server_per_region(vms, errors):
+    servers = {}
+    for vm in vms:
+        if vm["role"] == "server":
+            for mapping in vm["regions"]:
+                if mapping["security"] == "secdsm":
+                    servers.setdefault(mapping["name"], []).append(vm["name"])
+    for rname, names in servers.items():
+        if len(names) > 1:
+            errors.append(
+                "region %s (security: secdsm) is mapped by the servers %s; its header and "
+                "server segments have one writer: give each server its own region, or map "
+                "%s from one of them." % (rname, " and ".join(names), rname)
+            )
+
+
 def normalize(description, topology, backing=None, existing=None):
     """Return (lab, errors) for DESCRIPTION on a host with TOPOLOGY.
 
@@ -182,11 +518,11 @@ def normalize(description, topology, backing=None, existing=None):
         )
 
     # ---- regions -------------------------------------------------------------
+    rings = _ring_sizes(lab, errors)
     regions = []
     region_by_name = {}
     absent_regions = []
     highest_memory_node = max([n for n in node_ids if nodes[n]["memory_total_mib"] > 0] or [0])
-    wanted_per_dir = {}
     for index, raw in enumerate(lab["regions"] or []):
         region = _with_defaults(raw, REGION_DEFAULTS)
         name = region.get("name")
@@ -205,14 +541,30 @@ def normalize(description, topology, backing=None, existing=None):
         region["backing_dir"] = backing_dir
         region["path"] = "{}/{}-{}".format(backing_dir, lab["name"], name)
         if _state(region, label, errors) == "absent":
-            # Only what removing it needs: its name and backing file.
+            # Only what removing it needs: its name and backing path (file or directory).
             absent_regions.append(region)
             continue
-        size = _int(region["size_mib"], f"{label} size_mib", errors)
-        if size is not None and not _is_power_of_two(size):
+        if region["security"] is False:
             errors.append(
-                "%s: size_mib %d is not a power of two (ivshmem exposes the region as a "
-                "PCI BAR): use one, e.g. 256 or 512." % (label, size)
+                f"{label}: security is false (YAML reads a bare off as false): "
+                'write security: "off".'
+            )
+            region["security"] = "off"
+        elif region["security"] not in SECURITY:
+            errors.append(
+                "{}: security {!r}: use secdsm (one device per segment, each VM granted only "
+                "what its role needs) or off (one device, the whole region rw for every "
+                "VM).".format(label, region["security"])
+            )
+            region["security"] = "secdsm"
+        size = _int(region["size_mib"], f"{label} size_mib", errors)
+        if size is not None and size <= 0:
+            errors.append(f"{label}: size_mib {size} must be positive: use e.g. 256.")
+            size = None
+        if size is not None and region["security"] == "off" and not _is_power_of_two(size):
+            errors.append(
+                "%s: size_mib %d is not a power of two (with security: off ivshmem exposes "
+                "the whole region as one PCI BAR): use one, e.g. 256 or 512." % (label, size)
             )
         if region["policy"] not in POLICIES:
             errors.append(
@@ -237,6 +589,7 @@ def normalize(description, topology, backing=None, existing=None):
                     "to one of them, or to null for no binding." % (label, node, node_ids)
                 )
         info = backing.get(backing_dir)
+        page_bytes = PAGE_SIZE
         if info is None or info.get("fs") is None:
             errors.append(
                 f"{label}: backing_dir {backing_dir} does not exist: use /dev/shm, or mount "
@@ -247,27 +600,137 @@ def normalize(description, topology, backing=None, existing=None):
                 "{}: backing_dir {} is on {}, not memory: use /dev/shm (tmpfs) or a "
                 "hugetlbfs mount.".format(label, backing_dir, info["fs"])
             )
-        elif size is not None:
-            if info["fs"] == "hugetlbfs" and (size * 1024) % max(info.get("page_kib") or 2048, 1):
+        elif info["fs"] == "hugetlbfs":
+            page_bytes = max(info.get("page_kib") or 2048, 1) * 1024
+            if size is not None and region["security"] == "off" and (size << 20) % page_bytes:
                 errors.append(
                     "%s: size_mib %d is not a multiple of %s's huge page size (%d KiB)."
-                    % (label, size, backing_dir, info.get("page_kib"))
+                    % (label, size, backing_dir, page_bytes // 1024)
                 )
-            wanted_per_dir.setdefault(backing_dir, []).append(
-                (name, size, existing.get(region["path"], 0))
-            )
+        region["segment_align"] = _segment_align(region, page_bytes, label, errors)
         region["size_mib"] = size
-        region["size_bytes"] = (size or 0) * 1024 * 1024
         region["mode"] = "0" + mode[-3:] if re.match(r"^0?[0-7]{3}$", mode) else mode
         region["prealloc"] = bool(region["prealloc"])
+        region.update(rings)
         regions.append(region)
         region_by_name[name] = region
-        if size and region["numa_node"] in nodes:
+
+    # ---- channel groups: one per client or attacker VM mapping a region ----------
+    # Numbered in VM order, absent VMs included (like every derived value): marking a
+    # client absent keeps its group, so that no other VM's segments, devices or
+    # channels move; its channels stay reserved until its entry is deleted.
+    group_vms = {name: [] for name in region_by_name}
+    absent_region_names = {r["name"] for r in absent_regions}
+    seen_vms = set()
+    for raw in lab["vms"] or []:
+        raw = _with_defaults(raw, VM_DEFAULTS)
+        name = raw.get("name")
+        if not isinstance(name, str) or not NAME_RE.match(name) or name in seen_vms:
+            continue  # reported below
+        seen_vms.add(name)
+        if raw["role"] not in ("client", "attacker"):
+            continue
+        try:
+            channels = int(raw["channels"])
+        except (TypeError, ValueError):
+            channels = None  # a present VM's is reported with it
+        if raw["state"] == "absent" and (channels is None or channels < 1):
+            channels = VM_DEFAULTS["channels"]  # unchecked: it only keeps the numbering
+        for rname, _access in _mapping_names(raw, region_by_name):
+            if rname in group_vms and name not in [v for v, _ in group_vms[rname]]:
+                group_vms[rname].append((name, channels))
+
+    # ---- each region's layout and memory ----------------------------------------
+    wanted_per_dir = {}
+    for region in regions:
+        name, label = region["name"], "region %s" % region["name"]
+        groups, first = [], 0
+        for group, (vm, channels) in enumerate(
+            group_vms[name] or [(None, VM_DEFAULTS["channels"])]
+        ):
+            groups.append({"group": group, "vm": vm, "channels": channels, "first_channel": first})
+            first += channels or 0
+        region["groups"] = groups
+        region["segments"] = []
+        region["region_size"] = 0
+        region["size_bytes"] = (region["size_mib"] or 0) << 20
+        if any(not 1 <= (g["channels"] or 0) <= MAX_CHANNELS for g in groups):
+            continue  # a VM's channels are wrong: reported with that VM
+        if len(groups) > MAX_GROUPS:
+            errors.append(
+                "%s is mapped by %d client and attacker VMs, each with its own channel group; "
+                "a region has at most %d groups: map it from fewer VMs, or describe another "
+                "region for the others." % (label, len(groups), MAX_GROUPS)
+            )
+            continue
+        if first > MAX_CHANNELS:
+            errors.append(
+                "%s: its client and attacker VMs ask for %d channels in all (%s); a region "
+                "has at most %d: lower their channels."
+                % (
+                    label,
+                    first,
+                    ", ".join("%s %d" % (g["vm"], g["channels"]) for g in groups),
+                    MAX_CHANNELS,
+                )
+            )
+            continue
+        try:
+            region_size, segments = layout_plan(
+                [g["channels"] for g in groups],
+                region["req_ring"],
+                region["resp_ring"],
+                region["segment_align"],
+            )
+        except ValueError:
+            continue  # the ring sizes or segment_align: reported with them
+        region["region_size"] = region_size
+        for segment in segments:
+            segment["path"] = (
+                region["path"]
+                if region["security"] == "off"
+                else "{}/{}".format(region["path"], segment["name"])
+            )
+        region["segments"] = segments
+        size = region["size_mib"]
+        if size is None:
+            continue
+        needed_mib = -(-region_size // (1 << 20))
+        if region_size > size << 20:
+            if region["security"] == "off":
+                fix = "use size_mib %d (the next power of two)" % _pow2_ceil(needed_mib)
+            else:
+                fix = "raise size_mib to at least %d" % needed_mib
+            errors.append(
+                "%s: its layout needs %d bytes (%s; rings %d/%d bytes, segment_align %d) but "
+                "size_mib is %d: %s, or give its VMs fewer channels or smaller rings "
+                "(cxl_lab.services.ring)."
+                % (
+                    label,
+                    region_size,
+                    _describe_groups(groups),
+                    region["req_ring"],
+                    region["resp_ring"],
+                    region["segment_align"],
+                    size,
+                    fix,
+                )
+            )
+        if region["security"] == "secdsm":
+            # The host holds exactly the segment files; size_mib only bounds them.
+            region["size_bytes"] = region_size
+            size = needed_mib
+        info = backing.get(region["backing_dir"]) or {}
+        if info.get("fs") in ("tmpfs", "hugetlbfs"):
+            wanted_per_dir.setdefault(region["backing_dir"], []).append(
+                (name, size, existing.get(region["path"], 0))
+            )
+        if region["numa_node"] in nodes:
             node = nodes[region["numa_node"]]
             free = node["memory_free_mib"] + existing.get(region["path"], 0) // (1024 * 1024)
             if size > free:
                 errors.append(
-                    "%s: size_mib %d is larger than node %d's free memory (%d MiB): shrink "
+                    "%s: its %d MiB are larger than node %d's free memory (%d MiB): shrink "
                     "it, bind it to another node, or free memory there."
                     % (label, size, region["numa_node"], free)
                 )
@@ -280,7 +743,7 @@ def normalize(description, topology, backing=None, existing=None):
         if total > free:
             errors.append(
                 "regions %s need %d MiB in %s but only %d MiB are free there: shrink them "
-                "(size_mib) or free memory."
+                "(size_mib, or fewer channels and smaller rings) or free memory."
                 % (", ".join(n for n, _, _ in wanted), total, backing_dir, free)
             )
 
@@ -288,7 +751,6 @@ def normalize(description, topology, backing=None, existing=None):
     vms = []
     vm_by_name = {}
     absent_vms = []
-    absent_region_names = {r["name"] for r in absent_regions}
     ports = {}
     for index, raw in enumerate(lab["vms"] or []):
         vm = _with_defaults(raw, VM_DEFAULTS)
@@ -312,7 +774,17 @@ def normalize(description, topology, backing=None, existing=None):
             absent_vms.append(vm)
             continue
         if vm["role"] not in ROLES:
-            errors.append("{}: role {!r}: use server or client.".format(label, vm["role"]))
+            errors.append(
+                "{}: role {!r}: use server, client or attacker.".format(label, vm["role"])
+            )
+        if vm["role"] in ("client", "attacker"):
+            channels = _int(vm["channels"], f"{label} channels", errors)
+            if channels is not None and not 1 <= channels <= MAX_CHANNELS:
+                errors.append(
+                    "%s: channels %d: use 1 to %d (the channels of its group in every "
+                    "region it maps)." % (label, channels, MAX_CHANNELS)
+                )
+            vm["channels"] = channels
         vm["vcpus"] = _int(vm["vcpus"], f"{label} vcpus", errors) or 1
         vm["memory_mib"] = _int(vm["memory_mib"], f"{label} memory_mib", errors) or 0
         if vm["memory_mib"] < 256:
@@ -387,15 +859,7 @@ def normalize(description, topology, backing=None, existing=None):
             ports[port] = name
         vm["user_mac"] = mac_address(vm["index"], 0)
         mapped = []
-        raw_regions = vm["regions"]
-        if raw_regions is None:
-            raw_regions = [{"name": r["name"]} for r in regions]
-        for slot, entry in enumerate(raw_regions):
-            if isinstance(entry, str):
-                entry = {"name": entry}
-            entry = _with_defaults(entry, MAPPING_DEFAULTS)
-            rname = entry.get("name")
-            access = entry["access"]
+        for rname, access in _mapping_names(vm, region_by_name):
             if rname in absent_region_names:
                 errors.append(
                     f"{label} maps region {rname}, which has state: absent: remove {rname} "
@@ -426,29 +890,34 @@ def normalize(description, topology, backing=None, existing=None):
                     "or bind the region to node %d."
                     % (label, rname, region["numa_node"], mem_node, name, mem_node)
                 )
-            pci_slot = REGION_PCI_SLOT_BASE + slot
+            group = next((g["group"] for g in region["groups"] if g["vm"] == name), None)
             mapped.append(
                 {
                     "name": rname,
+                    "security": region["security"],
                     "access": access,
+                    "group": group,
                     "path": region["path"],
                     "size_bytes": region["size_bytes"],
                     "numa_node": region["numa_node"],
                     "policy": region["policy"],
                     "prealloc": region["prealloc"],
-                    "pci_slot": pci_slot,
-                    "pci_address": f"0000:00:{pci_slot:02x}.0",
                 }
             )
+        vm["grants"] = _grants(vm, label, mapped, region_by_name, errors)
+        for mapping in mapped:
+            if mapping["security"] == "secdsm":
+                mapping["segments"] = _granted_segments(
+                    vm, label, mapping, region_by_name[mapping["name"]], errors
+                )
+        _allocate_pci_slots(vm, label, mapped, errors)
         vm["regions"] = mapped
         # Exactly what the guest module takes (library/cxl_ivshmem.py).
-        vm["ivshmem"] = [
-            {"name": r["name"], "pci_address": r["pci_address"], "size_bytes": r["size_bytes"]}
-            for r in mapped
-        ]
+        vm["ivshmem"] = [_ivshmem_entry(mapping) for mapping in mapped]
         vm["links"] = []
         vms.append(vm)
         vm_by_name[name] = vm
+    _check_one_server_per_region(vms, errors)
 
     # ---- inter-VM links (TCP baseline) ----------------------------------------
     servers = [vm for vm in vms if vm["role"] == "server"]

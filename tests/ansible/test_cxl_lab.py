@@ -74,15 +74,41 @@ def test_default_lab_is_valid_and_complete():
     assert errors == []
     region = lab["regions"][0]
     assert region["path"] == "/dev/shm/cxl-lab-cxl0"
-    assert region["size_bytes"] == 256 << 20
+    assert region["security"] == "secdsm"
+    # One group of 8 channels: header 4 KiB + client-0 and server-0 of 32 MiB each.
+    assert region["size_bytes"] == region["region_size"] == (64 << 20) + 4096
     assert region["mode"] == "0600"
     vm1, vm2 = lab["vms"]
     assert (vm1["vcpus"], vm1["memory_mib"], vm1["mem_node"]) == (1, 1024, 0)
-    assert vm1["regions"][0]["pci_address"] == "0000:00:10.0"
-    assert vm1["ivshmem"] == [
-        {"name": "cxl0", "pci_address": "0000:00:10.0", "size_bytes": 256 << 20}
+    assert [s["pci_address"] for s in vm1["regions"][0]["segments"]] == [
+        "0000:00:10.0", "0000:00:11.0", "0000:00:12.0"
+    ]
+    assert vm2["ivshmem"] == [
+        {
+            "name": "cxl0",
+            "security": "secdsm",
+            "segments": [
+                {"name": "header", "pci_address": "0000:00:10.0", "size_bytes": 4096,
+                 "access": "ro"},
+                {"name": "client-0", "pci_address": "0000:00:11.0", "size_bytes": 32 << 20,
+                 "access": "rw"},
+                {"name": "server-0", "pci_address": "0000:00:12.0", "size_bytes": 32 << 20,
+                 "access": "ro"},
+            ],
+        }
     ]
     assert vm1["user_mac"] != vm2["user_mac"]
+
+
+def test_off_region_is_one_file_and_one_device():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["security"] = "off"
+    lab, errors = check(description)
+    assert errors == []
+    assert lab["regions"][0]["size_bytes"] == 256 << 20
+    assert lab["vms"][0]["ivshmem"] == [
+        {"name": "cxl0", "pci_address": "0000:00:10.0", "size_bytes": 256 << 20}
+    ]
 
 
 def test_client_is_linked_to_server_with_link_local_addresses():
@@ -97,13 +123,15 @@ def test_client_is_linked_to_server_with_link_local_addresses():
 
 def test_vm_without_regions_maps_all_and_ro_is_kept():
     description = copy.deepcopy(DEFAULT)
-    description["regions"].append({"name": "cxl1", "size_mib": 128})
+    description["regions"].append({"name": "cxl1", "size_mib": 128, "security": "off"})
     description["vms"][0]["regions"] = None
     description["vms"][1]["regions"] = [{"name": "cxl1", "access": "ro"}]
     lab, errors = check(description)
     assert errors == []
     assert [r["name"] for r in lab["vms"][0]["regions"]] == ["cxl0", "cxl1"]
-    assert lab["vms"][0]["regions"][1]["pci_address"] == "0000:00:11.0"
+    # After cxl0's three segments (no client maps cxl0: one default group).
+    assert lab["vms"][0]["regions"][1]["pci_address"] == "0000:00:13.0"
+    assert lab["vms"][1]["regions"][0]["pci_address"] == "0000:00:10.0"
     assert lab["vms"][1]["regions"][0]["access"] == "ro"
 
 
@@ -132,13 +160,13 @@ def test_overlapping_ports():
 
 
 def test_region_larger_than_free_memory():
-    message = broken(regions__0__size_mib=16384)
+    message = broken(regions__0__size_mib=16384, regions__0__security="off")
     assert "only 12000 MiB are free" in message and "shrink" in message
 
 
 def test_region_larger_than_its_node():
     description = copy.deepcopy(DEFAULT)
-    description["regions"][0].update(size_mib=8192, numa_node=1)
+    description["regions"][0].update(size_mib=8192, numa_node=1, security="off")
     for vm in description["vms"]:
         vm["mem_policy"] = "preferred"
     _, errors = check(
@@ -164,7 +192,11 @@ def test_unknown_region_in_vm():
 
 
 def test_region_size_must_be_power_of_two():
-    assert "not a power of two" in broken(regions__0__size_mib=300)
+    assert "not a power of two" in broken(regions__0__size_mib=300, regions__0__security="off")
+    # secdsm: size_mib only bounds the segment files, each of which is a power of two.
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["size_mib"] = 300
+    assert check(description)[1] == []
 
 
 def test_world_readable_mode_is_refused():

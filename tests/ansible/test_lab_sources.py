@@ -37,11 +37,15 @@ CHOICES = {
     ("cxl_lab.image", "source"): cxl_lab.IMAGE_SOURCES,
     ("cxl_lab.regions[]", "policy"): cxl_lab.POLICIES,
     ("cxl_lab.regions[]", "state"): cxl_lab.STATES,
+    ("cxl_lab.regions[]", "security"): cxl_lab.SECURITY,
     ("cxl_lab.vms[]", "role"): cxl_lab.ROLES,
     ("cxl_lab.vms[]", "mem_policy"): cxl_lab.MEM_POLICIES,
     ("cxl_lab.vms[]", "state"): cxl_lab.STATES,
     ("cxl_lab.vms[].regions[]", "access"): cxl_lab.ACCESS,
 }
+# The values of the inventory's default lab that are not cxl_lab.py's defaults, on purpose:
+# cxl1 is the comparison region without Sec-DSM.
+NOT_DEFAULTS = {("cxl_lab.regions[]", "cxl1", "security"): "off"}
 # The same host as the inventory's default lab assumes: one node, CPUs 0 and 1.
 TOPOLOGY = {
     "node_ids": [0],
@@ -117,7 +121,22 @@ def test_inventory_values_are_cxl_lab_py_defaults(where, items, defaults):
     for item in items:
         for key, default in defaults.items():
             if default is not None:
-                assert item[key] == default, f"{where}.{key}"
+                expected = NOT_DEFAULTS.get((where, item.get("name"), key), default)
+                assert item[key] == expected, f"{where}.{key}"
+
+
+def test_inventory_default_lab_is_the_sec_dsm_lab():
+    """vm1 server, vm2 client, vm3 attacker; cxl0 secdsm and cxl1 off, both mapped by all."""
+    assert [(vm["name"], vm["role"]) for vm in INVENTORY["vms"]] == [
+        ("vm1", "server"), ("vm2", "client"), ("vm3", "attacker")
+    ]
+    assert [(r["name"], r["security"]) for r in INVENTORY["regions"]] == [
+        ("cxl0", "secdsm"), ("cxl1", "off")
+    ]
+    lab, errors = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
+    assert errors == []
+    for vm in lab["vms"]:
+        assert [r["name"] for r in vm["regions"]] == ["cxl0", "cxl1"]
 
 
 def test_inventory_vms_resolve_as_the_bare_defaults():
@@ -125,7 +144,9 @@ def test_inventory_vms_resolve_as_the_bare_defaults():
     role only: every value written there is the default cxl_lab.py would choose."""
     bare = copy.deepcopy(INVENTORY)
     bare["vms"] = [{"name": vm["name"], "role": vm["role"]} for vm in INVENTORY["vms"]]
-    bare["regions"] = [{"name": r["name"]} for r in INVENTORY["regions"]]
+    bare["regions"] = [
+        {"name": r["name"], "security": r["security"]} for r in INVENTORY["regions"]
+    ]
     spelled, errors = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
     assert errors == []
     derived, errors = normalize(bare, TOPOLOGY, BACKING)
