@@ -4,7 +4,11 @@
 One redis-server with the cxl_ring module loaded serves everything in one run:
 
 * the ring, driven by ``build/cxl-ring-bench`` (pipelined GET and SET, and the
-  unpipelined round trip of one thread);
+  unpipelined round trip of one thread), on a region with ``security off`` (one file);
+* the same ring runs on a second server whose region has ``security secdsm`` (a directory of
+  segment files, two channel groups), the bench given a view directory holding only its
+  group's segments and the header (symlinks, as a guest's ``/dev/cxl/<region>/``); the runs
+  alternate between the two regions, and ``secdsm/off`` ratios say what Sec-DSM costs;
 * TCP on 127.0.0.1 and a unix socket, driven by ``redis-benchmark``
   (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip);
 * the Python ring client against redis-py: ``bench/py_bench.py``'s ``run()``;
@@ -55,15 +59,24 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 
 # Targets, as ratios from the same run on the same machine (the issue "Ring transport").
+# Sec-DSM (the issue "Sec-DSM"): the segment-per-writer region costs at most 5 % of the ring's
+# throughput and round trip (secdsm/off, both as rates: higher is better).
 TARGETS = {
     "pipelined_get_ring_vs_tcp_p16": (">=", 2.0),
     "rtt_p50_ring_vs_tcp": ("<=", 0.1),
     "server_idle_cpu_pct": ("<=", 2.0),
+    "pipelined_get_secdsm_vs_off": (">=", 0.95),
+    "rtt_p50_secdsm_vs_off": (">=", 0.95),
 }
 
-# Layout v4 header fields the runner polls to know the driver is serving
+# The bench client's channel group in the secdsm region, and the groups the region has: the
+# same 8 channels as the off region, in two groups, so that the bench's view lacks a group.
+SECDSM_GROUPS = (4, 4)
+SECDSM_BENCH_GROUP = 0
+
+# Layout v5 header fields the runner polls to know the driver is serving
 # (docs/ring-protocol.md 2.1): magic at 0, server_state at 144 (2 = RUNNING).
-V4_MAGIC = b"CXLDSMR\0"
+V5_MAGIC = b"CXLDSMR\0"
 V2_MAGIC = b"CXLSHM1\0"
 STATE_OFFSET = 144
 STATE_RUNNING = 2
@@ -111,7 +124,10 @@ def proc_cpu_seconds(pid: int) -> float:
 
 
 def region_state(path: str, layout: str) -> str | None:
-    """'running' when the region's header says the driver serves it, else None."""
+    """'running' when the region's header says the driver serves it, else None. path is the
+    region file, or a region directory (its ``header`` segment file)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "header")
     try:
         with open(path, "rb") as f:
             head = f.read(STATE_OFFSET + 4)
@@ -119,7 +135,7 @@ def region_state(path: str, layout: str) -> str | None:
         return None
     if layout == "v2":
         return "running" if head[:8] == V2_MAGIC else None
-    if len(head) < STATE_OFFSET + 4 or head[:8] != V4_MAGIC:
+    if len(head) < STATE_OFFSET + 4 or head[:8] != V5_MAGIC:
         return None
     (state,) = struct.unpack_from("<I", head, STATE_OFFSET)
     return "running" if state == STATE_RUNNING else None
@@ -128,8 +144,14 @@ def region_state(path: str, layout: str) -> str | None:
 class RedisWithRing:
     """A redis-server with the cxl_ring module: TCP on 127.0.0.1, a unix socket, a region.
 
+    ``security="off"``: the region is one file (``channels`` channels). ``"secdsm"``: the
+    region is a directory the driver fills with segment files, ``groups`` channels per
+    group; ``view(g)`` makes a directory holding only group g's segments and the header
+    (symlinks), what a client VM is granted.
+
     Used by the runner and by tests/bench. Always call stop() (or use ``with``):
-    it ends the server and removes the region file and the scratch directory.
+    it ends the server and removes the region (file or directory), the views and the
+    scratch directory.
     """
 
     def __init__(
@@ -137,17 +159,25 @@ class RedisWithRing:
         module: Path,
         region: str,
         *,
-        layout: str = "v4",
+        layout: str = "v5",
         channels: int = 8,
+        security: str = "off",
+        groups: tuple[int, ...] | None = None,
         module_args: list[str] | None = None,
         cpu: int | None = None,
         redis_server: str = "redis-server",
         workdir: Path | None = None,
     ) -> None:
+        if security not in ("off", "secdsm"):
+            raise BenchError(f"security {security!r}: off or secdsm")
+        if security == "secdsm" and layout == "v2":
+            raise BenchError("layout v2 has no segments: security secdsm needs layout v5")
         self.module = Path(module)
         self.region = region
         self.layout = layout
-        self.channels = channels
+        self.security = security
+        self.groups = tuple(groups) if groups else (channels,)
+        self.channels = sum(self.groups) if groups else channels
         self.extra_args = list(module_args or [])
         self.cpu = cpu
         self.redis_server = redis_server
@@ -161,13 +191,33 @@ class RedisWithRing:
 
     def module_argv(self) -> list[str]:
         args = ["path", self.region, "layout", self.layout]
-        if self.layout != "v2":
+        if self.security == "secdsm":
+            args += ["groups", ",".join(str(n) for n in self.groups)]
+        elif self.layout != "v2":
             args += ["channels", str(self.channels)]
         return args + self.extra_args
+
+    def view(self, group: int) -> str:
+        """A directory with only group ``group``'s segments and the header, as symlinks into
+        the region directory: what a client of that group is granted (secdsm only)."""
+        if self.security != "secdsm":
+            raise BenchError("a view is a secdsm region's: this region is one file")
+        if not 0 <= group < len(self.groups):
+            raise BenchError(f"group {group}: the region has groups 0..{len(self.groups) - 1}")
+        view = self.workdir / f"view-{group}"
+        view.mkdir(mode=0o700, exist_ok=True)
+        for name in ("header", f"client-{group}", f"server-{group}"):
+            link = view / name
+            if not link.is_symlink():
+                link.symlink_to(os.path.join(self.region, name))
+        return str(view)
 
     def start(self, timeout: float = 30.0) -> RedisWithRing:
         if not self.module.exists():
             raise BenchError(f"{self.module} does not exist: run `make build` first")
+        if self.security == "secdsm":
+            # The driver creates the segment files in an existing directory (one host).
+            os.makedirs(self.region, mode=0o700, exist_ok=True)
         self.port = free_tcp_port()
         self.command = [
             self.redis_server,
@@ -252,8 +302,13 @@ class RedisWithRing:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.region)
+        for view in self.workdir.glob("view-*"):
+            shutil.rmtree(view, ignore_errors=True)
+        if os.path.isdir(self.region) and not os.path.islink(self.region):
+            shutil.rmtree(self.region, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.region)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -308,12 +363,13 @@ def run_cmd(cmd: list[str], cpu: int | None, timeout: float) -> str:
     return out.stdout
 
 
-def ring_bench(bench: Path, server: RedisWithRing, args: list[str], cpu: int | None,
+def ring_bench(bench: Path, path: str, args: list[str], cpu: int | None,
                timeout: float, commands: dict[str, str], name: str) -> dict[str, dict[str, Any]]:
-    """Run cxl-ring-bench with --json; returns {op: result} (op: GET, SET, MIX)."""
+    """Run cxl-ring-bench on the region at path (a file, or a secdsm view directory) with
+    --json; returns {op: result} (op: GET, SET, MIX)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         json_path = tmp.name
-    cmd = [str(bench), "--path", server.region, *args, "--quiet", "--json", json_path,
+    cmd = [str(bench), "--path", path, *args, "--quiet", "--json", json_path,
            "--timeout", str(int(timeout))]
     commands[name] = shlex.join(cmd)
     try:
@@ -343,15 +399,30 @@ def redis_benchmark(server: RedisWithRing, target: list[str], tests: str, reques
     return rows
 
 
-def median_runs(n: int, fn: Callable[[], dict[str, dict[str, Any]]], key: str
-                ) -> dict[str, dict[str, Any]]:
-    """Run fn n times; for each op keep the run with the median `key` value."""
-    runs = [fn() for _ in range(n)]
+def median_of(runs: list[dict[str, dict[str, Any]]], key: str) -> dict[str, dict[str, Any]]:
+    """For each op, the run with the median `key` value."""
     best: dict[str, dict[str, Any]] = {}
     for op in runs[0]:
         ordered = sorted((r[op] for r in runs if op in r), key=lambda x: x[key])
         best[op] = ordered[len(ordered) // 2]
     return best
+
+
+def median_runs(n: int, fn: Callable[[], dict[str, dict[str, Any]]], key: str
+                ) -> dict[str, dict[str, Any]]:
+    """Run fn n times; for each op keep the run with the median `key` value."""
+    return median_of([fn() for _ in range(n)], key)
+
+
+def paired_runs(n: int, fns: dict[str, Callable[[], dict[str, dict[str, Any]]]], key: str
+                ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Run every fn n times, alternating between them (a drift in the machine's load then
+    weighs on each alike); for each fn and op keep the run with the median `key` value."""
+    runs: dict[str, list[dict[str, dict[str, Any]]]] = {name: [] for name in fns}
+    for _ in range(n):
+        for name, fn in fns.items():
+            runs[name].append(fn())
+    return {name: median_of(r, key) for name, r in runs.items()}
 
 
 def idle_cpu_pct(pid: int, settle: float, window: float) -> float:
@@ -419,6 +490,8 @@ def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "pipelined_get_ring_vs_tcp_p16": res.get("ratio_ring_get_vs_tcp_p16"),
         "rtt_p50_ring_vs_tcp": res.get("ratio_rtt_p50_ring_vs_tcp"),
         "server_idle_cpu_pct": res.get("server_idle_cpu_pct"),
+        "pipelined_get_secdsm_vs_off": res.get("ratio_secdsm_vs_off_get_rps"),
+        "rtt_p50_secdsm_vs_off": res.get("ratio_secdsm_vs_off_rtt_p50"),
     }
     out = {}
     for name, (cmp, limit) in TARGETS.items():
@@ -465,6 +538,22 @@ def markdown(res: dict[str, Any]) -> str:
         f"{fmt(res.get('tcp_rtt_p50_us'), ' µs')} |",
         f"| GET p99 | {fmt(res.get('ring_rtt_p99_us'), ' µs')} | "
         f"{fmt(res.get('tcp_rtt_p99_us'), ' µs')} |",
+        "",
+        f"Sec-DSM (a directory of segment files, the bench given only its group's segments) "
+        f"against security off (one file), same run, alternating:",
+        "",
+        "| ring | security off | secdsm | secdsm/off (as rates) |",
+        "|---|---|---|---|",
+        f"| GET pipelined, req/s | {fmt(res.get('ring_get_rps'))} | "
+        f"{fmt(res.get('secdsm_ring_get_rps'))} | {fmt(res.get('ratio_secdsm_vs_off_get_rps'))} |",
+        f"| SET pipelined, req/s | {fmt(res.get('ring_set_rps'))} | "
+        f"{fmt(res.get('secdsm_ring_set_rps'))} | {fmt(res.get('ratio_secdsm_vs_off_set_rps'))} |",
+        f"| GET round trip p50 | {fmt(res.get('ring_rtt_p50_us'), ' µs')} | "
+        f"{fmt(res.get('secdsm_ring_rtt_p50_us'), ' µs')} | "
+        f"{fmt(res.get('ratio_secdsm_vs_off_rtt_p50'))} |",
+        f"| GET round trip avg | {fmt(res.get('ring_rtt_avg_us'), ' µs')} | "
+        f"{fmt(res.get('secdsm_ring_rtt_avg_us'), ' µs')} | "
+        f"{fmt(res.get('ratio_secdsm_vs_off_rtt_avg'))} |",
         "",
         f"Cache-line round trip between the two CPUs (the floor of any ring round trip): "
         f"{fmt(res.get('cacheline_rtt_ns'), ' ns')}.",
@@ -567,8 +656,19 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
 
     server = RedisWithRing(a.module, region, cpu=server_cpu, redis_server=a.redis_server)
-    with server:
+    secdsm = RedisWithRing(a.module, f"{region}-secdsm", security="secdsm",
+                           groups=SECDSM_GROUPS, cpu=server_cpu, redis_server=a.redis_server)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(server)
         commands["redis_server"] = shlex.join(server.command)
+        # The Sec-DSM region's server: the same channels, in two groups; stopped once its
+        # ring runs are done (before the idle CPU of the main server is measured).
+        secdsm_stack = stack.enter_context(contextlib.ExitStack())
+        secdsm_stack.enter_context(secdsm)
+        commands["redis_server_secdsm"] = shlex.join(secdsm.command)
+        secdsm_view = secdsm.view(SECDSM_BENCH_GROUP)
+        res["secdsm"] = {"groups": list(SECDSM_GROUPS), "bench_group": SECDSM_BENCH_GROUP,
+                         "view": sorted(os.listdir(secdsm_view))}
         info = server.info("server")
         res.update(server_identity(info))
         # (not INFO's "executable": Redis makes it from its cwd and a relative argv[0])
@@ -579,15 +679,44 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         unix = ["-s", server.unix_socket]
         t = a.timeout
 
-        ring = median_runs(a.repeat, lambda: ring_bench(
-            a.bench_bin, server,
-            ["--op", "set,get", "--bench", str(a.ring_requests), "--pipeline",
-             "--max-inflight", str(a.max_inflight), "--value-size", "64",
-             "--keyspace", "100000"],
-            client_cpu, t, commands, "ring_pipelined"), key="rps")
+        pipelined = ["--op", "set,get", "--bench", str(a.ring_requests), "--pipeline",
+                     "--max-inflight", str(a.max_inflight), "--value-size", "64",
+                     "--keyspace", "100000"]
+        rings = paired_runs(a.repeat, {
+            "off": lambda: ring_bench(a.bench_bin, server.region, pipelined, client_cpu, t,
+                                      commands, "ring_pipelined"),
+            "secdsm": lambda: ring_bench(a.bench_bin, secdsm_view, pipelined, client_cpu, t,
+                                         commands, "ring_pipelined_secdsm"),
+        }, key="rps")
+        ring = rings["off"]
         res["ring_set_rps"] = ring["SET"]["rps"]
         res["ring_get_rps"] = ring["GET"]["rps"]
         res["ring_pipelined"] = ring
+        res["secdsm_ring_set_rps"] = rings["secdsm"]["SET"]["rps"]
+        res["secdsm_ring_get_rps"] = rings["secdsm"]["GET"]["rps"]
+        res["secdsm_ring_pipelined"] = rings["secdsm"]
+
+        rtt_args = ["--op", "get", "--bench", str(a.rtt_requests), "--latency",
+                    "--value-size", "64", "--keyspace", "100000", "--csv", os.devnull]
+        rtts = paired_runs(a.repeat, {
+            "off": lambda: ring_bench(a.bench_bin, server.region, rtt_args, client_cpu, t,
+                                      commands, "ring_rtt"),
+            "secdsm": lambda: ring_bench(a.bench_bin, secdsm_view, rtt_args, client_cpu, t,
+                                         commands, "ring_rtt_secdsm"),
+        }, key="p50_us")
+        rtt = rtts["off"]
+        res["ring_rtt_p50_us"] = rtt["GET"]["p50_us"]
+        res["ring_rtt_p99_us"] = rtt["GET"]["p99_us"]
+        res["ring_rtt_avg_us"] = rtt["GET"]["avg_us"]
+        res["ring_rtt_rps"] = rtt["GET"]["rps"]
+        res["secdsm_ring_rtt_p50_us"] = rtts["secdsm"]["GET"]["p50_us"]
+        res["secdsm_ring_rtt_p99_us"] = rtts["secdsm"]["GET"]["p99_us"]
+        res["secdsm_ring_rtt_avg_us"] = rtts["secdsm"]["GET"]["avg_us"]
+        res["secdsm_ring_rtt_rps"] = rtts["secdsm"]["GET"]["rps"]
+        if not secdsm.alive():
+            raise BenchError(f"the secdsm redis-server died during the run:\n"
+                             f"{secdsm.log_tail()}")
+        secdsm_stack.close()
 
         p16 = median_runs(a.repeat, lambda: redis_benchmark(
             server, tcp, "set,get", a.tcp_requests, 16, 50, client_cpu, t, commands,
@@ -606,16 +735,6 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
             "unix_p16"), key="rps")
         res["unix_p16_set_rps"] = u16["SET"]["rps"]
         res["unix_p16_get_rps"] = u16["GET"]["rps"]
-
-        rtt = median_runs(a.repeat, lambda: ring_bench(
-            a.bench_bin, server,
-            ["--op", "get", "--bench", str(a.rtt_requests), "--latency", "--value-size", "64",
-             "--keyspace", "100000", "--csv", os.devnull],
-            client_cpu, t, commands, "ring_rtt"), key="p50_us")
-        res["ring_rtt_p50_us"] = rtt["GET"]["p50_us"]
-        res["ring_rtt_p99_us"] = rtt["GET"]["p99_us"]
-        res["ring_rtt_avg_us"] = rtt["GET"]["avg_us"]
-        res["ring_rtt_rps"] = rtt["GET"]["rps"]
 
         trtt = median_runs(a.repeat, lambda: redis_benchmark(
             server, tcp, "get", a.rtt_requests, 1, 1, client_cpu, t, commands, "tcp_rtt"),
@@ -657,6 +776,13 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     res["ratio_ring_get_vs_unix_p16"] = ratio(res["ring_get_rps"], res["unix_p16_get_rps"])
     res["ratio_ring_get_vs_tcp_p1"] = ratio(res["ring_get_rps"], res["tcp_p1_get_rps"])
     res["ratio_rtt_p50_ring_vs_tcp"] = ratio(res["ring_rtt_p50_us"], res["tcp_rtt_p50_us"])
+    # secdsm/off as rates (higher is better): throughput, and the inverse of the round trip.
+    res["ratio_secdsm_vs_off_get_rps"] = ratio(res["secdsm_ring_get_rps"], res["ring_get_rps"])
+    res["ratio_secdsm_vs_off_set_rps"] = ratio(res["secdsm_ring_set_rps"], res["ring_set_rps"])
+    res["ratio_secdsm_vs_off_rtt_p50"] = ratio(res["ring_rtt_p50_us"],
+                                               res["secdsm_ring_rtt_p50_us"])
+    res["ratio_secdsm_vs_off_rtt_avg"] = ratio(res["ring_rtt_avg_us"],
+                                               res["secdsm_ring_rtt_avg_us"])
     res["targets"] = verdicts(res)
     res["commands"] = commands
     res["notes"] = notes

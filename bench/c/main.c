@@ -647,7 +647,8 @@ int main(int argc, char **argv)
     lanes = t->lanes();
     if (o.threads > lanes) {
         snprintf(msg, sizeof(msg), "--threads %u, but the region has only %u %s "
-                 "this process may claim; each thread needs its own", o.threads, lanes, o.layout == 2 ? "rings" : "channels");
+                 "this process may claim; each thread needs its own", o.threads, lanes,
+                 o.layout == 2 ? "rings" : "channels");
         fprintf(stderr, "cxl-ring-bench: error: %s\n", msg);
         write_json_error(&o, EXIT_USAGE, msg);
         t->close();

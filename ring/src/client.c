@@ -123,8 +123,8 @@ void cxl_backoff_wait(struct cxl_backoff *b, uint64_t now)
  * A directory region (security secdsm): read the geometry from the header
  * segment alone, map the segments it places, then read the header again where
  * it now sits and check it is the same layout (a server may have reformatted
- * in between). Returns 0, 1 (all zeros) or -1 (layout mismatch), or
- * CXL_E_OPEN with err filled.
+ * in between). Returns 0, CXL_E_NOT_FORMATTED (all zeros), CXL_E_LAYOUT or
+ * CXL_E_OPEN, with why filled.
  */
 static int open_dir(struct cxl_client *c, const char *dir, char *why, size_t whylen)
 {
@@ -159,7 +159,7 @@ static int open_dir(struct cxl_client *c, const char *dir, char *why, size_t why
     rc = cxl_header_read(hdr, 0, &first, why, whylen);
     munmap(hdr, CXL_HEADER_SIZE);
     if (rc)
-        return rc;
+        return rc == 1 ? CXL_E_NOT_FORMATTED : CXL_E_LAYOUT;
     if (cxl_region_map_dir(dir, &first, CXL_ROLE_CLIENT, 0, &c->region, why, whylen) < 0)
         return CXL_E_OPEN;
     rc = cxl_header_read(c->region.base, c->region.size, &c->geo, why, whylen);
@@ -168,7 +168,9 @@ static int open_dir(struct cxl_client *c, const char *dir, char *why, size_t why
                  "(reformatted); open the region again");
         rc = -1;
     }
-    return rc;
+    if (rc)
+        cxl_region_unmap(&c->region);
+    return rc == 0 ? CXL_OK : rc == 1 ? CXL_E_NOT_FORMATTED : CXL_E_LAYOUT;
 }
 
 int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
@@ -182,29 +184,24 @@ int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
     c->region.fd = -1;
     if (cxl_region_is_dir(path)) {
         rc = open_dir(c, path, why, sizeof(why));
-        if (rc == CXL_E_OPEN) {
-            ERR("%s", why);
-            return CXL_E_OPEN;
-        }
+    } else if (cxl_region_map(path, map_size, 0, &c->region, why, sizeof(why)) < 0) {
+        rc = CXL_E_OPEN;
     } else {
-        if (cxl_region_map(path, map_size, 0, &c->region, why, sizeof(why)) < 0) {
-            ERR("%s", why);
-            return CXL_E_OPEN;
-        }
         rc = cxl_header_read(c->region.base, c->region.size, &c->geo, why, sizeof(why));
+        rc = rc == 0 ? CXL_OK : rc == 1 ? CXL_E_NOT_FORMATTED : CXL_E_LAYOUT;
+        if (rc)
+            cxl_region_unmap(&c->region);
     }
-    c->khdr = (const struct cxl_shm_header *)c->region.base;
-    if (rc == 1) {
+    if (rc == CXL_E_OPEN)
+        ERR("%s", why);
+    else if (rc == CXL_E_NOT_FORMATTED)
         ERR("region %s is not formatted (all zeros): is a cxl_ring server running on it?",
             path);
-        cxl_region_unmap(&c->region);
-        return CXL_E_NOT_FORMATTED;
-    }
-    if (rc < 0) {
+    else if (rc == CXL_E_LAYOUT)
         ERR("%s: layout mismatch: %s", path, why);
-        cxl_region_unmap(&c->region);
-        return CXL_E_LAYOUT;
-    }
+    if (rc)
+        return rc;
+    c->khdr = (const struct cxl_shm_header *)c->region.base;
     /* The liveness line is read relaxed: it orders nothing, the values are checked. */
     state = cxl_load_relaxed32(&c->khdr->server_state);
     /* L2: pairs with L1; a client that sees the new epoch sees the old sessions retired. */

@@ -527,8 +527,8 @@ static int is_uio(const char *path)
  * O_RDWR or O_RDONLY (O_CREAT with create_size). errno-style failure: -1 with
  * a message and *err_no set, so that a caller can fall back to read-only.
  */
-static int open_mappable(const char *path, int open_flags, uint64_t map_size,
-                         uint64_t create_size, int *fd_out, uint64_t *size_out,
+static int open_mappable(const char *what, const char *path, int open_flags,
+                         uint64_t map_size, uint64_t create_size, int *fd_out, uint64_t *size_out,
                          off_t *offset_out, char *kind, size_t kindlen, int *err_no,
                          char *err, size_t errlen)
 {
@@ -540,8 +540,8 @@ static int open_mappable(const char *path, int open_flags, uint64_t map_size,
     fd = open(path, open_flags | O_CLOEXEC, 0600);
     if (fd < 0) {
         *err_no = errno;
-        ERR("cannot open %s%s: %s", path, (open_flags & O_ACCMODE) == O_RDWR ?
-            " read-write" : "", strerror(errno));
+        ERR("cannot open %s %s%s: %s", what, path, (open_flags & O_ACCMODE) == O_RDWR &&
+            strcmp(what, "region") ? " read-write" : "", strerror(errno));
         return -1;
     }
     if (fstat(fd, &st) < 0) {
@@ -617,9 +617,9 @@ int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
     int fd, err_no;
 
     region_init(rg);
-    if (open_mappable(path, O_RDWR | (create_size ? O_CREAT : 0), map_size, create_size, &fd,
-                      &map_size, &offset, rg->kind, sizeof(rg->kind), &err_no, err,
-                      errlen) < 0)
+    if (open_mappable("region", path, O_RDWR | (create_size ? O_CREAT : 0), map_size,
+                      create_size, &fd, &map_size, &offset, rg->kind, sizeof(rg->kind),
+                      &err_no, err, errlen) < 0)
         return -1;
     if (map_size < CXL_HEADER_SIZE) {
         ERR("map size %" PRIu64 " is smaller than the region header", map_size);
@@ -718,8 +718,8 @@ int cxl_region_map_dir(const char *dir, const struct cxl_geometry *geo, int role
                 }
                 close(cfd);
             }
-            if (open_mappable(path, flags, 0, 0, &fd, &size, &offset, kind, sizeof(kind),
-                              &err_no, why, sizeof(why)) < 0) {
+            if (open_mappable("segment file", path, flags, 0, 0, &fd, &size, &offset, kind,
+                              sizeof(kind), &err_no, why, sizeof(why)) < 0) {
                 ERR("%s; the server needs %s %s (grant it to the server, or let the driver "
                     "create the segment files on one host)", why, name,
                     server_writes ? "read-write" : "readable");
@@ -731,14 +731,15 @@ int cxl_region_map_dir(const char *dir, const struct cxl_geometry *geo, int role
             int opened;
 
             rs->access = server_writes ? CXL_ACCESS_READ : CXL_ACCESS_RW;
-            opened = open_mappable(path, server_writes ? O_RDONLY : O_RDWR, 0, 0, &fd, &size,
-                                   &offset, kind, sizeof(kind), &err_no, why,
-                                   sizeof(why)) == 0;
+            opened = open_mappable("segment file", path, server_writes ? O_RDONLY : O_RDWR,
+                                   0, 0, &fd, &size, &offset, kind, sizeof(kind), &err_no,
+                                   why, sizeof(why)) == 0;
             if (!opened && !server_writes &&
                 (err_no == EACCES || err_no == EROFS || err_no == EPERM)) {
                 rs->access = CXL_ACCESS_READ;
-                opened = open_mappable(path, O_RDONLY, 0, 0, &fd, &size, &offset, kind,
-                                       sizeof(kind), &err_no, why, sizeof(why)) == 0;
+                opened = open_mappable("segment file", path, O_RDONLY, 0, 0, &fd, &size,
+                                       &offset, kind, sizeof(kind), &err_no, why,
+                                       sizeof(why)) == 0;
             }
             if (!opened) {
                 rs->access = CXL_ACCESS_NONE;

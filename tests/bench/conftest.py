@@ -1,14 +1,17 @@
 """Fixtures for the cxl-ring-bench tests: the built client, unique /dev/shm names, and a
-real redis-server with build/cxl_ring.so in layout v4 or v2 (started through bench/run.py).
+real redis-server with build/cxl_ring.so in layout v5 (a region file, or a directory of segment
+files: security secdsm) or v2 (started through bench/run.py).
 
 Tests that need the driver skip, saying so, until build/cxl_ring.so exists. Every
-redis-server a fixture starts is stopped and every /dev/shm file it names is removed.
+redis-server a fixture starts is stopped and every /dev/shm file or directory it names is
+removed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,8 +36,11 @@ def bench_bin() -> Path:
 
 @pytest.fixture
 def shm_path() -> Iterator[str]:
+    """A fresh /dev/shm name; whatever a test makes there (file or directory) is removed."""
     path = shm_name()
     yield path
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
@@ -45,10 +51,13 @@ def _require_module() -> None:
                     "run `make build` once driver/ is complete")
 
 
-def _server(layout: str, extra: list[str]) -> Iterator[runner.RedisWithRing]:
+SMALL_RINGS = ["req_ring", "262144", "resp_ring", "262144", "max_value", "131072"]
+
+
+def _server(layout: str, extra: list[str], **kw) -> Iterator[runner.RedisWithRing]:
     _require_module()
-    server = runner.RedisWithRing(MODULE, shm_name(), layout=layout, channels=4,
-                                  module_args=extra)
+    kw.setdefault("channels", 4)
+    server = runner.RedisWithRing(MODULE, shm_name(), layout=layout, module_args=extra, **kw)
     try:
         server.start()
         yield server
@@ -58,9 +67,16 @@ def _server(layout: str, extra: list[str]) -> Iterator[runner.RedisWithRing]:
 
 @pytest.fixture(scope="module")
 def ring_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
-    """A redis-server serving layout v4 with 4 channels of 256 KiB rings (shared by a module)."""
-    yield from _server("v4", ["req_ring", "262144", "resp_ring", "262144",
-                              "max_value", "131072"])
+    """A redis-server serving layout v5 with 4 channels of 256 KiB rings in one region file
+    (security off; shared by a module)."""
+    yield from _server("v5", SMALL_RINGS)
+
+
+@pytest.fixture(scope="module")
+def secdsm_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
+    """A redis-server serving layout v5 on a directory of segment files (security secdsm):
+    two channel groups of 2 channels, 256 KiB rings (shared by a module)."""
+    yield from _server("v5", SMALL_RINGS, security="secdsm", groups=(2, 2))
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +87,5 @@ def ring_server_v2(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
 
 @pytest.fixture
 def own_server(bench_bin: Path) -> Iterator[runner.RedisWithRing]:
-    """A private layout v4 server for tests that stop or kill it."""
-    yield from _server("v4", ["req_ring", "262144", "resp_ring", "262144",
-                              "max_value", "131072"])
+    """A private layout v5 server for tests that stop or kill it."""
+    yield from _server("v5", SMALL_RINGS)

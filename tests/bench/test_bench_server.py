@@ -1,19 +1,20 @@
 """cxl-ring-bench against a real redis-server with the cxl_ring module: short runs in
-layout v4 and v2, the PoC's CSV, JSON, channel release, and the errors a user sees when
-the server is stopped or dies mid-run."""
+layout v5 (a region file, and a directory of segment files through a client's view) and v2,
+the PoC's CSV, JSON, channel release, and the errors a user sees when the server is stopped
+or dies mid-run."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
-import struct
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from benchutil import BENCH, run_bench, runner
+from benchutil import BENCH, channel_sections, read_u64, run_bench, runner
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,21 +22,14 @@ POC_CSV_HEADER = ("label,op,threads,rings,requests,pipeline,max_inflight,through
                   "avg_us,p50_us,p75_us,p90_us,p99_us,p99.9_us,p99.99_us,push_retries,"
                   "sleep_ms")
 
-# Layout v4 offsets (docs/ring-protocol.md 2.1-2.2) to check claims were released.
-HDR = struct.Struct("<8sIIII Q Q Q Q Q")  # magic .. server_section_size
-
-
 def wait_for_traffic(region: str, timeout: float = 30) -> None:
-    """Until a claimed channel's server has consumed requests (req_tail moved)."""
+    """Until a claimed channel's server has consumed requests (req_tail, at 64 in its server
+    section, moved)."""
     deadline = time.monotonic() + timeout
     while True:
-        with open(region, "rb") as f:
-            head = f.read(4096)
-            (_, _, _, _, count, _, table, stride, client_size, _) = HDR.unpack_from(head)
-            for c in range(count):
-                f.seek(table + c * stride + client_size + 64)      # server section: req_tail
-                if struct.unpack("<Q", f.read(8))[0] > 0:
-                    return
+        for _, _, s_file, s_off in channel_sections(region):
+            if read_u64(s_file, s_off + 64) > 0:
+                return
         assert time.monotonic() < deadline, "cxl-ring-bench never sent a request"
         time.sleep(0.01)
 
@@ -45,23 +39,21 @@ def read_json(path: Path) -> dict:
 
 
 def claim_tokens(region: str) -> list[int]:
-    with open(region, "rb") as f:
-        head = f.read(4096)
-        (_, _, _, _, count, _, table, stride, _, _) = HDR.unpack_from(head)
-        tokens = []
-        for c in range(count):
-            f.seek(table + c * stride)
-            tokens.append(struct.unpack("<Q", f.read(8))[0])
-    return tokens
+    """Every channel's claim_token (offset 0 of its client section)."""
+    return [read_u64(c_file, c_off) for c_file, c_off, _, _ in channel_sections(region)]
 
 
-def test_pipelined_set_get_v4(ring_server, tmp_path: Path) -> None:
+def client_heartbeats(region: str) -> list[int]:
+    return [read_u64(c_file, c_off + 8) for c_file, c_off, _, _ in channel_sections(region)]
+
+
+def test_pipelined_set_get_v5(ring_server, tmp_path: Path) -> None:
     out = run_bench("--path", ring_server.region, "--bench", "20000", "--pipeline",
                     "--max-inflight", "256", "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr
     assert "SET: 20000 requests" in out.stdout and "GET: 20000 requests" in out.stdout
     doc = read_json(tmp_path / "r.json")
-    assert doc["outcome"] == "ok" and doc["layout"] == "v4" and doc["pipeline"] is True
+    assert doc["outcome"] == "ok" and doc["layout"] == "v5" and doc["pipeline"] is True
     ops = {r["op"]: r for r in doc["results"]}
     assert set(ops) == {"SET", "GET"}
     for r in ops.values():
@@ -162,7 +154,7 @@ def test_layout_mismatch_against_real_servers(ring_server, ring_server_v2) -> No
     out = run_bench("--path", ring_server_v2.region, "--bench", "10")
     assert out.returncode == 3 and "layout v2" in out.stderr
     out = run_bench("--path", ring_server.region, "--layout", "v2", "--bench", "10")
-    assert out.returncode == 3 and "layout v4" in out.stderr
+    assert out.returncode == 3 and "layout v5" in out.stderr
     out = run_bench("--path", ring_server_v2.region, "--layout", "v2", "--threads", "5")
     assert out.returncode == 1 and "only 4 rings" in out.stderr
 
@@ -192,3 +184,46 @@ def test_server_killed_mid_run_reports_unknown_outcomes(own_server, tmp_path: Pa
     assert bench.returncode == 4, err
     assert "server gone" in err and "unknown outcome" in err
     assert read_json(tmp_path / "r.json")["outcome"] == "error"
+
+
+# ---- Security secdsm: a directory of segment files, the bench given a client's view -------
+
+def test_secdsm_view_claims_only_its_groups_channels(secdsm_server, tmp_path: Path) -> None:
+    view = secdsm_server.view(1)
+    assert sorted(os.listdir(view)) == ["client-1", "header", "server-1"]
+    beats_before = client_heartbeats(secdsm_server.region)
+    out = run_bench("--path", view, "--threads", "2", "--bench", "4000", "--pipeline",
+                    "--max-inflight", "64", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["outcome"] == "ok" and doc["layout"] == "v5"
+    assert {r["op"]: r["requests"] for r in doc["results"]} == {"SET": 4000, "GET": 4000}
+    beats_after = client_heartbeats(secdsm_server.region)
+    # group 0's channels (0, 1) untouched; group 1's (2, 3) claimed, beaten, released
+    assert beats_after[:2] == beats_before[:2]
+    assert all(a > b for a, b in zip(beats_after[2:], beats_before[2:]))
+    assert claim_tokens(secdsm_server.region) == [0, 0, 0, 0]
+
+
+def test_secdsm_round_trip_through_a_view(secdsm_server) -> None:
+    out = run_bench("--path", secdsm_server.view(0), "--op", "get", "--bench", "300",
+                    "--latency", "--csv", os.devnull)
+    assert out.returncode == 0, out.stderr
+    assert "GET: 300 requests" in out.stdout
+
+
+def test_secdsm_view_has_as_many_lanes_as_its_group(secdsm_server) -> None:
+    out = run_bench("--path", secdsm_server.view(0), "--threads", "3", "--bench", "10")
+    assert out.returncode == 1, out
+    assert "only 2 channels this process may claim" in out.stderr
+
+
+def test_secdsm_view_without_its_server_segment_claims_nothing(secdsm_server,
+                                                                tmp_path: Path) -> None:
+    view = tmp_path / "view"
+    view.mkdir()
+    for name in ("header", "client-0"):              # server-0 not granted
+        (view / name).symlink_to(os.path.join(secdsm_server.region, name))
+    out = run_bench("--path", str(view), "--bench", "10")
+    assert out.returncode == 2, out
+    assert "no channel can be claimed" in out.stderr
