@@ -16,6 +16,8 @@ REQUIRED_KEYS = [
     "unix_p16_get_rps", "ring_rtt_p50_us", "tcp_rtt_p50_us", "server_idle_cpu_pct",
     "ratio_ring_get_vs_tcp_p16", "ratio_rtt_p50_ring_vs_tcp", "machine", "commands", "targets",
     "server_name", "server_version", "server_executable",
+    "secdsm_ring_get_rps", "secdsm_ring_set_rps", "secdsm_ring_rtt_p50_us",
+    "ratio_secdsm_vs_off_get_rps", "ratio_secdsm_vs_off_set_rps", "ratio_secdsm_vs_off_rtt_p50",
 ]
 
 VALKEY_INFO = (
@@ -77,7 +79,7 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     only makes it slower (300 s only catches a hang)."""
     if not MODULE.exists():
         pytest.skip(f"{MODULE.relative_to(REPO)} is not built yet (the cxl_ring driver)")
-    regions_before = set(Path("/dev/shm").glob("cxlbench-*"))
+    regions_before = set(Path("/dev/shm").glob("cxlbench-*"))   # files and directories
     out = subprocess.run(
         [sys.executable, str(RUNNER), "--out", str(tmp_path), "--quick", "--idle-seconds",
          "1", "--no-python", "--ring-requests", "20000", "--tcp-requests", "20000",
@@ -90,15 +92,21 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     for key in ("ring_get_rps", "tcp_p16_get_rps", "tcp_p1_get_rps", "unix_p16_get_rps"):
         assert doc[key] > 0
     assert set(doc["targets"]) == {"pipelined_get_ring_vs_tcp_p16", "rtt_p50_ring_vs_tcp",
-                                   "server_idle_cpu_pct"}
+                                   "server_idle_cpu_pct", "pipelined_get_secdsm_vs_off",
+                                   "rtt_p50_secdsm_vs_off"}
     assert all(v["result"] in ("PASS", "MISS") for v in doc["targets"].values())
     assert "redis-benchmark" in doc["commands"]["tcp_p16"]
     assert "cxl-ring-bench" in doc["commands"]["ring_pipelined"]
+    # the secdsm runs went through a view with only the bench group's segments
+    assert doc["secdsm"]["view"] == ["client-0", "header", "server-0"]
+    assert "/view-0 " in doc["commands"]["ring_pipelined_secdsm"]
+    assert " groups 4,4" in doc["commands"]["redis_server_secdsm"]
     assert doc["server_name"] in ("redis", "valkey")
     assert doc["server_version"] and doc["server_version"][0].isdigit()
     md = (tmp_path / "latest.md").read_text()
     assert "| GET, pipelined |" in md
+    assert "| GET pipelined, req/s |" in md and "secdsm/off" in md
     assert f"Server: {doc['server_name']} {doc['server_version']}" in md
     verdict_lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("PASS:", "MISS:"))]
-    assert len(verdict_lines) == 3
+    assert len(verdict_lines) == 5
     assert set(Path("/dev/shm").glob("cxlbench-*")) == regions_before   # region removed
