@@ -1,8 +1,9 @@
 """``cxl-ring``: inspect a region, run single commands, benchmark, or serve the RESP proxy.
 
-Exit codes (the same as build/cxl-ring-bench): 0 ok; 1 usage; 2 cannot open the region or it
-is not formatted; 3 layout mismatch; 4 server not running, gone or restarted; 5 timeout;
-6 protocol error or an error reply; 7 no free channel.
+Exit codes (the same as build/cxl-ring-bench): 0 ok; 1 usage; 2 cannot open the region, it
+is not formatted, or a segment this peer needs is not granted (mapped, writable); 3 layout
+mismatch; 4 server not running, gone or restarted; 5 timeout; 6 protocol error or an error
+reply; 7 no free channel.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ EXIT_NO_CHANNEL = 7
 
 EPILOG = """\
 The region path can also come from $CXL_RING_PATH.
-exit codes: 0 ok, 1 usage, 2 cannot open the region / not formatted, 3 layout mismatch,
+exit codes: 0 ok, 1 usage, 2 cannot open the region / not formatted / a needed segment
+not granted, 3 layout mismatch,
 4 server not running / gone / restarted, 5 timeout, 6 protocol error or error reply,
 7 no free channel.
 
 examples:
-  cxl-ring info --path /dev/shm/cxl0
+  cxl-ring info --path /dev/cxl/cxl0
+  cxl-ring get --path /dev/cxl/cxl0 greeting
   cxl-ring set --path /dev/shm/cxl0 greeting hello --ex 60
   cxl-ring cmd --path /dev/shm/cxl0 HSET user:1 name ada
   cxl-ring bench --path /dev/shm/cxl0 --bench 200000 --pipeline --max-inflight 1024
@@ -75,11 +78,13 @@ def _size(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser, top: bool) -> None:
     d = {} if top else {"default": argparse.SUPPRESS}
-    p.add_argument("--path", help="the region: /dev/shm/NAME, /dev/uioN[@MAP] or a PCI "
-                   "resourceN file (default $CXL_RING_PATH)", **d)
+    p.add_argument("--path", help="the region: a directory of segment files (Sec-DSM: "
+                   "/dev/cxl/REGION, /dev/shm/LAB-REGION) or one file: /dev/shm/NAME, "
+                   "/dev/uioN[@MAP] or a PCI resourceN file (default $CXL_RING_PATH)", **d)
     p.add_argument("--map-size", type=_size, metavar="BYTES",
-                   help="bytes to map (default: discovered from the file/uio/BAR size)", **d)
-    p.add_argument("--layout", choices=("auto", "v4", "v3", "v2"),
+                   help="bytes to map of a region file (default: discovered from the "
+                        "file/uio/BAR size)", **d)
+    p.add_argument("--layout", choices=("auto", "v5", "v2"),
                    help="protocol layout (default auto: from the region's magic)", **d)
     p.add_argument("--timeout", type=float, metavar="SEC",
                    help="bound on every wait (default 5)", **d)
@@ -189,26 +194,38 @@ def _info(path: str, map_size: int | None, watch: bool) -> dict[str, Any]:
                     alive = True
                     break
                 time.sleep(0.005)
-        out = {"path": path, "layout": "v4", "mapped_size": region.size,
-               "header": {k: getattr(h, k) for k in h.__dataclass_fields__},
+        out = {"path": path, "layout": "v5", "form": region.form, "mapped_size": region.size,
+               "header": {k: getattr(h, k) for k in h.__dataclass_fields__ if k != "segments"},
+               "segments": [{"name": seg.name, "offset": seg.offset, "size": seg.size,
+                             "span": seg.span, "first_channel": seg.first_channel,
+                             "channel_count": seg.channel_count,
+                             "access": m.access if m is not None else "none"}
+                            for seg, m in region.segments()],
                "server": {"epoch": f"{epoch:#018x}", "heartbeat": hb,
                           "state": P.SERVER_STATE_NAMES.get(state, str(state)), "pid": pid,
                           "heartbeat_moving": alive},
                "cas_backend": CAS_BACKEND, "speedups": SPEEDUPS, "channels": []}
-        u64 = region.u64
         for c in range(h.channel_count):
+            # Only the sections mapped here: under Sec-DSM a peer sees its own group's.
             cs, ss = h.client_section(c), h.server_section(c)
-            claim, chb, cpid = P.CLIENT_CHANNEL_STATE.unpack_from(region.buf, cs)
-            ack, dead, cstate, lerr = P.SERVER_CHANNEL_STATE.unpack_from(region.buf, ss)
-            out["channels"].append({
-                "channel": c, "state": P.CHAN_STATE_NAMES.get(cstate, str(cstate)),
-                "claim_token": f"{claim:#x}", "ack_token": f"{ack:#x}",
-                "dead_token": f"{dead:#x}", "client_pid": cpid, "client_heartbeat": chb,
-                "last_error": P.STATUS_NAMES.get(lerr, str(lerr)) if lerr else "",
-                "req_head": u64[(cs + P.OFF_REQ_HEAD) // 8],
-                "req_tail": u64[(ss + P.OFF_REQ_TAIL) // 8],
-                "resp_head": u64[(ss + P.OFF_RESP_HEAD) // 8],
-                "resp_tail": u64[(cs + P.OFF_RESP_TAIL) // 8]})
+            mine, server = region.channel_access(h, c)
+            row: dict[str, Any] = {"channel": c, "group": h.group_of(c), "mapped": bool(
+                mine and server)}
+            if mine:
+                claim, chb, cpid = P.CLIENT_CHANNEL_STATE.unpack_from(
+                    region.read(cs, P.CLIENT_CHANNEL_STATE.size))
+                row.update(claim_token=f"{claim:#x}", client_pid=cpid, client_heartbeat=chb,
+                           req_head=region.load_u64(cs + P.OFF_REQ_HEAD),
+                           resp_tail=region.load_u64(cs + P.OFF_RESP_TAIL))
+            if server:
+                ack, dead, cstate, lerr = P.SERVER_CHANNEL_STATE.unpack_from(
+                    region.read(ss, P.SERVER_CHANNEL_STATE.size))
+                row.update(state=P.CHAN_STATE_NAMES.get(cstate, str(cstate)),
+                           ack_token=f"{ack:#x}", dead_token=f"{dead:#x}",
+                           last_error=P.STATUS_NAMES.get(lerr, str(lerr)) if lerr else "",
+                           req_tail=region.load_u64(ss + P.OFF_REQ_TAIL),
+                           resp_head=region.load_u64(ss + P.OFF_RESP_HEAD))
+            out["channels"].append(row)
         return out
 
 
@@ -229,12 +246,18 @@ def _print_info(info: dict[str, Any]) -> None:
     print(f"timing   heartbeat {h['heartbeat_interval_ms']} ms  client lease "
           f"{h['client_lease_ms']} ms  features {h['feature_flags']:#x}  "
           f"CAS: {info['cas_backend']}  C core: {'yes' if info['speedups'] else 'no'}")
-    print(f"{'ch':>3} {'state':<11} {'claim_token':>18} {'ack':>4} {'pid':>7} "
+    print(f"segments {info['form']}: " + "  ".join(
+        f"{g['name']} {g['access']}" for g in info["segments"]))
+    print(f"{'ch':>3} {'grp':>3} {'state':<11} {'claim_token':>18} {'ack':>4} {'pid':>7} "
           f"{'req in flight':>13} {'resp unread':>11} {'last_error':<14}")
     for c in info["channels"]:
+        if not c["mapped"]:
+            print(f"{c['channel']:>3} {c['group']:>3} (not mapped here)")
+            continue
         acked = "yes" if c["ack_token"] == c["claim_token"] and c["ack_token"] != "0x0" else "-"
-        print(f"{c['channel']:>3} {c['state']:<11} {c['claim_token']:>18} {acked:>4} "
-              f"{c['client_pid']:>7} {(c['req_head'] - c['req_tail']) % (1 << 64):>13} "
+        print(f"{c['channel']:>3} {c['group']:>3} {c['state']:<11} {c['claim_token']:>18} "
+              f"{acked:>4} {c['client_pid']:>7} "
+              f"{(c['req_head'] - c['req_tail']) % (1 << 64):>13} "
               f"{(c['resp_head'] - c['resp_tail']) % (1 << 64):>11} {c['last_error']:<14}")
 
 

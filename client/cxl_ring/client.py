@@ -50,10 +50,11 @@ Callback = Optional[Callable[[Any], Any]]
 # ---- Transports ------------------------------------------------------------------------------
 
 
-class V3Transport:
-    """Layout v4: one claimed channel per thread; requests are (op, args, ttl_ms) tuples."""
+class V5Transport:
+    """Layout v5: one claimed channel per thread (of the channels this peer may claim);
+    requests are (op, args, ttl_ms) tuples."""
 
-    layout = "v4"
+    layout = "v5"
 
     def __init__(self, region: Region, timeout: float) -> None:
         self.region = region
@@ -364,14 +365,17 @@ class _Commands:
 class RingClient(_Commands):
     """A client of the cxl_ring driver through a shared region.
 
-    path: a file (/dev/shm/NAME), /dev/uioN (or /dev/uioN@MAP), or a PCI resourceN file.
-    map_size: bytes to map; default discovered from the file, uio map or BAR size.
+    path: the region: a directory of segment files (Sec-DSM: /dev/cxl/REGION in a guest,
+        /dev/shm/LAB-REGION on one host; only the granted segments need be there), or one file
+        (security off: /dev/shm/NAME, /dev/uioN or /dev/uioN@MAP, or a PCI resourceN file).
+    map_size: bytes to map of a region file; default discovered from the file, uio map or BAR
+        size (not for a directory: each segment file is mapped whole).
     timeout: seconds any wait may take (claim, ring space, a response); may be changed later
         (``r.timeout = 0.5``), for the calls that follow on every thread.
     decode_responses: return str instead of bytes (``encoding``, ``encoding_errors``); a reply
         that is not valid text raises ResponseDecodeError (with encoding_errors="strict").
-    layout: "auto" (from the region's magic), "v4" ("v3", its name before version 4, is accepted
-    too), or "v2" (the PoC layout: GET/SET only).
+    layout: "auto" (from the region's magic), "v5", or "v2" (the PoC layout: GET/SET only, one
+        file). Layouts v3 and v4 are no longer spoken (ValueError).
 
     Raises only CxlRingError and its subclasses (cxl_ring.exceptions), and ValueError for a
     bad constructor argument.
@@ -388,9 +392,11 @@ class RingClient(_Commands):
         encoding_errors: str = "strict",
     ) -> None:
         check_platform()
-        if layout not in ("auto", "v4", "v3", "v2"):
-            raise ValueError(f"layout must be 'auto', 'v4' or 'v2', not {layout!r}")
-        layout = "v4" if layout == "v3" else layout
+        if layout in ("v3", "v4"):
+            raise ValueError(f"layout {layout} is no longer spoken: layout v5 replaced it "
+                             f"(run the driver with layout v5, its default, and use 'v5')")
+        if layout not in ("auto", "v5", "v2"):
+            raise ValueError(f"layout must be 'auto', 'v5' or 'v2', not {layout!r}")
         try:
             codecs.lookup(encoding)
             codecs.lookup_error(encoding_errors)
@@ -408,8 +414,8 @@ class RingClient(_Commands):
             found = self.region.layout()
             if layout != "auto" and layout != found:
                 raise LayoutMismatchError(f"{path}: region has layout {found}, asked for {layout}")
-            self._transport: Union[V3Transport, V2Transport] = (
-                V3Transport(self.region, timeout) if found == "v4"
+            self._transport: Union[V5Transport, V2Transport] = (
+                V5Transport(self.region, timeout) if found == "v5"
                 else V2Transport(self.region, timeout)
             )
         except BaseException:

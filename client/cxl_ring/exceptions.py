@@ -3,7 +3,10 @@
     CxlRingError
     +-- RegionError                 the region cannot be opened or mapped (wrong path, size)
     |   +-- NotFormattedError       all zeros: no server has formatted the region yet
-    |   +-- LayoutMismatchError     not a cxl_ring region, or another layout version
+    |   +-- LayoutMismatchError     not a cxl_ring region, another layout version, or a
+    |   |                           header or segment table that breaks the layout rules
+    |   +-- SegmentAccessError      a segment this peer needs is not mapped here, or not
+    |                               writable (Sec-DSM grants: absent or read-only)
     +-- ServerGoneError             no server: stopped, not running, heartbeat stands still
     |   +-- UnknownOutcomeError     requests were in flight when the server died or restarted
     +-- NoChannelError              every channel of the region is taken
@@ -50,6 +53,11 @@ class NotFormattedError(RegionError):
 
 class LayoutMismatchError(RegionError):
     """The region is not a cxl_ring region of a layout this client speaks."""
+
+
+class SegmentAccessError(RegionError):
+    """A segment is not mapped in this peer (its file is absent: not granted), or is mapped
+    read-only where a write was needed. Raised before the access, never a fault."""
 
 
 class ServerGoneError(CxlRingError, ConnectionError):

@@ -1,9 +1,11 @@
-"""The cxl_ring wire format, layout version 4 (docs/ring-protocol.md), without any I/O.
+"""The cxl_ring wire format, layout version 5 (docs/ring-protocol.md), without any I/O.
 
-Constants, ``struct.Struct`` objects named after what they encode, the region header
-parser/validator and the message encoders/decoders. The client, the proxy, the CLI, the
-tests and the shared test vectors (tests/vectors/messages.json) all use these.
-Where this module and docs/ring-protocol.md disagree, the document wins.
+Constants, ``struct.Struct`` objects named after what they encode, the layout rule
+(``plan_layout``, the twin of ``cxl_layout_plan()`` in ring/include/cxl_ring/layout.h), the
+region header and segment table parser/validator and the message encoders/decoders. The client,
+the proxy, the CLI, the tests and the shared test vectors (tests/vectors/messages.json,
+tests/vectors/layout5.json) all use these. Where this module and docs/ring-protocol.md
+disagree, the document wins.
 """
 
 from __future__ import annotations
@@ -17,22 +19,30 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 
 # ---- Region ----------------------------------------------------------------------------------
 #
-# offset 0                      header section            4096 bytes, written by the server
-# channel_table_off (= 4096)    channel 0: client section 4096 + req_ring_size (its client)
-#                               channel 0: server section 4096 + resp_ring_size (the server)
-#                               channel 1: ...
+# Layout 5 groups the bytes by writer into segments (section 2), each its own file or device:
+#
+# segment 0     header     4096 bytes                               written by the server
+# segment 1+2g  client-g   channel_count(g) x client section        written by group g's client
+# segment 2+2g  server-g   channel_count(g) x server section        written by the server
+#
+# span(k) = max(segment_align, next power of two >= size(k)); offset(0) = 0,
+# offset(k+1) = offset(k) + span(k); region_size = the end of the last span.
 #
 # Header section (all little-endian):
-#    0  8  magic "CXLDSMR\0"          64  4  req_ring_size           128  8  server_epoch
-#    8  4  version (4)                68  4  resp_ring_size          136  8  server_heartbeat
-#   12  4  header_size (4096)         72  4  max_msg_size            144  4  server_state
-#   16  4  feature_flags              76  4  max_value_size          148  4  server_pid
-#   20  4  channel_count              80  4  heartbeat_interval_ms
-#   24  8  region_size                84  4  client_lease_ms
-#   32  8  channel_table_off          88..127 reserved
-#   40  8  channel_stride
-#   48  8  client_section_size
-#   56  8  server_section_size
+#    0  8  magic "CXLDSMR\0"          48  8  client_section_size     128  8  server_epoch
+#    8  4  version (5)                56  8  server_section_size     136  8  server_heartbeat
+#   12  4  header_size (4096)         64  4  req_ring_size           144  4  server_state
+#   16  4  feature_flags              68  4  resp_ring_size          148  4  server_pid
+#   20  4  channel_count              72  4  max_msg_size            256  segment table,
+#   24  8  region_size                76  4  max_value_size               32 bytes an entry:
+#   32  4  group_count                80  4  heartbeat_interval_ms
+#   36  4  segment_count (1 + 2G)     84  4  client_lease_ms
+#   40  4  segment_align              88..127 reserved
+#   44  4  reserved
+#
+# Segment table entry:  0 8 offset | 8 8 size | 16 8 span | 24 1 kind (1 header, 2 client,
+#                       3 server) | 25 1 reserved | 26 2 group (0xffff: header) |
+#                       28 2 first_channel | 30 2 channel_count
 #
 # Client section (the channel's owner writes):   Server section (the server writes):
 #    0  8  claim_token                             0  8  ack_token
@@ -45,11 +55,13 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #                                               4096     response ring data
 
 MAGIC = b"CXLDSMR\0"
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 PAGE_SIZE = 4096
 HEADER_SIZE = 4096
 CONTROL_SIZE = 4096
 MAX_CHANNELS = 256
+MAX_GROUPS = 32
+MAX_SEGMENTS = 1 + 2 * MAX_GROUPS
 MIN_RING_SIZE = 4096
 MAX_RING_SIZE = 1 << 30
 SERVER_DEAD_BEATS = 10
@@ -57,10 +69,17 @@ SERVER_DEAD_MIN_MS = 1000
 U64_MASK = (1 << 64) - 1
 
 # Header geometry, offsets 0..87: written once while formatting, before magic.
-REGION_GEOMETRY = struct.Struct("<8sIIIIQQQQQIIIIII")
+REGION_GEOMETRY = struct.Struct("<8sIIIIQIIIIQQIIIIII")
 # Header liveness line, offsets 128..151.
 SERVER_LIVENESS = struct.Struct("<QQII")
 SERVER_LIVENESS_OFFSET = 128
+# The segment table: one entry per segment from offset 256, in segment order.
+SEGMENT_TABLE_OFFSET = 256
+SEGMENT_ENTRY = struct.Struct("<QQQBBHHH")
+GROUP_NONE = 0xFFFF            # the group field of the header segment
+SEG_HEADER, SEG_CLIENT, SEG_SERVER = 1, 2, 3
+SEGMENT_KIND_NAMES = {SEG_HEADER: "header", SEG_CLIENT: "client", SEG_SERVER: "server"}
+DEFAULT_SEGMENT_ALIGN = 4096
 
 # Header field offsets (for single aligned loads).
 OFF_MAGIC = 0
@@ -97,6 +116,8 @@ DEFAULT_CHANNELS = 8
 DEFAULT_RING_SIZE = 2 << 20
 DEFAULT_MAX_VALUE = 1 << 20
 MSG_SLACK = 64 << 10
+DEFAULT_HEARTBEAT_MS = 100
+DEFAULT_CLIENT_LEASE_MS = 2000
 
 
 def is_power_of_two(n: int) -> bool:
@@ -107,17 +128,102 @@ def align8(n: int) -> int:
     return (n + 7) & ~7
 
 
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+class Segment(NamedTuple):
+    """One segment as the layout places it (a plan entry, or a validated table entry)."""
+
+    offset: int
+    size: int
+    span: int
+    kind: int           # SEG_HEADER, SEG_CLIENT or SEG_SERVER
+    group: int          # GROUP_NONE for the header
+    first_channel: int
+    channel_count: int
+
+    @property
+    def name(self) -> str:
+        """The segment's file name in a region directory: header, client-<g>, server-<g>."""
+        if self.kind == SEG_HEADER:
+            return "header"
+        return f"{SEGMENT_KIND_NAMES.get(self.kind, self.kind)}-{self.group}"
+
+    @property
+    def end(self) -> int:
+        """The end of the bytes the layout uses (offset + size)."""
+        return self.offset + self.size
+
+
+def segment_name(index: int) -> str:
+    """The name of segment ``index``: 0 header, 1 + 2g client-g, 2 + 2g server-g."""
+    if index == 0:
+        return "header"
+    return f"{'client' if index % 2 else 'server'}-{(index - 1) // 2}"
+
+
+class LayoutPlan(NamedTuple):
+    """Where every segment of a region lies: ``plan_layout``'s answer."""
+
+    region_size: int
+    segments: tuple[Segment, ...]
+
+
+def plan_layout(groups: Sequence[int], req_ring_size: int = DEFAULT_RING_SIZE,
+                resp_ring_size: int = DEFAULT_RING_SIZE,
+                segment_align: int = DEFAULT_SEGMENT_ALIGN) -> LayoutPlan:
+    """Place the segments of a region: ``groups[g]`` channels in group g (section 2).
+
+    The twin of ``cxl_layout_plan()`` in ring/include/cxl_ring/layout.h: the same rule, the
+    same answers (tests/vectors/layout5.json). Raises ValueError, naming the input, where the
+    C function returns 0: 1..32 groups, every group >= 1 channel, at most 256 channels in all,
+    ring sizes powers of two in 4096..2^30, ``segment_align`` a power of two >= 4096.
+    """
+    groups = list(groups)
+    if not 1 <= len(groups) <= MAX_GROUPS:
+        raise ValueError(f"{len(groups)} channel groups: a region has 1..{MAX_GROUPS}")
+    if not is_power_of_two(segment_align) or segment_align < PAGE_SIZE:
+        raise ValueError(f"segment_align {segment_align} is not a power of two >= {PAGE_SIZE}")
+    for name, size in (("req_ring_size", req_ring_size), ("resp_ring_size", resp_ring_size)):
+        if not is_power_of_two(size) or not MIN_RING_SIZE <= size <= MAX_RING_SIZE:
+            raise ValueError(f"{name} {size} is not a power of two in {MIN_RING_SIZE}..2^30")
+    for g, n in enumerate(groups):
+        if n < 1:
+            raise ValueError(f"channel group {g} has {n} channels: every group has at least 1")
+    if sum(groups) > MAX_CHANNELS:
+        raise ValueError(f"{sum(groups)} channels in all: a region has at most {MAX_CHANNELS}")
+    segments = []
+    offset = 0
+    first = 0
+
+    def place(size: int, kind: int, group: int, first_channel: int, count: int) -> None:
+        nonlocal offset
+        span = max(pow2_ceil(size), segment_align)
+        segments.append(Segment(offset, size, span, kind, group, first_channel, count))
+        offset += span
+
+    place(HEADER_SIZE, SEG_HEADER, GROUP_NONE, 0, 0)
+    for g, n in enumerate(groups):
+        place(n * (CONTROL_SIZE + req_ring_size), SEG_CLIENT, g, first, n)
+        place(n * (CONTROL_SIZE + resp_ring_size), SEG_SERVER, g, first, n)
+        first += n
+    return LayoutPlan(offset, tuple(segments))
+
+
 @dataclass(frozen=True)
 class RegionHeader:
-    """A validated private copy of the header geometry (offsets 0..87)."""
+    """A validated private copy of the header geometry (offsets 0..87) and segment table."""
 
     version: int
     header_size: int
     feature_flags: int
     channel_count: int
     region_size: int
-    channel_table_off: int
-    channel_stride: int
+    group_count: int
+    segment_count: int
+    segment_align: int
     client_section_size: int
     server_section_size: int
     req_ring_size: int
@@ -126,14 +232,49 @@ class RegionHeader:
     max_value_size: int
     heartbeat_interval_ms: int
     client_lease_ms: int
+    segments: tuple[Segment, ...] = ()
+
+    def __post_init__(self) -> None:
+        group_of = []
+        for g in range(self.group_count):
+            group_of += [g] * self.segments[1 + 2 * g].channel_count
+        object.__setattr__(self, "_group_of", tuple(group_of))
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """Channels per group, in group order."""
+        return tuple(self.segments[1 + 2 * g].channel_count for g in range(self.group_count))
+
+    def group_of(self, channel: int) -> int:
+        """The channel group that owns channel ``channel``."""
+        return self._group_of[channel]  # type: ignore[attr-defined]
+
+    def client_segment(self, group: int) -> Segment:
+        return self.segments[1 + 2 * group]
+
+    def server_segment(self, group: int) -> Segment:
+        return self.segments[2 + 2 * group]
+
+    def segment(self, name: str) -> Segment:
+        """The segment called ``name`` (header, client-<g>, server-<g>); KeyError if none."""
+        for seg in self.segments:
+            if seg.name == name:
+                return seg
+        raise KeyError(name)
 
     def client_section(self, channel: int) -> int:
-        """Byte offset of channel ``channel``'s client section."""
-        return self.channel_table_off + channel * self.channel_stride
+        """Byte offset of channel ``channel``'s client section in the region."""
+        seg = self.segments[1 + 2 * self._group_of[channel]]  # type: ignore[attr-defined]
+        return seg.offset + (channel - seg.first_channel) * self.client_section_size
 
     def server_section(self, channel: int) -> int:
-        """Byte offset of channel ``channel``'s server section."""
-        return self.client_section(channel) + self.client_section_size
+        """Byte offset of channel ``channel``'s server section in the region."""
+        seg = self.segments[2 + 2 * self._group_of[channel]]  # type: ignore[attr-defined]
+        return seg.offset + (channel - seg.first_channel) * self.server_section_size
+
+    def geometry(self) -> tuple:
+        """Everything the formatting server wrote, to compare two copies of one header."""
+        return tuple(getattr(self, f) for f in self.__dataclass_fields__)
 
     @property
     def server_dead_after(self) -> float:
@@ -141,14 +282,26 @@ class RegionHeader:
         return max(SERVER_DEAD_BEATS * self.heartbeat_interval_ms, SERVER_DEAD_MIN_MS) / 1000.0
 
 
-def parse_header(buf: bytes | memoryview, mapped_size: int | None = None) -> RegionHeader:
-    """Parse and validate the header geometry from a private copy of the first 88 bytes.
+def header_bytes_needed(buf: bytes | memoryview) -> int:
+    """How many bytes of the header ``parse_header`` reads: the geometry and the whole table
+    (at least the geometry when segment_count is out of range, so that it can say so)."""
+    if len(buf) < REGION_GEOMETRY.size:
+        return REGION_GEOMETRY.size
+    (count,) = struct.unpack_from("<I", buf, 36)
+    return SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * min(count, MAX_SEGMENTS)
 
-    Raises LayoutMismatchError for a foreign magic or version and ProtocolError for geometry
-    that is inconsistent (a bad value from the server must make a client raise, never crash).
+
+def parse_header(buf: bytes | memoryview, mapped_size: int | None = None) -> RegionHeader:
+    """Parse and validate the header geometry and segment table from a private copy.
+
+    ``buf`` holds the header section from offset 0 (4096 bytes, or at least
+    ``header_bytes_needed``). Every check of docs/ring-protocol.md 2.1 is made before any value
+    is trusted; a foreign magic, another version or any inconsistent value raises
+    LayoutMismatchError naming the field, an all-zero magic NotFormattedError.
+    ``mapped_size``: the bytes mapped from one file (security off), which must hold the region.
     """
     if len(buf) < REGION_GEOMETRY.size:
-        raise ProtocolError(f"region header truncated: {len(buf)} bytes")
+        raise LayoutMismatchError(f"region header truncated: {len(buf)} bytes")
     f = REGION_GEOMETRY.unpack_from(buf, 0)
     magic, version = f[0], f[1]
     if magic == b"\0" * 8:
@@ -158,40 +311,112 @@ def parse_header(buf: bytes | memoryview, mapped_size: int | None = None) -> Reg
     if magic != MAGIC:
         raise LayoutMismatchError(f"not a cxl_ring region: magic {magic!r}, expected {MAGIC!r}")
     if version != LAYOUT_VERSION:
-        raise LayoutMismatchError(f"layout version {version}, this client speaks {LAYOUT_VERSION}")
-    h = RegionHeader(*f[1:])
+        raise LayoutMismatchError(
+            f"version: the region has layout version {version}, this client speaks "
+            f"{LAYOUT_VERSION}: run a driver and a client of the same layout")
+    (_m, _v, header_size, feature_flags, channel_count, region_size, group_count,
+     segment_count, segment_align, _reserved, client_section_size, server_section_size,
+     req_ring_size, resp_ring_size, max_msg_size, max_value_size, heartbeat_interval_ms,
+     client_lease_ms) = f
     problems = []
-    if h.header_size != HEADER_SIZE:
-        problems.append(f"header_size {h.header_size} != {HEADER_SIZE}")
-    if not 1 <= h.channel_count <= MAX_CHANNELS:
-        problems.append(f"channel_count {h.channel_count} not in 1..{MAX_CHANNELS}")
-    if h.channel_table_off != HEADER_SIZE:
-        problems.append(f"channel_table_off {h.channel_table_off} != {HEADER_SIZE}")
-    for name in ("req_ring_size", "resp_ring_size"):
-        size = getattr(h, name)
+    if header_size != HEADER_SIZE:
+        problems.append(f"header_size {header_size} != {HEADER_SIZE}")
+    if not 1 <= channel_count <= MAX_CHANNELS:
+        problems.append(f"channel_count {channel_count} not in 1..{MAX_CHANNELS}")
+    if not 1 <= group_count <= MAX_GROUPS:
+        problems.append(f"group_count {group_count} not in 1..{MAX_GROUPS}")
+    elif segment_count != 1 + 2 * group_count:
+        problems.append(f"segment_count {segment_count} != 1 + 2 x group_count {group_count}")
+    if not is_power_of_two(segment_align) or segment_align < PAGE_SIZE:
+        problems.append(f"segment_align {segment_align} is not a power of two >= {PAGE_SIZE}")
+    for name, size in (("req_ring_size", req_ring_size), ("resp_ring_size", resp_ring_size)):
         if not is_power_of_two(size) or not MIN_RING_SIZE <= size <= MAX_RING_SIZE:
             problems.append(f"{name} {size} is not a power of two in 4096..2^30")
-        elif size < h.max_msg_size:
-            problems.append(f"{name} {size} < max_msg_size {h.max_msg_size}")
-    if h.client_section_size != CONTROL_SIZE + h.req_ring_size:
-        problems.append(f"client_section_size {h.client_section_size} != 4096 + req_ring_size")
-    if h.server_section_size != CONTROL_SIZE + h.resp_ring_size:
-        problems.append(f"server_section_size {h.server_section_size} != 4096 + resp_ring_size")
-    if h.channel_stride != h.client_section_size + h.server_section_size:
-        problems.append(f"channel_stride {h.channel_stride} != client + server section sizes")
-    if h.region_size != h.channel_table_off + h.channel_count * h.channel_stride:
-        problems.append(f"region_size {h.region_size} != table offset + channels * stride")
-    if h.max_msg_size < MSG_HEADER.size:
-        problems.append(f"max_msg_size {h.max_msg_size} < 16")
-    if h.heartbeat_interval_ms == 0 or h.client_lease_ms == 0:
+        elif size < max_msg_size:
+            problems.append(f"{name} {size} < max_msg_size {max_msg_size}")
+    if client_section_size != CONTROL_SIZE + req_ring_size:
+        problems.append(f"client_section_size {client_section_size} != 4096 + req_ring_size")
+    if server_section_size != CONTROL_SIZE + resp_ring_size:
+        problems.append(f"server_section_size {server_section_size} != 4096 + resp_ring_size")
+    if max_msg_size < MSG_HEADER.size:
+        problems.append(f"max_msg_size {max_msg_size} < 16")
+    if heartbeat_interval_ms == 0 or client_lease_ms == 0:
         problems.append("heartbeat_interval_ms and client_lease_ms must be > 0")
     if problems:
-        raise ProtocolError("corrupt region header: " + "; ".join(problems))
-    if mapped_size is not None and h.region_size > mapped_size:
+        raise LayoutMismatchError("corrupt region header: " + "; ".join(problems))
+    table_end = SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * segment_count
+    if len(buf) < table_end:
+        raise LayoutMismatchError(f"region header truncated: {len(buf)} bytes, the segment "
+                                  f"table ends at {table_end}")
+    entries = [Segment(*_entry(buf, k)) for k in range(segment_count)]
+    _check_table(entries, channel_count, region_size)
+    # The table is consistent in itself; now it must be exactly what the layout rule gives.
+    plan = plan_layout([entries[1 + 2 * g].channel_count for g in range(group_count)],
+                       req_ring_size, resp_ring_size, segment_align)
+    for k, (got, want) in enumerate(zip(entries, plan.segments)):
+        for field in ("size", "span", "offset"):
+            if getattr(got, field) != getattr(want, field):
+                raise LayoutMismatchError(
+                    f"segment {k} ({segment_name(k)}): {field} {getattr(got, field)}, the "
+                    f"layout gives {getattr(want, field)}")
+    if region_size != plan.region_size:
+        raise LayoutMismatchError(f"region_size {region_size} != the end of the last span "
+                                  f"{plan.region_size}")
+    if mapped_size is not None and region_size > mapped_size:
         raise LayoutMismatchError(
-            f"region_size {h.region_size} is larger than the mapped size {mapped_size}"
-        )
-    return h
+            f"region_size {region_size} is larger than the mapped size {mapped_size}")
+    return RegionHeader(version, header_size, feature_flags, channel_count, region_size,
+                        group_count, segment_count, segment_align, client_section_size,
+                        server_section_size, req_ring_size, resp_ring_size, max_msg_size,
+                        max_value_size, heartbeat_interval_ms, client_lease_ms, tuple(entries))
+
+
+def _entry(buf: bytes | memoryview, k: int) -> tuple[int, ...]:
+    offset, size, span, kind, _reserved, group, first, count = SEGMENT_ENTRY.unpack_from(
+        buf, SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * k)
+    return offset, size, span, kind, group, first, count
+
+
+def _check_table(entries: list[Segment], channel_count: int, region_size: int) -> None:
+    """Kinds and groups match the indexes; the groups cover 0..N-1 in order, without gaps."""
+    head = entries[0]
+    if head.kind != SEG_HEADER:
+        raise LayoutMismatchError(f"segment 0 (header): kind {head.kind}, expected "
+                                  f"{SEG_HEADER} (header)")
+    if (head.group, head.first_channel, head.channel_count) != (GROUP_NONE, 0, 0):
+        raise LayoutMismatchError(
+            f"segment 0 (header): group {head.group}, first_channel {head.first_channel}, "
+            f"channel_count {head.channel_count}; expected {GROUP_NONE:#x}, 0, 0")
+    first = 0
+    for k in range(1, len(entries)):
+        e, g = entries[k], (k - 1) // 2
+        kind = SEG_CLIENT if k % 2 else SEG_SERVER
+        name = segment_name(k)
+        if e.kind != kind:
+            raise LayoutMismatchError(f"segment {k} ({name}): kind {e.kind}, expected {kind} "
+                                      f"({SEGMENT_KIND_NAMES[kind]})")
+        if e.group != g:
+            raise LayoutMismatchError(f"segment {k} ({name}): group {e.group}, expected {g}")
+        if e.channel_count < 1:
+            raise LayoutMismatchError(f"segment {k} ({name}): channel_count 0: every group "
+                                      f"has at least one channel")
+        if kind == SEG_SERVER:
+            client = entries[k - 1]
+            if (e.first_channel, e.channel_count) != (client.first_channel,
+                                                      client.channel_count):
+                raise LayoutMismatchError(
+                    f"segment {k} ({name}): first_channel {e.first_channel}, channel_count "
+                    f"{e.channel_count} disagree with client-{g}'s {client.first_channel}, "
+                    f"{client.channel_count}")
+            continue
+        if e.first_channel != first:
+            raise LayoutMismatchError(
+                f"segment {k} ({name}): first_channel {e.first_channel}, expected {first} "
+                f"(the groups cover channels 0..N-1 in order, without gaps)")
+        first += e.channel_count
+    if first != channel_count:
+        raise LayoutMismatchError(f"channel_count {channel_count} != the groups' channels "
+                                  f"{first}")
 
 
 def format_header(
@@ -200,21 +425,30 @@ def format_header(
     resp_ring_size: int = DEFAULT_RING_SIZE,
     max_value_size: int = DEFAULT_MAX_VALUE,
     max_msg_size: int | None = None,
-    heartbeat_interval_ms: int = 100,
-    client_lease_ms: int = 2000,
+    heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_MS,
+    client_lease_ms: int = DEFAULT_CLIENT_LEASE_MS,
+    groups: Sequence[int] | None = None,
+    segment_align: int = DEFAULT_SEGMENT_ALIGN,
 ) -> bytes:
-    """The geometry bytes (offsets 0..87) a server writes when formatting; for tests and fakes."""
+    """The header bytes a server writes when formatting (offsets 0 to the end of the segment
+    table; the liveness fields zero), for tests, fakes and the vectors. ``groups`` defaults to
+    one group of ``channel_count`` channels; given, it decides the channel count."""
+    if groups is None:
+        groups = [channel_count]
     if max_msg_size is None:
         max_msg_size = max_value_size + MSG_SLACK
-    client_size = CONTROL_SIZE + req_ring_size
-    server_size = CONTROL_SIZE + resp_ring_size
-    stride = client_size + server_size
-    return REGION_GEOMETRY.pack(
-        MAGIC, LAYOUT_VERSION, HEADER_SIZE, 0, channel_count,
-        HEADER_SIZE + channel_count * stride, HEADER_SIZE, stride, client_size, server_size,
-        req_ring_size, resp_ring_size, max_msg_size, max_value_size,
-        heartbeat_interval_ms, client_lease_ms,
-    )
+    plan = plan_layout(groups, req_ring_size, resp_ring_size, segment_align)
+    out = bytearray(SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * len(plan.segments))
+    REGION_GEOMETRY.pack_into(
+        out, 0, MAGIC, LAYOUT_VERSION, HEADER_SIZE, 0, sum(groups), plan.region_size,
+        len(groups), len(plan.segments), segment_align, 0, CONTROL_SIZE + req_ring_size,
+        CONTROL_SIZE + resp_ring_size, req_ring_size, resp_ring_size, max_msg_size,
+        max_value_size, heartbeat_interval_ms, client_lease_ms)
+    for k, s in enumerate(plan.segments):
+        SEGMENT_ENTRY.pack_into(out, SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * k, s.offset,
+                                s.size, s.span, s.kind, 0, s.group, s.first_channel,
+                                s.channel_count)
+    return bytes(out)
 
 
 # ---- Messages --------------------------------------------------------------------------------

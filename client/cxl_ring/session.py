@@ -50,6 +50,7 @@ from .exceptions import (
     NoChannelError,
     ProtocolError,
     RingTimeoutError,
+    SegmentAccessError,
     ServerGoneError,
     UnknownOutcomeError,
 )
@@ -143,9 +144,15 @@ class SessionBase:
         self.header = header
         self.index = index
         self.token = token
+        cs, ss = header.client_section(index), header.server_section(index)
+        # Check before touching (section 2): this peer writes only its own client section and
+        # reads the server section; the raw views below are used on these two sections only
+        # (and on the header, which every mapping has).
+        region.check(cs, header.client_section_size, write=True,
+                     what=f"client section of channel {index}")
+        region.check(ss, header.server_section_size, what=f"server section of channel {index}")
         self.u64 = region.u64
         self.u32 = region.u32
-        cs, ss = header.client_section(index), header.server_section(index)
         self.claim_i = cs // 8
         self.client_heartbeat_i = (cs + P.OFF_CLIENT_HEARTBEAT) // 8
         self.client_pid_i32 = (cs + P.OFF_CLIENT_PID) // 4
@@ -322,16 +329,24 @@ def claim_channel(region: Region, header: P.RegionHeader, timeout: float, prefer
                   ) -> SessionBase:
     """Claim a free channel (section 5) and wait for the server to acknowledge it.
 
+    Only a channel whose client section this peer mapped writable is a candidate; with none,
+    SegmentAccessError says which segments are missing (``prefer`` indexes the candidates).
+
     ``make(region, header, channel, token)`` builds the session object (channel.claim passes
     the session class with the data path)."""
     deadline = time.monotonic() + timeout
     server_alive_quick(region, header.server_dead_after)
     u64 = region.u64
-    n = header.channel_count
+    # Only channels whose client section this peer mapped writable (and whose server section
+    # it can read): its own channel group's, under Sec-DSM grants.
+    channels = region.claimable_channels(header)
+    if not channels:
+        raise SegmentAccessError(region.why_no_channel(header))
+    n = len(channels)
     backoff = Backoff(spin=0.0, yield_for=0.0, max_sleep=0.01)   # channels free up slowly
     while True:
         for k in range(n):
-            c = (prefer + k) % n
+            c = channels[(prefer + k) % n]
             cs, ss = header.client_section(c), header.server_section(c)
             seen = u64[cs // 8]
             dead = u64[(ss + P.OFF_DEAD_TOKEN) // 8]
@@ -353,7 +368,8 @@ def claim_channel(region: Region, header: P.RegionHeader, timeout: float, prefer
         now = time.monotonic()
         if now > deadline:
             raise NoChannelError(
-                f"all {n} channels of {region.path} are taken (waited {timeout:g} s)"
+                f"all {n} channels of {region.path} this peer may claim are taken "
+                f"(waited {timeout:g} s)"
             )
         server_alive_quick(region, header.server_dead_after)
         backoff.wait(now)

@@ -94,7 +94,7 @@ class V2Ring:
 
 
 class V2Transport:
-    """Executes (op, args, ttl) requests over layout v2 rings; same results as V3Transport."""
+    """Executes (op, args, ttl) requests over layout v2 rings; same results as V5Transport."""
 
     layout = "v2"
 

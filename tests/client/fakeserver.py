@@ -1,38 +1,79 @@
-"""An in-process fake of the cxl_ring server side (layout v4, here "v3", and v2), for unit tests.
+"""An in-process fake of the cxl_ring server side (layout v5 and v2), for unit tests.
 
 It follows docs/ring-protocol.md closely enough to exercise the client (claims, acks, rings,
 statuses, quarantine, heartbeat, epoch changes), and lets tests misbehave on purpose: pause,
 stop the heartbeat as if killed, restart with a new epoch, or write arbitrary bytes into a
 response section. It is not the driver; the real-server tests use build/cxl_ring.so.
+
+A layout 5 region comes in both forms: one file (``security="off"``) or a directory of segment
+files (``security="secdsm"``: ``header``, ``client-<g>``, ``server-<g>``, each ``span`` bytes,
+mode 0600). Like the driver, the fake maps ``header`` and every ``server-<g>`` read-write and
+every ``client-<g>`` read-only, at their offsets in one reserved address range, so a write of
+the fake into a client segment would fault instead of passing unnoticed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import random
 import threading
 import time
+import weakref
 
 from cxl_ring import protocol as P
+from cxl_ring import region as R
 from cxl_ring.resp import encode_bulk, encode_error, encode_integer, encode_simple
 
 M = P.U64_MASK
 
 
+def _map_directory(path: str, plan: P.LayoutPlan, align: int) -> ctypes.Array:
+    """Create the segment files of ``plan`` in ``path`` and map them as the server does."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    reserved = plan.region_size + align
+    start = R._mmap(None, reserved, R.PROT_NONE, R.MAP_PRIVATE | R.MAP_ANONYMOUS, -1, 0)
+    base = (start + align - 1) & ~(align - 1)
+    try:
+        for seg in plan.segments:
+            name = os.path.join(path, seg.name)
+            fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, seg.span)
+            finally:
+                os.close(fd)
+            server_writes = seg.kind != P.SEG_CLIENT
+            fd = os.open(name, os.O_RDWR if server_writes else os.O_RDONLY)
+            try:
+                prot = R.PROT_READ | (R.PROT_WRITE if server_writes else 0)
+                R._mmap(base + seg.offset, seg.span, prot, R.MAP_SHARED | R.MAP_FIXED, fd, 0)
+            finally:
+                os.close(fd)
+    except BaseException:
+        R._munmap(start, reserved)
+        raise
+    arr = (ctypes.c_char * plan.region_size).from_address(base)
+    weakref.finalize(arr, R._munmap, start, reserved)
+    return arr
+
+
 class FakeServer:
     def __init__(self, path: str, channels: int = 4, ring_size: int = 1 << 16,
                  max_value: int = 16 << 10, max_msg: int | None = None, heartbeat_ms: int = 20,
-                 lease_ms: int = 400, layout: str = "v3") -> None:
+                 lease_ms: int = 400, layout: str = "v5", groups: list[int] | None = None,
+                 security: str = "off", segment_align: int = 4096) -> None:
         self.path = path
-        self.channels = channels
+        self.groups = list(groups) if groups is not None else [channels]
+        self.channels = sum(self.groups)
         self.ring_size = ring_size
         self.max_value = max_value
         self.max_msg = max_msg if max_msg is not None else max_value + 1024
         self.heartbeat_ms = heartbeat_ms
         self.lease_ms = lease_ms
         self.layout = layout
+        self.security = security
         self.store: dict[bytes, bytes] = {}
         self.paused = threading.Event()
         self.executed = 0
@@ -40,27 +81,37 @@ class FakeServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.header_bytes = P.format_header(channels, ring_size, ring_size, max_value,
-                                            self.max_msg, heartbeat_ms, lease_ms)
+        self.header_bytes = P.format_header(self.channels, ring_size, ring_size, max_value,
+                                            self.max_msg, heartbeat_ms, lease_ms,
+                                            groups=self.groups, segment_align=segment_align)
         self.header = P.parse_header(self.header_bytes)
-        size = self.header.region_size if layout == "v3" else 4096 + channels * 2 * (
-            16 + 8 * 4096)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self.mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self.buf = memoryview(self.mm)
+        if security == "secdsm":
+            assert layout == "v5", "layout v2 is one file"
+            plan = P.plan_layout(self.groups, ring_size, ring_size, segment_align)
+            self.mm = _map_directory(path, plan, segment_align)
+            size = plan.region_size
+        else:
+            size = self.header.region_size if layout == "v5" else 4096 + channels * 2 * (
+                16 + 8 * 4096)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.ftruncate(fd, size)
+                self.mm = mmap.mmap(fd, size)
+            finally:
+                os.close(fd)
+        self.buf = memoryview(self.mm).cast("B")
         self.u64 = self.buf.cast("Q")
         self.u32 = self.buf.cast("I")
         self.size = size
+        # channel -> (client section, server section)
+        self.sections = [(self.header.client_section(c), self.header.server_section(c))
+                         for c in range(self.channels)]
 
     # ---- lifecycle
 
     def start(self) -> FakeServer:
-        if self.layout == "v3":
-            self.buf[8 : P.REGION_GEOMETRY.size] = self.header_bytes[8:]
+        if self.layout == "v5":
+            self.buf[8 : len(self.header_bytes)] = self.header_bytes[8:]
             self.buf[0:8] = P.MAGIC                              # F1: magic last
             self._new_epoch()
         else:
@@ -95,19 +146,28 @@ class FakeServer:
 
     def stop(self) -> None:
         """Clean shutdown: STOPPING, then STOPPED."""
-        if self.layout == "v3":
+        if self.layout == "v5":
             self.u32[36] = P.SERVER_STOPPING
         self.kill()
-        if self.layout == "v3":
+        if self.layout == "v5":
             self.u32[36] = P.SERVER_STOPPED
 
     def close(self) -> None:
         self.stop()
         for v in (self.u64, self.u32, self.buf):
             v.release()
-        self.mm.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if isinstance(self.mm, mmap.mmap):
+            self.mm.close()
+        self.mm = None
+        if self.security == "secdsm":
+            for seg in self.header.segments:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.path, seg.name))
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(self.path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     # ---- hostile helpers
 
@@ -146,14 +206,14 @@ class FakeServer:
         while not self._stop.is_set():
             now = time.monotonic()
             if now - last_beat >= self.heartbeat_ms / 1000:
-                if self.layout == "v3":
+                if self.layout == "v5":
                     self.u64[17] = (self.u64[17] + 1) & M
                 last_beat = now
             if self.paused.is_set():
                 time.sleep(0.001)
                 continue
             with self._lock:
-                work = self._poll_v3(now) if self.layout == "v3" else self._poll_v2()
+                work = self._poll_v3(now) if self.layout == "v5" else self._poll_v2()
             if not work:
                 time.sleep(0.0002)
 
@@ -196,13 +256,14 @@ class FakeServer:
 
     def _quarantine(self, c: int, ss: int, why: str) -> None:
         self.u32[(ss + 20) // 4] = P.ST_PROTOCOL_ERROR
-        self._respond(ss, P.ST_PROTOCOL_ERROR, 0, why.encode())
+        self._respond(c, P.ST_PROTOCOL_ERROR, 0, why.encode())
         self.u32[(ss + 16) // 4] = P.CHAN_QUARANTINED
 
-    def _respond(self, ss: int, status: int, rid: int, payload: bytes) -> bool:
+    def _respond(self, c: int, status: int, rid: int, payload: bytes) -> bool:
         msg = P.encode_response(status, rid, payload)
+        cs, ss = self.sections[c]
         head = self.u64[(ss + 128) // 8]
-        tail = self.u64[(ss - self.header.client_section_size + 128) // 8]
+        tail = self.u64[(cs + 128) // 8]
         if self.ring_size - ((head - tail) & M) < len(msg):
             return False
         base, size = ss + 4096, self.ring_size
@@ -253,7 +314,7 @@ class FakeServer:
             if forged is not None:
                 self._publish_raw(ss, forged)
             elif n > self.max_msg:
-                self._respond(ss, P.ST_TOO_LARGE, rid, b"request larger than max_msg_size")
+                self._respond(c, P.ST_TOO_LARGE, rid, b"request larger than max_msg_size")
             else:
                 msg = bytes(self.buf[base + off : base + min(off + n, size)])
                 if len(msg) < n:
@@ -261,10 +322,10 @@ class FakeServer:
                 try:
                     req = P.decode_request(msg, self.max_msg, self.max_value)
                 except P.RequestRejected as e:
-                    self._respond(ss, e.status, rid, e.text.encode())
+                    self._respond(c, e.status, rid, e.text.encode())
                 else:
                     status, payload = self._execute(req)
-                    self._respond(ss, status, rid, payload)
+                    self._respond(c, status, rid, payload)
             tail = (tail + step) & M
             used -= step
             u64[(ss + 64) // 8] = tail                              # C2

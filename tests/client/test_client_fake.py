@@ -371,9 +371,10 @@ def test_layout_v2(shm_path):
     fake = FakeServer(shm_path, channels=2, layout="v2").start()
     try:
         with pytest.raises(LayoutMismatchError):
-            cxl_ring.RingClient(shm_path, layout="v4")
-        with pytest.raises(LayoutMismatchError):
-            cxl_ring.RingClient(shm_path, layout="v3")      # the same layout's earlier name
+            cxl_ring.RingClient(shm_path, layout="v5")
+        for old in ("v3", "v4"):                            # layout 5 replaced them
+            with pytest.raises(ValueError, match=f"layout {old} is no longer spoken"):
+                cxl_ring.RingClient(shm_path, layout=old)
         with cxl_ring.RingClient(shm_path) as r:
             assert r.layout == "v2"
             assert r.set("k", "v") is True and r.get("k") == b"v" and r.get("no") is None

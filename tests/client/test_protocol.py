@@ -128,14 +128,15 @@ def test_v2_malformed_response(case):
         P.decode_v2_response(raw + bytes(P.V2_SLOT_SIZE - len(raw)))
 
 
-# ---- header ----------------------------------------------------------------------------------
+# ---- header (the layout 5 vectors are in test_layout5.py) -----------------------------------
 
 
 def test_header_roundtrip_and_helpers():
-    h = P.parse_header(P.format_header())
-    assert h.channel_count == 8 and h.req_ring_size == 2 << 20
-    assert h.region_size == 4096 + 8 * 2 * (4096 + (2 << 20))
-    assert h.server_section(1) - h.client_section(1) == h.client_section_size
+    h = P.parse_header(P.format_header(groups=[3, 5]))
+    assert h.channel_count == 8 and h.req_ring_size == 2 << 20 and h.groups == (3, 5)
+    assert h.group_of(2) == 0 and h.group_of(3) == 1
+    assert h.client_section(3) == h.client_segment(1).offset
+    assert h.server_section(4) - h.server_section(3) == h.server_section_size
     assert h.server_dead_after == 1.0
 
 
@@ -143,20 +144,20 @@ def test_header_roundtrip_and_helpers():
     (lambda b: b"\0" * 8 + b[8:], NotFormattedError),
     (lambda b: b"CXLSHM1\0" + b[8:], LayoutMismatchError),
     (lambda b: b"GARBAGE!" + b[8:], LayoutMismatchError),
-    (lambda b: b[:8] + (3).to_bytes(4, "little") + b[12:], LayoutMismatchError),   # before 4
-    (lambda b: b[:20] + (0).to_bytes(4, "little") + b[24:], ProtocolError),      # no channels
-    (lambda b: b[:64] + (5000).to_bytes(4, "little") + b[68:], ProtocolError),   # not 2^k
-    (lambda b: b[:40] + (12345).to_bytes(8, "little") + b[48:], ProtocolError),  # stride
-    (lambda b: b[:72] + (1 << 30).to_bytes(4, "little") + b[76:], ProtocolError),  # max_msg
+    (lambda b: b[:8] + (4).to_bytes(4, "little") + b[12:], LayoutMismatchError),   # layout 4
+    (lambda b: b[:20] + (0).to_bytes(4, "little") + b[24:], LayoutMismatchError),  # no channels
+    (lambda b: b[:64] + (5000).to_bytes(4, "little") + b[68:], LayoutMismatchError),  # not 2^k
+    (lambda b: b[:72] + (1 << 30).to_bytes(4, "little") + b[76:], LayoutMismatchError),
 ])
 def test_header_rejects(mutate, exc):
     with pytest.raises(exc):
         P.parse_header(mutate(P.format_header()))
 
 
-def test_header_larger_than_mapping():
-    with pytest.raises(LayoutMismatchError):
-        P.parse_header(P.format_header(), mapped_size=1 << 20)
+def test_layout_4_region_names_the_versions():
+    raw = P.format_header()
+    with pytest.raises(LayoutMismatchError, match="layout version 4, this client speaks 5"):
+        P.parse_header(raw[:8] + (4).to_bytes(4, "little") + raw[12:])
 
 
 # ---- RESP2 -----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ OUT = Path(__file__).with_name("messages.json")
 LIMITS = {"max_value_size": 64, "max_msg_size": 256}
 
 FORMAT = """\
-Shared protocol test vectors for docs/ring-protocol.md (layout version 4) and the PoC layout v2.
+Shared protocol test vectors for docs/ring-protocol.md (layout version 5) and the PoC layout v2.
 All integers little-endian; "hex" is the exact bytes, lowercase, no separators.
 limits: the max_value_size/max_msg_size the cases assume (a decoder under test uses these).
 requests: valid requests. Fields: op (name), flags, argc, id, ttl_ms (0 = none), args_hex
