@@ -22,10 +22,12 @@ import json
 import os
 
 from .attacks import ATTACKS, CONTROL
-from .markers import score
+from .markers import Markers, score
 
 MODES = ("off", "secdsm")
 SHARE_TARGET = 0.90
+# The attacks that write markers: only these have forged writes that may land.
+WRITERS = {m.attack for m in Markers("", "off").all()}
 
 EXPECT = {
     "off": {
@@ -73,9 +75,9 @@ def outcome(run_dir: str, run: dict, watch: dict, mode: str, attack: str,
     else:
         out["other_bytes"] = None
     phase = watch.get("phases", {}).get(f"{mode}/{attack}")
-    if phase is not None or "inject_key_exists" in srv:
+    if attack in WRITERS and (out["ran"] or phase is not None):
         seen = [n for n, c in (phase or {}).get("markers", {}).items() if c > 0]
-        if srv.get("inject_key_exists"):
+        if attack == "inject" and srv.get("inject_key_exists"):
             seen.append("injected key on the server")
         out["forged_landed"] = len(seen)
         out["landed"] = seen
