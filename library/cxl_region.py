@@ -7,7 +7,7 @@ CXL region."""
 DOCUMENTATION = r"""
 ---
 module: cxl_region
-short_description: Manage the backing file or segment directory of a shared memory region of the CXL lab
+short_description: Manage the backing file or segment directory of a CXL lab shared region
 description:
   - With O(security=off), creates, resizes and removes the file on tmpfs (C(/dev/shm)) or
     hugetlbfs that the lab's VMs map as one ivshmem-plain device (QEMU C(memory-backend-file),

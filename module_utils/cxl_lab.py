@@ -158,8 +158,10 @@ def layout_plan(groups, req_ring, resp_ring, segment_align):
     if segment_align < PAGE_SIZE or not _is_power_of_two(segment_align):
         raise ValueError(f"segment_align {segment_align} is not a power of two >= {PAGE_SIZE}")
     for what, size in (("req_ring", req_ring), ("resp_ring", resp_ring)):
-        if size < MIN_RING_SIZE or not _is_power_of_two(size):
-            raise ValueError(f"{what} {size} is not a power of two >= {MIN_RING_SIZE}")
+        if not MIN_RING_SIZE <= size <= MAX_RING_SIZE or not _is_power_of_two(size):
+            raise ValueError(
+                f"{what} {size} is not a power of two from {MIN_RING_SIZE} to {MAX_RING_SIZE}"
+            )
     if any(count < 1 for count in groups):
         raise ValueError("every channel group needs at least one channel")
     if sum(groups) > MAX_CHANNELS:

@@ -26,7 +26,7 @@ def render(lab, vm):
         vm=vm,
         cxl_lab_resolved=dict(lab, controller_dir="/tmp/controller"),
         cxl_lab_virt_type="qemu",
-        cxl_lab_image={"boot": "kernel", "kernel": "/k", "initrd": "/i", "cmdline": "root=/dev/vda"},
+        cxl_lab_image={"boot": "kernel", "kernel": "/k", "initrd": "/i", "cmdline": "root=vda"},
         _cxl_vm_dir="/var/lib/cxl-dsm-lab/vms/" + vm["name"],
     )
     return ET.fromstring(text)
