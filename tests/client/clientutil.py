@@ -59,3 +59,51 @@ def check_oversized_raw_request(path: str, max_value: int, channel: int, timeout
             assert (r2.status, r2.id) == (P.ST_OK, s.next_id + 1)
         finally:
             s.release()
+
+
+# ---- Sec-DSM: what this process has mapped, and a peer without DAC override ------------------
+
+
+def maps_access(start: int, end: int) -> set[str]:
+    """The permissions (e.g. 'r--s', 'rw-s', '---p') of every mapping of this process that
+    overlaps the addresses [start, end), read from /proc/self/maps."""
+    out = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo < end and hi > start:
+                out.add(fields[1])
+    return out
+
+
+def segment_access(region: cxl_ring.Region, name: str) -> set[str]:
+    """maps_access over the bytes a segment of ``region`` uses."""
+    seg = region.header().segment(name)
+    return maps_access(region.base + seg.offset, region.base + seg.offset + seg.size)
+
+
+def drop_dac_override() -> None:
+    """preexec_fn: the child, even as root, obeys file modes (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave its bounding set, so an exec'd root process lacks them)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):                                # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:         # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def run_obeying_file_modes(code: str, timeout: float = 60) -> dict:
+    """Run ``code`` (Python; it prints one JSON object last) in a child that cannot open a
+    file its mode forbids, even as root; return that object."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "client"), str(Path(__file__).resolve().parent)])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=timeout, env=env,
+                       preexec_fn=drop_dac_override if os.geteuid() == 0 else None)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])

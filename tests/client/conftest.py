@@ -37,6 +37,17 @@ def shm_path():
 
 
 @pytest.fixture
+def shm_dir():
+    """A /dev/shm path for a region directory (created by whoever formats it), and one for a
+    view of it; both removed afterwards, with everything in them."""
+    path = shm_name()
+    view = path + "-view"
+    yield path, view
+    for d in (view, path):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
 def fake(shm_path):
     server = FakeServer(shm_path).start()
     yield server
