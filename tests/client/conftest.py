@@ -55,14 +55,23 @@ def fake(shm_path):
 
 
 class RealServer:
-    """redis-server with the cxl_ring module on a fresh /dev/shm region."""
+    """redis-server with the cxl_ring module on a fresh /dev/shm region: one file, or with
+    ``security="secdsm"`` a directory in which the driver creates the segment files."""
 
-    def __init__(self, tmp: Path, **module_args: object) -> None:
+    def __init__(self, tmp: Path, security: str = "off", **module_args: object) -> None:
         self.path = shm_name()
+        self.security = security
+        if security == "secdsm":
+            os.mkdir(self.path, 0o700)
+        # where the header is: the region file, or the directory's header segment file
+        self.header_path = os.path.join(self.path, "header") if security == "secdsm" \
+            else self.path
         self.port = free_port()
         self.sock = str(tmp / f"redis-{self.port}.sock")
         self.tmp = tmp
-        self.module_args = {"path": self.path, "channels": 8, **module_args}
+        self.module_args = {"path": self.path,
+                            **({} if "groups" in module_args else {"channels": 8}),
+                            **module_args}
         self.proc: subprocess.Popen | None = None
         self.log = tmp / f"redis-{self.port}.log"
         self.last_epoch = -1
@@ -98,7 +107,7 @@ class RealServer:
 
     def running(self) -> bool:
         try:
-            with open(self.path, "rb") as f:
+            with open(self.header_path, "rb") as f:
                 head = f.read(152)
         except OSError:
             return False
@@ -124,7 +133,7 @@ class RealServer:
             return "(no log)"
 
     def kill(self) -> None:
-        with contextlib.suppress(OSError), open(self.path, "rb") as f:
+        with contextlib.suppress(OSError), open(self.header_path, "rb") as f:
             self.last_epoch = int.from_bytes(f.read(136)[128:136], "little")
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -141,8 +150,11 @@ class RealServer:
     def cleanup(self) -> None:
         self.stop()
         self.kill()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.security == "secdsm":
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     def redis(self):
         import redis
