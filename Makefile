@@ -19,7 +19,7 @@ APT_LISTS   := $(wildcard requirements/apt-*.txt)
 PY_REQS     := $(wildcard requirements/*.in.txt requirements/*.txt)
 CI_TIMEOUT  ?= 1500
 
-.PHONY: all deps system-deps venv build native fuzz lab test test-unit test-lab test-servers bench bench-lab lint teardown clean
+.PHONY: all deps system-deps venv build native fuzz ring-check lab test test-unit test-lab test-servers bench bench-lab lint teardown clean
 
 all: build
 
@@ -88,6 +88,15 @@ FUZZ_SECONDS ?= 60
 fuzz: $(BUILD)/fuzz-decoder
 	mkdir -p $(BUILD)/fuzz-corpus && $(BUILD)/fuzz-decoder -max_total_time=$(FUZZ_SECONDS) $(BUILD)/fuzz-corpus
 
+# The shared layout 5 vectors through the C library (ASan+UBSan): cxl_layout_plan(), the
+# channel addressing, the header the library formats and cxl_header_read()'s checks. The
+# message vectors go through the same program from tests/ring/test_ring_vectors.py.
+$(BUILD)/vector-check: ring/tests/vector_check.c $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_SAN) -o $@ ring/tests/vector_check.c $(RING_SRC)
+
+ring-check: $(BUILD)/vector-check tests/vectors/layout5.json
+	$(BUILD)/vector-check --layout tests/vectors/layout5.json
+
 ## ---- the module for other servers: Redis 8.0, Valkey 8 (docs/servers.md) ---
 # scripts/prepare-server.sh NAME build/NAME gets the server (Redis 8 built once into
 # /var/cache/cxl-dsm-lab/servers, valkey-server from bookworm-backports) and writes its own
@@ -112,7 +121,7 @@ teardown: venv
 ## ---- tests ---------------------------------------------------------------
 test: lint test-unit test-servers test-lab
 
-test-unit: build
+test-unit: build ring-check
 	$(PY) -m pytest -q tests
 
 # tests/ring against each of $(SERVERS) with the module built against its header. Not

@@ -101,11 +101,15 @@ int cxl_geometry_from_params(const struct cxl_params *p, struct cxl_geometry *g,
             CXL_MIN_RING_SIZE, CXL_MAX_RING_SIZE, g->req_ring_size, g->resp_ring_size);
         return -1;
     }
-    if ((uint64_t)g->max_value_size + CXL_MSG_SLACK > UINT32_MAX) {
+    if (!p->max_msg_size && (uint64_t)g->max_value_size + CXL_MSG_SLACK > UINT32_MAX) {
         ERR("max_value %u is too large", g->max_value_size);
         return -1;
     }
-    g->max_msg_size = g->max_value_size + CXL_MSG_SLACK;
+    g->max_msg_size = p->max_msg_size ? p->max_msg_size : g->max_value_size + CXL_MSG_SLACK;
+    if (g->max_msg_size < CXL_MSG_HDR_SIZE) {
+        ERR("max_msg_size %u is smaller than a message header", g->max_msg_size);
+        return -1;
+    }
     if (g->max_msg_size > g->req_ring_size || g->max_msg_size > g->resp_ring_size) {
         ERR("rings (req %u, resp %u bytes) must hold the largest message (%u bytes = "
             "max_value %u + %u); raise req_ring/resp_ring or lower max_value",
@@ -173,16 +177,20 @@ static const char *kind_name(uint8_t kind)
          : kind == CXL_SEG_SERVER ? "server" : "unknown";
 }
 
+/*
+ * Every check names the field it fails on (the shared vectors,
+ * tests/vectors/layout5.json, name the same fields). Header fields that stand
+ * alone first, then the segment table entry by entry, then the totals.
+ */
 int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
                     struct cxl_geometry *g, char *err, size_t errlen)
 {
-    static const struct cxl_shm_header zero;
     struct cxl_shm_header copy;         /* the header, read once */
-    uint64_t magic, want;
+    uint64_t magic, want, end = 0;
     struct cxl_params p;
     struct cxl_geometry expect;
-    char why[200];
-    uint32_t k;
+    uint32_t k, first = 0, align;
+    char why[200] = "";
 
     /* F2: read the magic first; pairs with F1. */
     magic = cxl_load_acquire64((const volatile uint64_t *)(const void *)h->magic);
@@ -191,9 +199,9 @@ int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
     memcpy((uint8_t *)&copy + CXL_MAGIC_LEN, (const uint8_t *)h + CXL_MAGIC_LEN,
            CXL_HEADER_SIZE - CXL_MAGIC_LEN);
     memcpy(copy.magic, &magic, CXL_MAGIC_LEN);
+    if (magic == 0)
+        return 1;                       /* never formatted, or being formatted (F1 last) */
     if (magic != want) {
-        if (!memcmp(&copy, &zero, sizeof(copy)))
-            return 1;                   /* all zeros: never formatted */
         if (!memcmp(copy.magic, CXL_V2_MAGIC, sizeof(CXL_V2_MAGIC)))
             ERR("region holds the PoC layout v2 (magic CXLSHM1), not layout %u; "
                 "use layout v2 or reformat", CXL_LAYOUT_VERSION);
@@ -201,19 +209,108 @@ int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
             ERR("region header has an unknown magic; not a cxl_ring region");
         return -1;
     }
-    if (copy.version != CXL_LAYOUT_VERSION || copy.header_size != CXL_HEADER_SIZE) {
-        ERR("region has layout version %u (header %u bytes); this build speaks version %u",
-            copy.version, copy.header_size, CXL_LAYOUT_VERSION);
-        return -1;
+#define BAD(...) do { ERR(__VA_ARGS__); return -1; } while (0)
+    if (copy.version != CXL_LAYOUT_VERSION)
+        BAD("region has layout version %u; this build speaks version %u", copy.version,
+            CXL_LAYOUT_VERSION);
+    if (copy.header_size != CXL_HEADER_SIZE)
+        BAD("region header_size is %u, not %u", copy.header_size, CXL_HEADER_SIZE);
+    if (copy.channel_count < 1 || copy.channel_count > CXL_MAX_CHANNELS)
+        BAD("region channel_count is %u, not 1..%u", copy.channel_count, CXL_MAX_CHANNELS);
+    if (copy.group_count < 1 || copy.group_count > CXL_MAX_GROUPS)
+        BAD("region group_count is %u, not 1..%u", copy.group_count, CXL_MAX_GROUPS);
+    if (copy.segment_count != 1 + 2 * copy.group_count)
+        BAD("region segment_count is %u, not 1 + 2 x %u groups", copy.segment_count,
+            copy.group_count);
+    align = copy.segment_align;
+    if (!is_pow2(align) || align < CXL_PAGE_SIZE)
+        BAD("region segment_align %u is not a power of two >= %u", align, CXL_PAGE_SIZE);
+    if (!is_pow2(copy.req_ring_size) || copy.req_ring_size < CXL_MIN_RING_SIZE ||
+        copy.req_ring_size > CXL_MAX_RING_SIZE)
+        BAD("region req_ring_size %u is not a power of two in %u..2^30", copy.req_ring_size,
+            CXL_MIN_RING_SIZE);
+    if (!is_pow2(copy.resp_ring_size) || copy.resp_ring_size < CXL_MIN_RING_SIZE ||
+        copy.resp_ring_size > CXL_MAX_RING_SIZE)
+        BAD("region resp_ring_size %u is not a power of two in %u..2^30", copy.resp_ring_size,
+            CXL_MIN_RING_SIZE);
+    if (copy.client_section_size != CXL_CONTROL_SIZE + (uint64_t)copy.req_ring_size)
+        BAD("region client_section_size %" PRIu64 " is not %u + req_ring_size",
+            copy.client_section_size, CXL_CONTROL_SIZE);
+    if (copy.server_section_size != CXL_CONTROL_SIZE + (uint64_t)copy.resp_ring_size)
+        BAD("region server_section_size %" PRIu64 " is not %u + resp_ring_size",
+            copy.server_section_size, CXL_CONTROL_SIZE);
+    if (!copy.max_value_size)
+        BAD("region max_value_size is 0");
+    if (copy.max_msg_size < CXL_MSG_HDR_SIZE || copy.max_msg_size > copy.req_ring_size ||
+        copy.max_msg_size > copy.resp_ring_size)
+        BAD("region max_msg_size %u is not %u..the smaller ring (%u, %u)", copy.max_msg_size,
+            CXL_MSG_HDR_SIZE, copy.req_ring_size, copy.resp_ring_size);
+    if (!copy.heartbeat_interval_ms || copy.heartbeat_interval_ms > 60000)
+        BAD("region heartbeat_interval_ms %u is not 1..60000", copy.heartbeat_interval_ms);
+    if (copy.client_lease_ms < 100 || copy.client_lease_ms > 3600000)
+        BAD("region client_lease_ms %u is not 100..3600000", copy.client_lease_ms);
+
+    /* The segment table: kind and group by index, the groups cover the channels in order,
+     * every size, span and offset by the rule (section 2). */
+    for (k = 0; k < copy.segment_count; k++) {
+        const struct cxl_shm_segment *e = &copy.segments[k];
+        uint8_t kind = k == 0 ? CXL_SEG_HEADER : (k % 2) ? CXL_SEG_CLIENT : CXL_SEG_SERVER;
+        uint16_t group = k == 0 ? CXL_GROUP_NONE : (uint16_t)((k - 1) / 2);
+        uint64_t size, span;
+
+        if (e->kind != kind)
+            BAD("region segment table entry %u: kind %u (%s), not %u (%s)", k, e->kind,
+                kind_name(e->kind), kind, kind_name(kind));
+        if (e->group != group)
+            BAD("region segment table entry %u: group %u, not %u", k, e->group, group);
+        if (e->reserved)
+            BAD("region segment table entry %u: reserved byte %u, not 0", k, e->reserved);
+        if (kind == CXL_SEG_HEADER) {
+            if (e->first_channel || e->channel_count)
+                BAD("region segment table entry 0 (header): first_channel %u channel_count "
+                    "%u, not 0 0", e->first_channel, e->channel_count);
+            size = CXL_HEADER_SIZE;
+        } else {
+            if (e->first_channel != first)
+                BAD("region segment table entry %u: first_channel %u, not %u (the groups "
+                    "cover the channels in order)", k, e->first_channel, first);
+            if (kind == CXL_SEG_CLIENT && (e->channel_count < 1 ||
+                                           first + e->channel_count > CXL_MAX_CHANNELS))
+                BAD("region segment table entry %u: channel_count %u, not 1..%u", k,
+                    e->channel_count, CXL_MAX_CHANNELS - first);
+            if (kind == CXL_SEG_SERVER &&
+                e->channel_count != copy.segments[k - 1].channel_count)
+                BAD("region segment table entry %u: channel_count %u differs from its "
+                    "client segment's %u", k, e->channel_count,
+                    copy.segments[k - 1].channel_count);
+            size = (uint64_t)e->channel_count * (kind == CXL_SEG_CLIENT ?
+                    copy.client_section_size : copy.server_section_size);
+            if (kind == CXL_SEG_SERVER)
+                first += e->channel_count;
+        }
+        span = cxl_pow2_ceil(size);
+        if (span < align)
+            span = align;
+        if (e->size != size)
+            BAD("region segment table entry %u: size %" PRIu64 ", not %" PRIu64, k, e->size,
+                size);
+        if (e->span != span)
+            BAD("region segment table entry %u: span %" PRIu64 ", not %" PRIu64, k, e->span,
+                span);
+        if (e->offset != end)
+            BAD("region segment table entry %u: offset %" PRIu64 ", not %" PRIu64, k,
+                e->offset, end);
+        end += span;
     }
-    if (copy.group_count < 1 || copy.group_count > CXL_MAX_GROUPS ||
-        copy.segment_count != 1 + 2 * copy.group_count) {
-        ERR("region header has %u channel groups and %u segments; layout %u wants 1..%u "
-            "groups and 1 + 2 x groups segments", copy.group_count, copy.segment_count,
-            CXL_LAYOUT_VERSION, CXL_MAX_GROUPS);
-        return -1;
-    }
-    /* The geometry fields, then each group's channel count from its client entry. */
+    if (copy.channel_count != first)
+        BAD("region channel_count %u is not the sum of the groups' channels (%u)",
+            copy.channel_count, first);
+    if (copy.region_size != end)
+        BAD("region region_size %" PRIu64 " is not the end of the last span (%" PRIu64 ")",
+            copy.region_size, end);
+#undef BAD
+
+    /* The same geometry as the rule computes it (and the channel -> group map). */
     memset(&p, 0, sizeof(p));
     p.channels = copy.channel_count;
     p.req_ring_size = copy.req_ring_size;
@@ -221,43 +318,15 @@ int cxl_header_read(const struct cxl_shm_header *h, uint64_t map_size,
     p.max_value_size = copy.max_value_size;
     p.heartbeat_interval_ms = copy.heartbeat_interval_ms;
     p.client_lease_ms = copy.client_lease_ms;
-    p.segment_align = copy.segment_align;
+    p.segment_align = align;
+    p.max_msg_size = copy.max_msg_size;
     p.group_count = copy.group_count;
     for (k = 0; k < copy.group_count; k++)
         p.groups[k] = copy.segments[cxl_client_segment(k)].channel_count;
-    if (!p.channels || !p.req_ring_size || !p.resp_ring_size || !p.max_value_size ||
-        !p.heartbeat_interval_ms || !p.client_lease_ms || !p.segment_align) {
-        ERR("region header has a zero geometry field");
-        return -1;
-    }
-    if (cxl_geometry_from_params(&p, &expect, why, sizeof(why)) < 0) {
+    if (cxl_geometry_from_params(&p, &expect, why, sizeof(why)) < 0 ||
+        expect.region_size != copy.region_size) {
         ERR("region header geometry is invalid: %s", why);
         return -1;
-    }
-    if (copy.region_size != expect.region_size ||
-        copy.client_section_size != expect.client_section_size ||
-        copy.server_section_size != expect.server_section_size ||
-        copy.max_msg_size != expect.max_msg_size) {
-        ERR("region header geometry is inconsistent (derived sizes do not match)");
-        return -1;
-    }
-    /* Every entry is exactly what the layout places there: kind and group by index,
-     * the groups cover the channels in order, every offset, size and span by the rule. */
-    for (k = 0; k < expect.segment_count; k++) {
-        const struct cxl_shm_segment *e = &copy.segments[k];
-        const struct cxl_segment_plan *sp = &expect.seg[k];
-
-        if (e->offset != sp->offset || e->size != sp->size || e->span != sp->span ||
-            e->kind != sp->kind || e->reserved != 0 || e->group != sp->group ||
-            e->first_channel != sp->first_channel || e->channel_count != sp->channel_count) {
-            ERR("region segment table entry %u (%s, group %u, channels %u+%u, offset %" PRIu64
-                ", size %" PRIu64 ", span %" PRIu64 ") is not the layout's (%s, group %u, "
-                "channels %u+%u, offset %" PRIu64 ", size %" PRIu64 ", span %" PRIu64 ")",
-                k, kind_name(e->kind), e->group, e->first_channel, e->channel_count,
-                e->offset, e->size, e->span, kind_name(sp->kind), sp->group,
-                sp->first_channel, sp->channel_count, sp->offset, sp->size, sp->span);
-            return -1;
-        }
     }
     if (map_size && expect.region_size > map_size) {
         ERR("region needs %" PRIu64 " bytes but only %" PRIu64 " are mapped",
@@ -274,6 +343,7 @@ int cxl_geometry_equal(const struct cxl_geometry *a, const struct cxl_geometry *
 
     if (a->channel_count != b->channel_count || a->req_ring_size != b->req_ring_size ||
         a->resp_ring_size != b->resp_ring_size || a->max_value_size != b->max_value_size ||
+        a->max_msg_size != b->max_msg_size ||
         a->heartbeat_interval_ms != b->heartbeat_interval_ms ||
         a->client_lease_ms != b->client_lease_ms || a->region_size != b->region_size ||
         a->group_count != b->group_count || a->segment_align != b->segment_align)

@@ -238,8 +238,8 @@ static inline uint64_t cxl_pow2_ceil(uint64_t n)
  * Place the segments of a region: groups[g] channels in group g, g < ngroups.
  * Fills out[0 .. 2 * ngroups] and returns region_size, or 0 when the input is
  * out of range (ngroups 1..CXL_MAX_GROUPS, every group >= 1 channel, at most
- * CXL_MAX_CHANNELS in all, ring sizes powers of two >= 4096, align a power of
- * two >= 4096). Every peer and the lab's host side use this one rule.
+ * CXL_MAX_CHANNELS in all, ring sizes powers of two in 4096..CXL_MAX_RING_SIZE,
+ * align a power of two >= 4096). Every peer and the lab's host side use this one rule.
  */
 static inline uint64_t cxl_layout_plan(const uint32_t *groups, uint32_t ngroups,
                                        uint32_t req_ring_size, uint32_t resp_ring_size,
@@ -254,7 +254,9 @@ static inline uint64_t cxl_layout_plan(const uint32_t *groups, uint32_t ngroups,
     if (segment_align < CXL_PAGE_SIZE || (segment_align & (segment_align - 1)))
         return 0;
     if (req_ring_size < CXL_MIN_RING_SIZE || (req_ring_size & (req_ring_size - 1)) ||
-        resp_ring_size < CXL_MIN_RING_SIZE || (resp_ring_size & (resp_ring_size - 1)))
+        req_ring_size > CXL_MAX_RING_SIZE ||
+        resp_ring_size < CXL_MIN_RING_SIZE || (resp_ring_size & (resp_ring_size - 1)) ||
+        resp_ring_size > CXL_MAX_RING_SIZE)
         return 0;
     for (uint32_t g = 0; g < ngroups; g++) {
         if (groups[g] < 1)

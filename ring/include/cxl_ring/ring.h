@@ -30,6 +30,7 @@ struct cxl_params {
     uint32_t group_count;               /* 0: one group of `channels` */
     uint32_t groups[CXL_MAX_GROUPS];    /* channels per group, group_count entries */
     uint32_t segment_align;             /* 0: 4096 */
+    uint32_t max_msg_size;              /* 0: max_value_size + CXL_MSG_SLACK */
 };
 
 /* A validated private copy of a region's geometry (layout 5, section 2). */
