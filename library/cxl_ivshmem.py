@@ -94,7 +94,8 @@ options:
   channel_groups:
     description:
       - The guest's channel group per region name (the lab's C(vms[].regions[].group)), for
-        regions that do not set O(regions[].channel_group); recorded in O(regions_json).
+        regions that do not set O(regions[].channel_group) (null or empty for none); recorded
+        in O(regions_json).
     type: dict
     default: {}
   driver:
