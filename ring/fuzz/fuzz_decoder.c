@@ -9,6 +9,11 @@
  * ASan/UBSan (make fuzz builds with both) catch any read outside the ring or
  * the private copy; the asserts check the decoder's promises.
  *
+ * The same input also edits a formatted layout 5 header (a client's view of a
+ * hostile server: every 3 bytes set one byte of the geometry or the segment
+ * table), and cxl_header_read() must either refuse it or return a geometry
+ * whose segments and channels all lie inside region_size.
+ *
  *   make fuzz FUZZ_SECONDS=600          # longer runs, corpus in build/fuzz-corpus
  *   build/fuzz-decoder -runs=20000      # what tests/ring/test_ring_fuzz.py runs
  */
@@ -26,6 +31,54 @@
 static uint8_t ring_data[RING_SIZE];
 static uint8_t private_copy[MAX_MSG + CXL_MSG_ALIGN];
 static struct cxl_req req;
+static struct cxl_shm_header formatted, edited;
+static int formatted_once;
+
+/* A header as a server formats it: three channel groups, small rings. */
+static void format_header(void)
+{
+    struct cxl_params p = { .req_ring_size = 8192, .resp_ring_size = 16384,
+                            .max_value_size = 1024, .max_msg_size = 4096, .group_count = 3,
+                            .groups = { 2, 1, 3 } };
+    struct cxl_geometry geo;
+
+    assert(cxl_geometry_from_params(&p, &geo, NULL, 0) == 0);
+    cxl_header_write_geometry(&formatted, &geo);
+    cxl_header_publish_magic(&formatted);
+    formatted_once = 1;
+}
+
+static void fuzz_header(const uint8_t *data, size_t size)
+{
+    uint32_t span_end = CXL_SEGMENT_TABLE_OFF + 7 * CXL_SEGMENT_ENTRY, i, c;
+    struct cxl_geometry geo;
+    uint8_t *b = (uint8_t *)&edited;
+    char why[512];
+
+    if (!formatted_once)
+        format_header();
+    edited = formatted;
+    for (i = 0; i + 3 <= size && i < 3 * 16; i += 3)
+        b[(data[i] | (uint32_t)data[i + 1] << 8) % span_end] = data[i + 2];
+    if (cxl_header_read(&edited, 0, &geo, why, sizeof(why)) != 0)
+        return;
+    assert(geo.channel_count >= 1 && geo.channel_count <= CXL_MAX_CHANNELS);
+    assert(geo.segment_count == 1 + 2 * geo.group_count);
+    for (i = 0; i < geo.segment_count; i++)
+        assert(geo.seg[i].offset + geo.seg[i].span <= geo.region_size &&
+               geo.seg[i].size <= geo.seg[i].span);
+    for (c = 0; c < geo.channel_count; c++) {
+        const struct cxl_segment_plan *cs = &geo.seg[cxl_client_segment(geo.chan_group[c])];
+        const struct cxl_segment_plan *ss = &geo.seg[cxl_server_segment(geo.chan_group[c])];
+
+        assert(cxl_client_section_off(&geo, c) >= cs->offset &&
+               cxl_client_section_off(&geo, c) + geo.client_section_size <=
+               cs->offset + cs->size);
+        assert(cxl_server_section_off(&geo, c) >= ss->offset &&
+               cxl_server_section_off(&geo, c) + geo.server_section_size <=
+               ss->offset + ss->size);
+    }
+}
 
 static void check_decoded(const uint8_t *msg, uint32_t len, int st)
 {
@@ -54,6 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char why[160];
     unsigned steps = 0;
 
+    fuzz_header(data, size);
     if (size < 8)
         return 0;
     memcpy((void *)&head_word, data, 8);
