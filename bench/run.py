@@ -539,8 +539,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"| GET p99 | {fmt(res.get('ring_rtt_p99_us'), ' µs')} | "
         f"{fmt(res.get('tcp_rtt_p99_us'), ' µs')} |",
         "",
-        f"Sec-DSM (a directory of segment files, the bench given only its group's segments) "
-        f"against security off (one file), same run, alternating:",
+        "Sec-DSM (a directory of segment files, the bench given only its group's segments) "
+        "against security off (one file), same run, alternating:",
         "",
         "| ring | security off | secdsm | secdsm/off (as rates) |",
         "|---|---|---|---|",
