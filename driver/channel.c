@@ -1,5 +1,5 @@
 /*
- * channel.c - layout v4 channels, server side (docs/ring-protocol.md 3-6).
+ * channel.c - layout 5 channels, server side (docs/ring-protocol.md 3-6).
  *
  * Everything here runs on the poll thread. A channel's client control page
  * and request ring are hostile input: every index and every message header is
@@ -57,6 +57,7 @@ int drv_chans_init(struct drv_server *s)
         struct drv_chan *ch = &s->chans[c];
 
         ch->index = c;
+        /* Through the segments of the channel's group (docs/ring-protocol.md 2). */
         ch->kclient = cxl_client_ctl(s->region.base, &s->geo, c);
         ch->kserver = cxl_server_ctl(s->region.base, &s->geo, c);
         cxl_ring_request(s->region.base, &s->geo, c, &ch->req);
@@ -380,17 +381,17 @@ static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uin
     STAT_INC(&ch->stats, resp_full);
 }
 
-/* The sink handed to exec.c: a v3 response with the request's id. */
-struct v3_sink {
+/* The sink handed to exec.c: a layout 5 response with the request's id. */
+struct v5_sink {
     struct drv_chan *ch;
     uint32_t max_msg;
     uint64_t id;
 };
 
-static void v3_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
+static void v5_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
                      const void *p2, uint32_t n2)
 {
-    struct v3_sink *sink = sinkp;
+    struct v5_sink *sink = sinkp;
 
     resp_send(sink->ch, sink->max_msg, status, sink->id, p1, n1, p2, n2);
 }
@@ -432,7 +433,7 @@ static void note_violation(struct drv_chan *ch, int status)
  * Outside the GIL: follow sessions, drain waiting responses and find channels
  * with requests. Returns the number of ready channels.
  */
-int drv_v3_scan(struct drv_server *s, uint64_t now_ns)
+int drv_v5_scan(struct drv_server *s, uint64_t now_ns)
 {
     int ready = 0;
     uint32_t c;
@@ -496,7 +497,7 @@ static void consume(struct drv_chan *ch, uint64_t padded, uint32_t *off, uint32_
 static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t budget)
 {
     const struct cxl_geometry *g = &s->geo;
-    struct v3_sink sink = { .ch = ch, .max_msg = g->max_msg_size };
+    struct v5_sink sink = { .ch = ch, .max_msg = g->max_msg_size };
     struct cxl_msg_hdr hdr;
     uint64_t head, used, padded, refilled_at = UINT64_MAX;
     uint32_t done = 0, off = 0, avail = 0;
@@ -557,7 +558,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
             consume(ch, padded, &off, &avail);
             done++;
             note_violation(ch, CXL_ST_TOO_LARGE);
-            v3_reply(&sink, CXL_ST_TOO_LARGE, big, sizeof(big) - 1, NULL, 0);
+            v5_reply(&sink, CXL_ST_TOO_LARGE, big, sizeof(big) - 1, NULL, 0);
             continue;
         }
         st = cxl_req_decode(s->msg + off, hdr.len, g->max_value_size, &s->req,
@@ -569,10 +570,10 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         consume(ch, padded, &off, &avail);
         done++;
         if (st == CXL_ST_OK) {
-            drv_exec_request(&s->exec, &s->req, v3_reply, &sink);
+            drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
         } else {
             note_violation(ch, st);
-            v3_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
+            v5_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
         }
     }
     req_tail_publish(ch);
@@ -590,7 +591,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
  * Under the GIL: serve ready channels round robin, a quantum each, until the
  * budget or the deadline is used up or no channel has requests left.
  */
-uint32_t drv_v3_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns)
+uint32_t drv_v5_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns)
 {
     uint32_t total = 0, quantum, c, n;
     int more = 1;
@@ -619,7 +620,7 @@ uint32_t drv_v3_process(struct drv_server *s, uint32_t budget, uint64_t deadline
 /* ---- Leases and resets ------------------------------------------------------ */
 
 /* Reclaim channels whose client heartbeat has stood still for client_lease_ms. */
-void drv_v3_housekeeping(struct drv_server *s, uint64_t now_ns)
+void drv_v5_housekeeping(struct drv_server *s, uint64_t now_ns)
 {
     uint64_t lease_ns = (uint64_t)s->geo.client_lease_ms * 1000000ull;
     uint32_t c;
@@ -645,7 +646,7 @@ void drv_v3_housekeeping(struct drv_server *s, uint64_t now_ns)
 }
 
 /* CXLRING.RESET: retire the session and clear the error; the owner claims again. */
-void drv_v3_reset(struct drv_server *s, uint32_t chan)
+void drv_v5_reset(struct drv_server *s, uint32_t chan)
 {
     struct drv_chan *ch = &s->chans[chan];
 

@@ -84,7 +84,7 @@ int drv_v2_check(struct drv_server *s, char *err, size_t errlen)
         if (i == V2_HEADER_BYTES)
             return 1;
         snprintf(err, errlen, "region header is not layout v2 (magic %.7s)",
-                 memcmp(copy.magic, CXL_MAGIC, 8) ? "unknown" : "CXLDSMR, layout v4");
+                 memcmp(copy.magic, CXL_MAGIC, 8) ? "unknown" : "CXLDSMR, layout v5");
         return -1;
     }
     if (copy.version != CXL_V2_VERSION) {

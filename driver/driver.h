@@ -3,9 +3,10 @@
  *
  * The module is split by concern:
  *   module.c     Redis entry points: arguments, CXLRING.* commands, events
- *   region.c     map the region; format, validate or refuse its header (v4 and v2)
+ *   region.c     map the region (one file, or a directory of segment files);
+ *                format, validate or refuse its header (layout 5 and v2)
  *   poll.c       the poll thread (GIL batches, back-off) and the heartbeat thread
- *   channel.c    layout v4: sessions, framing, responses, quarantine
+ *   channel.c    layout 5: sessions, framing, responses, quarantine
  *   compat_v2.c  layout v2: the PoC's slot rings
  *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
  *                check of the command's flags (what cannot run from the ring)
@@ -47,8 +48,8 @@ enum drv_format { DRV_FORMAT_AUTO, DRV_FORMAT_ALWAYS, DRV_FORMAT_NEVER };
 struct drv_config {
     char     path[DRV_PATH_MAX];
     uint64_t map_size;                  /* 0 = discover */
-    struct cxl_params params;           /* v3 geometry and liveness */
-    int      layout;                    /* CXL_LAYOUT_VERSION (4) or 2 */
+    struct cxl_params params;           /* layout 5 geometry and liveness */
+    int      layout;                    /* CXL_LAYOUT_VERSION (5) or 2 */
     int      format;                    /* enum drv_format */
     uint32_t spin_us;
     uint32_t idle_sleep_us;
@@ -72,7 +73,7 @@ struct drv_stats {
     uint64_t too_large;
     uint64_t bad_request;
     uint64_t unknown_op;
-    uint64_t protocol_errors;           /* quarantines (v3), corrupt indexes (v2) */
+    uint64_t protocol_errors;           /* quarantines (layout 5), corrupt indexes (v2) */
     uint64_t stale_requests;            /* requests of an earlier session, never executed */
     uint64_t sessions;
     uint64_t releases;
@@ -91,7 +92,7 @@ struct drv_stats {
 /* ---- Execution against the keyspace (exec.c) ------------------------------ */
 
 /*
- * Where an executed request's answer goes: a v3 response or a v2 slot. Called
+ * Where an executed request's answer goes: a layout 5 response or a v2 slot. Called
  * exactly once per request, with up to two payload pieces (p2 may be NULL).
  * For a GET, p1 points into the value (StringDMA) and is valid only during the call.
  */
@@ -145,11 +146,11 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
                   const uint32_t *argl, drv_reply_fn *reply, void *sink);
 /* While clients are paused, writes wait: 1 = leave this request in the ring for now. */
 int  drv_exec_must_wait(struct drv_exec *x, uint8_t op);
-/* Dispatch a decoded v3 request. */
+/* Dispatch a decoded layout 5 request. */
 void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink);
 
-/* ---- Layout v3 channels (channel.c) -------------------------------------- */
+/* ---- Layout 5 channels (channel.c) ---------------------------------------- */
 
 struct drv_chan {
     uint32_t index;
@@ -211,10 +212,10 @@ struct drv_v2_ring {
 
 struct drv_server {
     struct drv_config cfg;
-    struct cxl_region region;
-    struct cxl_geometry geo;            /* v3 */
-    struct cxl_shm_header *khdr;        /* v3 */
-    struct drv_chan *chans;             /* v3: geo.channel_count */
+    struct cxl_region region;           /* one file, or a directory of segment files */
+    struct cxl_geometry geo;            /* layout 5 */
+    struct cxl_shm_header *khdr;        /* layout 5 */
+    struct drv_chan *chans;             /* layout 5: geo.channel_count */
     struct drv_v2_ring *v2;             /* v2: cfg.v2_rings */
     uint32_t nchan;                     /* channels or v2 rings */
     uint64_t epoch;
@@ -253,13 +254,13 @@ void drv_region_running(struct drv_server *s);
 void drv_region_stopping(struct drv_server *s, uint32_t state);
 void drv_region_close(struct drv_server *s);
 
-/* channel.c (v3) */
+/* channel.c (layout 5) */
 int  drv_chans_init(struct drv_server *s);
 void drv_chans_free(struct drv_server *s);
-int  drv_v3_scan(struct drv_server *s, uint64_t now_ns);
-uint32_t drv_v3_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
-void drv_v3_housekeeping(struct drv_server *s, uint64_t now_ns);
-void drv_v3_reset(struct drv_server *s, uint32_t chan);
+int  drv_v5_scan(struct drv_server *s, uint64_t now_ns);
+uint32_t drv_v5_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
+void drv_v5_housekeeping(struct drv_server *s, uint64_t now_ns);
+void drv_v5_reset(struct drv_server *s, uint32_t chan);
 const char *drv_chan_state_name(uint32_t state);
 
 /* compat_v2.c */

@@ -3,12 +3,13 @@
  * or a /dev/shm file), as a module loaded into a stock redis-server.
  *
  * A client maps the same region and talks to this module through per-channel
- * request and response rings (docs/ring-protocol.md, layout version 4; or the
+ * request and response rings (docs/ring-protocol.md, layout version 5; or the
  * proof of concept's layout v2 with `layout v2`). Requests run against the
  * real keyspace: what a ring client sets, redis-cli sees; writes reach the
  * AOF and replicas; maxmemory is respected.
  *
  *   loadmodule /path/cxl_ring.so path /dev/shm/cxl0 channels 8
+ *   loadmodule /path/cxl_ring.so path /dev/shm/lab-cxl0 groups 4,2   (a directory)
  *
  * This file holds the Redis entry points: argument parsing, OnLoad/OnUnload,
  * the CXLRING.INFO and CXLRING.RESET commands and the shutdown event. The ring
@@ -72,6 +73,36 @@ static int parse_u32(const char *val, uint64_t lo, uint64_t hi, uint32_t *out)
     return 0;
 }
 
+/* `groups 4,2`: channels per group. 0, 1 for a malformed value, -1 with err set. */
+static int parse_groups(const char *val, struct cxl_params *p, char *err, size_t errlen)
+{
+    const char *at = val;
+
+    p->group_count = 0;
+    for (;;) {
+        char *end;
+        unsigned long v;
+
+        if (*at < '0' || *at > '9')
+            return 1;
+        errno = 0;
+        v = strtoul(at, &end, 10);
+        if (errno || v < 1 || v > CXL_MAX_CHANNELS)
+            return 1;
+        if (p->group_count == CXL_MAX_GROUPS) {
+            snprintf(err, errlen, "groups '%s': at most %u channel groups", val,
+                     CXL_MAX_GROUPS);
+            return -1;
+        }
+        p->groups[p->group_count++] = (uint32_t)v;
+        if (!*end)
+            return 0;
+        if (*end != ',')
+            return 1;
+        at = end + 1;
+    }
+}
+
 static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc,
                       char *err, size_t errlen)
 {
@@ -107,6 +138,12 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
             bad = parse_size(val, UINT64_MAX, &cfg->map_size) < 0;
         } else if (!strcasecmp(name, "channels")) {
             U32(cfg->params.channels, 1, CXL_MAX_CHANNELS);
+        } else if (!strcasecmp(name, "groups")) {
+            bad = parse_groups(val, &cfg->params, err, errlen);
+            if (bad < 0)
+                return -1;
+        } else if (!strcasecmp(name, "segment_align")) {
+            U32(cfg->params.segment_align, CXL_PAGE_SIZE, 1u << 30);
         } else if (!strcasecmp(name, "req_ring")) {
             U32(cfg->params.req_ring_size, CXL_MIN_RING_SIZE, CXL_MAX_RING_SIZE);
         } else if (!strcasecmp(name, "resp_ring")) {
@@ -132,16 +169,21 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
         } else if (!strcasecmp(name, "v2_slots")) {
             U32(cfg->v2_slots, 1, 1u << 20);
         } else if (!strcasecmp(name, "layout")) {
-            /* v3 and v4 name the same sessions layout: v3 is its name before layout 4
-             * bound requests to sessions, still accepted so that existing configurations
-             * keep working (the region's version field is what must match). */
-            if (!strcasecmp(val, "v4") || !strcmp(val, "4") ||
-                !strcasecmp(val, "v3") || !strcmp(val, "3"))
+            if (!strcasecmp(val, "v5") || !strcmp(val, "5")) {
                 cfg->layout = CXL_LAYOUT_VERSION;
-            else if (!strcasecmp(val, "v2") || !strcmp(val, "2"))
+            } else if (!strcasecmp(val, "v2") || !strcmp(val, "2")) {
                 cfg->layout = 2;
-            else
+            } else if (!strcasecmp(val, "v4") || !strcmp(val, "4") ||
+                       !strcasecmp(val, "v3") || !strcmp(val, "3")) {
+                /* Layout 5 replaced layout 4 (v3 was its earlier name): its bytes moved
+                 * into segments, so a layout 4 client cannot read a layout 5 region. */
+                snprintf(err, errlen, "layout %s is no longer served: this build speaks "
+                         "layout v5 (segments, docs/ring-protocol.md section 2) and v2; "
+                         "use layout v5 and update the region's clients", val);
+                return -1;
+            } else {
                 bad = 1;
+            }
         } else if (!strcasecmp(name, "format")) {
             if (!strcasecmp(val, "auto"))
                 cfg->format = DRV_FORMAT_AUTO;
@@ -162,8 +204,8 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
         }
     }
     if (!cfg->path[0]) {
-        snprintf(err, errlen, "the 'path' argument is required (a file, /dev/uioN or a "
-                 "sysfs resource2)");
+        snprintf(err, errlen, "the 'path' argument is required (a file, /dev/uioN, a "
+                 "sysfs resource2, or a directory of segment files)");
         return -1;
     }
     return 0;
@@ -217,8 +259,9 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
              STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
              STAT_GET(st, protocol_errors);
-    RedisModule_ReplyWithMap(ctx, 23);
+    RedisModule_ReplyWithMap(ctx, 24);
     reply_u64(ctx, "channel", c);
+    reply_u64(ctx, "group", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.chan_group[c] : 0);
     reply_str(ctx, "state", state);
     reply_str(ctx, "token", tok);
     reply_u64(ctx, "requests", STAT_GET(st, requests));
@@ -281,10 +324,13 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 14);
-    reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v4" : "v2");
+    RedisModule_ReplyWithMap(ctx, 17);
+    reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
+    reply_str(ctx, "region", s->region.kind);
     reply_u64(ctx, "map_size", s->region.size);
+    reply_u64(ctx, "group_count", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.group_count : 0);
+    reply_u64(ctx, "segment_align", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.segment_align : 0);
     reply_str(ctx, "epoch", epoch);
     reply_str(ctx, "server_state", server_state_name(state));
     reply_u64(ctx, "heartbeat", hb);
@@ -433,9 +479,12 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)
         goto fail_region;
     drv_region_running(s);
-    RedisModule_Log(ctx, "notice", DRV_NAME ": serving %s (%s, layout v%d, %u %s, %" PRIu64
-                    " bytes mapped, %s), epoch %016" PRIx64, s->cfg.path, s->region.kind,
-                    s->cfg.layout, s->nchan, s->cfg.layout == CXL_LAYOUT_VERSION ? "channels" : "rings",
+    RedisModule_Log(ctx, "notice", DRV_NAME ": serving %s (%s, layout v%d, %u %s in %u "
+                    "group%s, %" PRIu64 " bytes of address range, %s), epoch %016" PRIx64,
+                    s->cfg.path, s->region.kind, s->cfg.layout, s->nchan,
+                    s->cfg.layout == CXL_LAYOUT_VERSION ? "channels" : "rings",
+                    s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.group_count : 1,
+                    s->cfg.layout == CXL_LAYOUT_VERSION && s->geo.group_count != 1 ? "s" : "",
                     s->region.size, s->formatted ? "formatted" : "reused", s->epoch);
     return REDISMODULE_OK;
 

@@ -133,7 +133,7 @@ static void handle_resets(struct drv_server *s)
         if (!bc)
             continue;
         if (s->cfg.layout == CXL_LAYOUT_VERSION)
-            drv_v3_reset(s, c);
+            drv_v5_reset(s, c);
         else
             drv_v2_reset(s, c);
         s->reset_bc[c] = NULL;
@@ -168,13 +168,13 @@ static void *poll_main(void *arg)
         now = cxl_now_ns();
         if (now >= next_housekeeping) {
             if (s->cfg.layout == CXL_LAYOUT_VERSION)
-                drv_v3_housekeeping(s, now);
+                drv_v5_housekeeping(s, now);
             next_housekeeping = now + HOUSEKEEPING_NS;
         }
         handle_resets(s);
         maybe_wake(s, &unflushed, now);
 
-        ready = s->cfg.layout == CXL_LAYOUT_VERSION ? drv_v3_scan(s, now) : drv_v2_scan(s);
+        ready = s->cfg.layout == CXL_LAYOUT_VERSION ? drv_v5_scan(s, now) : drv_v2_scan(s);
         if (ready) {
             if (gil_lock(s) < 0)
                 break;
@@ -186,7 +186,7 @@ static void *poll_main(void *arg)
             }
             drv_exec_begin_batch(&s->exec);
             done = s->cfg.layout == CXL_LAYOUT_VERSION
-                 ? drv_v3_process(s, s->cfg.batch, now + DRV_BATCH_NS)
+                 ? drv_v5_process(s, s->cfg.batch, now + DRV_BATCH_NS)
                  : drv_v2_process(s, s->cfg.batch, now + DRV_BATCH_NS);
             if (s->exec.writes)
                 unflushed = 1;

@@ -3,6 +3,11 @@
  * format it, reuse it, or refuse it (docs/ring-protocol.md section 7,
  * driver argument `format`).
  *
+ * The region is one file or device (security off, and layout v2), or a
+ * directory of segment files (docs/ring-protocol.md section 2): header and
+ * server-* mapped read-write, client-* read-only, so that the server cannot
+ * write a client segment even by mistake (cxl_region_map_dir, ring/src/ring.c).
+ *
  *   format auto    all zeros -> format; header equal to our configuration ->
  *                  reuse; anything else -> refuse, saying what differs
  *   format always  format whatever is there
@@ -14,6 +19,7 @@
  */
 #include "driver.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,9 +33,15 @@ static const char *format_name(int f)
     return f == DRV_FORMAT_ALWAYS ? "always" : f == DRV_FORMAT_NEVER ? "never" : "auto";
 }
 
-/* ---- Layout v3 ---------------------------------------------------------- */
+/* ---- Layout 5 ----------------------------------------------------------- */
 
-static void v3_format(struct drv_server *s)
+/*
+ * Format: the header and every server section's control page are ours to
+ * zero; the client sections are not (protocol rule 1: the server never writes
+ * a client segment). A claim left there is retired instead: dead_token :=
+ * claim_token, so its holder must claim again (docs/ring-protocol.md 7).
+ */
+static void v5_format(struct drv_server *s)
 {
     struct cxl_shm_header *h = s->khdr;
     uint32_t c;
@@ -38,30 +50,56 @@ static void v3_format(struct drv_server *s)
     cxl_store_release64((volatile uint64_t *)(void *)h->magic, 0);
     memset((uint8_t *)h + CXL_MAGIC_LEN, 0, CXL_HEADER_SIZE - CXL_MAGIC_LEN);
     for (c = 0; c < s->geo.channel_count; c++) {
+        struct cxl_shm_client_ctl *kclient = cxl_client_ctl(s->region.base, &s->geo, c);
+        struct cxl_shm_server_ctl *kserver = cxl_server_ctl(s->region.base, &s->geo, c);
+        /* S1' pairs with a claimer's S1 (a client of the previous format). */
+        uint64_t claim = cxl_load_acquire64(&kclient->claim_token);
+
         /* control pages only: ring data needs no zeroing (and stays sparse) */
-        memset(cxl_client_ctl(s->region.base, &s->geo, c), 0, CXL_CONTROL_SIZE);
-        memset(cxl_server_ctl(s->region.base, &s->geo, c), 0, CXL_CONTROL_SIZE);
+        memset(kserver, 0, CXL_CONTROL_SIZE);
+        if (claim)
+            cxl_store_relaxed64(&kserver->dead_token, claim);
     }
     cxl_header_write_geometry(h, &s->geo);
     cxl_store_relaxed32(&h->server_state, CXL_SERVER_STARTING);
     /* F1 pairs with the readers' F2: a reader that sees the magic sees the whole
-     * geometry and the zeroed control pages written above. */
+     * geometry, the segment table and the server control pages written above. */
     cxl_header_publish_magic(h);
     s->formatted = 1;
+}
+
+/* "4,2": the channels of each group. */
+static void groups_text(const struct cxl_geometry *g, char *out, size_t outlen)
+{
+    size_t n = 0;
+    uint32_t k;
+
+    out[0] = 0;
+    for (k = 0; k < g->group_count && n < outlen; k++)
+        n += (size_t)snprintf(out + n, outlen - n, "%s%u", k ? "," : "",
+                              (unsigned)g->seg[cxl_client_segment(k)].channel_count);
 }
 
 /* Name every field in which the region's header differs from our configuration. */
 static void describe_diff(const struct cxl_geometry *have, const struct cxl_geometry *want,
                           char *out, size_t outlen)
 {
+    char hg[160], wg[160];
     size_t n = 0;
 
+    out[0] = 0;
 #define DIFF(field, arg) \
     if (have->field != want->field && n < outlen) \
         n += (size_t)snprintf(out + n, outlen - n, "%s%s %u (configured %u)", \
                               n ? ", " : "", arg, (unsigned)have->field, \
                               (unsigned)want->field);
     DIFF(channel_count, "channels");
+    groups_text(have, hg, sizeof(hg));
+    groups_text(want, wg, sizeof(wg));
+    if (strcmp(hg, wg) && n < outlen)
+        n += (size_t)snprintf(out + n, outlen - n, "%sgroups %s (configured %s)",
+                              n ? ", " : "", hg, wg);
+    DIFF(segment_align, "segment_align");
     DIFF(req_ring_size, "req_ring");
     DIFF(resp_ring_size, "resp_ring");
     DIFF(max_value_size, "max_value");
@@ -70,6 +108,36 @@ static void describe_diff(const struct cxl_geometry *have, const struct cxl_geom
 #undef DIFF
     if (!n)
         snprintf(out, outlen, "region_size");
+}
+
+/* A header of layout 3 or 4 (one block per channel, before segments): say what to do. */
+static const char *earlier_layout_hint(const struct cxl_shm_header *h)
+{
+    uint64_t magic, want;
+    uint32_t version;
+
+    memcpy(&want, CXL_MAGIC, CXL_MAGIC_LEN);
+    magic = cxl_load_acquire64((const volatile uint64_t *)(const void *)h->magic);
+    version = cxl_load_relaxed32(&h->version);
+    if (magic != want || (version != 3 && version != 4))
+        return "";
+    return "; layout 4 is no longer served: this build speaks layout 5 (segments, "
+           "docs/ring-protocol.md section 2), so reformat the region and update its clients";
+}
+
+/* A directory of symlinks: a guest's view of the segment devices granted to it. */
+static int holds_symlinks(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+
+    if (!d)
+        return 0;
+    while (!found && (e = readdir(d)))
+        found = e->d_type == DT_LNK;
+    closedir(d);
+    return found;
 }
 
 /*
@@ -96,7 +164,7 @@ static int another_server_alive(struct drv_server *s)
 }
 
 /* Reuse: retire every session of the previous server instance. */
-static void v3_retire_all(struct drv_server *s)
+static void v5_retire_all(struct drv_server *s)
 {
     uint32_t c;
 
@@ -114,16 +182,19 @@ static void v3_retire_all(struct drv_server *s)
     }
 }
 
-static int v3_open(struct drv_server *s, char *err, size_t errlen)
+static int v5_open(struct drv_server *s, char *err, size_t errlen)
 {
     struct cxl_geometry found;
     char why[DRV_ERRLEN];
     int rc;
 
     s->khdr = s->region.base;
-    rc = cxl_header_read(s->khdr, s->region.size, &found, why, sizeof(why));
+    /* A directory's segments were placed by our configuration: a header that describes
+     * another layout is named as a difference below, not as a short mapping. */
+    rc = cxl_header_read(s->khdr, s->region.is_dir ? 0 : s->region.size, &found, why,
+                         sizeof(why));
     if (s->cfg.format == DRV_FORMAT_ALWAYS || (s->cfg.format == DRV_FORMAT_AUTO && rc == 1)) {
-        v3_format(s);
+        v5_format(s);
         return 0;
     }
     if (rc == 1) {
@@ -131,8 +202,9 @@ static int v3_open(struct drv_server *s, char *err, size_t errlen)
         return -1;
     }
     if (rc < 0) {
-        snprintf(err, errlen, "refusing region %s: %s (format %s; format always "
-                 "reformats it)", s->cfg.path, why, format_name(s->cfg.format));
+        snprintf(err, errlen, "refusing region %s: %s%s (format %s; format always "
+                 "reformats it)", s->cfg.path, why, earlier_layout_hint(s->khdr),
+                 format_name(s->cfg.format));
         return -1;
     }
     if (!cxl_geometry_equal(&found, &s->geo)) {
@@ -153,7 +225,7 @@ static int v3_open(struct drv_server *s, char *err, size_t errlen)
     /* L1 (STARTING) pairs with L2 and with acquire loads of server_state: a reader that
      * sees STARTING sees epoch 0, never the previous run's epoch beside the new state. */
     cxl_store_release32(&s->khdr->server_state, CXL_SERVER_STARTING);
-    v3_retire_all(s);
+    v5_retire_all(s);
     return 0;
 }
 
@@ -188,6 +260,7 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
     struct drv_config *cfg = &s->cfg;
     uint64_t need, create = 0;
     struct stat st;
+    int directory = cxl_region_is_dir(cfg->path);
 
     if (cfg->layout == CXL_LAYOUT_VERSION) {
         if (cxl_geometry_from_params(&cfg->params, &s->geo, err, errlen) < 0)
@@ -196,18 +269,36 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
     } else {
         need = drv_v2_layout_size(cfg->v2_rings, cfg->v2_slots);
     }
-    /* A new (absent or empty) file is created at the layout's size, or map_size. */
-    if (stat(cfg->path, &st) < 0 ? errno == ENOENT : (S_ISREG(st.st_mode) && st.st_size == 0))
-        create = cfg->map_size > need ? cfg->map_size : need;
-    if (cxl_region_map(cfg->path, cfg->map_size, create, &s->region, err, errlen) < 0)
-        return -1;
-    if (s->region.size < need) {
-        snprintf(err, errlen, "region %s maps %" PRIu64 " bytes; the configured layout needs "
-                 "%" PRIu64, cfg->path, s->region.size, need);
-        cxl_region_unmap(&s->region);
-        return -1;
+    if (directory) {
+        if (cfg->layout != CXL_LAYOUT_VERSION) {
+            snprintf(err, errlen, "region %s is a directory of segment files, which only "
+                     "layout v%u has; layout v2 needs one file", cfg->path, CXL_LAYOUT_VERSION);
+            return -1;
+        }
+        if (cfg->map_size) {
+            snprintf(err, errlen, "map_size applies to a one-file region; the segments of the "
+                     "directory %s are mapped at their spans: drop map_size", cfg->path);
+            return -1;
+        }
+        /* On one host missing segment files are created; a directory of symlinks is a
+         * guest's view of the devices granted to it, where nothing can be created. */
+        if (cxl_region_map_dir(cfg->path, &s->geo, CXL_ROLE_SERVER,
+                               !holds_symlinks(cfg->path), &s->region, err, errlen) < 0)
+            return -1;
+    } else {
+        /* A new (absent or empty) file is created at the layout's size, or map_size. */
+        if (stat(cfg->path, &st) < 0 ? errno == ENOENT : (S_ISREG(st.st_mode) && st.st_size == 0))
+            create = cfg->map_size > need ? cfg->map_size : need;
+        if (cxl_region_map(cfg->path, cfg->map_size, create, &s->region, err, errlen) < 0)
+            return -1;
+        if (s->region.size < need) {
+            snprintf(err, errlen, "region %s maps %" PRIu64 " bytes; the configured layout "
+                     "needs %" PRIu64, cfg->path, s->region.size, need);
+            cxl_region_unmap(&s->region);
+            return -1;
+        }
     }
-    if ((cfg->layout == CXL_LAYOUT_VERSION ? v3_open(s, err, errlen) : v2_open(s, err, errlen)) < 0) {
+    if ((cfg->layout == CXL_LAYOUT_VERSION ? v5_open(s, err, errlen) : v2_open(s, err, errlen)) < 0) {
         cxl_region_unmap(&s->region);
         return -1;
     }
@@ -227,7 +318,7 @@ void drv_region_running(struct drv_server *s)
     s->epoch = cxl_random_u64();
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
     /* L1 pairs with the client's L2: a client that sees the new epoch also sees every
-     * session of the previous run retired (v3_retire_all) and our pid. */
+     * session of the previous run retired (v5_retire_all) and our pid. */
     cxl_store_release64(&s->khdr->server_epoch, s->epoch);
     /* L1 (RUNNING): a reader that acquires server_state and sees RUNNING sees the new epoch. */
     cxl_store_release32(&s->khdr->server_state, CXL_SERVER_RUNNING);

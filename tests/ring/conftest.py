@@ -1,7 +1,11 @@
 """Fixtures for the cxl_ring driver tests: real redis-server processes with the module.
 
 `ring_servers` hands a test a Cluster (tests/ring/ringharness.py); every server it starts
-is stopped and every /dev/shm region it names is removed, whatever the test's outcome.
+is stopped and every /dev/shm region it names is removed, whatever the test's outcome. Its
+regions are one file by default (CXL_RING_TEST_REGION=directory: directories of segment files);
+a test or module runs in both forms with
+
+    @pytest.mark.parametrize("ring_servers", FORMS, indirect=True)
 """
 
 from __future__ import annotations
@@ -15,7 +19,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from rawpeer import Region  # noqa: E402
-from ringharness import MODULE, MODULE_ASAN, NO_ASAN, REDIS_SERVER, Cluster  # noqa: E402
+from ringharness import (  # noqa: E402
+    DEFAULT_FORM,
+    MODULE,
+    MODULE_ASAN,
+    NO_ASAN,
+    REDIS_SERVER,
+    Cluster,
+)
 
 
 def pytest_report_header(config):
@@ -29,9 +40,10 @@ def _require(path: Path) -> None:
 
 
 @pytest.fixture
-def ring_servers(tmp_path):
+def ring_servers(tmp_path, request):
+    """A Cluster; parametrized indirectly, the parameter is its region form."""
     _require(MODULE)
-    cluster = Cluster(tmp_path)
+    cluster = Cluster(tmp_path, getattr(request, "param", DEFAULT_FORM))
     try:
         yield cluster
     finally:

@@ -3,11 +3,19 @@
 Self-contained on purpose (no dependency on client/cxl_ring): the hostile tests need to
 write arbitrary bytes and indexes, which a well-behaved client library would refuse to do.
 
-Region map (layout version 4, all little-endian):
+Region map (layout version 5, all little-endian): segments grouped by writer (section 2),
 
-    0                      header section, 4096 bytes (server)
-    4096 + c * stride      channel c: client section = control page + request ring
-    ... + client_size      channel c: server section = control page + response ring
+    segment 0       header        4096 bytes used (server); the segment table at 256
+    segment 1 + 2g  client-g      the client sections of group g's channels (its client)
+    segment 2 + 2g  server-g      the server sections of group g's channels (server)
+
+each at offset(k) and spanning span(k) = max(segment_align, pow2ceil(size(k))). Channel c of
+group g: client section at offset(client-g) + (c - first_channel(g)) * client_section_size,
+server section likewise in server-g. A region is one file (security off) or a directory of
+segment files `header`, `client-<g>`, `server-<g>` (Sec-DSM); `Region` opens both, as a
+client does: a directory's header and server-* read-only, client-* read-write where the file
+allows it (else read-only), an absent file unmapped. Touching an unmapped (or, to write, a
+read-only) segment raises PeerError instead of faulting.
 
 Client control page: claim_token@0 client_heartbeat@8 client_pid@16 req_head@64 resp_tail@128
 Server control page: ack_token@0 dead_token@8 chan_state@16 last_error@20 session_gen@24
@@ -24,6 +32,7 @@ stores release). Every wait is bounded.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import random
@@ -32,8 +41,14 @@ import threading
 import time
 
 MAGIC = b"CXLDSMR\0"
+VERSION = 5
 PAGE = 4096
 HDR = 16
+MAX_GROUPS = 32
+MAX_CHANNELS = 256
+SEG_HEADER, SEG_CLIENT, SEG_SERVER = 1, 2, 3
+GROUP_NONE = 0xFFFF
+SEGMENT_TABLE = 256
 
 OP_GET, OP_SET, OP_DEL, OP_CMD, OP_PING = 1, 2, 3, 4, 5
 FLAG_TTL = 1
@@ -42,8 +57,13 @@ ST_BAD_REQUEST, ST_UNKNOWN_OP, ST_PROTOCOL_ERROR, ST_UNKNOWN_OUTCOME = 5, 6, 7, 
 CHAN_FREE, CHAN_ACTIVE, CHAN_QUARANTINED = 0, 1, 2
 SERVER_STOPPED, SERVER_STARTING, SERVER_RUNNING, SERVER_STOPPING = 0, 1, 2, 3
 
-# header geometry, offsets 8..87
-GEOMETRY = struct.Struct("<IIIIQQQQQIIIIII")
+# header geometry, offsets 8..87: version header_size feature_flags channel_count
+# region_size group_count segment_count segment_align reserved client_section_size
+# server_section_size req_ring_size resp_ring_size max_msg_size max_value_size
+# heartbeat_interval_ms client_lease_ms
+GEOMETRY = struct.Struct("<IIIIQIIIIQQIIIIII")
+# segment table entry: offset size span kind reserved group first_channel channel_count
+SEGMENT = struct.Struct("<QQQBBHHH")
 MSG_HEADER = struct.Struct("<IBBHQ")  # len, op/status, flags, argc, id
 
 
@@ -72,49 +92,219 @@ class ServerGone(PeerError):
     pass
 
 
-class Region:
-    """The mapped region file and its validated header."""
+def pow2ceil(n: int) -> int:
+    p = 1
+    while p < n:
+        p <<= 1
+    return p
 
-    def __init__(self, path: str):
-        self.path = path
-        fd = os.open(path, os.O_RDWR)
+
+def segment_name(kind: int, group: int) -> str:
+    return "header" if kind == SEG_HEADER else f"{'client' if kind == SEG_CLIENT else 'server'}-{group}"
+
+
+class Segment:
+    """One entry of the segment table (the layout's placement)."""
+
+    def __init__(self, offset: int, size: int, span: int, kind: int, group: int,
+                 first_channel: int, channel_count: int):
+        self.offset, self.size, self.span = offset, size, span
+        self.kind, self.group = kind, group
+        self.first_channel, self.channel_count = first_channel, channel_count
+
+    @property
+    def name(self) -> str:
+        return segment_name(self.kind, self.group)
+
+    def astuple(self) -> tuple:
+        return (self.offset, self.size, self.span, self.kind, self.group,
+                self.first_channel, self.channel_count)
+
+
+def plan_layout(groups: list[int], req_ring: int, resp_ring: int,
+                segment_align: int = PAGE) -> tuple[list[Segment], int]:
+    """The segments of a region and its region_size (docs/ring-protocol.md section 2)."""
+    segs, off, first = [], 0, 0
+
+    def place(size, kind, group, first_channel, count):
+        nonlocal off
+        span = max(segment_align, pow2ceil(size))
+        segs.append(Segment(off, size, span, kind, group, first_channel, count))
+        off += span
+
+    place(PAGE, SEG_HEADER, GROUP_NONE, 0, 0)
+    for g, n in enumerate(groups):
+        place(n * (PAGE + req_ring), SEG_CLIENT, g, first, n)
+        place(n * (PAGE + resp_ring), SEG_SERVER, g, first, n)
+        first += n
+    return segs, off
+
+
+class Mapping:
+    """One mapped file: a whole one-file region, or one segment file of a directory."""
+
+    def __init__(self, path: str, name: str, offset: int, length: int | None,
+                 writable: bool):
+        self.path, self.name, self.offset, self.writable = path, name, offset, writable
+        self.shadow: bytearray | None = None
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
         try:
-            self.size = os.fstat(fd).st_size
-            self.mm = mmap.mmap(fd, self.size)
+            size = os.fstat(fd).st_size
+            self.length = size if length is None else min(length, size)
+            self.mm = mmap.mmap(fd, self.length,
+                                access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
         finally:
             os.close(fd)
         self.q = memoryview(self.mm).cast("Q")
         self.i = memoryview(self.mm).cast("I")
-        if bytes(self.mm[0:8]) != MAGIC:
-            self.close()
-            raise PeerError(f"{path}: bad magic")
-        (self.version, self.header_size, self.features, self.channel_count, self.region_size,
-         self.table_off, self.stride, self.client_size, self.server_size, self.req_ring_size,
-         self.resp_ring_size, self.max_msg, self.max_value, self.heartbeat_ms,
-         self.lease_ms) = GEOMETRY.unpack_from(self.mm, 8)
-        if self.version != 4 or self.region_size > self.size:
-            self.close()
-            raise PeerError(f"{path}: version {self.version}, region {self.region_size}")
 
     def close(self) -> None:
-        for view in ("q", "i"):
-            if hasattr(self, view):
-                getattr(self, view).release()
-                delattr(self, view)
+        self.q.release()
+        self.i.release()
         self.mm.close()
+
+
+class SegmentedMemory:
+    """Region offsets over the mapped segments: slicing like an mmap, within one segment."""
+
+    def __init__(self, region: Region):
+        self.r = region
+
+    def __getitem__(self, sl: slice) -> bytes:
+        m, lo = self.r.mapping(sl.start, sl.stop - sl.start)
+        return m.mm[lo: lo + sl.stop - sl.start]
+
+    def __setitem__(self, sl: slice, data) -> None:
+        m, lo = self.r.mapping(sl.start, sl.stop - sl.start, write=True)
+        m.mm[lo: lo + sl.stop - sl.start] = data
+        if m.shadow is not None:
+            m.shadow[lo: lo + sl.stop - sl.start] = data
+
+
+class Region:
+    """A mapped layout 5 region (one file, or a directory of segment files) and its header,
+    copied once and checked in full against the layout's rule before anything is trusted."""
+
+    def __init__(self, path: str, journal: bool = False):
+        """journal: keep a copy of every writable mapping as this peer wrote it (`written`),
+        so that a test can tell the bytes it wrote from bytes someone else wrote."""
+        self.path = path
+        self.directory = os.path.isdir(path)
+        self.maps: list[Mapping] = []
+        try:
+            if self.directory:
+                header = Mapping(os.path.join(path, "header"), "header", 0, PAGE, False)
+                self.maps.append(header)
+                raw = bytes(header.mm[:PAGE])
+            else:
+                whole = Mapping(path, "region", 0, None, True)
+                self.maps.append(whole)
+                raw = bytes(whole.mm[:PAGE])
+            self._read_header(raw)
+            if self.directory:
+                for seg in self.segments[1:]:
+                    self._map_segment(seg)
+                self.size = self.region_size
+                self.mm = SegmentedMemory(self)
+            else:
+                self.size = self.maps[0].length
+                if self.region_size > self.size:
+                    raise PeerError(f"{path}: region_size {self.region_size} > {self.size} "
+                                    "bytes mapped")
+                self.mm = SegmentedMemory(self) if journal else self.maps[0].mm
+            if journal:
+                for m in self.maps:
+                    if m.writable:
+                        m.shadow = bytearray(m.mm[:])
+        except BaseException:
+            self.close()
+            raise
+        self._offsets = [m.offset for m in self.maps]
+
+    def written(self, name: str) -> bytes:
+        """journal: segment `name` (or the whole region) as this peer's own writes left it."""
+        return bytes(self.mapped(name).shadow)
+
+    def _read_header(self, raw: bytes) -> None:
+        if raw[0:8] != MAGIC:
+            raise PeerError(f"{self.path}: bad magic")
+        (self.version, self.header_size, self.features, self.channel_count, self.region_size,
+         self.group_count, self.segment_count, self.segment_align, _reserved,
+         self.client_size, self.server_size, self.req_ring_size, self.resp_ring_size,
+         self.max_msg, self.max_value, self.heartbeat_ms,
+         self.lease_ms) = GEOMETRY.unpack_from(raw, 8)
+        if self.version != VERSION or self.header_size != PAGE:
+            raise PeerError(f"{self.path}: layout version {self.version}, not {VERSION}")
+        if not 1 <= self.group_count <= MAX_GROUPS or \
+                self.segment_count != 1 + 2 * self.group_count:
+            raise PeerError(f"{self.path}: {self.group_count} groups, "
+                            f"{self.segment_count} segments")
+        table = [Segment(*SEGMENT.unpack_from(raw, SEGMENT_TABLE + 32 * k)[:4],
+                         *SEGMENT.unpack_from(raw, SEGMENT_TABLE + 32 * k)[5:])
+                 for k in range(self.segment_count)]
+        self.groups = [table[1 + 2 * g].channel_count for g in range(self.group_count)]
+        plan, size = plan_layout(self.groups, self.req_ring_size, self.resp_ring_size,
+                                 self.segment_align)
+        if [s.astuple() for s in table] != [s.astuple() for s in plan] or \
+                size != self.region_size or sum(self.groups) != self.channel_count or \
+                self.client_size != PAGE + self.req_ring_size or \
+                self.server_size != PAGE + self.resp_ring_size:
+            raise PeerError(f"{self.path}: layout mismatch (the segment table is not the "
+                            "layout's)")
+        self.segments = table
+
+    def _map_segment(self, seg: Segment) -> None:
+        """A client's view: client-* read-write where allowed, the rest read-only."""
+        path = os.path.join(self.path, seg.name)
+        if not os.path.exists(path):
+            return                                   # not granted: stays unmapped
+        writable = seg.kind == SEG_CLIENT and os.access(path, os.W_OK)
+        m = Mapping(path, seg.name, seg.offset, seg.span, writable)
+        if m.length < seg.size:
+            m.close()
+            raise PeerError(f"{path} is {m.length} bytes; {seg.name} needs {seg.size}")
+        self.maps.append(m)
+
+    def close(self) -> None:
+        for m in self.maps:
+            m.close()
+        self.maps = []
+
+    def mapping(self, off: int, n: int = 8, write: bool = False) -> tuple[Mapping, int]:
+        """The mapping holding region bytes [off, off + n) and the offset in it."""
+        i = bisect.bisect_right(self._offsets, off) - 1
+        if i >= 0:
+            m = self.maps[i]
+            lo = off - m.offset
+            if lo + n <= m.length:
+                if write and not m.writable:
+                    raise PeerError(f"segment {m.name} is mapped read-only (offset {off})")
+                return m, lo
+        raise PeerError(f"region offset {off}+{n} is in no mapped segment")
+
+    def mapped(self, name: str) -> Mapping | None:
+        return next((m for m in self.maps if m.name in (name, "region")), None)
 
     # one aligned access each
     def u64(self, off: int) -> int:
-        return self.q[off // 8]
+        m, lo = self.mapping(off)
+        return m.q[lo // 8]
 
     def put_u64(self, off: int, value: int) -> None:
-        self.q[off // 8] = value & 0xFFFFFFFFFFFFFFFF
+        m, lo = self.mapping(off, write=True)
+        m.q[lo // 8] = value & 0xFFFFFFFFFFFFFFFF
+        if m.shadow is not None:
+            struct.pack_into("<Q", m.shadow, lo, value & 0xFFFFFFFFFFFFFFFF)
 
     def u32(self, off: int) -> int:
-        return self.i[off // 4]
+        m, lo = self.mapping(off, 4)
+        return m.i[lo // 4]
 
     def put_u32(self, off: int, value: int) -> None:
-        self.i[off // 4] = value & 0xFFFFFFFF
+        m, lo = self.mapping(off, 4, write=True)
+        m.i[lo // 4] = value & 0xFFFFFFFF
+        if m.shadow is not None:
+            struct.pack_into("<I", m.shadow, lo, value & 0xFFFFFFFF)
 
     @property
     def epoch(self) -> int:
@@ -132,11 +322,20 @@ class Region:
     def server_pid(self) -> int:
         return self.u32(148)
 
+    def group_of(self, chan: int) -> int:
+        for g in range(self.group_count):
+            seg = self.segments[1 + 2 * g]
+            if chan < seg.first_channel + seg.channel_count:
+                return g
+        raise PeerError(f"channel {chan} is not in the region ({self.channel_count} channels)")
+
     def client_off(self, chan: int) -> int:
-        return self.table_off + chan * self.stride
+        seg = self.segments[1 + 2 * self.group_of(chan)]
+        return seg.offset + (chan - seg.first_channel) * self.client_size
 
     def server_off(self, chan: int) -> int:
-        return self.client_off(chan) + self.client_size
+        seg = self.segments[2 + 2 * self.group_of(chan)]
+        return seg.offset + (chan - seg.first_channel) * self.server_size
 
     def channel(self, chan: int) -> Channel:
         return Channel(self, chan)

@@ -2,8 +2,11 @@
 
 Each server gets a unique unix socket and a free TCP port on 127.0.0.1, its own working
 directory, `--save '' --appendonly no` unless a test asks otherwise, and a unique region
-`/dev/shm/cxltest-<pid>-<n>`. `Cluster.close()` stops every process it started and removes
-every region it named; the `ring_servers` fixture calls it whatever happens.
+`/dev/shm/cxltest-<pid>-<n>`: one file (security off), or a directory `...-<n>.d` in which the
+driver creates the segment files (Sec-DSM, docs/ring-protocol.md section 2). A Cluster's
+`form` picks which (FILE or DIRECTORY; CXL_RING_TEST_REGION=directory makes it the default).
+`Cluster.close()` stops every process it started and removes every region it named; the
+`ring_servers` fixture calls it whatever happens.
 """
 
 from __future__ import annotations
@@ -57,9 +60,26 @@ def wait_for(predicate, what: str, timeout: float = HANG_S):
 
 _names = itertools.count()
 
+FILE, DIRECTORY = "file", "directory"
+FORMS = (FILE, DIRECTORY)
+DEFAULT_FORM = os.environ.get("CXL_RING_TEST_REGION", FILE)
 
-def region_name() -> str:
-    return f"/dev/shm/cxltest-{os.getpid()}-{next(_names)}"
+
+def region_name(form: str = FILE) -> str:
+    """A fresh region path; a directory region's directory exists (the driver fills it)."""
+    path = f"/dev/shm/cxltest-{os.getpid()}-{next(_names)}"
+    if form == DIRECTORY:
+        path += ".d"
+        os.mkdir(path, 0o750)
+    return path
+
+
+def remove_region(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def free_port() -> int:
@@ -200,13 +220,20 @@ def pairs(raw) -> dict:
 class Cluster:
     """Everything one test started: servers and regions, all cleaned up by close()."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, form: str = DEFAULT_FORM):
         self.workdir = workdir
+        self.form = form
         self.servers: list[RedisRing] = []
         self.regions: list[str] = []
 
-    def region(self) -> str:
-        path = region_name()
+    def region(self, form: str | None = None) -> str:
+        """A new region path of this cluster's form (or `form`), removed by close()."""
+        path = region_name(form or self.form)
+        self.regions.append(path)
+        return path
+
+    def keep(self, path: str) -> str:
+        """Remove `path` (a file, a directory, a symlink) at close() too."""
         self.regions.append(path)
         return path
 
@@ -228,6 +255,5 @@ class Cluster:
             except Exception:  # noqa: BLE001 - cleanup goes on
                 if srv.proc:
                     srv.proc.kill()
-        for path in self.regions:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        for path in reversed(self.regions):
+            remove_region(path)

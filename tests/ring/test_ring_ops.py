@@ -1,4 +1,5 @@
-"""Round trips of every op through a real redis-server, and the keyspace seen over TCP."""
+"""Round trips of every op through a real redis-server, and the keyspace seen over TCP, with
+the region as one file and as a directory of segment files."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from rawpeer import (
     ST_TOO_LARGE,
     Region,
 )
+from ringharness import FORMS
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60),
+              pytest.mark.parametrize("ring_servers", FORMS, indirect=True)]
 
 
 @pytest.fixture
@@ -119,6 +122,9 @@ def test_info_counts(chan, server):
     assert info["state"] == "active"
     assert info["requests"] >= 2 and info["not_found"] >= 1
     top = server.info()
-    assert top["layout"] == "v4" and top["server_state"] == "running"
+    assert top["layout"] == "v5" and top["server_state"] == "running"
+    assert top["region"] == ("dir" if chan.r.directory else "file")
+    assert top["group_count"] == 1 and top["segment_align"] == 4096
     assert int(top["epoch"]) == chan.r.epoch != 0
     assert len(top["channels"]) == 4
+    assert [c["group"] for c in top["channels"]] == [0, 0, 0, 0]
