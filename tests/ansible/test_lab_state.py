@@ -1,14 +1,19 @@
 """state: absent for real: site.yml --tags regions on a lab of its own (labrun.py).
 
-The lab is the default one renamed, with a second region no VM maps. Marking that
-region absent removes its file and nothing else, a second run changes nothing, and
-marking absent a region that a present VM still maps is refused before any change,
-with the fix. The resolved description (lab.json) follows each run.
+The lab is the default one renamed (cxl0 secdsm: a directory of segment files; cxl1
+off: one file), with small rings so that the regions are small, and a third region no
+VM maps (secdsm). Marking that region absent removes its directory and nothing else, a
+second run changes nothing, and marking absent a region that a present VM still maps is
+refused before any change, with the fix. The resolved description (lab.json) follows
+each run.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -16,19 +21,34 @@ import pytest
 from labrun import make_lab, recap, run, write_lab
 
 LAB_NAME = "cxltest-state"
-FILES = {name: Path(f"/dev/shm/{LAB_NAME}-{name}") for name in ("cxl0", "cxl1")}
+FILES = {name: Path(f"/dev/shm/{LAB_NAME}-{name}") for name in ("cxl0", "cxl1", "cxl2")}
+# 4 KiB rings: a group of 8 channels is 64 KiB per segment.
+SEGMENTS = {"header": 4096, "client-0": 64 << 10, "server-0": 64 << 10}
+
+
+def remove(path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture
 def lab(tmp_path):
     variables = make_lab(tmp_path, LAB_NAME, 2932)
+    variables["cxl_lab"]["services"] = {"ring": {"req_ring": 4096, "resp_ring": 4096}}
     regions = variables["cxl_lab"]["regions"]
-    regions[0]["size_mib"] = 4
-    regions.append(dict(regions[0], name="cxl1"))
+    for region in regions:
+        region["size_mib"] = 4
+    regions.append(dict(regions[0], name="cxl2"))
     write_lab(tmp_path, variables)
     yield tmp_path, variables
     for path in FILES.values():
-        path.unlink(missing_ok=True)
+        remove(path)
+
+
+def segment_sizes(path):
+    return {entry.name: entry.stat().st_size for entry in os.scandir(path)}
 
 
 def regions_run(workdir):
@@ -43,17 +63,23 @@ def test_absent_region_is_removed_and_the_rest_stays(lab):
     workdir, variables = lab
     first = regions_run(workdir)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert all(path.stat().st_size == 4 << 20 for path in FILES.values())
+    # cxl0: two groups (vm2, vm3); cxl2: one default group, no VM maps it.
+    assert segment_sizes(FILES["cxl0"]) == dict(SEGMENTS, **{"client-1": 64 << 10,
+                                                              "server-1": 64 << 10})
+    assert segment_sizes(FILES["cxl2"]) == SEGMENTS
+    assert stat.S_IMODE(FILES["cxl0"].stat().st_mode) == 0o750
+    assert FILES["cxl1"].is_file() and FILES["cxl1"].stat().st_size == 4 << 20
 
-    variables["cxl_lab"]["regions"][1]["state"] = "absent"
+    variables["cxl_lab"]["regions"][2]["state"] = "absent"
     write_lab(workdir, variables)
     second = regions_run(workdir)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    assert not FILES["cxl1"].exists()
-    assert FILES["cxl0"].stat().st_size == 4 << 20
+    assert not FILES["cxl2"].exists()
+    assert len(segment_sizes(FILES["cxl0"])) == 5
+    assert FILES["cxl1"].stat().st_size == 4 << 20
     lab_json = resolved(workdir)
-    assert [r["name"] for r in lab_json["regions"]] == ["cxl0"]
-    assert [r["name"] for r in lab_json["absent_regions"]] == ["cxl1"]
+    assert [r["name"] for r in lab_json["regions"]] == ["cxl0", "cxl1"]
+    assert [r["name"] for r in lab_json["absent_regions"]] == ["cxl2"]
 
     third = regions_run(workdir)
     assert third.returncode == 0, third.stdout[-4000:]

@@ -1,7 +1,8 @@
 """playbooks/teardown.yml for real, on a lab of its own that never touches the default one.
 
-The lab description is the default one renamed (labrun.py): its region file is
-/dev/shm/cxltest-teardown-cxl0, its state and keys live in a temporary directory and
+The lab description is the default one renamed (labrun.py): its regions are the
+segment directory /dev/shm/cxltest-teardown-cxl0 (secdsm) and the file
+/dev/shm/cxltest-teardown-cxl1 (security off), its state and keys live in a temporary directory and
 its VMs have names no other lab uses. Teardown starts libvirt's daemons when they are
 down (a fresh CI run has none), removes what the lab left and, run again, changes
 nothing.
@@ -18,7 +19,8 @@ import pytest
 from labrun import RUN_BOUND, make_lab, recap, run
 
 LAB_NAME = "cxltest-teardown"
-REGION_FILE = Path(f"/dev/shm/{LAB_NAME}-cxl0")
+SEGMENT_DIR = Path(f"/dev/shm/{LAB_NAME}-cxl0")
+REGION_FILE = Path(f"/dev/shm/{LAB_NAME}-cxl1")
 
 
 @pytest.fixture
@@ -27,6 +29,7 @@ def test_lab(tmp_path):
     variables = make_lab(tmp_path, LAB_NAME, 2922)
     yield tmp_path, variables["cxl_lab"]
     REGION_FILE.unlink(missing_ok=True)
+    shutil.rmtree(SEGMENT_DIR, ignore_errors=True)
 
 
 def test_teardown_removes_the_lab_then_changes_nothing(test_lab):
@@ -42,10 +45,12 @@ def test_teardown_removes_the_lab_then_changes_nothing(test_lab):
     controller.mkdir()
     (controller / "id_ed25519").write_text("not a key\n")
     REGION_FILE.write_bytes(b"\0" * 4096)
+    SEGMENT_DIR.mkdir()
+    (SEGMENT_DIR / "header").write_bytes(b"\0" * 4096)
 
     first = run(workdir, "playbooks/teardown.yml")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    assert not REGION_FILE.exists()
+    assert not REGION_FILE.exists() and not SEGMENT_DIR.exists()
     assert not (state / "vms").exists() and not (state / "logs").exists()
     assert not controller.exists()
     assert (state / "images" / "cached.qcow2").exists(), "the image cache must stay"
