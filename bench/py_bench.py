@@ -9,7 +9,11 @@ and TCP. Measured:
   pipeline size (1000) and keys;
 * unpipelined round trip (GET of one existing key): p50/p99 per request, both ways; when the
   optional C core (cxl_ring._speedups) is in use, the pure-Python path too (py_ring_pure_*);
-* redis-benchmark -P 16 GET through ``cxl-ring proxy`` vs the same command on direct TCP.
+* redis-benchmark -P 16 GET through ``cxl-ring proxy`` vs the same command on direct TCP;
+* with ``secdsm_path`` (a Sec-DSM region directory, or a view of one group of it, served by a
+  second server), the ring's pipelined GET and round trip there too, against the same numbers
+  on ``region_path`` (one file, security off): what mapping each segment on its own costs the
+  Python client.
 
 The entry point is ``run(tcp_port=..., region_path=..., quick=...)``: bench/run.py (``make
 bench``) calls exactly that, and it returns the flat dict of results (and writes it to
@@ -18,11 +22,14 @@ bench``) calls exactly that, and it returns the flat dict of results (and writes
     .venv/bin/python bench/py_bench.py --start-server --out /tmp/py_bench.json
     .venv/bin/python bench/py_bench.py --port 6379 --path /dev/shm/cxl0 --out r.json
     .venv/bin/python bench/py_bench.py --start-server --pin --rtt-only   # round trip only
+    .venv/bin/python bench/py_bench.py --start-server --security both --quick   # secdsm vs off
 
 Keys: py_ring_pipe_rps, py_tcp_pipe_rps (GET), py_ring_pipe_set_rps, py_tcp_pipe_set_rps,
 py_ring_rtt_p50_us, py_tcp_rtt_p50_us (and p99), py_ring_pure_rtt_p50_us (and p99; only
 when the C core is in use), proxy_p16_get_rps, tcp_p16_get_rps, the
-ratios py_pipe_ring_vs_tcp and py_rtt_ring_vs_tcp, and py_bench_commands.
+ratios py_pipe_ring_vs_tcp and py_rtt_ring_vs_tcp, and py_bench_commands. With
+``secdsm_path``: py_secdsm_ring_pipe_rps, py_secdsm_ring_rtt_p50_us (and p99) and, as rates
+(higher is better, 1.0 = no cost), py_secdsm_vs_off_pipe and py_secdsm_vs_off_rtt_p50.
 """
 
 from __future__ import annotations
@@ -144,13 +151,33 @@ def _pure_rtt(region_path: str, key: bytes, n: int) -> tuple[float, float]:
         channel.SessionType = saved
 
 
-def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
-        quick: bool = False, rtt_only: bool = False) -> dict[str, Any]:
-    """The entry point: measure everything against a running redis-server with the cxl_ring
-    module (TCP on 127.0.0.1:``tcp_port``, ring region ``region_path``); returns (and with
-    ``out_json`` writes) the keys listed in the module docstring.
+def _secdsm(path: str, keys: list[bytes], total: int, rtt_n: int, rtt_only: bool,
+            res: dict[str, Any]) -> None:
+    """The ring on a Sec-DSM region (directory or view): pipelined GET and the round trip."""
+    with cxl_ring.RingClient(path, timeout=10) as ring:
+        fill = ring.pipeline()
+        for k in keys:
+            fill.set(k, VALUE)
+        fill.execute()
+        if not rtt_only:
+            res["py_secdsm_ring_pipe_rps"] = _pipelined(ring.pipeline, keys, total, "get")
+            res["py_secdsm_vs_off_pipe"] = res["py_secdsm_ring_pipe_rps"] / res[
+                "py_ring_pipe_rps"]
+        res["py_secdsm_ring_rtt_p50_us"], res["py_secdsm_ring_rtt_p99_us"] = _rtt(
+            ring.get, keys[0], rtt_n)
+    res["py_secdsm_vs_off_rtt_p50"] = res["py_ring_rtt_p50_us"] / res[
+        "py_secdsm_ring_rtt_p50_us"]
 
-    rtt_only: only the unpipelined round trips (no pipelines, no proxy)."""
+
+def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
+        quick: bool = False, rtt_only: bool = False,
+        secdsm_path: str | None = None) -> dict[str, Any]:
+    """The entry point: measure everything against a running redis-server with the cxl_ring
+    module (TCP on 127.0.0.1:``tcp_port``, ring region ``region_path``: a file or a region
+    directory); returns (and with ``out_json`` writes) the keys listed in the module docstring.
+
+    rtt_only: only the unpipelined round trips (no pipelines, no proxy).
+    secdsm_path: a Sec-DSM region directory or view (another server's) to compare with."""
     import redis
 
     total = 20_000 if quick else 200_000
@@ -180,6 +207,8 @@ def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
     if channel.SPEEDUPS:
         res["py_ring_pure_rtt_p50_us"], res["py_ring_pure_rtt_p99_us"] = _pure_rtt(
             region_path, keys[0], rtt_n)
+    if secdsm_path:
+        _secdsm(secdsm_path, keys, total, rtt_n, rtt_only, res)
     tcp.close()
     if not rtt_only:
         res["py_pipe_ring_vs_tcp"] = res["py_ring_pipe_rps"] / res["py_tcp_pipe_rps"]
@@ -192,6 +221,9 @@ def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
                      f"64-byte values, 10000 keys",
         "rtt": f"{rtt_n} x get(one key) after 1000 warm-up, p50/p99",
     }
+    if secdsm_path:
+        commands["secdsm"] = (f"the same pipelined GET and rtt on RingClient({secdsm_path!r}) "
+                              f"(Sec-DSM segments), another server")
     if shutil.which("redis-benchmark") and not rtt_only:
         with _proxy(region_path) as (pport, pcmd):
             res["proxy_p16_get_rps"], rb_cmd = _redis_benchmark(pport, rb_n)
@@ -203,7 +235,9 @@ def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
     res["py_bench_env"] = {"python": platform.python_version(),
                            "redis_py": redis.__version__, "hiredis": hiredis_version,
                            "cas_backend": cxl_ring.CAS_BACKEND, "cpus": os.cpu_count(),
-                           "speedups": channel.SPEEDUPS, "quick": quick}
+                           "speedups": channel.SPEEDUPS, "quick": quick,
+                           "region_form": _form(region_path),
+                           "secdsm_path": secdsm_path}
     res["py_targets"] = {"rtt_p50_ring_vs_tcp_le_0.1": res["py_rtt_ring_vs_tcp"] <= 0.1}
     if not rtt_only:
         res["py_targets"]["pipelined_ring_vs_tcp_ge_3x"] = res["py_pipe_ring_vs_tcp"] >= 3.0
@@ -214,19 +248,35 @@ def run(*, tcp_port: int, region_path: str, out_json: str | None = None,
     return res
 
 
+def _form(path: str) -> str:
+    return "secdsm" if os.path.isdir(path) else "off"
+
+
+# A Sec-DSM region of the bench: two groups of 4 channels; the bench is given group 0's view
+# (header, client-0, server-0), as a client VM would be.
+SECDSM_GROUPS = "4,4"
+
+
 @contextlib.contextmanager
-def _own_server(pin: bool = False, redis_server: str = "redis-server"):
+def _own_server(pin: bool = False, redis_server: str = "redis-server",
+                security: str = "off"):
     """``redis_server`` with build/cxl_ring.so; with ``pin``, on the last CPU (poll thread
-    too) while this process moves to CPU 0."""
+    too) while this process moves to CPU 0. ``security="secdsm"``: the region is a directory
+    of segment files (groups SECDSM_GROUPS) and what is yielded is group 0's view of it."""
     module = ROOT / "build" / "cxl_ring.so"
     if not module.exists():
         raise SystemExit(f"{module} does not exist: make build")
     port = _free_port()
-    region = f"/dev/shm/cxl-pybench-{os.getpid()}"
+    region = f"/dev/shm/cxl-pybench-{os.getpid()}-{security}"
+    view = region + "-view"
     tmp = tempfile.mkdtemp(prefix="py-bench-")
     argv = [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", tmp, "--loadmodule", str(module), "path", region,
-            "channels", "8"]
+            "--appendonly", "no", "--dir", tmp, "--loadmodule", str(module), "path", region]
+    if security == "secdsm":
+        os.mkdir(region, 0o700)
+        argv += ["groups", SECDSM_GROUPS]
+    else:
+        argv += ["channels", "8"]
     if pin:
         cpu = max(os.sched_getaffinity(0))
         argv = ["taskset", "-c", str(cpu)] + argv + ["cpu", str(cpu)]
@@ -243,10 +293,16 @@ def _own_server(pin: bool = False, redis_server: str = "redis-server"):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("redis-server with cxl_ring.so did not start") from None
                 time.sleep(0.05)
-        yield port, region
+        if security == "secdsm":
+            yield port, cxl_ring.make_view(region, view, cxl_ring.group_segments(0))
+        else:
+            yield port, region
     finally:
         proc.terminate()
         proc.wait(10)
+        cxl_ring.remove_view(view)
+        if os.path.isdir(region):
+            shutil.rmtree(region, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(region)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -266,13 +322,24 @@ def main() -> int:
                     help="with --start-server: server on the last CPU, this client on the first")
     ap.add_argument("--redis-server", default="redis-server",
                     help="with --start-server: the server binary (default redis-server)")
+    ap.add_argument("--security", choices=("off", "secdsm", "both"), default="off",
+                    help="with --start-server: the region one file (off), a directory of "
+                         "segment files given to the bench as one group's view (secdsm), or "
+                         "both, a server each, compared (default off)")
+    ap.add_argument("--secdsm-path",
+                    help="with --port/--path: a Sec-DSM region directory or view (another "
+                         "server's) to compare with")
     a = ap.parse_args()
     opts = {"out_json": a.out, "quick": a.quick, "rtt_only": a.rtt_only}
-    if a.start_server:
-        with _own_server(a.pin, a.redis_server) as (port, region):
+    if a.start_server and a.security == "both":
+        with _own_server(a.pin, a.redis_server) as (port, region), \
+                _own_server(a.pin, a.redis_server, "secdsm") as (_, view):
+            res = run(tcp_port=port, region_path=region, secdsm_path=view, **opts)
+    elif a.start_server:
+        with _own_server(a.pin, a.redis_server, a.security) as (port, region):
             res = run(tcp_port=port, region_path=region, **opts)
     elif a.port and a.path:
-        res = run(tcp_port=a.port, region_path=a.path, **opts)
+        res = run(tcp_port=a.port, region_path=a.path, secdsm_path=a.secdsm_path, **opts)
     else:
         ap.error("give --port and --path, or --start-server")
     for k, v in res.items():

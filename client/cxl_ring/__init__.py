@@ -1,11 +1,12 @@
 """cxl_ring: a redis-py shaped client for the cxl_ring Redis driver over shared memory.
 
     import cxl_ring
-    with cxl_ring.RingClient("/dev/shm/cxl0") as r:
-        r.set("greeting", "hello")
+    with cxl_ring.RingClient("/dev/cxl/cxl0") as r:     # a region directory (Sec-DSM)
+        r.set("greeting", "hello")                        # or one file: /dev/shm/cxl0
         r.get("greeting")
 
-Layers: protocol (wire format, no I/O), region (mapping), session (claim, lease, liveness),
+Layers: protocol (wire format and layout, no I/O), region (mapping one file or a directory of
+segment files, checked access), session (claim, lease, liveness),
 channel (the rings: framing, publish, consume), backoff (every wait), client (RingClient,
 Pipeline), resp (RESP2), proxy (RESP server), cli (``cxl-ring``); every error is a
 CxlRingError (exceptions).
@@ -30,10 +31,11 @@ from .exceptions import (
     ResponseDecodeError,
     ResponseError,
     RingTimeoutError,
+    SegmentAccessError,
     ServerGoneError,
     UnknownOutcomeError,
 )
-from .region import Region
+from .region import Region, group_segments, make_view, remove_view
 
 __version__ = "0.1.0"
 
@@ -55,9 +57,13 @@ __all__ = [
     "RingClient",
     "RingTimeoutError",
     "SPEEDUPS",
+    "SegmentAccessError",
     "ServerGoneError",
     "Session",
     "UnknownOutcomeError",
     "claim",
+    "group_segments",
+    "make_view",
     "protocol",
+    "remove_view",
 ]

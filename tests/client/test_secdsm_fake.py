@@ -106,9 +106,9 @@ def test_group_full_means_no_channel_not_another_groups(fake_dir):
 def test_view_without_its_server_segment_refuses_to_claim(fake_dir):
     fake, view = fake_dir
     make_view(fake.path, view, ["header", "client-1"])
-    with cxl_ring.RingClient(view, timeout=5) as r:
-        with pytest.raises(SegmentAccessError, match="client-1 rw, server-1 not mapped"):
-            r.ping()
+    with cxl_ring.RingClient(view, timeout=5) as r, \
+            pytest.raises(SegmentAccessError, match="client-1 rw, server-1 not mapped"):
+        r.ping()
 
 
 def test_view_without_header(fake_dir):
