@@ -27,9 +27,11 @@ from rawpeer import (
     ST_UNKNOWN_OUTCOME,
     Region,
 )
-from ringharness import REPO, wait_for
+from ringharness import FORMS, REPO, wait_for
 
-pytestmark = pytest.mark.timeout(90)
+# Liveness lives in the header and the server sections: the same in both region forms.
+pytestmark = [pytest.mark.timeout(90),
+              pytest.mark.parametrize("ring_servers", FORMS, indirect=True)]
 
 SMALL = {"channels": 4, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
 

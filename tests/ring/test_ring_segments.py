@@ -316,3 +316,19 @@ def test_header_geometry_matches_the_arguments(ring_servers, opened):
     fields = GEOMETRY.unpack_from(raw, 8)
     assert fields[:9] == (5, PAGE, 0, 5, plan_layout([2, 3], RING, RING)[1], 2, 5, PAGE, 0)
     assert opened(srv.region).groups == [2, 3]
+
+
+def test_groups_in_a_directory_under_both_builds(ring_servers, module_path, opened):
+    """The plain and the ASan+UBSan builds: format, serve two groups, reuse, stop."""
+    srv = ring_servers.server(GROUPS, region=ring_servers.region(DIRECTORY), module=module_path)
+    region = opened(srv.region)
+    a, b = hold(region, 0), hold(region, 4)
+    for i in range(20):
+        assert a.set(b"a%d" % i, os.urandom(1000)) == (ST_OK, b"")
+        assert b.get(b"a%d" % i)[0] == ST_OK
+    srv.stop()
+    srv.start()
+    assert srv.info()["formatted"] == 0
+    assert srv.stop() == 0
+    log = srv.log_text() + srv.stderr_text()
+    assert "AddressSanitizer" not in log and "runtime error" not in log, log[-4000:]
