@@ -49,7 +49,7 @@ examples:
   cxl-ring set --path /dev/shm/cxl0 greeting hello --ex 60
   cxl-ring cmd --path /dev/shm/cxl0 HSET user:1 name ada
   cxl-ring bench --path /dev/shm/cxl0 --bench 200000 --pipeline --max-inflight 1024
-  cxl-ring proxy --path /dev/shm/cxl0 --listen 127.0.0.1:6380
+  cxl-ring proxy --path /dev/cxl/cxl0 --listen 127.0.0.1:6380
 """
 
 

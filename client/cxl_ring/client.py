@@ -4,7 +4,7 @@ Layers (like redis-py's): protocol.py frames bytes, session.py holds a channel (
 liveness), channel.py/v2.py move bytes through the rings, resp.py decodes CMD replies, and this
 module turns Python arguments into requests and replies into Python values and exceptions.
 
-    with RingClient("/dev/shm/cxl0") as r:
+    with RingClient("/dev/cxl/cxl0") as r:     # a region directory, or one file
         r.set("k", "v", ex=10)
         r.get("k")                       # b"v"
         with r.pipeline() as p:

@@ -1,7 +1,7 @@
 """A RESP2 server that forwards every command over the ring: unmodified Redis clients
 (redis-cli, redis-benchmark, redis-py, applications) talk to the cxl_ring driver.
 
-    cxl-ring proxy --listen 127.0.0.1:6380 --path /dev/shm/cxl0
+    cxl-ring proxy --listen 127.0.0.1:6380 --path /dev/cxl/cxl0   # or a region file
 
 Design: one asyncio event loop and one ring channel. Commands from all connections are
 framed into the request ring as they are parsed (GET, SET [EX|PX], DEL and PING natively,

@@ -7,6 +7,9 @@ import itertools
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cxl_ring
@@ -97,9 +100,6 @@ def drop_dac_override() -> None:
 def run_obeying_file_modes(code: str, timeout: float = 60) -> dict:
     """Run ``code`` (Python; it prints one JSON object last) in a child that cannot open a
     file its mode forbids, even as root; return that object."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO / "client"), str(Path(__file__).resolve().parent)])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -107,3 +107,46 @@ def run_obeying_file_modes(code: str, timeout: float = 60) -> dict:
                        preexec_fn=drop_dac_override if os.geteuid() == 0 else None)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---- the RESP proxy in a child process -------------------------------------------------------
+
+
+class Proxy:
+    """``cxl-ring proxy --path REGION`` in a child process, on a free local port."""
+
+    def __init__(self, region: str) -> None:
+        self.port = free_port()
+        env = {**os.environ, "PYTHONPATH": str(REPO / "client")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cxl_ring.cli", "proxy", "--path", region,
+             "--listen", f"127.0.0.1:{self.port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"proxy did not start: {self.proc.stdout.read()}") from None
+                time.sleep(0.05)
+
+    def client(self, **kw):
+        import redis
+
+        return redis.Redis(port=self.port, socket_timeout=10, **kw)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

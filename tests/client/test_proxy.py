@@ -3,56 +3,18 @@ redis-benchmark, against the real driver (and the fake server for the protocol-l
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from clientutil import REPO, free_port
+from clientutil import Proxy
 
 redis = pytest.importorskip("redis")
 pytestmark = pytest.mark.timeout(120)
-
-
-class Proxy:
-    def __init__(self, region: str) -> None:
-        self.port = free_port()
-        env = {**os.environ, "PYTHONPATH": str(REPO / "client")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cxl_ring.cli", "proxy", "--path", region,
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"proxy did not start: {self.proc.stdout.read()}") from None
-                time.sleep(0.05)
-
-    def client(self, **kw) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=10, **kw)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture(params=["fake", "real"])

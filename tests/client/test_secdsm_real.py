@@ -13,7 +13,7 @@ import threading
 
 import cxl_ring
 import pytest
-from clientutil import run_obeying_file_modes, segment_access
+from clientutil import Proxy, run_obeying_file_modes, segment_access
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import SegmentAccessError
 from cxl_ring.region import group_segments, make_view
@@ -148,6 +148,20 @@ with cxl_ring.RingClient({view!r}, timeout=5) as r:
         for name in os.listdir(view + "-1"):
             os.unlink(os.path.join(view + "-1", name))
         os.rmdir(view + "-1")
+
+
+def test_proxy_on_a_view(secdsm_server, view):
+    """``cxl-ring proxy --path VIEW``: unmodified redis-py through group 1's channels."""
+    pytest.importorskip("redis")
+    make_view(secdsm_server.path, view, group_segments(1))
+    proxy = Proxy(view)
+    try:
+        c = proxy.client()
+        assert c.set("via-proxy", "1") and c.get("via-proxy") == b"1"
+        assert c.incr("n") == 1
+    finally:
+        proxy.stop()
+    assert secdsm_server.redis().get("via-proxy") == b"1"
 
 
 def test_off_single_file_still_works(real_server):
