@@ -1,11 +1,11 @@
 """The attack suite of the lab: an attacker VM (or process) against a region's channels.
 
-    python -m attack run     --view /dev/cxl/cxl0 --mode secdsm --attack read ...   (the attacker)
-    python -m attack honest  --path /dev/cxl/cxl0 --seed S --label L ...            (the honest client)
-    python -m attack watch   --lab .lab/lab.json --nonce N ...                      (the host's check)
-    python -m attack markers --nonce N --mode off                                   (for the server check)
-    python -m attack report  bench/lab/<run>                                        (report.md, report.json)
-    python -m attack local   --config run.json                                      (everything, one host)
+    python -m attack run --view /dev/cxl/cxl0 --mode secdsm --attack read ...  # the attacker
+    python -m attack honest --path /dev/cxl/cxl0 --seed S --label L ...  # the honest client
+    python -m attack watch --lab .lab/lab.json --nonce N ...  # the host's check
+    python -m attack markers --nonce N --mode off  # the injected key, for the server check
+    python -m attack report bench/lab/<run>  # report.md, report.json
+    python -m attack local --config run.json  # everything, on one host
 
 docs/security.md ("The attack suite") tells the story; playbooks/attack.yml runs it in the lab.
 """

@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--nonce", required=True)
     r.add_argument("--attack", required=True)
     r.add_argument("--seconds", type=float, default=5.0)
+    r.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds to wait before attacking (the honest client claims first)",
+    )
     r.add_argument("--group", type=int, help="the attacker's channel group (needed with off)")
     r.add_argument("--out", required=True, help="attacker.json")
     r.add_argument("--loot", help="where to write the bytes read from others (loot.bin)")
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--interval", type=float, default=0.05)
     w.add_argument("--out", required=True)
 
-    m = sub.add_parser("markers", help="the markers of a mode as JSON (inject key for the server check)")
+    m = sub.add_parser(
+        "markers", help="the markers of a mode as JSON (inject key for the server check)"
+    )
     m.add_argument("--nonce", required=True)
     m.add_argument("--mode", required=True, choices=["off", "secdsm"])
 
@@ -58,36 +66,62 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "run":
         from .runner import run
-        res = run(a.view, a.mode, a.nonce, a.attack, a.seconds, a.out, a.loot, a.group,
-                  a.views_dir, a.sysfs, a.devmem)
+
+        res = run(
+            a.view,
+            a.mode,
+            a.nonce,
+            a.attack,
+            a.seconds,
+            a.out,
+            a.loot,
+            a.group,
+            a.views_dir,
+            a.sysfs,
+            a.devmem,
+            a.delay,
+        )
         print(json.dumps({k: res.get(k) for k in ("attack", "mode", "attempted", "error")}))
         return 0
     if a.cmd == "honest":
         from .honest import run as honest
         from .report import phase_seed
+
         mode, attack = a.label.split("/", 1)
-        res = honest(a.path, phase_seed(a.seed, mode, attack), a.count, a.seconds,
-                     a.value_size, a.timeout)
+        res = honest(
+            a.path, phase_seed(a.seed, mode, attack), a.count, a.seconds, a.value_size, a.timeout
+        )
         with open(a.out, "w") as f:
             json.dump(res, f, indent=1)
         print(json.dumps(res))
         return 0
     if a.cmd == "watch":
         from .watch import main as watch_main
+
         return watch_main(a)
     if a.cmd == "markers":
         from .markers import Markers
+
         mk = Markers(a.nonce, a.mode)
-        print(json.dumps({"inject_key": mk.inject_key().decode(),
-                          "markers": [{"attack": x.attack, "name": x.name, "hex": x.value.hex()}
-                                      for x in mk.all()]}))
+        print(
+            json.dumps(
+                {
+                    "inject_key": mk.inject_key().decode(),
+                    "markers": [
+                        {"attack": x.attack, "name": x.name, "hex": x.value.hex()} for x in mk.all()
+                    ],
+                }
+            )
+        )
         return 0
     if a.cmd == "report":
         from .report import markdown, write
+
         sys.stdout.write(markdown(write(a.run_dir)))
         return 0
     if a.cmd == "local":
         from .local import main as local_main
+
         return local_main(a.config)
     return 2
 

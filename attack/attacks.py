@@ -67,14 +67,14 @@ class Loot:
 class Ctx:
     view: View
     mode: str
-    group: int                      # the attacker's own channel group
+    group: int  # the attacker's own channel group
     markers: Markers
     seconds: float
     loot: Loot = field(default_factory=Loot)
-    views_dir: str = "/dev/cxl"     # every region view of this VM (probe: what is "granted")
+    views_dir: str = "/dev/cxl"  # every region view of this VM (probe: what is "granted")
     sysfs: str = "/sys/bus/pci/devices"
     devmem: str = "/dev/mem"
-    attempted: int = 0              # forged writes issued (stores through a writable mapping)
+    attempted: int = 0  # forged writes issued (stores through a writable mapping)
     notes: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
 
@@ -86,8 +86,11 @@ class Ctx:
         return time.monotonic() + self.seconds
 
     def foreign_groups(self) -> list[int]:
-        return [s.group for s in self.header.segments
-                if s.kind == L.KIND_CLIENT and s.group != self.group]
+        return [
+            s.group
+            for s in self.header.segments
+            if s.kind == L.KIND_CLIENT and s.group != self.group
+        ]
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -181,8 +184,9 @@ def attack_inject(ctx: Ctx) -> None:
                 sseg, soff = h.server_section(ch)
                 gen = v.u32(sseg, soff + L.OFF_SESSION_GEN) or 0
                 head = v.u64(cseg, coff + L.OFF_REQ_HEAD) or 0
-                msg = L.encode_request(L.OP_SET, [key, ctx.markers.raw("inject-value", 16)],
-                                       (gen << 32) | 0xFFFFFF00)
+                msg = L.encode_request(
+                    L.OP_SET, [key, ctx.markers.raw("inject-value", 16)], (gen << 32) | 0xFFFFFF00
+                )
                 if ring_write(v, cseg, coff + L.CONTROL_SIZE, h.req_ring_size, head, msg):
                     v.put_u64(cseg, coff + L.OFF_REQ_HEAD, head + len(msg))
                     ctx.attempted += 1
@@ -333,7 +337,7 @@ def _dump_file(ctx: Ctx, path: str, size: int, offset: int = 0) -> str:
         with mm:
             got = 0
             for off in range(0, min(n, 64 << 20), 4096):
-                page = mm[off:off + 4096]
+                page = mm[off : off + 4096]
                 if page.strip(b"\0"):
                     ctx.loot.add(path, page)
                     got += 1
@@ -367,7 +371,11 @@ def attack_probe(ctx: Ctx) -> None:
             start, stop, _flags = (int(x, 16) for x in line.split())
             if stop:
                 bars.append((i, start, stop - start + 1))
-        entry = {"device": d, "config_bytes": len(config), "bars": [[i, hex(s), n] for i, s, n in bars]}
+        entry = {
+            "device": d,
+            "config_bytes": len(config),
+            "bars": [[i, hex(s), n] for i, s, n in bars],
+        }
         for i, start, n in bars:
             res = os.path.realpath(f"{base}/resource{i}")
             if i != 2:
@@ -380,10 +388,11 @@ def attack_probe(ctx: Ctx) -> None:
             ctx.details.setdefault("ungranted_devices", []).append(d)
         found.append(entry)
     ctx.details["ivshmem_devices"] = found
-    # The view's files are links (sysfs resource files, or host files on one host): try the
-    # other files next to their targets.
+    # A secdsm view's files are links (sysfs resource files in a guest, the region's own
+    # files on one host): try the other files next to their targets. (An off view maps the
+    # whole region already.)
     tried = {}
-    for src in sorted(ctx.view.sources()):
+    for src in sorted(ctx.view.sources()) if ctx.view.form == "dir" else []:
         folder = os.path.dirname(src)
         try:
             names = os.listdir(folder)
@@ -464,13 +473,24 @@ class RawChannel:
                 continue
             if head - self.tail > self.h.resp_ring_size:
                 break
-            hdr = ring_read(self.v, self.sseg, self.soff + L.CONTROL_SIZE, self.h.resp_ring_size,
-                            self.tail, 16)
+            hdr = ring_read(
+                self.v, self.sseg, self.soff + L.CONTROL_SIZE, self.h.resp_ring_size, self.tail, 16
+            )
             n, status, _f, _a, rid = L.MSG_HEADER.unpack(hdr)
             if n < 16 or n > head - self.tail:
                 break
-            body = ring_read(self.v, self.sseg, self.soff + L.CONTROL_SIZE, self.h.resp_ring_size,
-                             self.tail + 16, n - 16) if n > 16 else b""
+            body = (
+                ring_read(
+                    self.v,
+                    self.sseg,
+                    self.soff + L.CONTROL_SIZE,
+                    self.h.resp_ring_size,
+                    self.tail + 16,
+                    n - 16,
+                )
+                if n > 16
+                else b""
+            )
             self.tail += L.align8(n)
             self.v.put_u64(self.cseg, self.coff + L.OFF_RESP_TAIL, self.tail)
             out.append((status, rid, body or b""))
@@ -505,11 +525,18 @@ def attack_hostile(ctx: Ctx) -> None:
             time.sleep(0.2)
             continue
         c.request(L.OP_PING, [], 1)
-        c.request(99, [b"x"], 2)                               # unknown op
-        c.request(L.OP_GET, [b"a", b"b"], 3)                   # bad argc for GET
-        c.request(L.OP_SET, [b"k"], 4, argc=7)                 # argc lies
-        for i, argv in enumerate(([b"MULTI"], [b"CLIENT", b"LIST"], [b"DEBUG", b"SLEEP", b"0"],
-                                  [b"SHUTDOWN", b"NOSAVE"], [b"CONFIG", b"SET", b"maxmemory", b"1"])):
+        c.request(99, [b"x"], 2)  # unknown op
+        c.request(L.OP_GET, [b"a", b"b"], 3)  # bad argc for GET
+        c.request(L.OP_SET, [b"k"], 4, argc=7)  # argc lies
+        for i, argv in enumerate(
+            (
+                [b"MULTI"],
+                [b"CLIENT", b"LIST"],
+                [b"DEBUG", b"SLEEP", b"0"],
+                [b"SHUTDOWN", b"NOSAVE"],
+                [b"CONFIG", b"SET", b"maxmemory", b"1"],
+            )
+        ):
             c.request(L.OP_CMD, argv, 10 + i)
         step(f"answered {len(c.responses(9))}/9 malformed and refused requests")
         # Double fetch: publish a SET, then keep flipping its length and argc while the
@@ -520,7 +547,9 @@ def attack_hostile(ctx: Ctx) -> None:
         while time.monotonic() < flip_end:
             ring_write(v, seg, data, ctx.header.req_ring_size, pos, struct.pack("<I", 0xFFFFFFF0))
             ring_write(v, seg, data, ctx.header.req_ring_size, pos + 6, struct.pack("<H", 999))
-            ring_write(v, seg, data, ctx.header.req_ring_size, pos, struct.pack("<I", 16 + 8 + 9 + 64))
+            ring_write(
+                v, seg, data, ctx.header.req_ring_size, pos, struct.pack("<I", 16 + 8 + 9 + 64)
+            )
             ring_write(v, seg, data, ctx.header.req_ring_size, pos + 6, struct.pack("<H", 2))
         c.responses(1, 0.5)
         step("double fetch")

@@ -30,7 +30,13 @@ KIND_NAMES = {KIND_HEADER: "header", KIND_CLIENT: "client", KIND_SERVER: "server
 # Header liveness line.
 OFF_SERVER_EPOCH, OFF_SERVER_HEARTBEAT, OFF_SERVER_STATE = 128, 136, 144
 # Client section control page.
-OFF_CLAIM_TOKEN, OFF_CLIENT_HEARTBEAT, OFF_CLIENT_PID, OFF_REQ_HEAD, OFF_RESP_TAIL = 0, 8, 16, 64, 128
+OFF_CLAIM_TOKEN, OFF_CLIENT_HEARTBEAT, OFF_CLIENT_PID, OFF_REQ_HEAD, OFF_RESP_TAIL = (
+    0,
+    8,
+    16,
+    64,
+    128,
+)
 # Server section control page.
 OFF_ACK_TOKEN, OFF_DEAD_TOKEN, OFF_CHAN_STATE, OFF_LAST_ERROR, OFF_SESSION_GEN = 0, 8, 16, 20, 24
 OFF_REQ_TAIL, OFF_RESP_HEAD = 64, 128
@@ -81,7 +87,10 @@ class Header:
 
     def group_of(self, channel: int) -> int:
         for s in self.segments:
-            if s.kind == KIND_CLIENT and s.first_channel <= channel < s.first_channel + s.channel_count:
+            if (
+                s.kind == KIND_CLIENT
+                and s.first_channel <= channel < s.first_channel + s.channel_count
+            ):
                 return s.group
         raise KeyError(channel)
 
@@ -108,19 +117,33 @@ def _span(size: int, align: int) -> int:
     return max(p, align)
 
 
-def plan(groups: list[int], req_ring: int, resp_ring: int, segment_align: int = 4096) -> list[Segment]:
+def plan(
+    groups: list[int], req_ring: int, resp_ring: int, segment_align: int = 4096
+) -> list[Segment]:
     """The segments of a layout with these channel groups (docs/ring-protocol.md 2)."""
     client_section = CONTROL_SIZE + req_ring
     server_section = CONTROL_SIZE + resp_ring
-    out = [Segment(0, "header", KIND_HEADER, None, 0, 0, 0, HEADER_SIZE,
-                   _span(HEADER_SIZE, segment_align))]
+    out = [
+        Segment(
+            0, "header", KIND_HEADER, None, 0, 0, 0, HEADER_SIZE, _span(HEADER_SIZE, segment_align)
+        )
+    ]
     offset = out[0].span
     first = 0
     for g, count in enumerate(groups):
         for kind, section in ((KIND_CLIENT, client_section), (KIND_SERVER, server_section)):
             size = count * section
-            seg = Segment(len(out), f"{KIND_NAMES[kind]}-{g}", kind, g, first, count, offset, size,
-                          _span(size, segment_align))
+            seg = Segment(
+                len(out),
+                f"{KIND_NAMES[kind]}-{g}",
+                kind,
+                g,
+                first,
+                count,
+                offset,
+                size,
+                _span(size, segment_align),
+            )
             out.append(seg)
             offset += seg.span
         first += count
@@ -132,16 +155,39 @@ def parse_header(buf: bytes) -> Header:
     if len(buf) < SEGMENT_TABLE_OFFSET:
         raise LayoutError(f"header of {len(buf)} bytes is truncated")
     f = GEOMETRY.unpack_from(buf, 0)
-    (magic, version, header_size, _flags, channels, region_size, group_count, segment_count,
-     align, _reserved, client_section, server_section, req_ring, resp_ring, max_msg, max_value,
-     hb_ms, lease_ms) = f
+    (
+        magic,
+        version,
+        header_size,
+        _flags,
+        channels,
+        region_size,
+        group_count,
+        segment_count,
+        align,
+        _reserved,
+        client_section,
+        server_section,
+        req_ring,
+        resp_ring,
+        max_msg,
+        max_value,
+        hb_ms,
+        lease_ms,
+    ) = f
     if magic == b"\0" * 8:
         raise LayoutError("the region is not formatted (all zeros): is its server up?")
     if magic != MAGIC or version != VERSION:
         raise LayoutError(f"not a layout 5 region (magic {magic!r}, version {version})")
-    if header_size != HEADER_SIZE or not 1 <= group_count <= 32 or segment_count != 1 + 2 * group_count:
-        raise LayoutError(f"bad geometry: header_size {header_size}, groups {group_count}, "
-                          f"segments {segment_count}")
+    if (
+        header_size != HEADER_SIZE
+        or not 1 <= group_count <= 32
+        or segment_count != 1 + 2 * group_count
+    ):
+        raise LayoutError(
+            f"bad geometry: header_size {header_size}, groups {group_count}, "
+            f"segments {segment_count}"
+        )
     end = SEGMENT_TABLE_OFFSET + SEGMENT_ENTRY.size * segment_count
     if len(buf) < end:
         raise LayoutError("segment table truncated")
@@ -149,7 +195,8 @@ def parse_header(buf: bytes) -> Header:
     table = []
     for k in range(segment_count):
         off, size, span, kind, _r, group, first, count = SEGMENT_ENTRY.unpack_from(
-            buf, SEGMENT_TABLE_OFFSET + k * SEGMENT_ENTRY.size)
+            buf, SEGMENT_TABLE_OFFSET + k * SEGMENT_ENTRY.size
+        )
         if k == 0:
             name, g = "header", None
         else:
@@ -165,8 +212,21 @@ def parse_header(buf: bytes) -> Header:
         raise LayoutError(f"region_size {region_size} is not the end of the last segment")
     if client_section != CONTROL_SIZE + req_ring or server_section != CONTROL_SIZE + resp_ring:
         raise LayoutError("section sizes disagree with the ring sizes")
-    return Header(channels, region_size, group_count, align, client_section, server_section,
-                  req_ring, resp_ring, max_msg, max_value, hb_ms, lease_ms, tuple(table))
+    return Header(
+        channels,
+        region_size,
+        group_count,
+        align,
+        client_section,
+        server_section,
+        req_ring,
+        resp_ring,
+        max_msg,
+        max_value,
+        hb_ms,
+        lease_ms,
+        tuple(table),
+    )
 
 
 def align8(n: int) -> int:

@@ -10,7 +10,8 @@ module runs the phases, the host's watcher and the server check, and writes the 
 Config (JSON, or a dict for `run_local`):
 
     run_dir, nonce, seed, seconds, count, value_size, settle, attacks, attacker_user,
-    python (interpreter), pythonpath (list),
+    python (the honest client's interpreter), attacker_python (default: python),
+    pythonpath (list),
     modes: {<mode>: {region, attacker_view, attacker_group, honest_path,
                      redis: {host, port}, segments: [{name, kind, path, base, span}]}}
 """
@@ -70,32 +71,68 @@ def _demote(user: str | None):
     return go
 
 
+def _phase(d: str, env: dict, honest: list, attacker: list, demote, bound: float) -> None:
+    """The honest client and the attacker side by side, each bounded in time."""
+    with open(os.path.join(d, "honest.log"), "w") as herr, \
+            open(os.path.join(d, "attacker.log"), "w") as aerr:
+        procs = [subprocess.Popen(honest, env=env, stdout=subprocess.DEVNULL, stderr=herr),
+                 subprocess.Popen(attacker, env=env, preexec_fn=demote, cwd="/",
+                                  stdout=subprocess.DEVNULL, stderr=aerr)]
+        for proc in procs:
+            try:
+                proc.wait(bound)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
 def run_local(cfg: dict) -> dict:
     run_dir = cfg["run_dir"]
     os.makedirs(run_dir, exist_ok=True)
     attacks = cfg.get("attacks") or list(ATTACKS)
     seconds, settle = float(cfg.get("seconds", 3)), float(cfg.get("settle", 3))
+    # The attacker starts a little after the honest client (which runs delay + seconds).
+    delay = float(cfg.get("delay", min(0.5, seconds / 4)))
     python = cfg.get("python", sys.executable)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(cfg.get("pythonpath", []) + [env.get("PYTHONPATH", "")])
     user = cfg.get("attacker_user")
     uid = pwd.getpwnam(user).pw_uid if user else os.getuid()
     with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump({"nonce": cfg["nonce"], "seed": cfg["seed"], "seconds": seconds,
-                   "count": cfg.get("count", 100000), "value_size": cfg.get("value_size", 64),
-                   "attacks": attacks, "created": datetime.datetime.now(datetime.timezone.utc)
-                   .strftime("%Y-%m-%dT%H:%M:%SZ"),
-                   "environment": {"where": "one host", "attacker user": user or "same"},
-                   "modes": {m: {"region": c["region"]} for m, c in cfg["modes"].items()}},
-                  f, indent=1)
-    targets = {"regions": [{"name": c["region"], "security": m, "segments": c["segments"]}
-                           for m, c in cfg["modes"].items()]}
+        json.dump(
+            {
+                "nonce": cfg["nonce"],
+                "seed": cfg["seed"],
+                "seconds": seconds,
+                "count": cfg.get("count", 100000),
+                "value_size": cfg.get("value_size", 64),
+                "attacks": attacks,
+                "created": datetime.datetime.now(datetime.timezone.utc).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+                "environment": {"where": "one host", "attacker user": user or "same"},
+                "modes": {m: {"region": c["region"]} for m, c in cfg["modes"].items()},
+            },
+            f,
+            indent=1,
+        )
+    targets = {
+        "regions": [
+            {"name": c["region"], "security": m, "segments": c["segments"]}
+            for m, c in cfg["modes"].items()
+        ]
+    }
     phase_file = os.path.join(run_dir, "phase")
     stop_file = os.path.join(run_dir, "stop")
     watched: dict = {}
     hang = (len(attacks) + 1) * len(cfg["modes"]) * (seconds + settle + 60)
-    t = threading.Thread(target=lambda: watched.update(watch.watch(
-        targets, cfg["nonce"], phase_file, stop_file, hang, cfg.get("interval", 0.02))))
+    t = threading.Thread(
+        target=lambda: watched.update(
+            watch.watch(
+                targets, cfg["nonce"], phase_file, stop_file, hang, cfg.get("interval", 0.02)
+            )
+        )
+    )
     t.start()
     try:
         for mode, mc in cfg["modes"].items():
@@ -105,27 +142,22 @@ def run_local(cfg: dict) -> dict:
                 os.chown(d, uid, -1)
                 with open(phase_file, "w") as f:
                     f.write(f"{mode} {attack}\n")
-                honest = subprocess.Popen(
-                    [python, "-m", "attack", "honest", "--path", mc["honest_path"], "--seed",
-                     cfg["seed"], "--label", f"{mode}/{attack}", "--count",
-                     str(cfg.get("count", 100000)), "--seconds", str(seconds), "--value-size",
-                     str(cfg.get("value_size", 64)), "--out", os.path.join(d, "honest.json")],
-                    env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(d, "honest.log"), "w"))
-                argv = [python, "-m", "attack", "run", "--view", mc["attacker_view"], "--mode", mode,
-                        "--nonce", cfg["nonce"], "--attack", attack, "--seconds", str(seconds),
-                        "--out", os.path.join(d, "attacker.json"), "--loot",
-                        os.path.join(d, "loot.bin"), "--views-dir", mc.get("views_dir", "/nonexistent")]
+                honest = [python, "-m", "attack", "honest", "--path", mc["honest_path"],
+                          "--seed", cfg["seed"], "--label", f"{mode}/{attack}",
+                          "--count", str(cfg.get("count", 100000)),
+                          "--seconds", str(seconds + delay),
+                          "--value-size", str(cfg.get("value_size", 64)),
+                          "--out", os.path.join(d, "honest.json")]
+                attacker = [cfg.get("attacker_python", python), "-m", "attack", "run",
+                            "--view", mc["attacker_view"], "--mode", mode,
+                            "--nonce", cfg["nonce"], "--attack", attack,
+                            "--seconds", str(seconds), "--delay", str(delay),
+                            "--out", os.path.join(d, "attacker.json"),
+                            "--loot", os.path.join(d, "loot.bin"),
+                            "--views-dir", mc.get("views_dir", "/nonexistent")]
                 if mc.get("attacker_group") is not None:
-                    argv += ["--group", str(mc["attacker_group"])]
-                attacker = subprocess.Popen(argv, env=env, preexec_fn=_demote(user),
-                                            cwd="/", stdout=subprocess.DEVNULL,
-                                            stderr=open(os.path.join(d, "attacker.log"), "w"))
-                for proc in (attacker, honest):
-                    try:
-                        proc.wait(seconds + 60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(10)
+                    attacker += ["--group", str(mc["attacker_group"])]
+                _phase(d, env, honest, attacker, _demote(user), seconds + delay + 60)
                 with open(phase_file, "w") as f:
                     f.write(f"{mode} settle\n")
                 with open(os.path.join(d, "server.json"), "w") as f:

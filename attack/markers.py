@@ -39,7 +39,7 @@ class Marker:
     attack: str
     name: str
     value: bytes
-    segment: str | None = None   # field probes: segment name and offset inside it
+    segment: str | None = None  # field probes: segment name and offset inside it
     offset: int | None = None
 
 
@@ -89,7 +89,7 @@ def canary(seed: str, i: int, value_size: int = 64) -> tuple[bytes, bytes]:
     key = f"canary:{i}:".encode() + derive(seed, f"k{i}", 8).hex().encode()
     head = f"cv:{i}:".encode()
     body = derive(seed, f"v{i}", max(8, (value_size - len(head) + 1) // 2)).hex().encode()
-    return key, (head + body)[:max(value_size, len(head) + 16)]
+    return key, (head + body)[: max(value_size, len(head) + 16)]
 
 
 def score(loot: bytes, seed: str, count: int, value_size: int = 64) -> dict:

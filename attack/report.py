@@ -31,9 +31,14 @@ WRITERS = {m.attack for m in Markers("", "off").all()}
 
 EXPECT = {
     "off": {
-        "read": "succeeds", "inject": "succeeds", "forge": "succeeds", "header": "succeeds",
-        "claim": "succeeds", "probe": "finds the whole region",
-        "own-server": "lands (its own channels)", "hostile": "honest client unaffected",
+        "read": "succeeds",
+        "inject": "succeeds",
+        "forge": "succeeds",
+        "header": "succeeds",
+        "claim": "succeeds",
+        "probe": "finds the whole region",
+        "own-server": "lands (its own channels)",
+        "hostile": "honest client unaffected",
     },
     "secdsm": {a: "0 bytes, 0 writes landed, 0 honest errors" for a in ATTACKS},
 }
@@ -51,8 +56,9 @@ def _load(path: str) -> dict | None:
         return None
 
 
-def outcome(run_dir: str, run: dict, watch: dict, mode: str, attack: str,
-            control_ops: float | None) -> dict:
+def outcome(
+    run_dir: str, run: dict, watch: dict, mode: str, attack: str, control_ops: float | None
+) -> dict:
     d = os.path.join(run_dir, mode, attack)
     att = _load(os.path.join(d, "attacker.json")) or {}
     hon = _load(os.path.join(d, "honest.json")) or {}
@@ -65,8 +71,12 @@ def outcome(run_dir: str, run: dict, watch: dict, mode: str, attack: str,
         found = {"keys": 0, "values": 0, "bytes": 0}
         for other in run["attacks"] + [CONTROL]:
             h = _load(os.path.join(run_dir, mode, other, "honest.json")) or {}
-            s = score(loot, phase_seed(run["seed"], mode, other), h.get("canaries", 0),
-                      run.get("value_size", 64))
+            s = score(
+                loot,
+                phase_seed(run["seed"], mode, other),
+                h.get("canaries", 0),
+                run.get("value_size", 64),
+            )
             for k in found:
                 found[k] += s[k]
         out["other_bytes"] = found["bytes"]
@@ -89,8 +99,7 @@ def outcome(run_dir: str, run: dict, watch: dict, mode: str, attack: str,
     out["honest_error_kinds"] = hon.get("error_kinds", {})
     out["honest_ops_per_s"] = hon.get("ops_per_s")
     ops = hon.get("ops_per_s")
-    out["honest_share"] = (round(ops / control_ops, 3) if ops is not None and control_ops
-                           else None)
+    out["honest_share"] = round(ops / control_ops, 3) if ops is not None and control_ops else None
     out["server_alive"] = srv.get("server_alive")
     out["reach"] = att.get("reach", {})
     out["notes"] = att.get("notes", []) + ([att["error"]] if att.get("error") else [])
@@ -110,7 +119,10 @@ def build(run_dir: str) -> dict:
         control[mode] = hon.get("ops_per_s")
     rows = []
     for attack in [CONTROL] + run["attacks"]:
-        row = {"attack": attack, "what": ATTACKS.get(attack, "the attacker VM only burns the same CPU")}
+        row = {
+            "attack": attack,
+            "what": ATTACKS.get(attack, "the attacker VM only burns the same CPU"),
+        }
         for mode in modes:
             row[mode] = outcome(run_dir, run, watch, mode, attack, control[mode])
             row[mode]["expected"] = EXPECT.get(mode, {}).get(attack, "baseline")
@@ -129,7 +141,7 @@ def build(run_dir: str) -> dict:
         }
     if "secdsm" in summary:
         s = summary["secdsm"]
-        s["holds"] = (s["other_bytes"] == 0 and s["forged_landed"] == 0 and s["honest_errors"] == 0)
+        s["holds"] = s["other_bytes"] == 0 and s["forged_landed"] == 0 and s["honest_errors"] == 0
         s["share_target"] = SHARE_TARGET
         s["share_met"] = s["min_honest_share"] is not None and s["min_honest_share"] >= SHARE_TARGET
     return {
@@ -163,20 +175,32 @@ def markdown(rep: dict) -> str:
         f"{rep.get('seconds_per_phase')} s per phase; honest client: at most "
         f"{rep.get('honest_count')} canaries per phase. "
         + ", ".join(f"`{m}`: region {rep['modes'][m].get('region', '?')}" for m in modes)
-        + (f"; {', '.join(f'{k} {v}' for k, v in env.items())}" if env else "") + ".")
-    lines += ["", "Columns per mode: other clients' bytes obtained / forged writes landed "
-              "(writes tried) / honest client errors / honest throughput as a share of the "
-              "control phase's.", ""]
-    head = "| attack | " + " | ".join(f"{m}: bytes | {m}: landed | {m}: errors | {m}: throughput"
-                                      for m in modes) + " |"
+        + (f"; {', '.join(f'{k} {v}' for k, v in env.items())}" if env else "")
+        + "."
+    )
+    lines += [
+        "",
+        "Columns per mode: other clients' bytes obtained / forged writes landed "
+        "(writes tried) / honest client errors / honest throughput as a share of the "
+        "control phase's.",
+        "",
+    ]
+    head = (
+        "| attack | "
+        + " | ".join(f"{m}: bytes | {m}: landed | {m}: errors | {m}: throughput" for m in modes)
+        + " |"
+    )
     lines += [head, "|" + "---|" * (1 + 4 * len(modes))]
     for r in rep["rows"]:
         cells = []
         for m in modes:
             c = r[m]
             share = c["honest_share"]
-            thr = (f"{share:.0%}" if share is not None and r["attack"] != CONTROL
-                   else _cell(c["honest_ops_per_s"], "{} ops/s"))
+            thr = (
+                f"{share:.0%}"
+                if share is not None and r["attack"] != CONTROL
+                else _cell(c["honest_ops_per_s"], "{} ops/s")
+            )
             cells += [_cell(c["other_bytes"]), _landed(c), _cell(c["honest_errors"]), thr]
         lines.append(f"| {r['attack']} | " + " | ".join(cells) + " |")
     lines += ["", "| attack | what it tries |", "|---|---|"]
@@ -186,16 +210,20 @@ def markdown(rep: dict) -> str:
         s = rep["summary"][m]
         share = s["min_honest_share"]
         lines.append(
-            f"- `{m}`: {s['other_bytes']} bytes of other clients' data, {s['forged_landed']} forged "
-            f"writes landed, {s['honest_errors']} honest client errors, lowest honest throughput "
-            f"{_cell(share, '{:.0%}')} of the control phase ({_cell(s['control_ops_per_s'])} ops/s); "
-            f"{s['phases_run']} attack phases ran.")
+            f"- `{m}`: {s['other_bytes']} bytes of other clients' data, "
+            f"{s['forged_landed']} forged writes landed, {s['honest_errors']} honest client "
+            f"errors, lowest honest throughput {_cell(share, '{:.0%}')} of the control phase "
+            f"({_cell(s['control_ops_per_s'])} ops/s); {s['phases_run']} attack phases ran."
+        )
     if "secdsm" in rep["summary"]:
         s = rep["summary"]["secdsm"]
-        lines += ["", f"Sec-DSM holds (0 bytes, 0 writes landed, 0 honest errors): "
-                  f"**{'yes' if s['holds'] else 'no'}**. Honest throughput ≥ "
-                  f"{s['share_target']:.0%} of the control beside every attack (a benchmark, "
-                  f"not a test): **{'yes' if s['share_met'] else 'no'}**."]
+        lines += [
+            "",
+            f"Sec-DSM holds (0 bytes, 0 writes landed, 0 honest errors): "
+            f"**{'yes' if s['holds'] else 'no'}**. Honest throughput ≥ "
+            f"{s['share_target']:.0%} of the control beside every attack (a benchmark, "
+            f"not a test): **{'yes' if s['share_met'] else 'no'}**.",
+        ]
     lines += ["", "## What each attack saw", ""]
     for r in rep["rows"]:
         for m in modes:
@@ -204,8 +232,10 @@ def markdown(rep: dict) -> str:
             if c.get("landed"):
                 bits.append("landed: " + ", ".join(c["landed"]))
             if c["honest_error_kinds"]:
-                bits.append("honest errors: " + ", ".join(
-                    f"{k} {v}" for k, v in sorted(c["honest_error_kinds"].items())))
+                bits.append(
+                    "honest errors: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(c["honest_error_kinds"].items()))
+                )
             bits += c["notes"]
             if c.get("server_alive") is False:
                 bits.append("the server did not answer PING afterwards")

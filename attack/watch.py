@@ -31,10 +31,18 @@ def targets_from_lab(lab: dict) -> dict:
         off = r.get("security", "secdsm") == "off"
         segs = []
         for s in r.get("segments", []):
-            segs.append({"name": s["name"], "kind": s["kind"], "path": s["path"],
-                         "base": s["offset"] if off else 0, "span": s["span"]})
-        regions.append({"name": r["name"], "security": r.get("security", "secdsm"),
-                        "segments": segs})
+            segs.append(
+                {
+                    "name": s["name"],
+                    "kind": s["kind"],
+                    "path": s["path"],
+                    "base": s["offset"] if off else 0,
+                    "span": s["span"],
+                }
+            )
+        regions.append(
+            {"name": r["name"], "security": r.get("security", "secdsm"), "segments": segs}
+        )
     return {"regions": regions}
 
 
@@ -67,7 +75,7 @@ def poll_once(files: _Files, region: dict, markers: list) -> set[str]:
             s = segs.get(m.segment)
             mm = files.get(s["path"]) if s else None
             start = (s["base"] + m.offset) if s else 0
-            if mm is not None and mm[start:start + len(m.value)] == m.value:
+            if mm is not None and mm[start : start + len(m.value)] == m.value:
                 seen.add(m.name)
             continue
         kind = KINDS.get(m.attack)
@@ -81,8 +89,14 @@ def poll_once(files: _Files, region: dict, markers: list) -> set[str]:
     return seen
 
 
-def watch(targets: dict, nonce: str, phase_file: str, stop_file: str, seconds: float,
-          interval: float = 0.05) -> dict:
+def watch(
+    targets: dict,
+    nonce: str,
+    phase_file: str,
+    stop_file: str,
+    seconds: float,
+    interval: float = 0.05,
+) -> dict:
     """Poll until stop_file exists or `seconds` passed; per phase, how often each marker
     was seen."""
     by_mode = {r["security"]: r for r in targets["regions"]}

@@ -38,18 +38,47 @@ def shm_name(tag: str) -> str:
     return f"/dev/shm/cxlattack-{os.getpid()}-{next(_names)}-{tag}"
 
 
-def header_bytes(groups: list[int], ring: int = 16384, align: int = 4096,
-                 epoch: int = 0x1234, state: int = 2) -> bytes:
+def header_bytes(
+    groups: list[int], ring: int = 16384, align: int = 4096, epoch: int = 0x1234, state: int = 2
+) -> bytes:
     segs = L.plan(groups, ring, ring, align)
     region_size = segs[-1].offset + segs[-1].span
     buf = bytearray(L.HEADER_SIZE)
-    L.GEOMETRY.pack_into(buf, 0, L.MAGIC, L.VERSION, L.HEADER_SIZE, 0, sum(groups), region_size,
-                         len(groups), len(segs), align, 0, L.CONTROL_SIZE + ring,
-                         L.CONTROL_SIZE + ring, ring, ring, 8192, 4096, 100, 2000)
+    L.GEOMETRY.pack_into(
+        buf,
+        0,
+        L.MAGIC,
+        L.VERSION,
+        L.HEADER_SIZE,
+        0,
+        sum(groups),
+        region_size,
+        len(groups),
+        len(segs),
+        align,
+        0,
+        L.CONTROL_SIZE + ring,
+        L.CONTROL_SIZE + ring,
+        ring,
+        ring,
+        8192,
+        4096,
+        100,
+        2000,
+    )
     for s in segs:
-        L.SEGMENT_ENTRY.pack_into(buf, L.SEGMENT_TABLE_OFFSET + 32 * s.index, s.offset, s.size,
-                                  s.span, s.kind, 0, 0xFFFF if s.group is None else s.group,
-                                  s.first_channel, s.channel_count)
+        L.SEGMENT_ENTRY.pack_into(
+            buf,
+            L.SEGMENT_TABLE_OFFSET + 32 * s.index,
+            s.offset,
+            s.size,
+            s.span,
+            s.kind,
+            0,
+            0xFFFF if s.group is None else s.group,
+            s.first_channel,
+            s.channel_count,
+        )
     struct.pack_into("<QQI", buf, L.OFF_SERVER_EPOCH, epoch, 1, state)
     return bytes(buf)
 
@@ -86,10 +115,20 @@ def make_view(view: str, region_dir: str, names: list[str]) -> str:
 def targets(mode: str, name: str, segs: list[L.Segment], where: str) -> dict:
     """The watcher's entry of a region (watch.targets_from_lab's format)."""
     off = mode == "off"
-    return {"name": name, "security": mode, "segments": [
-        {"name": s.name, "kind": L.KIND_NAMES[s.kind],
-         "path": where if off else os.path.join(where, s.name),
-         "base": s.offset if off else 0, "span": s.span} for s in segs]}
+    return {
+        "name": name,
+        "security": mode,
+        "segments": [
+            {
+                "name": s.name,
+                "kind": L.KIND_NAMES[s.kind],
+                "path": where if off else os.path.join(where, s.name),
+                "base": s.offset if off else 0,
+                "span": s.span,
+            }
+            for s in segs
+        ],
+    }
 
 
 def remove(*paths: str) -> None:

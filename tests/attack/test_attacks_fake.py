@@ -28,7 +28,7 @@ from attack.runner import run
 from attack.view import open_view
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GROUPS = [2, 2]   # group 0: the honest client, group 1: the attacker
+GROUPS = [2, 2]  # group 0: the honest client, group 1: the attacker
 ATTACKER = ["header", "client-1", "server-1"]
 
 
@@ -96,15 +96,20 @@ def test_write_attacks_land_in_off_and_the_watcher_sees_them(shm, tmp_path, atta
     region, view = shm("secdsm"), shm("view")
     make_region_dir(region, GROUPS)
     make_view(view, region, ATTACKER)
-    tg = {"regions": [targets("off", "r-off", segs, whole), targets("secdsm", "r-sec", segs, region)]}
+    tg = {
+        "regions": [targets("off", "r-off", segs, whole), targets("secdsm", "r-sec", segs, region)]
+    }
     files = watch._Files()
     try:
         for mode, path in (("off", whole), ("secdsm", view)):
             markers = [m for m in Markers("nonce", mode).all() if m.attack == attack]
             reg = [r for r in tg["regions"] if r["security"] == mode][0]
             got: dict = {}
-            t = threading.Thread(target=lambda: got.update(
-                run(path, mode, "nonce", attack, 0.3, str(tmp_path / "a.json"), None, 1)))
+            t = threading.Thread(
+                target=lambda got=got, path=path, mode=mode: got.update(
+                    run(path, mode, "nonce", attack, 0.3, str(tmp_path / "a.json"), None, 1)
+                )
+            )
             t.start()
             seen: set = set()
             while t.is_alive():  # the host looks while the attack runs (claim cleans up after)
@@ -127,8 +132,9 @@ def test_watcher_counts_markers_per_phase(shm, tmp_path):
     tg = {"regions": [targets("secdsm", "r", segs, region)]}
     phase, stop = tmp_path / "phase", tmp_path / "stop"
     out: dict = {}
-    t = threading.Thread(target=lambda: out.update(
-        watch.watch(tg, "n", str(phase), str(stop), 30, 0.01)))
+    t = threading.Thread(
+        target=lambda: out.update(watch.watch(tg, "n", str(phase), str(stop), 30, 0.01))
+    )
     t.start()
     try:
         phase.write_text("secdsm claim\n")
@@ -151,40 +157,91 @@ def test_watcher_counts_markers_per_phase(shm, tmp_path):
     assert claim["polls"] > 0 and claim["markers"]["claim_token"] > 0
     assert header["markers"]["server_epoch"] > 0 and header["markers"]["server_heartbeat"] == 0
     # The lab's form of the targets: .lab/lab.json's regions[].segments[].
-    lab = {"regions": [{"name": "cxl0", "security": "secdsm", "segments": [
-        {"name": s.name, "kind": L.KIND_NAMES[s.kind], "offset": s.offset, "span": s.span,
-         "path": os.path.join(region, s.name)} for s in segs]}]}
+    lab = {
+        "regions": [
+            {
+                "name": "cxl0",
+                "security": "secdsm",
+                "segments": [
+                    {
+                        "name": s.name,
+                        "kind": L.KIND_NAMES[s.kind],
+                        "offset": s.offset,
+                        "span": s.span,
+                        "path": os.path.join(region, s.name),
+                    }
+                    for s in segs
+                ],
+            }
+        ]
+    }
     assert watch.targets_from_lab(lab) == tg | {"regions": [dict(tg["regions"][0], name="cxl0")]}
 
 
-@pytest.mark.skipif(nobody() is None, reason="needs root, the user nobody and an interpreter "
-                    "nobody may run, to run the attacker as another user (file permissions play "
-                    "the hypervisor's read-only grants)")
+@pytest.mark.skipif(
+    nobody() is None,
+    reason="needs root, the user nobody and an interpreter "
+    "nobody may run, to run the attacker as another user (file permissions play "
+    "the hypervisor's read-only grants)",
+)
 def test_read_only_grants_hold_for_an_attacker_of_another_user(shm, tmp_path):
     region, view = shm("secdsm"), shm("view")
     make_region_dir(region, GROUPS)
     user = nobody()
     os.chmod(region, 0o755)
-    for name, mode in (("header", 0o644), ("server-1", 0o644), ("client-0", 0o600),
-                       ("server-0", 0o600), ("client-1", 0o600)):
+    for name, mode in (
+        ("header", 0o644),
+        ("server-1", 0o644),
+        ("client-0", 0o600),
+        ("server-0", 0o600),
+        ("client-1", 0o600),
+    ):
         os.chmod(os.path.join(region, name), mode)
     os.chown(os.path.join(region, "client-1"), user.pw_uid, user.pw_gid)
     make_view(view, region, ATTACKER)
     out = Path(shm("out"))  # pytest's tmp_path is private to root
     out.mkdir()
     os.chown(out, user.pw_uid, -1)
-    before = open(os.path.join(region, "header"), "rb").read()
+    before = Path(region, "header").read_bytes()
     for attack in ("header", "own-server", "probe"):
         subprocess.run(
-            [ATTACKER_PYTHON, "-m", "attack", "run", "--view", view, "--mode", "secdsm", "--nonce",
-             "n", "--attack", attack, "--seconds", "0.1", "--out", str(out / f"{attack}.json"),
-             "--loot", str(out / f"{attack}.bin"), "--views-dir", "/nonexistent"],
-            cwd=REPO, check=True, timeout=60, user=user.pw_uid, group=user.pw_gid,
-            extra_groups=[], env=dict(os.environ, PYTHONPATH=REPO), capture_output=True)
-    res = {a: json.loads((out / f"{a}.json").read_text()) for a in ("header", "own-server", "probe")}
+            [
+                ATTACKER_PYTHON,
+                "-m",
+                "attack",
+                "run",
+                "--view",
+                view,
+                "--mode",
+                "secdsm",
+                "--nonce",
+                "n",
+                "--attack",
+                attack,
+                "--seconds",
+                "0.1",
+                "--out",
+                str(out / f"{attack}.json"),
+                "--loot",
+                str(out / f"{attack}.bin"),
+                "--views-dir",
+                "/nonexistent",
+            ],
+            cwd=REPO,
+            check=True,
+            timeout=60,
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            env=dict(os.environ, PYTHONPATH=REPO),
+            capture_output=True,
+        )
+    res = {
+        a: json.loads((out / f"{a}.json").read_text()) for a in ("header", "own-server", "probe")
+    }
     assert res["header"]["reach"]["header"] == "ro" and res["header"]["attempted"] == 0
     assert res["own-server"]["reach"]["server-1"] == "ro" and res["own-server"]["attempted"] == 0
     neighbours = res["probe"]["details"]["neighbours"]
     assert neighbours[os.path.join(region, "client-0")].startswith("open refused")
     assert res["probe"]["loot_bytes"] == 0
-    assert open(os.path.join(region, "header"), "rb").read() == before
+    assert Path(region, "header").read_bytes() == before

@@ -17,8 +17,12 @@ def test_plan_follows_the_protocol_rules():
     assert segs[-1].offset + segs[-1].span == (64 << 20) + 4096
     two = L.plan([4, 2], 4096, 4096, 1 << 21)
     assert [(s.name, s.first_channel, s.channel_count) for s in two] == [
-        ("header", 0, 0), ("client-0", 0, 4), ("server-0", 0, 4), ("client-1", 4, 2),
-        ("server-1", 4, 2)]
+        ("header", 0, 0),
+        ("client-0", 0, 4),
+        ("server-0", 0, 4),
+        ("client-1", 4, 2),
+        ("server-1", 4, 2),
+    ]
     assert all(s.span == 1 << 21 for s in two) and two[3].offset == 3 << 21
 
 
@@ -27,14 +31,17 @@ def test_plan_agrees_with_the_client_library():
     if not hasattr(protocol, "plan_layout"):
         pytest.skip("cxl_ring.protocol has no plan_layout yet (layout 5 port not landed)")
     import inspect
+
     params = list(inspect.signature(protocol.plan_layout).parameters)
     for groups, ring, align in (([8], 2 << 20, 4096), ([4, 2, 1], 65536, 1 << 21)):
         kw = {"segment_align": align} if "segment_align" in params else {}
         theirs = protocol.plan_layout(groups, ring, ring, **kw)
         segs = getattr(theirs, "segments", theirs)
         ours = L.plan(groups, ring, ring, align)
-        got = [(getattr(s, "offset", None), getattr(s, "size", None), getattr(s, "span", None))
-               for s in segs]
+        got = [
+            (getattr(s, "offset", None), getattr(s, "size", None), getattr(s, "span", None))
+            for s in segs
+        ]
         assert got == [(s.offset, s.size, s.span) for s in ours]
 
 
@@ -63,7 +70,9 @@ def test_markers_are_distinct_per_mode_and_never_small():
     # Binary markers (tokens, epoch, heartbeat, state) have high bits: no counter reaches them.
     binary = [v for v in values if not v[:1].isalpha()]
     assert len(binary) == 10 and all(v[0] & 0x80 and v[-1] & 0x80 for v in binary)
-    assert Markers("n1", "off").inject_key() == off.inject_key() != Markers("n2", "off").inject_key()
+    assert (
+        Markers("n1", "off").inject_key() == off.inject_key() != Markers("n2", "off").inject_key()
+    )
     assert {m.attack for m in off.all()} == {"inject", "forge", "header", "claim", "own-server"}
 
 
