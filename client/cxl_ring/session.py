@@ -24,6 +24,12 @@ sees ``ack_token != token`` before its next batch and claims again. That window 
 documented cost of the fallback; the backend in use is ``_atomic.CAS_BACKEND`` (cxl-ring info
 prints it).
 
+Which channels a peer may claim (Sec-DSM, docs/ring-protocol.md section 2): only those whose
+client section lies in a client segment this peer mapped writable and whose server section it
+can read, i.e. its own channel group's when it was given a view of its segments. A session
+checks both sections when it is built (Region.check), before any access; with no such channel
+the claim raises SegmentAccessError naming each group's segments and how they are mapped.
+
 The session then bumps ``client_heartbeat`` from one process-wide background thread (every
 ``client_lease_ms / 8``), and releases with ``claim_token := 0`` on close. A process that dies
 stops the heartbeat and the server reclaims the channel after ``client_lease_ms``.
