@@ -151,6 +151,7 @@ def build(run_dir: str) -> dict:
         "honest_count": run.get("count"),
         "environment": run.get("environment", {}),
         "modes": {m: run["modes"][m] for m in modes},
+        "unreadable": watch.get("unreadable", {}),
         "rows": rows,
         "summary": summary,
     }
@@ -224,6 +225,10 @@ def markdown(rep: dict) -> str:
             f"{s['share_target']:.0%} of the control beside every attack (a benchmark, "
             f"not a test): **{'yes' if s['share_met'] else 'no'}**.",
         ]
+    if rep.get("unreadable"):
+        lines += ["", "**The host could not read these files: writes that landed there were "
+                  "not seen (run the watcher as root or the files' owner):** "
+                  + ", ".join(f"`{p}`" for p in sorted(rep["unreadable"]))]
     lines += ["", "## What each attack saw", ""]
     for r in rep["rows"]:
         for m in modes:

@@ -49,6 +49,7 @@ def targets_from_lab(lab: dict) -> dict:
 class _Files:
     def __init__(self) -> None:
         self.maps: dict[str, mmap.mmap] = {}
+        self.unreadable: dict[str, str] = {}
 
     def get(self, path: str) -> mmap.mmap | None:
         mm = self.maps.get(path)
@@ -56,7 +57,8 @@ class _Files:
             try:
                 with open(path, "rb") as f:
                     mm = mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
+                self.unreadable[path] = str(e)
                 return None
             self.maps[path] = mm
         return mm
@@ -123,7 +125,8 @@ def watch(
             time.sleep(interval)
     finally:
         files.close()
-    return {"interval": interval, "phases": phases}
+    # A file the host could not read hides every write that landed in it: the report says so.
+    return {"interval": interval, "phases": phases, "unreadable": files.unreadable}
 
 
 def main(args) -> int:
