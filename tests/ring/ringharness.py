@@ -240,7 +240,9 @@ class Cluster:
     def server(self, module_args: dict | None = None, region: str | None = None,
                module: Path = MODULE, conf: list[str] | None = None, start: bool = True,
                name: str | None = None) -> RedisRing:
-        region = region or self.region()
+        # layout v2 has one form: one file
+        v2 = str((module_args or {}).get("layout", "")).lower() in ("v2", "2")
+        region = region or self.region(FILE if v2 else None)
         if region not in self.regions:
             self.regions.append(region)
         srv = RedisRing(self.workdir, region, module, module_args, conf,

@@ -8,7 +8,7 @@ import os
 
 import pytest
 from rawpeer import Region
-from ringharness import FORMS, ServerFailed
+from ringharness import FILE, FORMS, ServerFailed
 
 pytestmark = pytest.mark.timeout(60)
 BOTH = pytest.mark.parametrize("ring_servers", FORMS, indirect=True)
@@ -24,7 +24,7 @@ def refused(ring_servers, region, args) -> str:
 
 
 def test_new_file_is_created_and_formatted(ring_servers):
-    srv = ring_servers.server(SMALL)
+    srv = ring_servers.server(SMALL, region=ring_servers.region(FILE))
     region = Region(srv.region)
     try:
         assert region.channel_count == 4 and region.req_ring_size == 256 * 1024
@@ -55,7 +55,7 @@ def test_mismatching_region_is_refused_with_reason(ring_servers):
 
 
 def test_garbage_header_is_refused(ring_servers):
-    path = ring_servers.region()
+    path = ring_servers.region(FILE)
     with open(path, "wb") as f:
         f.write(os.urandom(4096) + bytes(4 << 20))
     assert "unknown magic" in refused(ring_servers, path, SMALL)
@@ -77,7 +77,7 @@ def test_format_never_refuses_a_blank_region(ring_servers):
 
 
 def test_larger_file_and_map_size(ring_servers):
-    path = ring_servers.region()
+    path = ring_servers.region(FILE)
     with open(path, "wb") as f:
         f.truncate(64 << 20)
     srv = ring_servers.server({**SMALL, "map_size": "32m"}, region=path)
@@ -85,7 +85,7 @@ def test_larger_file_and_map_size(ring_servers):
 
 
 def test_region_too_small_is_refused(ring_servers):
-    path = ring_servers.region()
+    path = ring_servers.region(FILE)
     with open(path, "wb") as f:
         f.truncate(1 << 20)
     assert "needs" in refused(ring_servers, path, SMALL)
