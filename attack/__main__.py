@@ -63,6 +63,72 @@ def main(argv: list[str] | None = None) -> int:
     lo = sub.add_parser("local", help="run the whole suite on one host from a config file")
     lo.add_argument("--config", required=True)
 
+    la = sub.add_parser(
+        "lab",
+        help="the whole suite in the lab, from the hypervisor over ssh (attack/lab.py)",
+        description="Every attack in each mode against the lab's VMs over plain ssh; writes "
+        "<out>/report.json and report.md. Exit 0: every phase ran; 1: some phase left no "
+        "results; 2: the run could not start.",
+    )
+    la.add_argument("--lab", required=True, help=".lab/lab.json (the resolved lab)")
+    la.add_argument("--ssh-config", help=".lab/ssh_config (ssh -F <file> <vm> <command>)")
+    la.add_argument(
+        "--ssh",
+        help="the ssh command instead, as one string (the VM and the command follow it); "
+        "the tests run the guests' commands on one host with it",
+    )
+    la.add_argument("--modes", default="secdsm,off", help="secdsm,off (default), or one of them")
+    la.add_argument("--attacks", help="a,b,... (default: every attack; the control always runs)")
+    la.add_argument("--out", help="the run directory (default: bench/lab/attack-<time>)")
+    la.add_argument("--seconds", type=float, default=4.0, help="seconds each attack runs")
+    la.add_argument(
+        "--delay", type=float, default=1.0, help="the honest client's head start (seconds)"
+    )
+    la.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds from a phase's end to the next (the client lease retires stale claims)",
+    )
+    la.add_argument("--count", type=int, default=1000000, help="honest canaries per phase, at most")
+    la.add_argument("--value-size", type=int, default=64)
+    la.add_argument(
+        "--slack",
+        type=float,
+        default=120.0,
+        help="hang bound of a phase on top of its length (ssh, Python start-up under TCG)",
+    )
+    la.add_argument(
+        "--region", action="append", help="<mode>=<region>: the region of a mode (repeatable)"
+    )
+    la.add_argument(
+        "--transient-port",
+        action="append",
+        help="<mode>=<port>: loopback port of a mode's transient redis-server (off=6390)",
+    )
+    la.add_argument("--server", help="the server VM (default: the first with role server)")
+    la.add_argument("--honest", help="the honest client VM (default: the first client)")
+    la.add_argument("--attacker", help="the attacker VM (default: the first attacker)")
+    la.add_argument(
+        "--watch-prefix",
+        help="run the host's watcher under this command, e.g. 'sudo -n' (the region files "
+        "belong to QEMU's user)",
+    )
+    la.add_argument("--guest-python", default="/opt/cxl-ring/bin/python")
+    la.add_argument("--guest-system-python", default="/usr/bin/python3")
+    la.add_argument(
+        "--guest-pythonpath", default="/opt/cxl-attack", help="where the suite is in a guest"
+    )
+    la.add_argument("--guest-work-dir", default="/var/tmp/cxl-attack")
+    la.add_argument(
+        "--views-dir", default="/dev/cxl", help="the region views in a guest ({vm}: its name)"
+    )
+    la.add_argument("--redis-cli", default="redis-cli")
+    la.add_argument("--redis-server", default="/usr/bin/redis-server")
+    la.add_argument(
+        "--lib-dir", default="/usr/local/lib/cxl-dsm-lab", help="cxl_ring.so in the server VM"
+    )
+
     a = p.parse_args(argv)
     if a.cmd == "run":
         from .runner import run
@@ -119,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(markdown(write(a.run_dir)))
         return 0
+    if a.cmd == "lab":
+        from .lab import main as lab_main
+
+        return lab_main(a)
     if a.cmd == "local":
         from .local import main as local_main
 

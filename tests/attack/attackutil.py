@@ -131,6 +131,23 @@ def targets(mode: str, name: str, segs: list[L.Segment], where: str) -> dict:
     }
 
 
+def grant_like_hypervisor(region: str, attacker: pwd.struct_passwd) -> None:
+    """File permissions as the hypervisor's grants for the attacker (another user) in a
+    secdsm region of two groups: header and its own server segment readable, its own client
+    segment writable, the honest client's segments (group 0) closed."""
+    os.chmod(region, 0o755)
+    for name, mode, owner, group in (
+        ("header", 0o644, 0, 0),
+        ("server-1", 0o640, 0, attacker.pw_gid),
+        ("client-1", 0o600, attacker.pw_uid, 0),
+        ("client-0", 0o600, 0, 0),
+        ("server-0", 0o600, 0, 0),
+    ):
+        path = os.path.join(region, name)
+        os.chown(path, owner, group)
+        os.chmod(path, mode)
+
+
 def remove(*paths: str) -> None:
     for p in paths:
         if os.path.isdir(p) and not os.path.islink(p):

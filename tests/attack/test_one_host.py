@@ -10,14 +10,13 @@ copy of the report.
 
 from __future__ import annotations
 
-import grp
 import os
 import secrets
 import sys
 from pathlib import Path
 
 import pytest
-from attackutil import ATTACKER_PYTHON, make_view, nobody
+from attackutil import ATTACKER_PYTHON, grant_like_hypervisor, make_view, nobody
 
 from attack import layout as L
 from attack import local
@@ -37,24 +36,6 @@ ARGS = {
 }
 
 
-def _grant(region: str, attacker) -> None:
-    """File permissions as the hypervisor's grants for the attacker (another user):
-    header and its own server segment readable, its own client segment writable, the
-    honest client's segments closed."""
-    gid = grp.getgrgid(attacker.pw_gid).gr_gid
-    os.chmod(region, 0o755)
-    for name, mode, owner, group in (
-        ("header", 0o644, 0, 0),
-        ("server-1", 0o640, 0, gid),
-        ("client-1", 0o600, attacker.pw_uid, 0),
-        ("client-0", 0o600, 0, 0),
-        ("server-0", 0o600, 0, 0),
-    ):
-        path = os.path.join(region, name)
-        os.chown(path, owner, group)
-        os.chmod(path, mode)
-
-
 @pytest.mark.skipif(not MODULE.exists(), reason=f"{MODULE} is not built (make build)")
 @pytest.mark.skipif(
     nobody() is None,
@@ -67,13 +48,13 @@ def test_suite_on_one_host(tmp_path, shm):
     for s in L.plan(GROUPS, RING, RING):
         with open(os.path.join(sec, s.name), "wb") as f:
             f.truncate(s.span)
-    _grant(sec, attacker)
+    grant_like_hypervisor(sec, attacker)
     cluster = Cluster(tmp_path)
     try:
         srv_sec = cluster.server(ARGS, region=sec, name="sec")
         srv_off = cluster.server(ARGS, region=off, name="off")
         cluster.regions.remove(sec)  # a directory: the shm fixture removes it
-        _grant(sec, attacker)  # whatever the server did to the files
+        grant_like_hypervisor(sec, attacker)  # whatever the server did to the files
         os.chmod(off, 0o666)  # security off: everyone maps it read-write
         honest_view = make_view(shm("honest"), sec, ["header", "client-0", "server-0"])
         attacker_view = make_view(shm("attacker"), sec, ["header", "client-1", "server-1"])
