@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
         help="run the host's watcher under this command, e.g. 'sudo -n' (the region files "
         "belong to QEMU's user)",
     )
+    la.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the suite into the honest client and the attacker VM when it differs "
+        "(one ssh each; roles/cxl_attacker does the same with Ansible)",
+    )
     la.add_argument("--guest-python", default="/opt/cxl-ring/bin/python")
     la.add_argument("--guest-system-python", default="/usr/bin/python3")
     la.add_argument(

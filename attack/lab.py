@@ -20,7 +20,10 @@ cxl-attack-redis-<mode>, port 6390 for `off`), stopped at the end whatever happe
 Ctrl-C, SIGTERM). Every ssh call has a timeout; ssh connections are shared per VM
 (ControlMaster) so that a phase costs a session each, not a handshake each.
 
-`--ssh` replaces the ssh command (the tests run the guests' commands on one host with it).
+`--install` first copies the suite into the honest client and the attacker VM where it differs
+(one ssh each, the tar on stdin; roles/cxl_attacker does the same with Ansible, and both leave
+attack/SUITE_HASH). `--ssh` replaces the ssh command (the tests run the guests' commands on
+one host with it).
 Exit code: 0 when every phase ran and the report is written, 1 when the report is written but
 some phase left no results (report.md says which), 2 when the run could not start.
 """
@@ -28,7 +31,9 @@ some phase left no results (report.md says which), 2 when the run could not star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -76,8 +81,14 @@ class Guest:
     redis_server: str = "/usr/bin/redis-server"
     lib_dir: str = "/usr/local/lib/cxl-dsm-lab"  # cxl_ring.so (cxl_redis_server_lib_dir)
 
+    def at(self, vm: str) -> Guest:
+        """The paths of one VM: "{vm}" in pythonpath, work_dir and views_dir is its name (the
+        tests play every VM on one host)."""
+        paths = ("pythonpath", "work_dir", "views_dir")
+        return dataclasses.replace(self, **{k: getattr(self, k).replace("{vm}", vm) for k in paths})
+
     def views(self, vm: str) -> str:
-        return self.views_dir.replace("{vm}", vm)
+        return self.at(vm).views_dir
 
 
 @dataclass
@@ -99,6 +110,7 @@ class Options:
     guest: Guest = field(default_factory=Guest)
     watch_prefix: list[str] = field(default_factory=list)  # e.g. ["sudo", "-n"]
     python: str = sys.executable
+    install: bool = False  # push the suite into the honest client and the attacker first
 
 
 # ---- the plan: hosts, regions, ports, from the resolved lab ---------------------------------
@@ -189,7 +201,7 @@ def q(*words) -> str:
 
 
 def guest_dir(g: Guest, nonce: str, vm: str) -> str:
-    return f"{g.work_dir}/{nonce}-{vm}"
+    return f"{g.at(vm).work_dir}/{nonce}-{vm}"
 
 
 def suite_cmd(g: Guest, bound: float, args: list) -> str:
@@ -205,7 +217,7 @@ def honest_cmd(o: Options, nonce: str, seed: str, vm: str, p: dict, mode: str, a
     d = f"{guest_dir(o.guest, nonce, vm)}/{mode}/{attack}"
     m = p["modes"][mode]
     return f"mkdir -p {q(d)} && " + suite_cmd(
-        o.guest,
+        o.guest.at(vm),
         o.seconds + o.delay + o.slack,
         [
             "honest",
@@ -254,13 +266,51 @@ def attacker_cmd(o: Options, nonce: str, vm: str, p: dict, mode: str, attack: st
     ]
     if m["group"] is not None:
         args += ["--group", m["group"]]
-    return f"mkdir -p {q(d)} && " + suite_cmd(o.guest, o.seconds + o.delay + o.slack, args)
+    return f"mkdir -p {q(d)} && " + suite_cmd(o.guest.at(vm), o.seconds + o.delay + o.slack, args)
 
 
-def check_cmd(g: Guest, vm: str) -> str:
-    """The suite runs in a guest (and its work directory exists)."""
+def suite_files() -> list[Path]:
+    return sorted(Path(__file__).resolve().parent.glob("*.py"))
+
+
+def suite_hash() -> str:
+    """What roles/cxl_attacker and --install write to <pythonpath>/attack/SUITE_HASH: the
+    sha256 of the package's *.py files, concatenated in name order."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in suite_files())).hexdigest()
+
+
+def suite_tar() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for f in suite_files():
+            info = tf.gettarinfo(str(f), f"attack/{f.name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mode = 0o644
+            with open(f, "rb") as src:
+                tf.addfile(info, src)
+    return buf.getvalue()
+
+
+def install_cmd(g: Guest) -> str:
+    """Unpack the suite's tar (stdin) where the guest's PYTHONPATH starts, unless the same
+    suite is there already."""
+    d = g.pythonpath.split(":")[0]
+    h = suite_hash()
+    mark = f"{d}/attack/SUITE_HASH"
     return (
-        f"mkdir -p {q(g.work_dir)} && "
+        f'if [ "$(cat {q(mark)} 2>/dev/null)" = {h} ]; then cat >/dev/null; else '
+        f"mkdir -p {q(d)} && tar -xf - --no-same-owner -C {q(d)} && echo {h} > {q(mark)}; fi"
+    )
+
+
+def check_cmd(g: Guest, vm: str, install: bool = False) -> str:
+    """The suite runs in a guest (and its work directory exists); with install, the suite is
+    unpacked from stdin first."""
+    g = g.at(vm)
+    return (
+        (f"{install_cmd(g)} && " if install else "")
+        + f"mkdir -p {q(g.work_dir)} && "
         + suite_cmd(g, 120, ["markers", "--nonce", "check", "--mode", "off"])
         + " >/dev/null"
     )
@@ -328,7 +378,7 @@ def start_cmd(g: Guest, server: str, mode: str, m: dict) -> str:
 
 def collect_cmd(g: Guest, nonce: str, vm: str) -> str:
     d = f"{nonce}-{vm}"
-    return f"cd {q(g.work_dir)} && [ -d {q(d)} ] && tar -cf - {q(d)} && rm -rf {q(d)}"
+    return f"cd {q(g.at(vm).work_dir)} && [ -d {q(d)} ] && tar -cf - {q(d)} && rm -rf {q(d)}"
 
 
 def extract(data: bytes, top: str, run_dir: str) -> int:
@@ -389,11 +439,12 @@ class Remote:
     def argv(self, vm: str, command: str) -> list[str]:
         return [*self.prefix, vm, command]
 
-    def popen(self, vm: str, command: str, log: str) -> subprocess.Popen:
-        with open(log, "ab") as f:
+    def popen(self, vm: str, command: str, log: str, stdin: str | None = None) -> subprocess.Popen:
+        """Started in the background, output to log; stdin from a file or nothing."""
+        with open(log, "ab") as f, open(stdin or os.devnull, "rb") as i:
             return subprocess.Popen(
                 self.argv(vm, command),
-                stdin=subprocess.DEVNULL,
+                stdin=i,
                 stdout=f,
                 stderr=f,
                 start_new_session=True,
@@ -511,12 +562,18 @@ class Run:
         """One ssh per VM: the suite runs in the attacker and the honest client, redis-cli in
         the server (this also opens the shared connections)."""
         g = self.o.guest
-        cmds = {vm: check_cmd(g, vm) for vm in self.guests}
+        cmds = {vm: check_cmd(g, vm, self.o.install) for vm in self.guests}
         cmds[self.p["server"]] = f"command -v {q(g.redis_cli)} >/dev/null"
         logs = os.path.join(self.dir, "ssh")
         os.makedirs(logs, exist_ok=True)
+        tar = None
+        if self.o.install:
+            tar = os.path.join(logs, "suite.tar")
+            Path(tar).write_bytes(suite_tar())
         procs = {
-            vm: self.remote.popen(vm, c, os.path.join(logs, f"check-{vm}.log"))
+            vm: self.remote.popen(
+                vm, c, os.path.join(logs, f"check-{vm}.log"), tar if vm in self.guests else None
+            )
             for vm, c in cmds.items()
         }
         failed = [vm for vm, pr in procs.items() if wait(pr, 120) != 0]
@@ -527,8 +584,8 @@ class Run:
             )
             raise LabError(
                 f"cannot run the suite in {', '.join(failed)} ({detail}): is the lab up "
-                f"(ssh -F .lab/ssh_config <vm>) and the suite installed (ansible-playbook "
-                f"playbooks/attack.yml installs it with roles/cxl_attacker)?"
+                f"(ssh -F .lab/ssh_config <vm>) and the suite installed (--install, or "
+                f"ansible-playbook playbooks/attack.yml with roles/cxl_attacker)?"
             )
 
     def start_servers(self) -> None:
@@ -741,6 +798,7 @@ def main(a) -> int:
             },
             guest=guest,
             watch_prefix=shlex.split(a.watch_prefix or ""),
+            install=a.install,
         )
         if a.ssh:
             remote = Remote(shlex.split(a.ssh))

@@ -10,10 +10,10 @@ the real watcher and report. No assertion depends on speed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -84,9 +84,17 @@ def test_plan_picks_vms_regions_ports():
     sec, off = p["modes"]["secdsm"], p["modes"]["off"]
     # The lab's Redis serves the server's first region; the other gets a transient server.
     assert (sec["region"], sec["redis_port"], sec["transient"], sec["group"]) == (
-        "sec", 7000, False, 1)
+        "sec",
+        7000,
+        False,
+        1,
+    )
     assert (off["region"], off["redis_port"], off["transient"], off["groups"]) == (
-        "off", 6390, True, [2, 2])
+        "off",
+        6390,
+        True,
+        [2, 2],
+    )
     only = D.plan(lab_description("/s", "/o"), ["secdsm"], {}, {})
     assert list(only["modes"]) == ["secdsm"]
 
@@ -127,7 +135,9 @@ def test_extract_takes_only_result_files(tmp_path):
     assert (tmp_path / "secdsm/read/attacker.json").read_bytes() == b"{}"
     assert (tmp_path / "off/read/loot.bin").read_bytes() == b"loot"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
-        "attacker.json", "loot.bin"]
+        "attacker.json",
+        "loot.bin",
+    ]
 
 
 def test_server_check_parsing():
@@ -137,6 +147,17 @@ def test_server_check_parsing():
     assert not gone["server_alive"] and not gone["inject_key_exists"]
 
 
+def test_install_unpacks_once(tmp_path):
+    g = D.Guest(pythonpath=str(tmp_path / "suite-{vm}") + ":/elsewhere")
+    cmd = D.install_cmd(g.at("vm2"))
+    tar = D.suite_tar()
+    for _ in range(2):  # the second time the same suite is there: nothing unpacked
+        subprocess.run(["sh", "-c", cmd], input=tar, check=True, timeout=30)
+    got = tmp_path / "suite-vm2" / "attack"
+    assert sorted(p.name for p in got.glob("*.py")) == [p.name for p in D.suite_files()]
+    assert (got / "SUITE_HASH").read_text().strip() == D.suite_hash()
+
+
 class RecordingRemote(D.Remote):
     """Records every command; succeeds at everything, and is interrupted at the first phase."""
 
@@ -144,7 +165,7 @@ class RecordingRemote(D.Remote):
         super().__init__([])
         self.calls: list[tuple[str, str]] = []
 
-    def popen(self, vm, command, log):
+    def popen(self, vm, command, log, stdin=None):
         self.calls.append((vm, command))
         if "honest" in command:
             raise KeyboardInterrupt("Ctrl-C")
@@ -212,10 +233,8 @@ def _script(path: str, text: str) -> None:
 def _kill_units(units: str) -> None:
     for name in os.listdir(units):
         if name.endswith(".pid"):
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(Path(units, name).read_text()), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
 
 
 @pytest.mark.skipif(not MODULE.exists(), reason=f"{MODULE} is not built (make build)")
@@ -235,12 +254,21 @@ def test_lab_driver_on_one_host(tmp_path, shm):
         f.truncate(segs[-1].offset + segs[-1].span)
     os.chmod(off, 0o666)
     tools, units, work, views = shm("bin"), shm("units"), shm("work"), shm("views")
+    suite = shm("suite")  # where --install puts the package, per VM
     for d, mode in ((tools, 0o755), (units, 0o755), (work, 0o1777), (views, 0o755)):
         os.makedirs(d)
         os.chmod(d, mode)
+    for vm in ("vm2", "vm3"):
+        os.makedirs(os.path.join(suite, vm))
+        os.chmod(suite, 0o755)
+    os.chown(os.path.join(suite, "vm3"), attacker.pw_uid, attacker.pw_gid)
     ssh = os.path.join(tools, "ssh")
-    _script(ssh, FAKE_SSH.format(user=attacker.pw_name, uid=attacker.pw_uid,
-                                 gid=attacker.pw_gid, bin=tools, units=units))
+    _script(
+        ssh,
+        FAKE_SSH.format(
+            user=attacker.pw_name, uid=attacker.pw_uid, gid=attacker.pw_gid, bin=tools, units=units
+        ),
+    )
     _script(os.path.join(tools, "systemd-run"), FAKE_SYSTEMD_RUN)
     _script(os.path.join(tools, "systemctl"), FAKE_SYSTEMCTL)
     os.symlink(MODULE, os.path.join(tools, "cxl_ring.so"))
@@ -264,14 +292,15 @@ def test_lab_driver_on_one_host(tmp_path, shm):
         make_view(os.path.join(views, "vm3", "sec"), sec, ["header", "client-1", "server-1"])
         lab_json = tmp_path / "lab.json"
         lab_json.write_text(json.dumps(lab_description(sec, off, srv_sec.port)))
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        env = dict(os.environ, PYTHONPATH=str(REPO))  # the driver's; the guests' is --install's
         argv = [
             sys.executable, "-m", "attack", "lab", "--lab", str(lab_json), "--ssh", ssh,
             "--modes", "secdsm,off", "--attacks", "read,inject,header", "--out", run_dir,
             "--seconds", "1.5", "--delay", "0.4", "--settle", "2.5", "--count", "20000",
             "--slack", "60", "--transient-port", f"off={off_port}",
             "--guest-python", sys.executable, "--guest-system-python", ATTACKER_PYTHON,
-            "--guest-pythonpath", f"{REPO}:{REPO / 'client'}", "--guest-work-dir", work,
+            "--install", "--guest-pythonpath", f"{suite}/{{vm}}:{REPO / 'client'}",
+            "--guest-work-dir", work,
             "--views-dir", os.path.join(views, "{vm}"), "--redis-server", REDIS_SERVER,
             "--lib-dir", tools,
         ]  # fmt: skip
@@ -285,6 +314,8 @@ def test_lab_driver_on_one_host(tmp_path, shm):
     # The driver stopped its transient server, and took the guests' results away.
     assert not [n for n in os.listdir(units) if n.endswith(".pid")], out
     assert os.listdir(work) == [], out
+    for vm in ("vm2", "vm3"):
+        assert (Path(suite, vm, "attack", "SUITE_HASH")).read_text().strip() == D.suite_hash()
     rep = json.loads((Path(run_dir) / "report.json").read_text())
     s, o = rep["summary"]["secdsm"], rep["summary"]["off"]
     rows = {r["attack"]: r for r in rep["rows"]}
