@@ -764,6 +764,7 @@ def main(a) -> int:
         return out
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    remote = None
     try:
         guest = Guest(
             python=a.guest_python,
@@ -812,6 +813,8 @@ def main(a) -> int:
         run = Run(o, remote)
     except LabError as e:
         print(e, file=sys.stderr)
+        if remote is not None:
+            remote.close([])
         return 2
     old = signal.signal(signal.SIGTERM, _sigterm)
     try:
