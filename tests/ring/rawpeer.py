@@ -100,7 +100,9 @@ def pow2ceil(n: int) -> int:
 
 
 def segment_name(kind: int, group: int) -> str:
-    return "header" if kind == SEG_HEADER else f"{'client' if kind == SEG_CLIENT else 'server'}-{group}"
+    if kind == SEG_HEADER:
+        return "header"
+    return f"{'client' if kind == SEG_CLIENT else 'server'}-{group}"
 
 
 class Segment:
