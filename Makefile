@@ -148,7 +148,7 @@ test-lab: build
 	$(MOLECULE) test -s lab || { $(MOLECULE) destroy -s lab; exit 1; }
 
 lint: venv
-	$(VENV)/bin/ruff check client tests bench library module_utils molecule
+	$(VENV)/bin/ruff check client tests bench library module_utils molecule attack
 	@if [ -d roles ]; then $(VENV)/bin/ansible-lint; fi
 
 ## ---- benchmarks ----------------------------------------------------------
