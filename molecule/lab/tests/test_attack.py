@@ -1,0 +1,71 @@
+"""The attack suite's Sec-DSM phases against the live lab (the lab scenario's verify).
+
+The attacker VM (role attacker) runs every attack of attack/ against the secdsm region
+while the honest client VM runs its canary load; the hypervisor watches the segment files.
+Outcomes come from outside the attacker (attack/report.py): the honest client's secret
+canaries found in what the attacker read, the markers the host saw land in the region's
+files, the honest client's errors. With Sec-DSM every count is 0. Throughput shares are
+reported in report.md, never asserted (2 cores, TCG: a benchmark's business).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SSH_CONFIG = Path(os.environ.get("CXL_LAB_SSH_CONFIG", REPO_ROOT / ".lab/ssh_config"))
+LAB_JSON = Path(os.environ.get("CXL_LAB_JSON", REPO_ROOT / ".lab/lab.json"))
+LAB = json.loads(LAB_JSON.read_text())
+ROLES = {vm["role"] for vm in LAB["vms"]}
+SECDSM = [r["name"] for r in LAB["regions"] if r.get("security") == "secdsm"]
+
+pytestmark = [
+    pytest.mark.skipif(
+        not ({"server", "client", "attacker"} <= ROLES and SECDSM),
+        reason="needs a server, a client, an attacker VM and a secdsm region in the lab",
+    ),
+    # The suite bounds every phase itself (seconds, ssh timeouts); this only stops a hang.
+    pytest.mark.timeout(1800),
+]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("attack") / "run"
+    argv = [sys.executable, "-m", "attack", "lab", "--lab", str(LAB_JSON),
+            "--ssh-config", str(SSH_CONFIG), "--install", "--modes", "secdsm", "--out", str(out)]
+    if os.geteuid() != 0:  # the watcher reads QEMU's region files
+        argv += ["--watch-prefix", "sudo -n"]
+    proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    print((out / "report.md").read_text())  # the table, in the verify log
+    return rep
+
+
+def test_the_host_could_read_every_segment_file(report):
+    """Else 0 forged writes would prove nothing."""
+    assert report["unreadable"] == {}
+
+
+def test_every_attack_ran(report):
+    attacks = [row["attack"] for row in report["rows"] if row["attack"] != "control"]
+    assert attacks and report["summary"]["secdsm"]["phases_run"] == len(attacks)
+
+
+def test_no_byte_of_the_other_client_was_obtained(report):
+    assert report["summary"]["secdsm"]["other_bytes"] == 0
+
+
+def test_no_forged_write_landed(report):
+    assert report["summary"]["secdsm"]["forged_landed"] == 0
+
+
+def test_the_honest_client_saw_no_error(report):
+    assert report["summary"]["secdsm"]["honest_errors"] == 0
