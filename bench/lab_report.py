@@ -11,6 +11,9 @@ to the controller, one folder per guest::
     ring_c_P1, ring_c_P16   the C bench client through the shared region, one request at
                             a time / 16 in flight per thread          (PoC CSV format)
     ring_py_P1              the Python ring client, one at a time     (PoC CSV format)
+    ring_c_P1_off, _P16_off the C bench client on a region of security off, served by a
+                            transient second Redis (the others use the lab's Redis and
+                            its secdsm region)                         (PoC CSV format)
     tcp_vm_P1, tcp_vm_P16   redis-benchmark in the client VM over the inter-VM link,
                             -P 1 / -P 16                               (redis-benchmark --csv)
     tcp_local_P1, _P16      redis-benchmark inside the server VM over loopback
@@ -21,9 +24,17 @@ matplotlib: requirements/bench.txt; without it only the tables are written) and 
 ``report.md``. Under TCG (no KVM) absolute numbers are those of an emulated CPU; the
 ratios between transports measured in the same run are what the report discusses.
 
+Sec-DSM against security off: every ring phase measured on both regions (``X`` and
+``X_off``) gives a secdsm/off ratio, for throughput (secdsm req/s / off req/s) and for the
+round trip of one request in flight (off p50 / secdsm p50: a rate, higher is better). The
+report lists them against the target (0.95) with their median and minimum, and the script
+prints the summary. It is a benchmark, not a test: a missed target does not change the
+exit code.
+
 Usage::
 
     python bench/lab_report.py RESULTS [--out DIR] [--virt-type kvm|qemu] [--title TEXT]
+                               [--secdsm-region NAME] [--off-region NAME]
 """
 
 from __future__ import annotations
@@ -32,19 +43,23 @@ import argparse
 import csv
 import datetime
 import re
+import statistics
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-FILE_NAME = re.compile(r"^(?P<transport>[a-z0-9_]+?_P\d+)__d(?P<size>\d+)__t(?P<threads>\d+)\.csv$")
+FILE_NAME = re.compile(
+    r"^(?P<transport>[a-z0-9_]+?_P\d+(?:_off)?)__d(?P<size>\d+)__t(?P<threads>\d+)\.csv$")
 
 # Display order and colours: ring first, then the TCP baselines.
-TRANSPORTS = ["ring_c_P1", "ring_c_P16", "ring_py_P1", "tcp_vm_P1", "tcp_vm_P16",
-              "tcp_local_P1", "tcp_local_P16"]
+TRANSPORTS = ["ring_c_P1", "ring_c_P1_off", "ring_c_P16", "ring_c_P16_off", "ring_py_P1",
+              "tcp_vm_P1", "tcp_vm_P16", "tcp_local_P1", "tcp_local_P16"]
 DESCRIPTIONS = {
     "ring_c_P1": "C ring client, 1 in flight",
+    "ring_c_P1_off": "C ring client, 1 in flight, region of security off (transient Redis)",
     "ring_c_P16": "C ring client, 16 in flight",
+    "ring_c_P16_off": "C ring client, 16 in flight, region of security off (transient Redis)",
     "ring_py_P1": "Python ring client, 1 in flight",
     "tcp_vm_P1": "redis-benchmark VM to VM, -P 1",
     "tcp_vm_P16": "redis-benchmark VM to VM, -P 16",
@@ -58,6 +73,16 @@ RATIOS = [
     ("ring_c_P1", "tcp_local_P1", "p50_us", "round trip (p50), ring / TCP loopback in the server"),
     ("ring_py_P1", "tcp_vm_P1", "p50_us", "round trip (p50), Python ring / TCP between VMs"),
 ]
+# Sec-DSM against security off: (transport, metric, what it measures). A transport's
+# phase on the off region is labelled <transport>_off.
+SECURITY_PAIRS = [
+    ("ring_c_P1", "rps", "throughput"),
+    ("ring_c_P1", "p50_us", "round trip"),
+    ("ring_c_P16", "rps", "throughput"),
+]
+OFF_SUFFIX = "_off"
+# Wanted: secdsm at least this fraction of off, for throughput and round trip alike.
+SECURITY_TARGET = 0.95
 
 
 @dataclass
@@ -162,6 +187,86 @@ def ratios(rows: list[Row]) -> list[tuple[str, str, int, int, float]]:
     return out
 
 
+@dataclass
+class SecurityRatio:
+    """One ring phase measured on the secdsm region and on the off region."""
+
+    measure: str          # "throughput" or "round trip"
+    transport: str        # the secdsm label; the off one is transport + OFF_SUFFIX
+    op: str
+    value_size: int
+    threads: int
+    secdsm: float         # req/s, or p50 µs for the round trip
+    off: float
+    ratio: float          # higher is better for both: secdsm/off req/s, off/secdsm p50
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= SECURITY_TARGET
+
+
+def security_ratios(rows: list[Row]) -> list[SecurityRatio]:
+    """secdsm/off ratios for every ring phase measured on both regions."""
+    out = []
+    combos = sorted({(row.op, row.value_size, row.threads) for row in rows})
+    for transport, metric, measure in SECURITY_PAIRS:
+        for op, size, threads in combos:
+            secdsm = _pick(rows, transport, op, size, threads)
+            off = _pick(rows, transport + OFF_SUFFIX, op, size, threads)
+            if not (secdsm and off):
+                continue
+            a, b = getattr(secdsm, metric), getattr(off, metric)
+            # Throughput: secdsm / off. Round trip: off / secdsm (a rate, higher is better).
+            top, bottom = (a, b) if metric == "rps" else (b, a)
+            if bottom > 0:
+                out.append(SecurityRatio(measure, transport, op, size, threads, a, b, top / bottom))
+    return out
+
+
+def security_summary(found: list[SecurityRatio]) -> dict[str, dict[str, float | int | bool]]:
+    """Per measure: how many ratios, their median and minimum, and whether the median meets
+    the target."""
+    summary = {}
+    for measure in ("throughput", "round trip"):
+        values = [r.ratio for r in found if r.measure == measure]
+        if values:
+            median = statistics.median(values)
+            summary[measure] = {"count": len(values), "median": median, "min": min(values),
+                                "met": median >= SECURITY_TARGET}
+    return summary
+
+
+def security_lines(found: list[SecurityRatio], secdsm_region: str, off_region: str) -> list[str]:
+    """The report's section on Sec-DSM against security off (empty when nothing was paired)."""
+    if not found:
+        return []
+    secdsm_name = f" (`{secdsm_region}`)" if secdsm_region else ""
+    off_name = f" (`{off_region}`)" if off_region else ""
+    lines = ["## Sec-DSM against security off", "",
+             f"The same client with the same parameters, back to back, on the secdsm region"
+             f"{secdsm_name}, served by the lab's Redis, and on a region of security off"
+             f"{off_name}, served by a transient second Redis with the same driver arguments. "
+             "Ratio: throughput secdsm req/s / off req/s; round trip off p50 / secdsm p50 "
+             "(a rate). "
+             f"Target: both ≥ {SECURITY_TARGET:.2f}. This is a benchmark, not a test: under TCG "
+             "and on a shared machine single phases vary by more than 5 %, so the verdict is "
+             "the median's.", "",
+             "| measure | transport | op | value | threads | secdsm | off | secdsm/off | "
+             f"≥ {SECURITY_TARGET:.2f} |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in found:
+        unit = "req/s" if r.measure == "throughput" else "µs p50"
+        fmt = "{:,.0f}" if r.measure == "throughput" else "{:.1f}"
+        lines.append(f"| {r.measure} | {r.transport} | {r.op.upper()} | {r.value_size} B | "
+                     f"{r.threads} | {fmt.format(r.secdsm)} {unit} | {fmt.format(r.off)} {unit} | "
+                     f"{r.ratio:.3f} | {'yes' if r.met else 'no'} |")
+    lines += ["", "| measure | phases | median | min | target |", "|---|---:|---:|---:|---|"]
+    for measure, s in security_summary(found).items():
+        lines.append(f"| {measure} | {s['count']} | {s['median']:.3f} | {s['min']:.3f} | "
+                     f"{'**met**' if s['met'] else '**missed**'} (≥ {SECURITY_TARGET:.2f}) |")
+    return lines + [""]
+
+
 def plot(rows: list[Row], out: Path) -> list[str]:
     """throughput.png and latency.png; returns the files written (none without matplotlib)."""
     try:
@@ -220,7 +325,7 @@ def plot(rows: list[Row], out: Path) -> list[str]:
 
 
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
-           title: str) -> str:
+           title: str, secdsm_region: str = "", off_region: str = "") -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -244,6 +349,7 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
         lines += [f"| {meaning} | {op.upper()} | {size} B | {threads} | {ratio:.2f} |"
                   for meaning, op, size, threads, ratio in found]
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
+    lines += security_lines(security_ratios(rows), secdsm_region, off_region)
     for image in images:
         lines += [f"![{image[:-4]}]({image})", ""]
     lines += ["## Results", "",
@@ -264,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--virt-type", default="",
                     help="kvm or qemu (TCG): the report says what it means")
     ap.add_argument("--title", default="CXL-DSM lab benchmark: ring vs TCP")
+    ap.add_argument("--secdsm-region", default="",
+                    help="name of the secdsm region the lab's Redis served (for the report's text)")
+    ap.add_argument("--off-region", default="",
+                    help="name of the region of security off the transient Redis served")
     args = ap.parse_args(argv)
     out = args.out or args.results
     out.mkdir(parents=True, exist_ok=True)
@@ -273,9 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_table(rows, out / "results.csv")
     images = plot(rows, out)
-    (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title))
+    (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title,
+                                          args.secdsm_region, args.off_region))
     print(f"lab_report: {len(rows)} rows -> {out / 'report.md'}"
           + ("" if images else " (no plots: matplotlib is not installed)"))
+    for measure, s in security_summary(security_ratios(rows)).items():
+        print(f"lab_report: Sec-DSM vs security off, {measure}: secdsm/off median {s['median']:.3f}"
+              f" (min {s['min']:.3f}, {s['count']} phases), target >= {SECURITY_TARGET:.2f}: "
+              + ("met" if s["met"] else "missed"))
     return 0
 
 
