@@ -212,6 +212,9 @@ class Session(SessionBase):
         try:
             responses, consumed = P.decode_responses(snap, self.max_msg)
         except ProtocolError as e:
+            # A session the server retired meanwhile (lease expired, reset) had its unread
+            # responses scrubbed (section 3.1): that is a lost session, not a corrupt ring.
+            self.check_alive(time.monotonic(), limit)
             self.broken = True
             raise ProtocolError(f"channel {self.index}: {e}") from None
         for r in responses:

@@ -597,6 +597,22 @@ void cxl_session_flush(struct cxl_session *s)
     cxl_store_release64(&s->kcli->req_head, s->req_head);
 }
 
+/*
+ * A response that makes no sense may be one the server scrubbed because it
+ * retired the session meanwhile (lease expired, CXLRING.RESET: section 3.1).
+ * Then the verdict is a lost session, not a corrupt ring. The server stores
+ * ack_token before it scrubs; on x86-64 (TSO) a reader that saw the zeros
+ * sees the new ack_token too.
+ */
+static int retired(struct cxl_session *s)
+{
+    if (cxl_load_acquire64(&s->ksrv->ack_token) == s->token)
+        return 0;
+    SERR(s, "the server retired our session on channel %u (lease expired or reset) "
+         "with responses unread", s->chan);
+    return 1;
+}
+
 int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r)
 {
     struct cxl_msg_hdr hdr;
@@ -625,11 +641,15 @@ int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r)
     cxl_ring_copy_out(&s->resp, s->resp_tail, &hdr, sizeof(hdr));   /* header once */
     if (hdr.len < CXL_MSG_HDR_SIZE || hdr.len > s->client->geo.max_msg_size ||
         cxl_align8(hdr.len) > used) {
+        if (retired(s))
+            return CXL_E_LOST;
         SERR(s, "response ring of channel %u: message length %u (published %" PRIu64
              ", limit %u)", s->chan, hdr.len, used, s->client->geo.max_msg_size);
         return CXL_E_CORRUPT;
     }
     if (hdr.op > CXL_ST_PROTOCOL_ERROR) {
+        if (retired(s))
+            return CXL_E_LOST;
         SERR(s, "response ring of channel %u: unknown status %u", s->chan, hdr.op);
         return CXL_E_CORRUPT;
     }

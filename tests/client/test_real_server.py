@@ -15,6 +15,7 @@ import cxl_ring
 import pytest
 from clientutil import REPO, VECTORS, check_oversized_raw_request
 from cxl_ring import protocol as P
+from cxl_ring.session import LEASE_KEEPER
 from cxl_ring.exceptions import (
     ProtocolError,
     RequestTooLargeError,
@@ -275,3 +276,25 @@ def test_layout_v2(real_server_factory):
         for i in range(5000):
             p.get(f"k{i}")
         assert p.execute()[-1] == b"4999"
+
+
+def test_a_retired_session_with_a_response_unread_is_lost_not_corrupt(real_server_factory, impl):
+    """The lease expires while a response waits unread: the server retires the session and
+    scrubs that response (section 3.1). The client's verdict is an unknown outcome (the
+    session is gone), never a corrupt ring. Seen on a loaded machine, where a bench client's
+    heartbeat stood still past the lease: it reported 'message length 0'."""
+    server = real_server_factory(client_lease_ms=500)
+    with cxl_ring.Region(server.path) as region:
+        s = cxl_ring.claim(region, region.header(), 5)
+        LEASE_KEEPER.discard(s)                           # its heartbeat stands still from now
+        ss = region.header().server_section(s.index)
+        try:
+            s.send_raw(P.encode_get(b"key", s.next_id))
+            deadline = time.monotonic() + HANG
+            while region.u64[(ss + P.OFF_DEAD_TOKEN) // 8] != s.token:   # lease, then retired
+                assert time.monotonic() < deadline, "the driver never retired the session"
+                time.sleep(0.05)
+            with pytest.raises(UnknownOutcomeError, match="retired"):
+                s.receive(1, HANG)
+        finally:
+            s.release()
