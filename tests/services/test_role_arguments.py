@@ -14,7 +14,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLES = ["cxl_build", "cxl_redis_server", "cxl_gramine", "cxl_ring_client"]
 PLAYBOOKS = ["playbooks/services.yml", "playbooks/bench.yml", "playbooks/check-regions.yml",
-             "playbooks/reach-lab.yml", "playbooks/teardown.yml", "site.yml"]
+             "playbooks/reach-lab.yml", "playbooks/teardown.yml", "playbooks/infrastructure.yml",
+             "site.yml"]
 
 
 def defaults_of(role: str) -> dict:
