@@ -15,7 +15,6 @@ import cxl_ring
 import pytest
 from clientutil import REPO, VECTORS, check_oversized_raw_request
 from cxl_ring import protocol as P
-from cxl_ring.session import LEASE_KEEPER
 from cxl_ring.exceptions import (
     ProtocolError,
     RequestTooLargeError,
@@ -23,6 +22,7 @@ from cxl_ring.exceptions import (
     ServerGoneError,
     UnknownOutcomeError,
 )
+from cxl_ring.session import LEASE_KEEPER
 
 MAX_VALUE = 65536
 HANG = 20   # bounds that only catch hangs; no assertion depends on the machine's speed
