@@ -224,7 +224,7 @@ def attack_header(ctx: Ctx) -> None:
     put back the epoch and state found at the start when done."""
     v, m = ctx.view, ctx.markers
     if not v.writable("header"):
-        ctx.note("header: not mapped writable (the OS refused a writable mapping)")
+        ctx.note("header: not mapped writable (the guest refused a writable mapping, even to root)")
         return
     epoch, state = v.u64("header", L.OFF_SERVER_EPOCH), v.u32("header", L.OFF_SERVER_STATE)
     end = ctx.deadline()
