@@ -272,10 +272,13 @@ def test_udev_gives_the_region_file_its_group_again(guest, vm):
         guest.run("chgrp cxl %s && chmod 0660 %s", target, target)
 
 
+# Read (2 arguments) or write (3) 64 bytes at an offset of a region or segment file in a
+# guest; reads open it read-only, so a read-only segment's file (no write bit) can be read.
 PEEK = (
-    "import mmap,os,sys;fd=os.open(sys.argv[1],os.O_RDWR|os.O_SYNC);"
-    "m=mmap.mmap(fd,int(sys.argv[2])+4096);o=int(sys.argv[2]);"
-    "(m.__setitem__(slice(o,o+64),sys.argv[3].encode().ljust(64,b'\\0')) if len(sys.argv)>3 "
+    "import mmap,os,sys;w=len(sys.argv)>3;o=int(sys.argv[2]);"
+    "fd=os.open(sys.argv[1],(os.O_RDWR if w else os.O_RDONLY)|os.O_SYNC);"
+    "m=mmap.mmap(fd,o+64,prot=mmap.PROT_READ|(mmap.PROT_WRITE if w else 0));"
+    "(m.__setitem__(slice(o,o+64),sys.argv[3].encode().ljust(64,b'\\0')) if w "
     "else print(m[o:o+64].rstrip(b'\\0').decode()))"
 )
 
@@ -358,8 +361,13 @@ def test_a_client_write_into_the_header_is_dropped(hypervisor, name):
     offset = 4096 - 64  # the header page's reserved tail: harmless if it did land
     before = host_bytes(hypervisor, seg["path"], offset)
     token = f"forged-{secrets.token_hex(8)}"
-    guest_host(vm["name"]).run(
-        "python3 -c %s %s %s %s", PEEK, f"/dev/cxl/{name}/header", str(offset), token
+    # The file's mode (no write bit) is the guest's own rule, and root owns the guest: give
+    # it a write bit, write through a writable mapping, put the mode back. Only QEMU's
+    # read-only backend is left to stop the write.
+    guest_host(vm["name"]).check_output(
+        "t=$(readlink -f %s) && m=$(stat -c %%a $t) && chmod u+w $t && "
+        "{ python3 -c %s %s %s %s; rc=$?; chmod $m $t; exit $rc; }",
+        f"/dev/cxl/{name}/header", PEEK, f"/dev/cxl/{name}/header", str(offset), token,
     )
     assert host_bytes(hypervisor, seg["path"], offset) == before != token
 
