@@ -143,29 +143,46 @@ def _window(view: View, seg: str, sec: int, size: int, index_off: int, width: in
 
 
 def attack_read(ctx: Ctx) -> None:
-    """Dump every non-zero page of the other groups' segments once, then keep copying the
-    bytes just behind every ring's producer index until the time is up."""
+    """Watch every producer index of the other groups' rings and copy each message the moment
+    it is published (the owner scrubs it once it is answered, so the window is the round
+    trip); when the time is up, dump every non-zero page of those segments once."""
     h, v = ctx.header, ctx.view
     names = [f"{k}-{g}" for g in ctx.foreign_groups() for k in ("client", "server")]
     for name in names:
         if not v.has(name):
             ctx.note(f"{name}: unmapped, nothing to read")
-            continue
-        seg = h.segment(name)
-        for off in range(0, seg.size, 4096):
-            ctx.loot.add(name, v.read(name, off, 4096))
+    rings = []  # (segment, section offset, ring size, producer index offset)
+    for g in ctx.foreign_groups():
+        for ch in h.channels_of(g):
+            cseg, coff = h.client_section(ch)
+            sseg, soff = h.server_section(ch)
+            rings.append((cseg, coff, h.req_ring_size, L.OFF_REQ_HEAD))
+            rings.append((sseg, soff, h.resp_ring_size, L.OFF_RESP_HEAD))
+    rings = [r for r in rings if v.has(r[0])]
+    last = {r: v.u64(r[0], r[1] + r[3]) for r in rings}
     width = min(64 << 10, h.req_ring_size, h.resp_ring_size)
     end = ctx.deadline()
-    passes = 0
-    while time.monotonic() < end and ctx.loot.size < ctx.loot.cap:
-        for g in ctx.foreign_groups():
-            for ch in h.channels_of(g):
-                cseg, coff = h.client_section(ch)
-                sseg, soff = h.server_section(ch)
-                ctx.loot.add(cseg, _window(v, cseg, coff, h.req_ring_size, L.OFF_REQ_HEAD, width))
-                ctx.loot.add(sseg, _window(v, sseg, soff, h.resp_ring_size, L.OFF_RESP_HEAD, width))
+    passes = caught = 0
+    while rings and time.monotonic() < end and ctx.loot.size < ctx.loot.cap:
+        for r in rings:
+            seg, sec, size, index_off = r
+            head = v.u64(seg, sec + index_off)
+            if head is None or head == last[r]:
+                continue
+            n = min((head - last[r]) & ((1 << 64) - 1), width)
+            last[r] = head
+            data = ring_read(v, seg, sec + L.CONTROL_SIZE, size, head - n, n)
+            if data and data.strip(b"\0"):
+                caught += 1
+                ctx.loot.add(seg, data)
         passes += 1
+    for name in names:
+        if v.has(name):
+            seg = h.segment(name)
+            for off in range(0, seg.size, 4096):
+                ctx.loot.add(name, v.read(name, off, 4096))
     ctx.details["passes"] = passes
+    ctx.details["messages_caught"] = caught
 
 
 def attack_inject(ctx: Ctx) -> None:
