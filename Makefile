@@ -122,7 +122,7 @@ teardown: venv
 test: lint test-unit test-servers test-lab
 
 test-unit: build ring-check
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # tests/ring against each of $(SERVERS) with the module built against its header. Not
 # again here: the fuzz harness and the decoder vectors (no server in them). A server this
