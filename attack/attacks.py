@@ -132,13 +132,6 @@ def ring_write(view: View, seg: str, data_off: int, size: int, pos: int, msg: by
     return ok
 
 
-def _window(view: View, seg: str, sec: int, size: int, index_off: int, width: int) -> bytes | None:
-    head = view.u64(seg, sec + index_off)
-    if head is None:
-        return None
-    return ring_read(view, seg, sec + L.CONTROL_SIZE, size, head - width, width)
-
-
 # ---- the attacks -----------------------------------------------------------------------------
 
 
