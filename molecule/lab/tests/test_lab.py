@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import testinfra
+from labssh import guest_host
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-SSH_CONFIG = Path(os.environ.get("CXL_LAB_SSH_CONFIG", REPO_ROOT / ".lab/ssh_config"))
 LAB_JSON = Path(os.environ.get("CXL_LAB_JSON", REPO_ROOT / ".lab/lab.json"))
 
 LAB = json.loads(LAB_JSON.read_text())
@@ -39,10 +39,6 @@ def hypervisor():
 @pytest.fixture(scope="module", params=VMS, ids=VM_NAMES)
 def vm(request):
     return request.param
-
-
-def guest_host(name: str):
-    return testinfra.get_host(f"ssh://{name}", ssh_config=str(SSH_CONFIG))
 
 
 @pytest.fixture(scope="module")

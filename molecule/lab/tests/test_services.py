@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-import testinfra
+from labssh import guest_host
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 INVENTORY = Path(os.environ.get("CXL_LAB_INVENTORY", REPO_ROOT / "inventory"))
@@ -61,7 +61,7 @@ REGION = f"/dev/cxl/{first_region(CLIENT_VM)}" if CLIENT_VM else ""
 
 
 def guest(vm: dict):
-    return testinfra.get_host(f"ssh://{vm['name']}", ssh_config=str(SSH_CONFIG))
+    return guest_host(vm["name"])
 
 
 @pytest.fixture(scope="module")
