@@ -791,7 +791,8 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     res["ratio_secdsm_vs_off_rtt_avg"] = ratio(res["ring_rtt_avg_us"],
                                                res["secdsm_ring_rtt_avg_us"])
     res["targets"] = verdicts(res)
-    res["commands"] = commands
+    # The checkout's own path is this machine's business: commands are written relative to it.
+    res["commands"] = {k: v.replace(f"{ROOT}/", "") for k, v in commands.items()}
     res["notes"] = notes
     res["seconds"] = round(time.monotonic() - started, 1)
     return res

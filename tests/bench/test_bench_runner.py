@@ -97,6 +97,9 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert all(v["result"] in ("PASS", "MISS") for v in doc["targets"].values())
     assert "redis-benchmark" in doc["commands"]["tcp_p16"]
     assert "cxl-ring-bench" in doc["commands"]["ring_pipelined"]
+    # the commands name the checkout's files relative to it: no path of this machine's clone
+    assert not any(str(REPO) in c for c in doc["commands"].values())
+    assert doc["commands"]["ring_pipelined"].startswith("build/cxl-ring-bench ")
     # the secdsm runs went through a view with only the bench group's segments
     assert doc["secdsm"]["view"] == ["client-0", "header", "server-0"]
     assert "/view-0 " in doc["commands"]["ring_pipelined_secdsm"]
