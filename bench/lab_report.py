@@ -50,7 +50,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 FILE_NAME = re.compile(
-    r"^(?P<transport>[a-z0-9_]+?_P\d+(?:_off)?)__d(?P<size>\d+)__t(?P<threads>\d+)\.csv$")
+    r"^(?P<transport>[a-z0-9_]+?_P\d+(?:_off)?)__d(?P<size>\d+)__t(?P<threads>\d+)"
+    r"(?:__r(?P<round>\d+))?\.csv$")
 
 # Display order and colours: ring first, then the TCP baselines.
 TRANSPORTS = ["ring_c_P1", "ring_c_P1_off", "ring_c_P16", "ring_c_P16_off", "ring_py_P1",
@@ -100,6 +101,7 @@ class Row:
     p50_us: float
     p99_us: float
     p999_us: float | None
+    round: int = 0  # the comparison phases run in rounds of opposite order (file name __r<N>)
 
 
 def _float(text: str) -> float:
@@ -151,6 +153,8 @@ def load(results: Path) -> tuple[list[Row], list[str]]:
             continue
         if not found:
             problems.append(f"{path.relative_to(results)}: no rows")
+        for row in found:
+            row.round = int(match["round"] or 0)
         rows.extend(found)
     return rows, problems
 
@@ -168,10 +172,19 @@ def _order(transport: str) -> int:
 
 
 def _pick(rows: list[Row], transport: str, op: str, size: int, threads: int) -> Row | None:
+    """The first round's row of a phase."""
     for row in rows:
-        if (row.transport, row.op, row.value_size, row.threads) == (transport, op, size, threads):
+        if (row.transport, row.op, row.value_size, row.threads, row.round) == (
+                transport, op, size, threads, 0):
             return row
     return None
+
+
+def _rounds(rows: list[Row], transport: str, op: str, size: int, threads: int) -> list[Row]:
+    """Every round's row of a phase."""
+    return [row for row in rows
+            if (row.transport, row.op, row.value_size, row.threads) == (transport, op, size,
+                                                                         threads)]
 
 
 def ratios(rows: list[Row]) -> list[tuple[str, str, int, int, float]]:
@@ -196,9 +209,10 @@ class SecurityRatio:
     op: str
     value_size: int
     threads: int
-    secdsm: float         # req/s, or p50 µs for the round trip
+    secdsm: float         # req/s, or p50 µs for the round trip: the median of its rounds
     off: float
     ratio: float          # higher is better for both: secdsm/off req/s, off/secdsm p50
+    rounds: int = 1       # rounds measured on both regions
 
     @property
     def met(self) -> bool:
@@ -211,15 +225,17 @@ def security_ratios(rows: list[Row]) -> list[SecurityRatio]:
     combos = sorted({(row.op, row.value_size, row.threads) for row in rows})
     for transport, metric, measure in SECURITY_PAIRS:
         for op, size, threads in combos:
-            secdsm = _pick(rows, transport, op, size, threads)
-            off = _pick(rows, transport + OFF_SUFFIX, op, size, threads)
+            secdsm = _rounds(rows, transport, op, size, threads)
+            off = _rounds(rows, transport + OFF_SUFFIX, op, size, threads)
             if not (secdsm and off):
                 continue
-            a, b = getattr(secdsm, metric), getattr(off, metric)
+            a = statistics.median(getattr(row, metric) for row in secdsm)
+            b = statistics.median(getattr(row, metric) for row in off)
             # Throughput: secdsm / off. Round trip: off / secdsm (a rate, higher is better).
             top, bottom = (a, b) if metric == "rps" else (b, a)
             if bottom > 0:
-                out.append(SecurityRatio(measure, transport, op, size, threads, a, b, top / bottom))
+                out.append(SecurityRatio(measure, transport, op, size, threads, a, b, top / bottom,
+                                         min(len(secdsm), len(off))))
     return out
 
 
@@ -245,20 +261,23 @@ def security_lines(found: list[SecurityRatio], secdsm_region: str, off_region: s
     lines = ["## Sec-DSM against security off", "",
              f"The same client with the same parameters, back to back, on the secdsm region"
              f"{secdsm_name}, served by the lab's Redis, and on a region of security off"
-             f"{off_name}, served by a transient second Redis with the same driver arguments. "
+             f"{off_name}, served by a transient second Redis with the same driver arguments, "
+             "in rounds of opposite order (secdsm then off, then off then secdsm), so that "
+             "neither side always runs first; each side is the median of its rounds. "
              "Ratio: throughput secdsm req/s / off req/s; round trip off p50 / secdsm p50 "
              "(a rate). "
              f"Target: both ≥ {SECURITY_TARGET:.2f}. This is a benchmark, not a test: under TCG "
              "and on a shared machine single phases vary by more than 5 %, so the verdict is "
              "the median's.", "",
-             "| measure | transport | op | value | threads | secdsm | off | secdsm/off | "
-             f"≥ {SECURITY_TARGET:.2f} |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| measure | transport | op | value | threads | rounds | secdsm | off | secdsm/off "
+             f"| ≥ {SECURITY_TARGET:.2f} |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in found:
         unit = "req/s" if r.measure == "throughput" else "µs p50"
         fmt = "{:,.0f}" if r.measure == "throughput" else "{:.1f}"
         lines.append(f"| {r.measure} | {r.transport} | {r.op.upper()} | {r.value_size} B | "
-                     f"{r.threads} | {fmt.format(r.secdsm)} {unit} | {fmt.format(r.off)} {unit} | "
+                     f"{r.threads} | {r.rounds} | {fmt.format(r.secdsm)} {unit} | "
+                     f"{fmt.format(r.off)} {unit} | "
                      f"{r.ratio:.3f} | {'yes' if r.met else 'no'} |")
     lines += ["", "| measure | phases | median | min | target |", "|---|---:|---:|---:|---|"]
     for measure, s in security_summary(found).items():
@@ -355,8 +374,10 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
     lines += ["## Results", "",
               "| transport | op | value | threads | req/s | avg µs | p50 µs | p99 µs |",
               "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for row in sorted(rows, key=lambda r: (r.op, r.value_size, r.threads, _order(r.transport))):
-        lines.append(f"| {row.transport} | {row.op.upper()} | {row.value_size} B | {row.threads} "
+    for row in sorted(rows, key=lambda r: (r.op, r.value_size, r.threads, _order(r.transport),
+                                           r.round)):
+        name = row.transport + (f" (round {row.round + 1})" if row.round else "")
+        lines.append(f"| {name} | {row.op.upper()} | {row.value_size} B | {row.threads} "
                      f"| {row.rps:,.0f} | {row.avg_us:.1f} | {row.p50_us:.1f} | {row.p99_us:.1f} |")
     if problems:
         lines += ["", "## Missing or unreadable results", ""] + [f"- {p}" for p in problems]

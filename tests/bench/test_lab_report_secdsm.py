@@ -108,9 +108,9 @@ def test_report_has_the_section_with_regions_rows_and_verdicts(produced):
     report = produced["report"]
     assert "## Sec-DSM against security off" in report
     assert "(`cxl0`)" in report and "(`cxl1`)" in report
-    assert ("| throughput | ring_c_P16 | SET | 64 B | 1 | 100,000 req/s | 110,000 req/s "
+    assert ("| throughput | ring_c_P16 | SET | 64 B | 1 | 1 | 100,000 req/s | 110,000 req/s "
             "| 0.909 | no |") in report
-    assert ("| round trip | ring_c_P1 | SET | 64 B | 1 | 40.0 µs p50 | 38.0 µs p50 "
+    assert ("| round trip | ring_c_P1 | SET | 64 B | 1 | 1 | 40.0 µs p50 | 38.0 µs p50 "
             "| 0.950 | yes |") in report
     assert "| throughput | 4 | 1.000 | 0.909 | **met** (≥ 0.95) |" in report
 
@@ -129,3 +129,22 @@ def test_no_section_without_off_phases(tmp_path, lab_report):
     write(tmp_path, "ring_c_P1__d64__t1.csv", {"get": (10000, 60.0)})
     assert lab_report.main([str(tmp_path)]) == 0
     assert "Sec-DSM against security off" not in (tmp_path / "report.md").read_text()
+
+
+def test_rounds_of_opposite_order_are_paired_by_their_medians(tmp_path, lab_report):
+    """bench.yml's second round (off first, then secdsm) lands in files ending __r1."""
+    write(tmp_path, "ring_c_P1__d64__t1.csv", {"get": (10000, 30.0)})
+    write(tmp_path, "ring_c_P1_off__d64__t1.csv", {"get": (20000, 30.0)})
+    write(tmp_path, "ring_c_P1__d64__t1__r1.csv", {"get": (30000, 20.0)})
+    write(tmp_path, "ring_c_P1_off__d64__t1__r1.csv", {"get": (20000, 40.0)})
+    rows, problems = lab_report.load(tmp_path)
+    assert not problems and sorted(row.round for row in rows) == [0, 0, 1, 1]
+    found = lab_report.security_ratios(rows)
+    # throughput: median(10000, 30000) / median(20000, 20000); round trip: 35 / 25
+    assert ratio_of(found, "throughput", "ring_c_P1", "get") == pytest.approx(1.0)
+    assert ratio_of(found, "round trip", "ring_c_P1", "get") == pytest.approx(35.0 / 25.0)
+    assert {r.rounds for r in found} == {2}
+    assert lab_report.main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "| ring_c_P1 (round 2) | GET |" in report
+    assert "| throughput | ring_c_P1 | GET | 64 B | 1 | 2 | 20,000 req/s | 20,000 req/s" in report
