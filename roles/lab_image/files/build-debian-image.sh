@@ -113,11 +113,9 @@ chroot "$root" systemctl mask systemd-networkd-wait-online.service
 # server the packages enable (redis-server) starts only when a role asks for it.
 chroot "$root" systemctl mask e2scrub_reap.service e2scrub_all.timer fstrim.timer \
     apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
-for unit in redis-server.service; do
-    if [ -e "$root/lib/systemd/system/$unit" ]; then
-        chroot "$root" systemctl disable "$unit"
-    fi
-done
+if [ -e "$root/lib/systemd/system/redis-server.service" ]; then
+    chroot "$root" systemctl disable redis-server.service
+fi
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/*
 
