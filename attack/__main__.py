@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--count", type=int, default=1000000, help="honest canaries per phase, at most")
     la.add_argument("--value-size", type=int, default=64)
     la.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every phase this many times, odd rounds control first, even rounds "
+        "reversed; counts add up, the throughput share is the median of the rounds'",
+    )
+    la.add_argument(
         "--slack",
         type=float,
         default=120.0,

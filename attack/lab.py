@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report, watch
-from .attacks import ATTACKS, CONTROL
+from .attacks import ATTACKS
 from .markers import Markers
 
 MODES = ("secdsm", "off")
@@ -103,6 +103,7 @@ class Options:
     settle: float = 3.0
     count: int = 1000000
     value_size: int = 64
+    rounds: int = 1  # every phase this many times (report.py: counts add up, shares median)
     slack: float = 120.0  # on top of a phase's own length: ssh, guest Python start-up (TCG)
     regions: dict = field(default_factory=dict)  # mode -> region name
     hosts: dict = field(default_factory=dict)  # server, honest, attacker -> VM name
@@ -239,8 +240,11 @@ def honest_cmd(o: Options, nonce: str, seed: str, vm: str, p: dict, mode: str, a
     )
 
 
-def attacker_cmd(o: Options, nonce: str, vm: str, p: dict, mode: str, attack: str) -> str:
-    d = f"{guest_dir(o.guest, nonce, vm)}/{mode}/{attack}"
+def attacker_cmd(
+    o: Options, nonce: str, vm: str, p: dict, mode: str, attack: str, name: str = ""
+) -> str:
+    """`name`: the phase's directory (report.phase_name), the attack's own name by default."""
+    d = f"{guest_dir(o.guest, nonce, vm)}/{mode}/{name or attack}"
     m = p["modes"][mode]
     views = o.guest.views(vm)
     args = [
@@ -317,7 +321,9 @@ def check_cmd(g: Guest, vm: str, install: bool = False) -> str:
 
 
 def server_check_cmd(g: Guest, port: int, key: str) -> str:
-    lua = "return {redis.call('PING')['ok'] or '', redis.call('EXISTS', KEYS[1])}"
+    """PING, and whether the injected key is there; it is removed, so that every round's
+    inject phase counts only what landed in it."""
+    lua = "return {redis.call('PING')['ok'] or '', redis.call('DEL', KEYS[1])}"
     return q("timeout", 30, g.redis_cli, "-p", port, "EVAL", lua, 1, key)
 
 
@@ -534,6 +540,7 @@ class Run:
                     "count": self.o.count,
                     "value_size": self.o.value_size,
                     "attacks": self.o.attacks,
+                    "rounds": self.o.rounds,
                     "created": datetime.datetime.now(datetime.timezone.utc).strftime(
                         "%Y-%m-%dT%H:%M:%SZ"
                     ),
@@ -619,21 +626,22 @@ class Run:
             f.write(text + "\n")
         os.replace(tmp, os.path.join(self.dir, "phase"))
 
-    def phase(self, mode: str, attack: str) -> None:
+    def phase(self, mode: str, attack: str, rnd: int = 1) -> None:
         o, p = self.o, self.p
-        d = os.path.join(self.dir, mode, attack)
+        name = report.phase_name(attack, rnd)
+        d = os.path.join(self.dir, mode, name)
         os.makedirs(d, exist_ok=True)
         start = time.monotonic()
-        self.set_phase(f"{mode} {attack}")
+        self.set_phase(f"{mode} {name}")
         procs = [
             self.remote.popen(
                 p["honest"],
-                honest_cmd(o, self.nonce, self.seed, p["honest"], p, mode, attack),
+                honest_cmd(o, self.nonce, self.seed, p["honest"], p, mode, name),
                 os.path.join(d, "honest.log"),
             ),
             self.remote.popen(
                 p["attacker"],
-                attacker_cmd(o, self.nonce, p["attacker"], p, mode, attack),
+                attacker_cmd(o, self.nonce, p["attacker"], p, mode, attack, name),
                 os.path.join(d, "attacker.log"),
             ),
         ]
@@ -663,7 +671,7 @@ class Run:
                 f,
             )
         self.say(
-            f"{mode} {attack}: {time.monotonic() - start:.1f} s"
+            f"{mode} {name}: {time.monotonic() - start:.1f} s"
             + ("" if rcs == [0, 0] else f" (honest exit {rcs[0]}, attacker exit {rcs[1]})")
         )
 
@@ -680,7 +688,7 @@ class Run:
 
     def watcher(self) -> subprocess.Popen:
         o = self.o
-        hang = (len(o.attacks) + 1) * len(o.modes) * (
+        hang = (len(o.attacks) + 1) * len(o.modes) * o.rounds * (
             o.seconds + o.delay + o.settle + o.slack + 180
         ) + 600
         argv = [
@@ -722,8 +730,9 @@ class Run:
             watcher = self.watcher()
             self.start_servers()
             for mode in self.o.modes:
-                for attack in [CONTROL] + self.o.attacks:
-                    self.phase(mode, attack)
+                for rnd in range(1, self.o.rounds + 1):
+                    for attack in report.round_order(self.o.attacks, rnd):
+                        self.phase(mode, attack, rnd)
         finally:
             self.set_phase("stopped")
             self.stop_servers()
@@ -736,7 +745,7 @@ class Run:
 
 
 def expected_phases(o: Options) -> int:
-    return len(o.attacks) * len(o.modes)
+    return len(o.attacks) * len(o.modes)  # one report cell per attack and mode, all rounds
 
 
 def _sigterm(signum, frame):  # noqa: ARG001 - the finally blocks stop what the run started
@@ -776,6 +785,8 @@ def main(a) -> int:
             redis_server=a.redis_server,
             lib_dir=a.lib_dir,
         )
+        if a.rounds < 1:
+            raise LabError(f"--rounds {a.rounds}: give 1 or more")
         o = Options(
             lab=lab,
             out=a.out or str(REPO / "bench" / "lab" / f"attack-{stamp}"),
@@ -786,6 +797,7 @@ def main(a) -> int:
             settle=a.settle,
             count=a.count,
             value_size=a.value_size,
+            rounds=a.rounds,
             slack=a.slack,
             regions=pairs(a.region or [], "--region"),
             transient_ports={

@@ -51,7 +51,7 @@ def server_check(redis: dict, nonce: str, mode: str) -> dict:
     out: dict = {"inject_key": key.decode()}
     try:
         out["server_alive"] = resp_call(redis["host"], redis["port"], b"PING") == b"+PONG"
-        out["inject_key_exists"] = resp_call(redis["host"], redis["port"], b"EXISTS", key) == b":1"
+        out["inject_key_exists"] = resp_call(redis["host"], redis["port"], b"DEL", key) == b":1"
     except OSError as e:
         out["server_alive"] = False
         out["error"] = str(e)

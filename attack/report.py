@@ -14,12 +14,18 @@ client's canaries (secret seed) found in the loot; forged writes landed = marker
 saw in the region files, plus the injected key found on the server; honest errors and
 throughput from the honest client. Throughput is a share of the control phase's, where the
 attacker VM only burns the same CPU.
+
+A run may repeat every phase in rounds (run.json "rounds"; round 1 in <mode>/<attack>/, round
+r in <mode>/<attack>@r/). Counts (bytes, writes landed, errors) add up over the rounds; the
+throughput share is the median of each round's share of that round's control, so that one
+slow or fast phase on a shared machine does not decide the figure.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 
 from .attacks import ATTACKS, CONTROL
 from .markers import Markers, score
@@ -48,6 +54,30 @@ def phase_seed(seed: str, mode: str, attack: str) -> str:
     return f"{seed}/{mode}/{attack}"
 
 
+def phase_name(attack: str, rnd: int) -> str:
+    """The directory (and watcher phase) of an attack in a round: `read`, `read@2`, ..."""
+    return attack if rnd <= 1 else f"{attack}@{rnd}"
+
+
+def attack_of(phase: str) -> str:
+    return phase.split("@", 1)[0]
+
+
+def round_order(attacks: list[str], rnd: int) -> list[str]:
+    """The control and the attacks in the order a round runs them: odd rounds control first,
+    even rounds reversed, so that drift over a run does not favour one side."""
+    order = [CONTROL] + list(attacks)
+    return order if rnd % 2 else order[::-1]
+
+
+def all_phases(run: dict) -> list[str]:
+    return [
+        phase_name(a, r)
+        for r in range(1, int(run.get("rounds", 1)) + 1)
+        for a in [CONTROL] + run["attacks"]
+    ]
+
+
 def _load(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -69,7 +99,7 @@ def outcome(
         with open(loot_path, "rb") as f:
             loot = f.read()
         found = {"keys": 0, "values": 0, "bytes": 0}
-        for other in run["attacks"] + [CONTROL]:
+        for other in all_phases(run):
             h = _load(os.path.join(run_dir, mode, other, "honest.json")) or {}
             s = score(
                 loot,
@@ -85,9 +115,9 @@ def outcome(
     else:
         out["other_bytes"] = None
     phase = watch.get("phases", {}).get(f"{mode}/{attack}")
-    if attack in WRITERS and (out["ran"] or phase is not None):
+    if attack_of(attack) in WRITERS and (out["ran"] or phase is not None):
         seen = [n for n, c in (phase or {}).get("markers", {}).items() if c > 0]
-        if attack == "inject" and srv.get("inject_key_exists"):
+        if attack_of(attack) == "inject" and srv.get("inject_key_exists"):
             seen.append("injected key on the server")
         out["forged_landed"] = len(seen)
         out["landed"] = seen
@@ -107,16 +137,66 @@ def outcome(
     return out
 
 
+def combine(cells: list[dict]) -> dict:
+    """One cell of the report from the same attack's outcomes in each round."""
+    if len(cells) == 1:
+        return cells[0]
+
+    def total(key: str):
+        vals = [c[key] for c in cells if c.get(key) is not None]
+        return sum(vals) if vals else None
+
+    def median(key: str):
+        vals = [c[key] for c in cells if c.get(key) is not None]
+        return round(statistics.median(vals), 3) if vals else None
+
+    out = dict(cells[0])
+    out["ran"] = all(c["ran"] for c in cells)
+    out["rounds_ran"] = sum(1 for c in cells if c["ran"])
+    for key in (
+        "other_bytes",
+        "loot_bytes",
+        "forged_landed",
+        "polls",
+        "forged_attempted",
+        "honest_errors",
+    ):
+        if key in out:
+            out[key] = total(key)
+    if out.get("canaries_found") is not None:
+        out["canaries_found"] = {
+            k: sum((c.get("canaries_found") or {}).get(k, 0) for c in cells)
+            for k in ("keys", "values")
+        }
+    if "landed" in out:
+        out["landed"] = sorted({n for c in cells for n in c.get("landed", [])})
+    kinds: dict[str, int] = {}
+    for c in cells:
+        for k, v in (c.get("honest_error_kinds") or {}).items():
+            kinds[k] = kinds.get(k, 0) + v
+    out["honest_error_kinds"] = kinds
+    out["honest_ops_per_s"] = median("honest_ops_per_s")
+    out["honest_share"] = median("honest_share")
+    out["honest_shares"] = [c.get("honest_share") for c in cells]
+    alive = [c.get("server_alive") for c in cells if c.get("server_alive") is not None]
+    out["server_alive"] = all(alive) if alive else None
+    out["notes"] = list(dict.fromkeys(n for c in cells for n in c.get("notes", [])))
+    return out
+
+
 def build(run_dir: str) -> dict:
     run = _load(os.path.join(run_dir, "run.json"))
     if run is None:
         raise SystemExit(f"{run_dir}/run.json is missing: not a run directory of the attack suite")
     watch = _load(os.path.join(run_dir, "watch.json")) or {}
     modes = [m for m in MODES if m in run["modes"]]
-    control = {}
+    rounds = range(1, int(run.get("rounds", 1)) + 1)
+    control: dict[str, dict[int, float | None]] = {}
     for mode in modes:
-        hon = _load(os.path.join(run_dir, mode, CONTROL, "honest.json")) or {}
-        control[mode] = hon.get("ops_per_s")
+        control[mode] = {}
+        for r in rounds:
+            path = os.path.join(run_dir, mode, phase_name(CONTROL, r), "honest.json")
+            control[mode][r] = (_load(path) or {}).get("ops_per_s")
     rows = []
     for attack in [CONTROL] + run["attacks"]:
         row = {
@@ -124,7 +204,12 @@ def build(run_dir: str) -> dict:
             "what": ATTACKS.get(attack, "the attacker VM only burns the same CPU"),
         }
         for mode in modes:
-            row[mode] = outcome(run_dir, run, watch, mode, attack, control[mode])
+            row[mode] = combine(
+                [
+                    outcome(run_dir, run, watch, mode, phase_name(attack, r), control[mode][r])
+                    for r in rounds
+                ]
+            )
             row[mode]["expected"] = EXPECT.get(mode, {}).get(attack, "baseline")
         rows.append(row)
     summary = {}
@@ -136,7 +221,9 @@ def build(run_dir: str) -> dict:
             "forged_landed": sum(c["forged_landed"] or 0 for c in cells),
             "honest_errors": sum(c["honest_errors"] or 0 for c in cells),
             "min_honest_share": min(shares) if shares else None,
-            "control_ops_per_s": control[mode],
+            "control_ops_per_s": next(r[mode] for r in rows if r["attack"] == CONTROL)[
+                "honest_ops_per_s"
+            ],
             "phases_run": sum(1 for c in cells if c["ran"]),
         }
     if "secdsm" in summary:
@@ -148,6 +235,7 @@ def build(run_dir: str) -> dict:
         "run": os.path.basename(os.path.abspath(run_dir)),
         "created": run.get("created"),
         "seconds_per_phase": run.get("seconds"),
+        "rounds": int(run.get("rounds", 1)),
         "honest_count": run.get("count"),
         "environment": run.get("environment", {}),
         "modes": {m: run["modes"][m] for m in modes},
@@ -173,7 +261,14 @@ def markdown(rep: dict) -> str:
     env = rep.get("environment") or {}
     lines = [f"# Attack suite, run {rep['run']}", ""]
     lines.append(
-        f"{rep.get('seconds_per_phase')} s per phase; honest client: at most "
+        f"{rep.get('seconds_per_phase')} s per phase"
+        + (
+            f", every phase in {rep['rounds']} rounds (counts add up; throughput is the median "
+            f"of the rounds' shares of their own control)"
+            if rep.get("rounds", 1) > 1
+            else ""
+        )
+        + "; honest client: at most "
         f"{rep.get('honest_count')} canaries per phase. "
         + ", ".join(f"`{m}`: region {rep['modes'][m].get('region', '?')}" for m in modes)
         + (f"; {', '.join(f'{k} {v}' for k, v in env.items())}" if env else "")
@@ -226,9 +321,12 @@ def markdown(rep: dict) -> str:
             f"not a test): **{'yes' if s['share_met'] else 'no'}**.",
         ]
     if rep.get("unreadable"):
-        lines += ["", "**The host could not read these files: writes that landed there were "
-                  "not seen (run the watcher as root or the files' owner):** "
-                  + ", ".join(f"`{p}`" for p in sorted(rep["unreadable"]))]
+        lines += [
+            "",
+            "**The host could not read these files: writes that landed there were "
+            "not seen (run the watcher as root or the files' owner):** "
+            + ", ".join(f"`{p}`" for p in sorted(rep["unreadable"])),
+        ]
     lines += ["", "## What each attack saw", ""]
     for r in rep["rows"]:
         for m in modes:
@@ -242,6 +340,11 @@ def markdown(rep: dict) -> str:
                     + ", ".join(f"{k} {v}" for k, v in sorted(c["honest_error_kinds"].items()))
                 )
             bits += c["notes"]
+            if len(c.get("honest_shares") or []) > 1 and r["attack"] != CONTROL:
+                bits.append(
+                    "throughput per round: "
+                    + ", ".join(_cell(x, "{:.0%}") for x in c["honest_shares"])
+                )
             if c.get("server_alive") is False:
                 bits.append("the server did not answer PING afterwards")
             if bits:

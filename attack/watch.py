@@ -115,7 +115,8 @@ def watch(
                 continue
             region = by_mode.get(mode)
             entry = phases.setdefault(f"{mode}/{attack}", {"polls": 0, "markers": {}})
-            markers = [m for m in Markers(nonce, mode).all() if m.attack == attack]
+            base = attack.split("@", 1)[0]  # a phase of a later round: read@2
+            markers = [m for m in Markers(nonce, mode).all() if m.attack == base]
             for m in markers:
                 entry["markers"].setdefault(m.name, 0)
             if region is not None:

@@ -297,6 +297,7 @@ def test_lab_driver_on_one_host(tmp_path, shm):
             sys.executable, "-m", "attack", "lab", "--lab", str(lab_json), "--ssh", ssh,
             "--modes", "secdsm,off", "--attacks", "read,inject,header", "--out", run_dir,
             "--seconds", "1.5", "--delay", "0.4", "--settle", "2.5", "--count", "20000",
+            "--rounds", "2",
             "--slack", "60", "--transient-port", f"off={off_port}",
             "--guest-python", sys.executable, "--guest-system-python", ATTACKER_PYTHON,
             "--install", "--guest-pythonpath", f"{suite}/{{vm}}:{REPO / 'client'}",
@@ -330,3 +331,12 @@ def test_lab_driver_on_one_host(tmp_path, shm):
     assert rows["read"]["off"]["other_bytes"] > 0, detail
     for attack in ("inject", "header"):
         assert rows[attack]["off"]["forged_landed"] > 0, (attack, detail)
+    # Two rounds, the second in reverse order; the server's check removes the injected key,
+    # so each round's inject phase shows only its own.
+    assert rep["rounds"] == 2 and len(rows["read"]["secdsm"]["honest_shares"]) == 2, detail
+    for rnd in ("inject", "inject@2"):
+        check = json.loads((Path(run_dir) / "off" / rnd / "server.json").read_text())
+        assert check["inject_key_exists"] is True, (rnd, detail)
+    order = [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("secdsm ")]
+    assert order == ["secdsm control", "secdsm read", "secdsm inject", "secdsm header",
+                     "secdsm header@2", "secdsm inject@2", "secdsm read@2", "secdsm control@2"], out

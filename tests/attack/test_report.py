@@ -164,3 +164,67 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
 
     with pytest.raises(SystemExit, match="run.json is missing"):
         report.build(str(tmp_path))
+
+
+def test_report_of_rounds(tmp_path):
+    """Every phase in two rounds: counts add up, the share is the median of the rounds' shares
+    of their own round's control, and the canaries of any round are found in any loot."""
+    seed = "the-seed"
+    _write(
+        tmp_path / "run.json",
+        {"nonce": "n", "seed": seed, "seconds": 2, "count": 500, "value_size": 64,
+         "attacks": ["read", "inject"], "rounds": 3, "modes": {"secdsm": {"region": "cxl0"}}},
+    )  # fmt: skip
+    ops = {  # per round: control, read, inject
+        1: {CONTROL: 1000, "read": 500, "inject": 900},
+        2: {CONTROL: 400, "read": 420, "inject": 200},
+        3: {CONTROL: 800, "read": 760, "inject": 880},
+    }
+    for rnd, per in ops.items():
+        for attack, n in per.items():
+            d = tmp_path / "secdsm" / report.phase_name(attack, rnd)
+            kinds = {"Timeout": 1} if rnd == 2 else {}
+            _write(
+                d / "honest.json",
+                {
+                    "canaries": 50,
+                    "ops_per_s": n,
+                    "errors": sum(kinds.values()),
+                    "error_kinds": kinds,
+                },
+            )
+            _write(d / "attacker.json", {"attempted": 10, "notes": ["n"], "reach": {}})
+            _write(d / "server.json", {"server_alive": True, "inject_key_exists": False})
+    _, v = canary(report.phase_seed(seed, "secdsm", report.phase_name(CONTROL, 3)), 4)
+    (tmp_path / "secdsm" / "read@2" / "loot.bin").write_bytes(v)
+    _write(
+        tmp_path / "watch.json",
+        {"phases": {f"secdsm/{report.phase_name('inject', r)}": {
+            "polls": 10, "markers": {"request key": int(r == 3)}} for r in (1, 2, 3)}},
+    )  # fmt: skip
+    rep = report.write(str(tmp_path))
+    rows = {r["attack"]: r["secdsm"] for r in rep["rows"]}
+    assert rep["rounds"] == 3
+    assert rows["read"]["honest_shares"] == [0.5, 1.05, 0.95]
+    assert rows["read"]["honest_share"] == 0.95
+    assert rows["inject"]["honest_share"] == 0.9  # 0.9, 0.5, 1.1
+    assert rows["read"]["other_bytes"] == len(v)
+    assert rows["inject"]["forged_landed"] == 1 and rows["inject"]["polls"] == 30
+    assert rows["inject"]["forged_attempted"] == 30 and rows["read"]["honest_errors"] == 1
+    assert rows["read"]["honest_error_kinds"] == {"Timeout": 1}
+    assert rows["read"]["notes"] == ["n"]
+    assert rows[CONTROL]["honest_ops_per_s"] == 800
+    s = rep["summary"]["secdsm"]
+    assert s["min_honest_share"] == 0.9 and s["share_met"] is True and s["holds"] is False
+    assert s["control_ops_per_s"] == 800 and s["phases_run"] == 2
+    md = (tmp_path / "report.md").read_text()
+    assert "every phase in 3 rounds" in md
+    line = "- read, `secdsm`: honest errors: Timeout 1; n; throughput per round: 50%, 105%, 95%"
+    assert line in md
+
+
+def test_round_order_alternates():
+    assert report.round_order(["a", "b"], 1) == [CONTROL, "a", "b"]
+    assert report.round_order(["a", "b"], 2) == ["b", "a", CONTROL]
+    assert report.phase_name("own-server", 1) == "own-server"
+    assert report.attack_of(report.phase_name("own-server", 4)) == "own-server"
