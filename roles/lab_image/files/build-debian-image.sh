@@ -56,16 +56,31 @@ install -m 0755 /dev/stdin "$root/usr/local/sbin/cxl-lab-seed" <<'SEED'
 # root's authorized_keys, the SSH host key, systemd-networkd units).
 set -eu
 # The seed's CD-ROM may show up late on a slow boot (TCG on a loaded host): look for it
-# until it does; the bound (600 s) only stops a boot that really has no seed.
+# until it does, and mount it until that works (blkid may name the device a moment before
+# the SCSI layer has attached it: a boot under heavy load failed as the CD-ROM attached);
+# the bound (600 s) only stops a boot that really has no seed.
 dev=""
 tries=0
-while [ -z "$dev" ] && [ "$tries" -lt 600 ]; do
-    dev=$(blkid -L cidata || true)
-    [ -n "$dev" ] || { tries=$((tries + 1)); sleep 1; }
-done
-[ -n "$dev" ] || { echo "cxl-lab-seed: no cidata seed, nothing to apply"; exit 0; }
 mnt=$(mktemp -d)
-mount -o ro "$dev" "$mnt"
+mounted=""
+while [ -z "$mounted" ] && [ "$tries" -lt 600 ]; do
+    dev=$(blkid -L cidata || true)
+    if [ -n "$dev" ] && mount -o ro "$dev" "$mnt" 2>/dev/null; then
+        mounted=yes
+    else
+        tries=$((tries + 1))
+        sleep 1
+    fi
+done
+if [ -z "$mounted" ]; then
+    rmdir "$mnt"
+    if [ -n "$dev" ]; then
+        echo "cxl-lab-seed: cannot mount the seed $dev" >&2
+        exit 1
+    fi
+    echo "cxl-lab-seed: no cidata seed, nothing to apply"
+    exit 0
+fi
 trap 'umount "$mnt"; rmdir "$mnt"' EXIT
 seed="$mnt/lab"
 if [ -f "$seed/hostname" ]; then
