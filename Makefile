@@ -61,6 +61,7 @@ FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
+NATIVE      += $(BUILD)/notify-stress
 
 build: deps native
 
@@ -79,6 +80,11 @@ $(BUILD)/cxl_ring_asan.so: $(DRIVER_SRC) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $
 
 $(BUILD)/cxl-ring-bench: $(BENCH_SRC) $(RING_SRC) $(RING_HDR)
 	$(CC) $(CFLAGS_OPT) -pthread -o $@ $(BENCH_SRC) $(RING_SRC) -lm
+
+# No wake-up lost (docs/ring-protocol.md section 8): the library's N2 against the driver's N1,
+# two processes; tests/ring/test_notify.py runs it.
+$(BUILD)/notify-stress: ring/tests/notify_stress.c $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_OPT) -o $@ ring/tests/notify_stress.c $(RING_SRC)
 
 # libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
 $(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)

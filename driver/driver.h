@@ -45,6 +45,15 @@
 enum drv_format { DRV_FORMAT_AUTO, DRV_FORMAT_ALWAYS, DRV_FORMAT_NEVER };
 
 /* Module arguments (driver/README.md has the table). */
+/* notify: how the idle poll thread waits (docs/ring-protocol.md section 8). */
+enum drv_notify {
+    DRV_NOTIFY_AUTO  = 0,                /* futex when the region is memory of this host */
+    DRV_NOTIFY_FUTEX = 1,                /* futex, refused where it cannot work */
+    DRV_NOTIFY_OFF   = 2,                /* back-off polling only */
+};
+
+#define DRV_DEFAULT_SLEEP_MAX_MS 100u
+
 struct drv_config {
     char     path[DRV_PATH_MAX];
     uint64_t map_size;                  /* 0 = discover */
@@ -55,6 +64,8 @@ struct drv_config {
     uint32_t idle_sleep_us;
     uint32_t batch;                     /* max requests per GIL hold */
     int      cpu;                       /* pin the poll thread; -1 = no */
+    int      notify;                    /* enum drv_notify: how an idle poll thread waits */
+    uint32_t sleep_max_ms;              /* longest sleep between housekeeping rounds */
     uint32_t v2_rings;
     uint32_t v2_slots;
 };
@@ -237,6 +248,13 @@ struct drv_server {
     pthread_mutex_t wake_mutex;
     int      wakes_closed;              /* under wake_mutex: OnUnload is unloading */
 
+    /* Notification (section 8): what clients were told, and why when it is none. */
+    uint32_t notify_kind;               /* enum cxl_notify_kind, as in the header */
+    char     notify_why[160];           /* why the poll thread polls; "" when it sleeps */
+    uint32_t kick;                      /* private futex: the main thread wakes the poll thread */
+    uint64_t sleeps;                    /* stats (relaxed): blocks in the kernel */
+    uint64_t sleep_wakes;               /* ... ended by a notification (not the timeout) */
+
     /* CXLRING.RESET requests, handed to the poll thread */
     pthread_mutex_t reset_mutex;
     RedisModuleBlockedClient **reset_bc;   /* per channel, NULL = none */
@@ -275,6 +293,8 @@ void drv_v2_reset(struct drv_server *s, uint32_t ring);
 /* poll.c */
 int  drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size_t errlen);
 void drv_threads_stop(struct drv_server *s);
+void drv_kick(struct drv_server *s);
+const char *drv_notify_name(uint32_t kind);
 
 /* logging from any thread (RedisModule_Log with a NULL context is thread-safe) */
 #define drv_log(level, ...) RedisModule_Log(NULL, level, __VA_ARGS__)

@@ -115,6 +115,8 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
     cfg->idle_sleep_us = DRV_DEFAULT_SLEEP_US;
     cfg->batch = DRV_DEFAULT_BATCH;
     cfg->cpu = -1;
+    cfg->notify = DRV_NOTIFY_AUTO;
+    cfg->sleep_max_ms = DRV_DEFAULT_SLEEP_MAX_MS;
     cfg->v2_rings = DRV_V2_DEFAULT_RINGS;
     cfg->v2_slots = DRV_V2_DEFAULT_SLOTS;
 
@@ -184,6 +186,17 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
             } else {
                 bad = 1;
             }
+        } else if (!strcasecmp(name, "notify")) {
+            if (!strcasecmp(val, "auto"))
+                cfg->notify = DRV_NOTIFY_AUTO;
+            else if (!strcasecmp(val, "futex"))
+                cfg->notify = DRV_NOTIFY_FUTEX;
+            else if (!strcasecmp(val, "off"))
+                cfg->notify = DRV_NOTIFY_OFF;
+            else
+                bad = 1;
+        } else if (!strcasecmp(name, "sleep_max_ms")) {
+            U32(cfg->sleep_max_ms, 1, 60000);
         } else if (!strcasecmp(name, "format")) {
             if (!strcasecmp(val, "auto"))
                 cfg->format = DRV_FORMAT_AUTO;
@@ -324,7 +337,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 17);
+    RedisModule_ReplyWithMap(ctx, 21);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -341,6 +354,12 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "heartbeat_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.heartbeat_interval_ms : 0);
     reply_u64(ctx, "gil_holds", __atomic_load_n(&s->gil_holds, __ATOMIC_RELAXED));
     reply_u64(ctx, "event_loop_wakeups", __atomic_load_n(&s->wakeups, __ATOMIC_RELAXED));
+    /* How the idle poll thread waits: futex (sleeps until a client notifies), or poll
+     * with the reason in notify_fallback (section 8). */
+    reply_str(ctx, "notify", drv_notify_name(s->notify_kind));
+    reply_str(ctx, "notify_fallback", s->notify_why);
+    reply_u64(ctx, "sleeps", __atomic_load_n(&s->sleeps, __ATOMIC_RELAXED));
+    reply_u64(ctx, "sleep_wakes", __atomic_load_n(&s->sleep_wakes, __ATOMIC_RELAXED));
     RedisModule_ReplyWithSimpleString(ctx, "channels");
     RedisModule_ReplyWithArray(ctx, s->nchan);
     for (c = 0; c < s->nchan; c++)
@@ -407,6 +426,7 @@ static int cmd_reset(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
      * flag takes the mutex and finds reset_bc[c] (the mutex orders that field itself). */
     __atomic_store_n(&s->reset_pending, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&s->reset_mutex);
+    drv_kick(s);                        /* a sleeping poll thread looks now */
     return REDISMODULE_OK;
 }
 

@@ -5,8 +5,11 @@
  * pending responses and looks for requests without the GIL; when it finds
  * some it takes the GIL once (RedisModule_ThreadSafeContextTryLock) and
  * serves a bounded batch (cfg.batch requests, DRV_BATCH_NS), so TCP clients
- * keep their turn. Without requests it spins for spin_us, yields, then sleeps
- * with a doubling interval up to idle_sleep_us (protocol doc section 8).
+ * keep their turn. Without requests it spins for spin_us and yields; then,
+ * where clients can wake it (notify futex: the region is memory of this host),
+ * it sleeps in the kernel until a client notifies or sleep_max_ms passes, and
+ * otherwise it sleeps with a doubling interval up to idle_sleep_us (protocol
+ * doc section 8; CXLRING.INFO says which, and why).
  *
  * The GIL is only ever *tried*: the main thread holds it while it runs the
  * shutdown event or MODULE UNLOAD and joins this thread, so a blocking lock
@@ -21,6 +24,7 @@
 #define _GNU_SOURCE
 #include "driver.h"
 #include "compat.h"
+#include "cxl_ring/notify.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -144,6 +148,82 @@ static void handle_resets(struct drv_server *s)
     pthread_mutex_unlock(&s->reset_mutex);
 }
 
+/* ---- Sleeping until a client notifies (section 8) ------------------------------- */
+
+const char *drv_notify_name(uint32_t kind)
+{
+    switch (kind) {
+    case CXL_NOTIFY_FUTEX:    return "futex";
+    case CXL_NOTIFY_DOORBELL: return "doorbell";
+    default:                  return "poll";
+    }
+}
+
+/* Any thread: a sleeping poll thread looks at once (stop, CXLRING.RESET). */
+void drv_kick(struct drv_server *s)
+{
+    __atomic_fetch_add(&s->kick, 1, __ATOMIC_RELEASE);
+    cxl_futex_wake(&s->kick, 1, 1);
+}
+
+/*
+ * The poll thread may block only where every client can wake it, and where nothing
+ * it owes needs a look without a notification: staged responses wait for the client
+ * to make room (which it does without notifying), and unflushed writes wait for the
+ * event loop's wake-up (maybe_wake, at most every WAKE_MIN_NS).
+ */
+static int may_sleep(struct drv_server *s, int unflushed)
+{
+    uint32_t c;
+
+    if (s->notify_kind != CXL_NOTIFY_FUTEX || unflushed)
+        return 0;
+    for (c = 0; c < s->nchan; c++)
+        if (s->chans[c].out_len || s->chans[c].big_len)
+            return 0;
+    return 1;
+}
+
+static void sleep_until_notified(struct drv_server *s, uint64_t now)
+{
+    struct cxl_wait_word w[CXL_MAX_GROUPS + 1];
+    unsigned n = 0;
+    uint32_t g;
+    int rc = 1;
+
+    /* The wake words first: a client bumps its group's word only after it has seen
+     * server_sleeping (below) set, so a bump after this load makes the wait return. */
+    for (g = 0; g < s->geo.group_count; g++) {
+        const struct cxl_shm_client_ctl *k =
+            s->chans[s->geo.seg[cxl_client_segment(g)].first_channel].kclient;
+
+        w[n].word = &k->req_wake;
+        w[n].expected = cxl_load_relaxed32(&k->req_wake);
+        w[n].private_ = 0;
+        n++;
+    }
+    if (cxl_futex_waitv_probe_cached()) {
+        w[n].word = &s->kick;
+        w[n].expected = __atomic_load_n(&s->kick, __ATOMIC_ACQUIRE);
+        w[n].private_ = 1;
+        n++;
+    }
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 1);
+    /* N1 pairs with N2 in the client: server_sleeping is visible before we look at the
+     * rings once more, so either this look sees a request or its client sees us asleep. */
+    cxl_fence_seq_cst();
+    if (!stopping(s) && !__atomic_load_n(&s->reset_pending, __ATOMIC_ACQUIRE) &&
+        !drv_v5_scan(s, now)) {
+        __atomic_add_fetch(&s->sleeps, 1, __ATOMIC_RELAXED);
+        rc = cxl_futex_waitv(w, n, (uint64_t)s->cfg.sleep_max_ms * 1000000ull);
+        if (rc == 0)
+            __atomic_add_fetch(&s->sleep_wakes, 1, __ATOMIC_RELAXED);
+    }
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
+    if (rc < 0)
+        sleep_ns((uint64_t)s->cfg.idle_sleep_us * 1000ull);  /* never a busy loop */
+}
+
 /* ---- The poll thread ------------------------------------------------------ */
 
 static void *poll_main(void *arg)
@@ -219,6 +299,8 @@ static void *poll_main(void *arg)
                 cxl_cpu_relax();
         } else if (now - idle_since < spin_ns + YIELD_NS) {
             sched_yield();
+        } else if (may_sleep(s, unflushed)) {
+            sleep_until_notified(s, now);
         } else {
             /*
              * Short naps while the gap is young (a client that was descheduled
@@ -327,6 +409,7 @@ void drv_threads_stop(struct drv_server *s)
     /* T1 pairs with T2 in stopping(): the threads see stop after the STOPPING state
      * stored before it, and leave their loops; the joins below order the rest. */
     __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    drv_kick(s);
     pthread_mutex_lock(&s->hb_mutex);
     pthread_cond_signal(&s->hb_cond);
     pthread_mutex_unlock(&s->hb_mutex);

@@ -18,6 +18,7 @@
  * clients of the previous server instance claim again.
  */
 #include "driver.h"
+#include "cxl_ring/notify.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -27,6 +28,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+static int choose_notify(struct drv_server *s, char *err, size_t errlen);
 
 static const char *format_name(int f)
 {
@@ -302,6 +305,39 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
         cxl_region_unmap(&s->region);
         return -1;
     }
+    return choose_notify(s, err, errlen);
+}
+
+/*
+ * How the idle poll thread waits (section 8): futex when every peer shares this kernel
+ * (the region is files of this host), else back-off polling with the reason, which
+ * CXLRING.INFO shows. notify futex where it cannot work is a configuration error.
+ */
+static int choose_notify(struct drv_server *s, char *err, size_t errlen)
+{
+    char why[sizeof(s->notify_why) - 16];
+
+    s->notify_kind = CXL_NOTIFY_NONE;
+    s->notify_why[0] = 0;
+    if (s->cfg.layout != CXL_LAYOUT_VERSION) {
+        snprintf(s->notify_why, sizeof(s->notify_why),
+                 "layout v2 has no notification fields: polling");
+    } else if (s->cfg.notify == DRV_NOTIFY_OFF) {
+        snprintf(s->notify_why, sizeof(s->notify_why), "notify off: polling");
+    } else if (!cxl_region_host_memory(&s->region, why, sizeof(why))) {
+        if (s->cfg.notify == DRV_NOTIFY_FUTEX) {
+            snprintf(err, errlen, "notify futex: %s; use notify auto or off", why);
+            cxl_region_unmap(&s->region);
+            return -1;
+        }
+        snprintf(s->notify_why, sizeof(s->notify_why), "%s: polling", why);
+    } else if (s->geo.group_count > 1 && !cxl_futex_waitv_probe()) {
+        snprintf(s->notify_why, sizeof(s->notify_why),
+                 "%u groups need futex_waitv (Linux 5.16+), which this kernel lacks: polling",
+                 s->geo.group_count);
+    } else {
+        s->notify_kind = CXL_NOTIFY_FUTEX;
+    }
     return 0;
 }
 
@@ -317,6 +353,11 @@ void drv_region_running(struct drv_server *s)
         return;
     s->epoch = cxl_random_u64();
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
+    /* Section 8: how to wake us; ordered before the new epoch by L1. */
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
+    cxl_store_relaxed32(&s->khdr->doorbell_peer, 0);
+    cxl_store_relaxed32(&s->khdr->doorbell_vector, 0);
+    cxl_store_relaxed32(&s->khdr->notify_kind, s->notify_kind);
     /* L1 pairs with the client's L2: a client that sees the new epoch also sees every
      * session of the previous run retired (v5_retire_all) and our pid. */
     cxl_store_release64(&s->khdr->server_epoch, s->epoch);

@@ -24,9 +24,12 @@
 #include <Python.h>
 #include <structmember.h>
 
+#include <linux/futex.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the ring layout is little-endian; this core reads it with native loads"
@@ -34,6 +37,9 @@
 
 #define OFF_SERVER_EPOCH 128
 #define OFF_SERVER_STATE 144
+#define OFF_SERVER_SLEEPING 152
+#define OFF_NOTIFY_KIND 156
+#define NOTIFY_FUTEX 1
 #define SERVER_RUNNING 2
 #define OP_GET 1
 #define OP_SET 2
@@ -43,8 +49,8 @@
 /* What channel.py expects of this core; bumped whenever its behaviour changes, so that a
  * stale build (pip install -e . is not rerun by every checkout) is not used. 2: refuses a
  * response waiting before the request (unsolicited). 3: layout 4, ids carry the session
- * generation, request bytes are zeroed once answered. */
-#define CORE_VERSION 3
+ * generation, request bytes are zeroed once answered. 4: notifies a sleeping server (N2). */
+#define CORE_VERSION 4
 /* channel.py's session.SEQ_RENEW: past it Python claims again before the ids' low half wraps */
 #define SEQ_RENEW 0xF0000000ull
 
@@ -60,6 +66,7 @@ typedef struct {
     uint64_t *ack, *req_head_p, *resp_tail_p, *req_tail_p, *resp_head_p;
     uint64_t *server_epoch;
     uint32_t *server_state;
+    uint32_t *server_sleeping, *notify_kind, *req_wake;  /* section 8; req_wake NULL: none */
     uint64_t token, req_size, resp_size, max_msg, max_value;
 } SessionCore;
 
@@ -84,6 +91,18 @@ static inline uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* N2 (docs/ring-protocol.md section 8), after P1: a full fence, then wake a sleeping server
+ * by bumping the group's req_wake and FUTEX_WAKE on it (pairs with the server's N1). */
+static void notify_server(SessionCore *self)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (!self->req_wake || !__atomic_load_n(self->server_sleeping, __ATOMIC_RELAXED) ||
+        __atomic_load_n(self->notify_kind, __ATOMIC_RELAXED) != NOTIFY_FUTEX)
+        return;
+    __atomic_fetch_add(self->req_wake, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, self->req_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
 static void core_unbind(SessionCore *self)
 {
     if (self->bound) {
@@ -99,13 +118,14 @@ static void core_dealloc(SessionCore *self)
 }
 
 /* _bind(buffer, client_section, server_section, req_size, resp_size, max_msg, max_value,
- *       token): map the session's fields; every offset is checked against the buffer. */
+ *       token[, wake]): map the session's fields; every offset is checked against the
+ *       buffer. wake: offset of the group's req_wake word (section 8), 0 for none. */
 static PyObject *core_bind(SessionCore *self, PyObject *args)
 {
     PyObject *obj;
-    unsigned long long cs, ss, req_size, resp_size, max_msg, max_value, token;
-    if (!PyArg_ParseTuple(args, "OKKKKKKK", &obj, &cs, &ss, &req_size, &resp_size, &max_msg,
-                          &max_value, &token))
+    unsigned long long cs, ss, req_size, resp_size, max_msg, max_value, token, wake = 0;
+    if (!PyArg_ParseTuple(args, "OKKKKKKK|K", &obj, &cs, &ss, &req_size, &resp_size, &max_msg,
+                          &max_value, &token, &wake))
         return NULL;
     core_unbind(self);
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
@@ -115,7 +135,7 @@ static PyObject *core_bind(SessionCore *self, PyObject *args)
     if ((uintptr_t)base % 4096 || cs < 4096 || ss < 4096 || cs % 4096 || ss % 4096 || req_size < 4096 ||
         resp_size < 4096 || (req_size & (req_size - 1)) || (resp_size & (resp_size - 1)) ||
         cs > len || len - cs < 4096 + req_size || ss > len || len - ss < 4096 + resp_size ||
-        max_msg < 16 || max_msg > resp_size) {
+        max_msg < 16 || max_msg > resp_size || (wake && (wake % 8 || wake < 4096 || wake > len - 8))) {
         PyBuffer_Release(&self->view);
         PyErr_SetString(PyExc_ValueError, "session geometry outside the mapping");
         return NULL;
@@ -129,6 +149,9 @@ static PyObject *core_bind(SessionCore *self, PyObject *args)
     self->req_data = base + cs + 4096;
     self->server_state = (uint32_t *)(base + OFF_SERVER_STATE);
     self->server_epoch = (uint64_t *)(base + OFF_SERVER_EPOCH);
+    self->server_sleeping = (uint32_t *)(base + OFF_SERVER_SLEEPING);
+    self->notify_kind = (uint32_t *)(base + OFF_NOTIFY_KIND);
+    self->req_wake = wake ? (uint32_t *)(base + wake) : NULL;
     self->req_size = req_size;
     self->resp_size = resp_size;
     self->max_msg = max_msg;
@@ -234,6 +257,7 @@ static PyObject *complete(SessionCore *self, uint64_t step, uint64_t rid, PyObje
 {
     self->req_head += step;
     store_release(self->req_head_p, self->req_head);              /* P1 */
+    notify_server(self);                                          /* N2, pairs with N1 */
     uint64_t tail = self->resp_tail, head = tail;
     uint64_t deadline = 0;
     for (unsigned spins = 0;; spins++) {

@@ -59,6 +59,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import notify
 from . import protocol as P
 from .backoff import Backoff
 from .exceptions import (
@@ -71,7 +72,7 @@ from .exceptions import (
 from .region import Region
 from .session import SEQ_RENEW, SessionBase, SessionLost, claim_channel
 
-CORE_VERSION = 3          # the _speedups.c behaviour this module expects (its CORE_VERSION)
+CORE_VERSION = 4          # the _speedups.c behaviour this module expects (its CORE_VERSION)
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
         raise ImportError("CXL_RING_PURE is set")
@@ -190,6 +191,7 @@ class Session(SessionBase):
             self.req_data[: n - first] = data[first:]
         self.req_head = (self.req_head + n) & U64_MASK
         self.u64[self.req_head_i] = self.req_head              # P1, pairs with server's C1
+        notify.notify_server(self.u32, self.base, self.wake_offset)  # N2, pairs with N1
 
     def _read(self, limit: int) -> list[P.Response]:
         """Take every published response (at most ``limit``); copy once, then free the bytes."""
@@ -469,7 +471,7 @@ if _SessionCore is not None:
             Session.__init__(self, region, header, index, token)
             self._bind(region.mm, header.client_section(index), header.server_section(index),
                        header.req_ring_size, header.resp_ring_size, header.max_msg_size,
-                       header.max_value_size, token)
+                       header.max_value_size, token, self.wake_offset)
 
         def release_views(self) -> None:
             self._unbind()

@@ -33,6 +33,10 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #    8  4  version (5)                56  8  server_section_size     136  8  server_heartbeat
 #   12  4  header_size (4096)         64  4  req_ring_size           144  4  server_state
 #   16  4  feature_flags              68  4  resp_ring_size          148  4  server_pid
+#                                                                    152  4  server_sleeping
+#                                                                    156  4  notify_kind
+#                                                                    160  4  doorbell_peer
+#                                                                    164  4  doorbell_vector
 #   20  4  channel_count              72  4  max_msg_size            256  segment table,
 #   24  8  region_size                76  4  max_value_size               32 bytes an entry:
 #   32  4  group_count                80  4  heartbeat_interval_ms
@@ -48,10 +52,10 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #    0  8  claim_token                             0  8  ack_token
 #    8  8  client_heartbeat                        8  8  dead_token
 #   16  4  client_pid                             16  4  chan_state
-#   64  8  req_head   (request producer)          20  4  last_error
-#  128  8  resp_tail  (response consumer)         24  4  session_gen (ids' high half)
-# 4096     request ring data                      64  8  req_tail   (request consumer)
-#                                                128  8  resp_head  (response producer)
+#   24  4  req_wake (in a group's first channel)  20  4  last_error
+#   64  8  req_head   (request producer)          24  4  session_gen (ids' high half)
+#  128  8  resp_tail  (response consumer)         64  8  req_tail   (request consumer)
+# 4096     request ring data                     128  8  resp_head  (response producer)
 #                                               4096     response ring data
 
 MAGIC = b"CXLDSMR\0"
@@ -87,11 +91,17 @@ OFF_SERVER_EPOCH = 128
 OFF_SERVER_HEARTBEAT = 136
 OFF_SERVER_STATE = 144
 OFF_SERVER_PID = 148
+OFF_SERVER_SLEEPING = 152  # section 8: the server may be blocked (N1)
+OFF_NOTIFY_KIND = 156  # NOTIFY_*: how a client wakes it
+OFF_DOORBELL_PEER = 160
+OFF_DOORBELL_VECTOR = 164
+NOTIFY_NONE, NOTIFY_FUTEX, NOTIFY_DOORBELL = 0, 1, 2
 
 # Client section control page.
 OFF_CLAIM_TOKEN = 0
 OFF_CLIENT_HEARTBEAT = 8
 OFF_CLIENT_PID = 16
+OFF_REQ_WAKE = 24  # section 8: the group's wake word (in its first channel's section only)
 OFF_REQ_HEAD = 64
 OFF_RESP_TAIL = 128
 # Server section control page.

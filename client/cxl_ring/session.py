@@ -48,7 +48,7 @@ import time
 import weakref
 from typing import Callable
 
-from . import _atomic
+from . import _atomic, notify
 from . import protocol as P
 from .backoff import Backoff
 from .exceptions import (
@@ -159,6 +159,9 @@ class SessionBase:
         region.check(ss, header.server_section_size, what=f"server section of channel {index}")
         self.u64 = region.u64
         self.u32 = region.u32
+        self.base = region.address()
+        # Section 8: the group's wake word, which a sleeping server waits on.
+        self.wake_offset = notify.wake_word_offset(header, index)
         self.claim_i = cs // 8
         self.client_heartbeat_i = (cs + P.OFF_CLIENT_HEARTBEAT) // 8
         self.client_pid_i32 = (cs + P.OFF_CLIENT_PID) // 4
@@ -210,6 +213,7 @@ class SessionBase:
         self._beat_count = u64[self.client_heartbeat_i] + 1
         u64[self.client_heartbeat_i] = self._beat_count & U64_MASK
         self.u32[self.client_pid_i32] = os.getpid() & 0xFFFFFFFF
+        notify.notify_server(self.u32, self.base, self.wake_offset)  # a sleeping server looks
         backoff = Backoff(max_sleep=2e-3)
         while u64[self.ack_i] != self.token:
             if u64[self.claim_i] != self.token:

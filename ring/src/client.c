@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include "cxl_ring/client.h"
+#include "cxl_ring/notify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -353,6 +354,9 @@ static void session_bind(struct cxl_client *c, struct cxl_session *s, uint32_t c
     s->client = c;
     s->chan = chan;
     s->kcli = cxl_client_ctl(c->region.base, &c->geo, chan);
+    /* Section 8: the group's wake word is in the client section of its first channel. */
+    s->kwake = cxl_client_ctl(c->region.base, &c->geo,
+                              c->geo.seg[cxl_client_segment(c->geo.chan_group[chan])].first_channel);
     s->ksrv = cxl_server_ctl(c->region.base, &c->geo, chan);
     cxl_ring_request(c->region.base, &c->geo, chan, &s->req);
     cxl_ring_response(c->region.base, &c->geo, chan, &s->resp);
@@ -449,6 +453,8 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
         s->heartbeat = cxl_load_relaxed64(&s->kcli->client_heartbeat) + 1;
         cxl_store_relaxed64(&s->kcli->client_heartbeat, s->heartbeat);
         register_session(c, s);
+        /* A sleeping server learns of the claim now, not at its next housekeeping. */
+        cxl_notify_server(c->khdr, s->kwake);
 
         rc = wait_ack(s, timeout_ms);
         if (rc) {
@@ -595,6 +601,8 @@ void cxl_session_flush(struct cxl_session *s)
 {
     /* P1: the request bytes above are visible before the new head. */
     cxl_store_release64(&s->kcli->req_head, s->req_head);
+    /* N2 (inside) pairs with the server's N1: wake it if it sleeps. */
+    cxl_notify_server(s->client->khdr, s->kwake);
 }
 
 /*

@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -903,4 +904,42 @@ uint64_t cxl_now_ns(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define CXL_SYSFS_MAGIC 0x62656572
+
+/* One mapped file: a regular file outside sysfs is memory of this kernel. */
+static int fd_is_host_memory(int fd, const char *what, char *why, size_t whylen)
+{
+    struct stat st;
+    struct statfs fs;
+
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, whylen, "%s is a device (uio), not a file of this host", what);
+        return 0;
+    }
+    if (fstatfs(fd, &fs) == 0 && fs.f_type == CXL_SYSFS_MAGIC) {
+        snprintf(why, whylen, "%s is a PCI resource file (a BAR: other peers are other "
+                 "machines)", what);
+        return 0;
+    }
+    return 1;
+}
+
+int cxl_region_host_memory(const struct cxl_region *rg, char *why, size_t whylen)
+{
+    uint32_t k;
+
+    if (!rg->is_dir)
+        return fd_is_host_memory(rg->fd, "the region", why, whylen);
+    for (k = 0; k < rg->nseg; k++) {
+        char what[48];
+
+        if (!rg->seg[k].mapped)
+            continue;
+        snprintf(what, sizeof(what), "segment %u", k);
+        if (!fd_is_host_memory(rg->seg[k].fd, what, why, whylen))
+            return 0;
+    }
+    return 1;
 }

@@ -17,7 +17,8 @@ client does: a directory's header and server-* read-only, client-* read-write wh
 allows it (else read-only), an absent file unmapped. Touching an unmapped (or, to write, a
 read-only) segment raises PeerError instead of faulting.
 
-Client control page: claim_token@0 client_heartbeat@8 client_pid@16 req_head@64 resp_tail@128
+Client control page: claim_token@0 client_heartbeat@8 client_pid@16 req_wake@24 req_head@64
+                     resp_tail@128
 Server control page: ack_token@0 dead_token@8 chan_state@16 last_error@20 session_gen@24
                      req_tail@64 resp_head@128
 
@@ -27,18 +28,22 @@ it, ``tag``/``stamp`` do it for hand-made messages. This peer does not zero its 
 
 Indexes are written with one aligned 8-byte store: a memoryview cast to 'Q' stores with
 a single memcpy of 8 bytes, i.e. one MOV on x86-64 (TSO: plain loads are acquire, plain
-stores release). Every wait is bounded.
+stores release). Every wait is bounded. Publishing a head notifies a sleeping server
+(section 8) as the ring client does, unless a test asks it not to.
 """
 
 from __future__ import annotations
 
 import bisect
+import ctypes
 import mmap
 import os
 import random
 import struct
 import threading
 import time
+
+from cxl_ring import notify
 
 MAGIC = b"CXLDSMR\0"
 VERSION = 5
@@ -342,6 +347,22 @@ class Region:
     def channel(self, chan: int) -> Channel:
         return Channel(self, chan)
 
+    def notify_server(self, chan: int) -> bool:
+        """N2 (docs/ring-protocol.md section 8), as the ring client does it: a full fence, then,
+        when the header says the server sleeps on a futex, bump the group's wake word (in the
+        client section of the group's first channel) and wake it. True when it notified."""
+        if not notify.AVAILABLE:
+            return False
+        notify.fence()
+        if self.u32(152) == 0 or self.u32(156) != 1:  # server_sleeping, notify_kind futex
+            return False
+        first = self.segments[1 + 2 * self.group_of(chan)].first_channel
+        m, lo = self.mapping(self.client_off(first) + 24, 8, write=True)
+        notify.bump_and_wake(ctypes.addressof(ctypes.c_char.from_buffer(m.mm, lo)))
+        if m.shadow is not None:  # our own write, for `written`
+            m.shadow[lo: lo + 8] = m.mm[lo: lo + 8]
+        return True
+
 
 class Channel:
     """One channel seen from its client: claim, push, pop, all with bounded waits."""
@@ -408,6 +429,7 @@ class Channel:
         self.r.put_u32(self.c + 16, os.getpid())
         self.r.put_u64(self.c + 0, self.token)
         self.beat()
+        self.notify()  # a sleeping server looks at the claim now
         deadline = time.monotonic() + timeout
         while self.ack_token != self.token:
             if time.monotonic() > deadline:
@@ -463,8 +485,14 @@ class Channel:
         if first < len(data):
             self.r.mm[base: base + len(data) - first] = data[first:]
 
-    def publish_head(self, head: int) -> None:
+    def publish_head(self, head: int, notify: bool = True) -> None:
         self.r.put_u64(self.c + 64, head)
+        if notify:
+            self.r.notify_server(self.chan)
+
+    def notify(self) -> bool:
+        """N2 alone: wake a sleeping server (what a client does after publishing)."""
+        return self.r.notify_server(self.chan)
 
     def push_raw(self, data: bytes, advance: int | None = None, publish: bool = True) -> None:
         """Write bytes at req_head; advance the head by `advance` (default: padded length)."""

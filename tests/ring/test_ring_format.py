@@ -97,6 +97,8 @@ def test_region_too_small_is_refused(ring_servers):
     ({"req_ring": "100000"}, "powers of two"),
     ({"layout": "v9"}, "bad value"),
     ({"layout": "v3"}, "no longer served"),
+    ({"notify": "sometimes"}, "bad value"),
+    ({"sleep_max_ms": 0}, "bad value"),
 ])
 def test_bad_arguments_fail_the_load(ring_servers, args, words):
     assert words in refused(ring_servers, ring_servers.region(), {**SMALL, **args})

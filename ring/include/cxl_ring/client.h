@@ -143,6 +143,7 @@ struct cxl_session {
     uint32_t gen;                       /* session_gen at the ack: the high half of every id */
 
     struct cxl_shm_client_ctl *kcli;    /* shared: our client section (we write) */
+    struct cxl_shm_client_ctl *kwake;   /* shared: our group's first channel (req_wake) */
     const struct cxl_shm_server_ctl *ksrv; /* shared: the server's section (read only) */
     struct cxl_ring req;                /* we produce */
     struct cxl_ring resp;               /* we consume */

@@ -54,6 +54,14 @@ enum cxl_server_state {
     CXL_SERVER_STOPPING = 3,
 };
 
+/* How a client wakes a sleeping server (header notify_kind, section 8). Zero, as the
+ * reserved bytes of older servers read, means the server polls. */
+enum cxl_notify_kind {
+    CXL_NOTIFY_NONE     = 0,                /* the server polls; never notify */
+    CXL_NOTIFY_FUTEX    = 1,                /* one kernel: futex on the group's req_wake */
+    CXL_NOTIFY_DOORBELL = 2,                /* between VMs: ring doorbell_peer/vector */
+};
+
 enum cxl_chan_state {
     CXL_CHAN_FREE        = 0,
     CXL_CHAN_ACTIVE      = 1,
@@ -87,7 +95,11 @@ struct cxl_shm_header {
     uint64_t server_heartbeat;          /* 136 */
     uint32_t server_state;              /* 144 */
     uint32_t server_pid;                /* 148 */
-    uint8_t  reserved1[CXL_SEGMENT_TABLE_OFF - 152];
+    uint32_t server_sleeping;           /* 152: the server may be blocked (section 8, N1) */
+    uint32_t notify_kind;               /* 156: enum cxl_notify_kind */
+    uint32_t doorbell_peer;             /* 160: the server's doorbell peer id */
+    uint32_t doorbell_vector;           /* 164: the vector a client rings */
+    uint8_t  reserved1[CXL_SEGMENT_TABLE_OFF - 168];
     /* geometry, written while formatting: one entry per segment */
     struct cxl_shm_segment {
         uint64_t offset;                /*  0: offset(k) in the region */
@@ -114,7 +126,10 @@ struct cxl_shm_client_ctl {
     uint64_t claim_token;               /*   0 */
     uint64_t client_heartbeat;          /*   8 */
     uint32_t client_pid;                /*  16 */
-    uint8_t  reserved0[64 - 20];
+    uint32_t reserved_s;                /*  20: zero */
+    uint32_t req_wake;                  /*  24: the group's wake word (first channel only) */
+    uint32_t reserved_w;                /*  28: zero (an 8-byte CAS may update 24..31) */
+    uint8_t  reserved0[64 - 32];
     uint64_t req_head;                  /*  64: request producer index */
     uint8_t  reserved1[128 - 72];
     uint64_t resp_tail;                 /* 128: response consumer index */
@@ -141,6 +156,8 @@ _Static_assert(offsetof(struct cxl_shm_header, server_epoch) == 128, "liveness l
 _Static_assert(offsetof(struct cxl_shm_header, server_pid) == 148, "liveness line");
 _Static_assert(offsetof(struct cxl_shm_header, group_count) == 32, "group count");
 _Static_assert(offsetof(struct cxl_shm_header, segment_align) == 40, "segment alignment");
+_Static_assert(offsetof(struct cxl_shm_header, server_sleeping) == 152, "notification line");
+_Static_assert(offsetof(struct cxl_shm_header, doorbell_vector) == 164, "notification line");
 _Static_assert(offsetof(struct cxl_shm_header, segments) == CXL_SEGMENT_TABLE_OFF, "segment table");
 _Static_assert(sizeof(struct cxl_shm_segment) == CXL_SEGMENT_ENTRY, "segment entry");
 _Static_assert(offsetof(struct cxl_shm_segment, kind) == 24, "segment kind");
@@ -149,6 +166,7 @@ _Static_assert(offsetof(struct cxl_shm_client_ctl, req_head) == 64, "req_head li
 _Static_assert(offsetof(struct cxl_shm_client_ctl, resp_tail) == 128, "resp_tail line");
 _Static_assert(sizeof(struct cxl_shm_server_ctl) == CXL_CONTROL_SIZE, "server control page");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, session_gen) == 24, "session generation");
+_Static_assert(offsetof(struct cxl_shm_client_ctl, req_wake) == 24, "group wake word");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, req_tail) == 64, "req_tail line");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, resp_head) == 128, "resp_head line");
 

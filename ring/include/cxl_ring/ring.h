@@ -294,6 +294,14 @@ int cxl_region_map_dir(const char *dir, const struct cxl_geometry *geo, int role
 void cxl_region_unmap(struct cxl_region *region);
 
 /*
+ * 1 when every mapped part of the region is a regular file of this host (tmpfs,
+ * hugetlbfs, any file system but sysfs): a futex on it reaches every process that maps
+ * it. 0 with why filled for uio devices and PCI resource files, whose other peers are
+ * other machines (section 8: futex only works within one kernel).
+ */
+int cxl_region_host_memory(const struct cxl_region *region, char *why, size_t whylen);
+
+/*
  * What this mapping allows on [off, off + len) of the region: enum cxl_access
  * bits, NONE if any byte of it is unmapped. Check before touching a segment
  * that may be absent (a directory region): a touch there faults.
