@@ -61,7 +61,7 @@ FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
-NATIVE      += $(BUILD)/notify-stress
+NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency
 
 build: deps native
 
@@ -85,6 +85,10 @@ $(BUILD)/cxl-ring-bench: $(BENCH_SRC) $(RING_SRC) $(RING_HDR)
 # two processes; tests/ring/test_notify.py runs it.
 $(BUILD)/notify-stress: ring/tests/notify_stress.c $(RING_SRC) $(RING_HDR)
 	$(CC) $(CFLAGS_OPT) -o $@ ring/tests/notify_stress.c $(RING_SRC)
+
+# The first request after an idle gap (make bench: notify futex against polling).
+$(BUILD)/cxl-wake-latency: bench/c/wake/wake_latency.c $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_OPT) -pthread -o $@ bench/c/wake/wake_latency.c $(RING_SRC)
 
 # libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
 $(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)
