@@ -22,7 +22,8 @@ A region is reached in one of two forms (docs/ring-protocol.md section 2):
 Python's ``mmap`` module cannot map at a fixed address, so mappings are made with libc's
 ``mmap``/``munmap`` through ctypes (the standard library); the region's bytes are one ctypes
 array over the whole range (``mm``), whose slices are ``bytes``, and ``buf``/``u64``/``u32``
-are memoryviews of it. The range is unmapped when the last view of it is gone.
+are memoryviews of it. The range is unmapped when the last view of it is gone (or by the
+process's exit: never by an interpreter-exit hook, while views may still be in use).
 
 Touching an absent segment would fault, and writing a read-only one too, so nothing here
 touches a segment before checking it: ``read``/``write``/``load_u64``/``store_u64`` check the
@@ -158,7 +159,10 @@ class SegmentMapping(NamedTuple):
 def _array_over(base: int, size: int, unmap: tuple[int, int]) -> ctypes.Array:
     """A ctypes byte array over [base, base + size) that munmaps ``unmap`` when it goes."""
     arr = (ctypes.c_char * size).from_address(base)
-    weakref.finalize(arr, _munmap, *unmap)
+    # Not at interpreter exit (finalize's default): objects still holding views of the range
+    # (a client whose __del__ releases its channels, the lease keeper thread, the C core) run
+    # after the atexit hooks and would fault on an unmapped range. The process's exit unmaps it.
+    weakref.finalize(arr, _munmap, *unmap).atexit = False
     return arr
 
 
