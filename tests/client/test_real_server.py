@@ -14,6 +14,7 @@ import time
 import cxl_ring
 import pytest
 from clientutil import REPO, VECTORS, check_oversized_raw_request
+from cxl_ring import channel
 from cxl_ring import protocol as P
 from cxl_ring.exceptions import (
     ProtocolError,
@@ -262,6 +263,30 @@ def test_dead_process_channel_is_reclaimed(real_server_factory):
             assert time.monotonic() < deadline, "the driver never reclaimed the channel"
             time.sleep(0.05)
         assert region.u32[(ss + P.OFF_CHAN_STATE) // 4] == P.CHAN_FREE
+
+
+@pytest.mark.parametrize("core", ["python", "c"])
+def test_exit_without_close_is_clean(real_server_factory, core):
+    """A process that exits without closing its RingClient exits 0 (it died of SIGSEGV when
+    the region's munmap ran as an atexit hook, before the client's __del__ released its
+    channel through the unmapped range), and that release did happen."""
+    if core == "c" and not channel.SPEEDUPS:
+        pytest.skip("cxl_ring._speedups not in use (not built, stale, or CXL_RING_PURE set)")
+    server = real_server_factory(client_lease_ms=60_000)    # no reclaim within the test
+    code = (f"import cxl_ring; r = cxl_ring.RingClient({server.path!r}, timeout={HANG}); "
+            "r.set('k', 'v'); assert r.get('k') == b'v'; "
+            "s = r._transport.session(); print(type(s).__name__, s.index, flush=True)")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "client")}
+    env.pop("CXL_RING_PURE", None)
+    if core == "python":
+        env["CXL_RING_PURE"] = "1"
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kind, index = out.stdout.split()
+    assert kind == ("FastSession" if core == "c" else "Session")
+    with cxl_ring.Region(server.path) as region:
+        assert region.u64[region.header().client_section(int(index)) // 8] == 0
 
 
 def test_layout_v2(real_server_factory):
