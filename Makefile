@@ -57,11 +57,15 @@ RING_HDR    := $(wildcard ring/include/cxl_ring/*.h)
 DRIVER_SRC  := $(wildcard driver/*.c)
 DRIVER_HDR  := $(wildcard driver/*.h)
 BENCH_SRC   := $(wildcard bench/c/*.c)
+NULL_SRC    := $(wildcard bench/c/null/*.c)
+# The driver's ring code that the null server runs unchanged (bench/c/null/null_server.c).
+NULL_DRIVER := driver/channel.c driver/region.c driver/compat_v2.c
 FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
 NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency
+NATIVE      += $(if $(NULL_SRC),$(BUILD)/cxl-null-server $(BUILD)/cxl-null-server-asan)
 
 build: deps native
 
@@ -89,6 +93,15 @@ $(BUILD)/notify-stress: ring/tests/notify_stress.c $(RING_SRC) $(RING_HDR)
 # The first request after an idle gap (make bench: notify futex against polling).
 $(BUILD)/cxl-wake-latency: bench/c/wake/wake_latency.c $(RING_SRC) $(RING_HDR)
 	$(CC) $(CFLAGS_OPT) -pthread -o $@ bench/c/wake/wake_latency.c $(RING_SRC)
+
+# The null server: the driver's region and channel code with no Redis behind it (GET answers
+# a fixed value, SET OK), for the transport's own limit in `make bench` (docs/benchmarks.md).
+# The ASan+UBSan build is the one tests/bench feeds hostile input.
+$(BUILD)/cxl-null-server: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
+	$(CC) $(CFLAGS_OPT) -Idriver -pthread -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
+
+$(BUILD)/cxl-null-server-asan: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
+	$(CC) $(CFLAGS_SAN) -Idriver -pthread -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
 
 # libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
 $(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)
