@@ -96,12 +96,15 @@ $(BUILD)/cxl-wake-latency: bench/c/wake/wake_latency.c $(RING_SRC) $(RING_HDR)
 
 # The null server: the driver's region and channel code with no Redis behind it (GET answers
 # a fixed value, SET OK), for the transport's own limit in `make bench` (docs/benchmarks.md).
-# The ASan+UBSan build is the one tests/bench feeds hostile input.
+# The ASan+UBSan build is the one tests/bench feeds hostile input. REDISMODULE_API=extern: the
+# module API pointers are declared, not defined, so that a driver file calling one the null
+# server does not provide fails to link instead of calling NULL.
+NULL_CFLAGS := -Idriver -DREDISMODULE_API=extern -DREDISMODULE_ATTR= -pthread
 $(BUILD)/cxl-null-server: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
-	$(CC) $(CFLAGS_OPT) -Idriver -pthread -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
+	$(CC) $(CFLAGS_OPT) $(NULL_CFLAGS) -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
 
 $(BUILD)/cxl-null-server-asan: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
-	$(CC) $(CFLAGS_SAN) -Idriver -pthread -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
+	$(CC) $(CFLAGS_SAN) $(NULL_CFLAGS) -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
 
 # libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
 $(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)

@@ -11,6 +11,11 @@
  *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
  *                check of the command's flags (what cannot run from the ring)
  *
+ * region.c, channel.c and compat_v2.c are also linked, unchanged, into the null
+ * server (bench/c/null/null_server.c: the rings with no Redis behind them, for
+ * `make bench`), which binds only RedisModule_Alloc/TryAlloc/Calloc/Free/Log:
+ * any other module API call there breaks its build (`make build` says so).
+ *
  * Threads. The Redis main thread runs OnLoad, the commands and the shutdown
  * event. The poll thread owns every private channel field below and is the
  * only writer of the server's shared fields except the header's heartbeat

@@ -18,7 +18,7 @@
  * driver/poll.c (no GIL to take, no event loop to wake, no CXLRING.RESET), and the
  * execution functions below replace driver/exec.c. The driver's files are compiled
  * unchanged; the few Redis module API calls they make (allocation, logging) are
- * bound to libc here before anything else runs.
+ * bound to libc here.
  *
  * Threads, as in the driver: the main thread is the poll thread (it owns every
  * private channel field and writes every server field but the heartbeat); the
@@ -61,16 +61,17 @@ static void null_log(RedisModuleCtx *ctx, const char *level, const char *fmt, ..
     fputc('\n', stderr);
 }
 
-/* channel.c and region.c allocate and log through these pointers (common symbols
- * of redismodule.h); nothing else of the module API is reachable from them. */
-static void bind_module_api(void)
-{
-    RedisModule_Alloc = malloc;
-    RedisModule_TryAlloc = malloc;
-    RedisModule_Calloc = calloc;
-    RedisModule_Free = free;
-    RedisModule_Log = null_log;
-}
+/*
+ * The driver's files allocate and log through these pointers, and through nothing
+ * else of the module API: the Makefile builds this program with REDISMODULE_API=extern,
+ * so the header only declares the API's pointers and these are the only definitions.
+ * A driver file that starts calling another one fails to link here.
+ */
+void *(*RedisModule_Alloc)(size_t bytes) = malloc;
+void *(*RedisModule_TryAlloc)(size_t bytes) = malloc;
+void *(*RedisModule_Calloc)(size_t nmemb, size_t size) = calloc;
+void (*RedisModule_Free)(void *ptr) = free;
+void (*RedisModule_Log)(RedisModuleCtx *ctx, const char *level, const char *fmt, ...) = null_log;
 
 /* ---- Execution: no keyspace (replaces driver/exec.c) ---------------------------- */
 
@@ -466,7 +467,6 @@ int main(int argc, char **argv)
     char err[DRV_ERRLEN * 2];
     int rc;
 
-    bind_module_api();
     parse_args(argc, argv, &s->cfg);
 
     memset(&sa, 0, sizeof(sa));
