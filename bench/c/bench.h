@@ -50,6 +50,7 @@ struct bench_opts {
     uint32_t value_size;
     uint64_t keyspace;
     int      prefill;
+    int      no_read;               /* --no-read: never read a response (an attacker) */
     int      layout;                /* 3 or 2 */
     double   timeout_s;
     double   stall_s;
@@ -127,6 +128,7 @@ struct phase_result {
     uint64_t sleep_ns;
     uint64_t get_misses;
     uint64_t errors;
+    uint64_t reclaims;              /* --no-read: channels released and claimed again */
 };
 
 void report_text(FILE *f, const struct bench_opts *o, const struct phase_result *r,

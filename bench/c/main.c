@@ -59,6 +59,10 @@ static void usage(FILE *f)
 "  --value-size BYTES     SET value size (default 64); also -d\n"
 "  --keyspace K           keys key:000000000000 .. K-1, random (default 100000); also -r\n"
 "  --no-prefill           do not SET every key before a GET or mix phase\n"
+"  --no-read              an attacker's load (needs --duration): push requests as fast\n"
+"                         as the ring takes them and never read a response, so the\n"
+"                         server's answers wait; a channel that takes nothing for\n"
+"                         50 ms is released and claimed again, which starts it over\n"
 "\n"
 "Waiting and limits:\n"
 "  --timeout SEC          give up after SEC seconds in all (default 60), or after\n"
@@ -91,6 +95,7 @@ enum {
     OPT_THREADS, OPT_PIPELINE, OPT_MAX_INFLIGHT, OPT_BATCH, OPT_NO_PREFILL, OPT_TIMEOUT,
     OPT_CLAIM_TIMEOUT, OPT_SPIN_US, OPT_MAX_SLEEP_US, OPT_LATENCY, OPT_COST, OPT_CSV,
     OPT_LABEL, OPT_JSON, OPT_QUIET, OPT_CACHELINE, OPT_HELP, OPT_VERSION, OPT_KEYSPACE, OPT_VALUE_SIZE,
+    OPT_NO_READ,
 };
 
 static const struct option long_opts[] = {
@@ -108,6 +113,7 @@ static const struct option long_opts[] = {
     { "value-size", required_argument, NULL, OPT_VALUE_SIZE },
     { "keyspace", required_argument, NULL, OPT_KEYSPACE },
     { "no-prefill", no_argument, NULL, OPT_NO_PREFILL },
+    { "no-read", no_argument, NULL, OPT_NO_READ },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "claim-timeout-ms", required_argument, NULL, OPT_CLAIM_TIMEOUT },
     { "spin-us", required_argument, NULL, OPT_SPIN_US },
@@ -261,6 +267,7 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
             o->keyspace = parse_u64("--keyspace", optarg, 1, 1000000000000ull);
             break;
         case OPT_NO_PREFILL: o->prefill = 0; break;
+        case OPT_NO_READ: o->no_read = 1; break;
         case OPT_TIMEOUT: o->timeout_s = parse_double("--timeout", optarg, 0.1, 86400); break;
         case OPT_CLAIM_TIMEOUT:
             o->claim_timeout_ms = (uint32_t)parse_u64("--claim-timeout-ms", optarg, 1, 600000);
@@ -303,6 +310,8 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
         fail_usage("unexpected argument '%s'", argv[optind]);
     if (!o->path)
         fail_usage("--path REGION is required (e.g. --path /dev/shm/cxl_ring)");
+    if (o->no_read && o->duration_s <= 0)
+        fail_usage("--no-read runs by time: give --duration SEC");
     if (inflight_set && !o->pipeline)
         o->pipeline = 1;            /* a window only means something when pipelining */
     if (o->batch > o->max_inflight)
@@ -547,6 +556,94 @@ out:
     res->sleep_ns = b.slept_ns - slept0;
 }
 
+/*
+ * --no-read: an attacker's load on this thread's channel for --duration. Requests go in
+ * as fast as the ring takes them and no response is ever read, so the server's response
+ * ring fills and its answers wait in the server. A channel that has taken nothing for
+ * NO_READ_JAM_NS is released and claimed again: the server drops what waits, and the
+ * attack starts over (with it, 1 MiB GETs keep the server copying instead of idling
+ * behind 256 full rings). Counts requests pushed, and reclaims.
+ */
+#define NO_READ_JAM_NS (50ull * 1000000ull)
+
+static void run_no_read(struct worker *w, int phase, int op)
+{
+    const struct bench_opts *o = w->o;
+    const struct transport *t = w->t;
+    struct phase_result *res = &w->res[phase];
+    uint64_t get_threshold = o->get_ratio >= 1 ? UINT64_MAX
+                             : (uint64_t)(o->get_ratio * 18446744073709551616.0);
+    uint64_t now = cxl_now_ns(), phase_end, last_progress = now, slept0;
+    struct cxl_backoff b;
+    int rc;
+
+    memset(res, 0, sizeof(*res));
+    res->op = op;
+    cxl_backoff_init(&b, o->spin_ns, o->max_sleep_ns);
+    slept0 = b.slept_ns;
+    w->t_start[phase] = now;
+    phase_end = now + (uint64_t)(o->duration_s * 1e9);
+    while (now < phase_end && !__atomic_load_n(&stop_all, __ATOMIC_RELAXED)) {
+        uint32_t pushed = 0;
+
+        if (now > run_deadline_ns) {
+            worker_fail(w, CXL_E_TIMEOUT, 0, "the run took longer than --timeout %.1f s",
+                        o->timeout_s);
+            break;
+        }
+        while (pushed < o->batch) {
+            int this_op = op;
+
+            if (op == OP_MIX)
+                this_op = xorshift64(&w->rng) < get_threshold ? OP_GET : OP_SET;
+            key_fill(w->key, xorshift64(&w->rng) % o->keyspace);
+            rc = t->push(w->conn, this_op, w->next_id, w->key, BENCH_KEY_LEN, w->value,
+                         o->value_size);
+            if (rc == CXL_E_AGAIN) {
+                res->push_retries++;
+                break;
+            }
+            if (rc) {
+                worker_fail(w, rc, 0, "%s", t->error(w->conn));
+                goto out;
+            }
+            w->next_id++;
+            res->requests++;
+            pushed++;
+        }
+        now = cxl_now_ns();
+        if (pushed) {
+            t->flush(w->conn);
+            last_progress = now;
+            cxl_backoff_reset(&b);
+            continue;
+        }
+        rc = t->check(w->conn);
+        if (rc) {
+            worker_fail(w, rc, 0, "%s", t->error(w->conn));
+            break;
+        }
+        if (now - last_progress > NO_READ_JAM_NS) {
+            t->detach(w->conn);
+            w->conn = NULL;
+            rc = t->attach(w->index, &w->conn, w->err, sizeof(w->err));
+            if (rc) {
+                w->conn = NULL;
+                worker_fail(w, rc, 0, "claiming the channel again: %s", w->err);
+                break;
+            }
+            res->reclaims++;
+            now = last_progress = cxl_now_ns();
+            continue;
+        }
+        cxl_backoff_wait(&b, now);
+        now = cxl_now_ns();
+    }
+out:
+    w->t_end[phase] = cxl_now_ns();
+    res->sleep_ns = b.slept_ns - slept0;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -582,7 +679,10 @@ static void *worker_main(void *arg)
     extra = o->requests % o->threads;
     for (i = 0; i < o->nphases; i++) {
         pthread_barrier_wait(&phase_barrier);
-        run_phase(w, i, o->phases[i], per_thread + (w->index < extra ? 1 : 0), 1);
+        if (o->no_read)
+            run_no_read(w, i, o->phases[i]);
+        else
+            run_phase(w, i, o->phases[i], per_thread + (w->index < extra ? 1 : 0), 1);
         pthread_barrier_wait(&phase_barrier);
         if (__atomic_load_n(&stop_all, __ATOMIC_RELAXED))
             break;
@@ -725,6 +825,7 @@ int main(int argc, char **argv)
                 r->sleep_ns += wr->sleep_ns;
                 r->get_misses += wr->get_misses;
                 r->errors += wr->errors;
+                r->reclaims += wr->reclaims;
                 hist_merge(&r->lat, &wr->lat);
             }
             if (!r->requests)

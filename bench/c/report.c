@@ -42,6 +42,9 @@ void report_text(FILE *f, const struct bench_opts *o, const struct phase_result 
     if (r->get_misses || r->errors)
         fprintf(f, "  GET misses %llu, error replies %llu\n",
                 (unsigned long long)r->get_misses, (unsigned long long)r->errors);
+    if (o->no_read)
+        fprintf(f, "  never read: %llu channel(s) released and claimed again\n",
+                (unsigned long long)r->reclaims);
     if (o->cost)
         fprintf(f, "  cost: push retries (ring full) %llu, sleep %.3f ms\n",
                 (unsigned long long)r->push_retries, (double)r->sleep_ns / 1e6);
@@ -155,10 +158,10 @@ int report_json(const struct bench_opts *o, const struct phase_result *res, int 
             fprintf(f, ", \"%s_us\": %.3f", quantile_names[q],
                     hist_quantile_us(&r->lat, quantiles[q]));
         fprintf(f, ", \"max_us\": %.3f, \"get_misses\": %llu, \"errors\": %llu, "
-                   "\"push_retries\": %llu, \"sleep_ms\": %.3f}",
+                   "\"push_retries\": %llu, \"sleep_ms\": %.3f, \"reclaims\": %llu}",
                 (double)r->lat.max_ns / 1000.0, (unsigned long long)r->get_misses,
                 (unsigned long long)r->errors, (unsigned long long)r->push_retries,
-                (double)r->sleep_ns / 1e6);
+                (double)r->sleep_ns / 1e6, (unsigned long long)r->reclaims);
     }
     fprintf(f, "%s]\n}\n", nres ? "\n  " : "");
     if (f != stdout && fclose(f) != 0) {
