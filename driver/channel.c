@@ -386,6 +386,7 @@ struct v5_sink {
     struct drv_chan *ch;
     uint32_t max_msg;
     uint64_t id;
+    uint32_t reply_bytes;               /* the last reply's payload: work done (drv_hold) */
 };
 
 static void v5_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
@@ -393,6 +394,7 @@ static void v5_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
 {
     struct v5_sink *sink = sinkp;
 
+    sink->reply_bytes = n1 + n2;
     resp_send(sink->ch, sink->max_msg, status, sink->id, p1, n1, p2, n2);
 }
 
@@ -493,14 +495,19 @@ static void consume(struct drv_chan *ch, uint64_t padded, uint32_t *off, uint32_
     ch->req_tail += padded;
 }
 
-/* Consume up to budget requests of one channel. Returns how many. */
-static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t budget)
+/*
+ * Consume up to quantum requests of one channel, within the hold h (its budget and its
+ * deadline, checked between requests). Returns how many.
+ */
+static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t quantum,
+                             struct drv_hold *h)
 {
     const struct cxl_geometry *g = &s->geo;
     struct v5_sink sink = { .ch = ch, .max_msg = g->max_msg_size };
     struct cxl_msg_hdr hdr;
     uint64_t head, used, padded, refilled_at = UINT64_MAX;
-    uint32_t done = 0, off = 0, avail = 0;
+    uint32_t done = 0, off = 0, avail = 0, units;
+    uint64_t out_before;
     const char *bad = NULL;
     static const char big[] = "request is larger than max_msg_size";
     char why[160], stale[128];
@@ -514,7 +521,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         return 0;
     }
     ch->req_head_seen = head;
-    while (done < budget && !stalled(ch) && !ch->broken && !bad) {
+    while (done < quantum && !h->over && h->budget && !stalled(ch) && !ch->broken && !bad) {
         used = head - ch->req_tail;
         if (used == 0)
             break;
@@ -554,11 +561,14 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
             break;
         }
         sink.id = hdr.id;
+        sink.reply_bytes = 0;
         if (frame == CXL_FRAME_SKIP) {
             consume(ch, padded, &off, &avail);
             done++;
+            h->budget--;
             note_violation(ch, CXL_ST_TOO_LARGE);
             v5_reply(&sink, CXL_ST_TOO_LARGE, big, sizeof(big) - 1, NULL, 0);
+            drv_hold_spend(h, 1);
             continue;
         }
         st = cxl_req_decode(s->msg + off, hdr.len, g->max_value_size, &s->req,
@@ -569,50 +579,61 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
          * a response published while it runs must find req_tail past it (C2 before P1). */
         consume(ch, padded, &off, &avail);
         done++;
+        h->budget--;
         if (st == CXL_ST_OK) {
             drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
         } else {
             note_violation(ch, st);
             v5_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
         }
+        /* A CMD can be any command: the clock is read after each one. */
+        units = st == CXL_ST_OK && s->req.op == CXL_OP_CMD
+                ? DRV_CHECK_WORK : drv_work_units(padded + sink.reply_bytes);
+        drv_hold_spend(h, units);
     }
     req_tail_publish(ch);
     if (bad) {
         quarantine(ch, bad);            /* after the answers to what came before */
         return done;
     }
+    /* Publishing what is staged, or a parked large response, is work of this hold too. */
+    out_before = ch->stats.bytes_out;
     drain(ch);
+    drv_hold_spend(h, (uint32_t)((ch->stats.bytes_out - out_before) >> DRV_WORK_BYTES_SHIFT));
     if (ch->broken)
         quarantine(ch, ch->broken_why);
     return done;
 }
 
 /*
- * Under the GIL: serve ready channels round robin, a quantum each, until the
- * budget or the deadline is used up or no channel has requests left.
+ * Under the GIL: serve ready channels round robin, a quantum each, until the hold's
+ * budget or time is used up or no channel has requests left. The round goes on from
+ * where the last hold stopped (next_chan), so that a hold cut short by its deadline does
+ * not serve the low-numbered channels first every time.
  */
-uint32_t drv_v5_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns)
+uint32_t drv_v5_process(struct drv_server *s, struct drv_hold *h)
 {
-    uint32_t total = 0, quantum, c, n;
+    uint32_t total = 0, quantum, c, i, n;
     int more = 1;
 
-    quantum = budget / 4 ? budget / 4 : 1;
-    while (more && total < budget) {
+    quantum = s->cfg.batch / 4 ? s->cfg.batch / 4 : 1;
+    while (more && !h->over && h->budget) {
         more = 0;
-        for (c = 0; c < s->nchan && total < budget; c++) {
-            struct drv_chan *ch = &s->chans[c];
+        for (i = 0; i < s->nchan && !h->over && h->budget; i++) {
+            struct drv_chan *ch;
 
+            c = s->next_chan;
+            s->next_chan = c + 1 == s->nchan ? 0 : c + 1;
+            ch = &s->chans[c];
             if (!ch->ready || ch->state != CXL_CHAN_ACTIVE)
                 continue;
-            n = chan_process(s, ch, quantum < budget - total ? quantum : budget - total);
+            n = chan_process(s, ch, quantum, h);
             total += n;
             if (n == 0 || ch->state != CXL_CHAN_ACTIVE || stalled(ch))
                 ch->ready = 0;
             else
                 more = 1;
         }
-        if (cxl_now_ns() > deadline_ns)
-            break;
     }
     return total;
 }

@@ -222,7 +222,9 @@ int drv_v2_scan(struct drv_server *s)
     return ready;
 }
 
-static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32_t budget)
+/* Serve up to quantum slots of one ring, within the hold h (checked between slots). */
+static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32_t quantum,
+                             struct drv_hold *h)
 {
     uint32_t slots = s->cfg.v2_slots, done = 0;
     /* V1 pairs with the client's store of req head (after its slot): every slot below
@@ -243,7 +245,8 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
         cxl_store_release64(r->kreq_tail, r->req_tail);
         return 0;
     }
-    while (done < budget && r->req_tail != head && v2_resp_room(r, slots)) {
+    while (done < quantum && !h->over && h->budget && r->req_tail != head &&
+           v2_resp_room(r, slots)) {
         const uint8_t *slot = r->req_slots + (r->req_tail % slots) * CXL_V2_SLOT_SIZE;
         uint32_t len;
 
@@ -284,6 +287,9 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
         STAT_ADD(&r->stats, bytes_in, CXL_V2_SLOT_SIZE);
         r->req_tail++;
         done++;
+        h->budget--;
+        /* A slot is at most 4 KiB each way: a unit of work. */
+        drv_hold_spend(h, 1);
     }
     if (done) {
         /* One store each per batch, not per slot: the client polls these lines. */
@@ -297,27 +303,28 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
     return done;
 }
 
-uint32_t drv_v2_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns)
+uint32_t drv_v2_process(struct drv_server *s, struct drv_hold *h)
 {
-    uint32_t total = 0, i, n, quantum = budget / 4 ? budget / 4 : 1;
+    uint32_t total = 0, i, c, n, quantum = s->cfg.batch / 4 ? s->cfg.batch / 4 : 1;
     int more = 1;
 
-    while (more && total < budget) {
+    while (more && !h->over && h->budget) {
         more = 0;
-        for (i = 0; i < s->nchan && total < budget; i++) {
-            struct drv_v2_ring *r = &s->v2[i];
+        for (i = 0; i < s->nchan && !h->over && h->budget; i++) {
+            struct drv_v2_ring *r;
 
+            c = s->next_chan;           /* round robin across holds, as in channel.c */
+            s->next_chan = c + 1 == s->nchan ? 0 : c + 1;
+            r = &s->v2[c];
             if (!r->ready)
                 continue;
-            n = ring_process(s, r, quantum < budget - total ? quantum : budget - total);
+            n = ring_process(s, r, quantum, h);
             total += n;
             if (n == 0)
                 r->ready = 0;
             else
                 more = 1;
         }
-        if (cxl_now_ns() > deadline_ns)
-            break;
     }
     return total;
 }

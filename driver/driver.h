@@ -5,7 +5,8 @@
  *   module.c     Redis entry points: arguments, CXLRING.* commands, events
  *   region.c     map the region (one file, or a directory of segment files);
  *                format, validate or refuse its header (layout 5 and v2)
- *   poll.c       the poll thread (GIL batches, back-off) and the heartbeat thread
+ *   poll.c       the poll thread (GIL holds bounded in time, letting the main thread
+ *                in between them, back-off) and the heartbeat thread
  *   channel.c    layout 5: sessions, framing, responses, quarantine
  *   compat_v2.c  layout v2: the PoC's slot rings
  *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
@@ -41,6 +42,8 @@
 #define DRV_DEFAULT_SLEEP_US  1000u
 #define DRV_DEFAULT_BATCH     512u      /* requests per GIL hold */
 #define DRV_BATCH_NS          1000000u  /* and at most 1 ms per GIL hold */
+#define DRV_CHECK_WORK        16u       /* read the clock once this much work is done */
+#define DRV_WORK_BYTES_SHIFT  12u       /* a unit of work: a request, or 4 KiB copied */
 #define DRV_V2_DEFAULT_RINGS  4u
 #define DRV_V2_DEFAULT_SLOTS  26624u
 #define DRV_ERRLEN            256
@@ -104,6 +107,40 @@ struct drv_stats {
     __atomic_store_n(&(st)->field, (st)->field + (n), __ATOMIC_RELAXED)
 #define STAT_INC(st, field) STAT_ADD(st, field, 1)
 #define STAT_GET(st, field) __atomic_load_n(&(st)->field, __ATOMIC_RELAXED)
+
+/* ---- One hold of the GIL (poll.c opens it; channel.c, compat_v2.c spend it) -- */
+
+/*
+ * A hold serves at most `budget` requests and ends at deadline_ns. Reading the clock
+ * costs about as much as a small GET, so it is read between requests once their work
+ * adds up to DRV_CHECK_WORK units (a unit: one request, or 4 KiB copied in or out; a
+ * CMD counts as the whole amount): a hold runs past its deadline by at most one request
+ * or DRV_CHECK_WORK small ones, whether the work is in one channel or spread over many.
+ */
+struct drv_hold {
+    uint64_t deadline_ns;
+    uint32_t budget;                    /* requests left */
+    uint32_t work;                      /* units since the clock was last read */
+    int      over;                      /* the deadline passed: serve nothing more */
+};
+
+/* Count units of work; 1 when the hold must end (its budget or its time is used up). */
+static inline int drv_hold_spend(struct drv_hold *h, uint32_t units)
+{
+    h->work += units;
+    if (h->work >= DRV_CHECK_WORK) {
+        h->work = 0;
+        if (cxl_now_ns() >= h->deadline_ns)
+            h->over = 1;
+    }
+    return h->over || h->budget == 0;
+}
+
+/* Units of work for a request that moved `bytes` in and out. */
+static inline uint32_t drv_work_units(uint64_t bytes)
+{
+    return 1u + (uint32_t)(bytes >> DRV_WORK_BYTES_SHIFT);
+}
 
 /* ---- Execution against the keyspace (exec.c) ------------------------------ */
 
@@ -246,6 +283,16 @@ struct drv_server {
     pthread_cond_t  hb_cond;
     uint64_t gil_holds;                 /* stats (relaxed) */
     uint64_t wakeups;
+    uint64_t hold_max_ns;               /* the longest GIL hold so far */
+    uint64_t handoffs;                  /* holds after which the main thread was let in */
+    uint64_t handoffs_taken;            /* ... and took the GIL before the wait ended */
+    /*
+     * The main thread's turns: bumped by an event-loop callback each time the main
+     * thread has taken the GIL after sleeping (module.c). The poll thread only compares
+     * it with an earlier value; it orders nothing (the GIL's mutex orders the keyspace),
+     * so relaxed atomics on both sides.
+     */
+    uint64_t main_turns;
     int      wake_pending;              /* a one-shot to the event loop is queued */
     uint64_t last_wake_ns;
     /* Queueing a one-shot and OnUnload's "none is queued, no more will be" are one step
@@ -265,6 +312,7 @@ struct drv_server {
     RedisModuleBlockedClient **reset_bc;   /* per channel, NULL = none */
     int      reset_pending;             /* atomic */
 
+    uint32_t next_chan;                 /* poll thread: where the next hold's round starts */
     struct drv_exec exec;               /* poll thread only */
     struct cxl_req req;                 /* poll thread only: decoded request */
     uint8_t *msg;                       /* poll thread only: private copy of requests */
@@ -281,7 +329,7 @@ void drv_region_close(struct drv_server *s);
 int  drv_chans_init(struct drv_server *s);
 void drv_chans_free(struct drv_server *s);
 int  drv_v5_scan(struct drv_server *s, uint64_t now_ns);
-uint32_t drv_v5_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
+uint32_t drv_v5_process(struct drv_server *s, struct drv_hold *h);
 void drv_v5_housekeeping(struct drv_server *s, uint64_t now_ns);
 void drv_v5_reset(struct drv_server *s, uint32_t chan);
 const char *drv_chan_state_name(uint32_t state);
@@ -292,7 +340,7 @@ void drv_v2_format(struct drv_server *s);
 int  drv_v2_check(struct drv_server *s, char *err, size_t errlen);
 int  drv_v2_init(struct drv_server *s);
 int  drv_v2_scan(struct drv_server *s);
-uint32_t drv_v2_process(struct drv_server *s, uint32_t budget, uint64_t deadline_ns);
+uint32_t drv_v2_process(struct drv_server *s, struct drv_hold *h);
 void drv_v2_reset(struct drv_server *s, uint32_t ring);
 
 /* poll.c */
@@ -300,6 +348,7 @@ int  drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, siz
 void drv_threads_stop(struct drv_server *s);
 void drv_kick(struct drv_server *s);
 const char *drv_notify_name(uint32_t kind);
+void drv_main_turn(struct drv_server *s);
 
 /* logging from any thread (RedisModule_Log with a NULL context is thread-safe) */
 #define drv_log(level, ...) RedisModule_Log(NULL, level, __VA_ARGS__)

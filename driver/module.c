@@ -337,7 +337,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 21);
+    RedisModule_ReplyWithMap(ctx, 24);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -354,6 +354,11 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "heartbeat_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.heartbeat_interval_ms : 0);
     reply_u64(ctx, "gil_holds", __atomic_load_n(&s->gil_holds, __ATOMIC_RELAXED));
     reply_u64(ctx, "event_loop_wakeups", __atomic_load_n(&s->wakeups, __ATOMIC_RELAXED));
+    reply_u64(ctx, "gil_hold_max_us",
+              __atomic_load_n(&s->hold_max_ns, __ATOMIC_RELAXED) / 1000);
+    reply_u64(ctx, "gil_handoffs", __atomic_load_n(&s->handoffs, __ATOMIC_RELAXED));
+    reply_u64(ctx, "gil_handoffs_taken",
+              __atomic_load_n(&s->handoffs_taken, __ATOMIC_RELAXED));
     /* How the idle poll thread waits: futex (sleeps until a client notifies), or poll
      * with the reason in notify_fallback (section 8). */
     reply_str(ctx, "notify", drv_notify_name(s->notify_kind));
@@ -444,6 +449,17 @@ static void on_module_change(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t
     __atomic_add_fetch(&g_srv.exec.cmd_table_gen, 1, __ATOMIC_RELAXED);
 }
 
+/* Each time the main thread has taken the GIL after epoll_wait: its turn (poll.c). */
+static void on_event_loop(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent,
+                          void *data)
+{
+    (void)ctx;
+    (void)eid;
+    (void)data;
+    if (subevent == REDISMODULE_SUBEVENT_EVENTLOOP_AFTER_SLEEP)
+        drv_main_turn(&g_srv);
+}
+
 static void server_stop(struct drv_server *s)
 {
     if (!s->threads_running)
@@ -492,8 +508,11 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     if (RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_Shutdown, on_shutdown) ==
             REDISMODULE_ERR ||
         RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_ModuleChange,
-                                           on_module_change) == REDISMODULE_ERR) {
-        snprintf(err, sizeof(err), "cannot subscribe to the shutdown and module events");
+                                           on_module_change) == REDISMODULE_ERR ||
+        RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_EventLoop,
+                                           on_event_loop) == REDISMODULE_ERR) {
+        snprintf(err, sizeof(err), "cannot subscribe to the shutdown, module and event "
+                 "loop events");
         goto fail_region;
     }
     if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)

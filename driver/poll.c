@@ -4,18 +4,27 @@
  * The poll thread serves the rings. Each round it follows sessions, flushes
  * pending responses and looks for requests without the GIL; when it finds
  * some it takes the GIL once (RedisModule_ThreadSafeContextTryLock) and
- * serves a bounded batch (cfg.batch requests, DRV_BATCH_NS), so TCP clients
- * keep their turn. Without requests it spins for spin_us and yields; then,
- * where clients can wake it (notify futex: the region is memory of this host),
- * it sleeps in the kernel until a client notifies or sleep_max_ms passes, and
- * otherwise it sleeps with a doubling interval up to idle_sleep_us (protocol
- * doc section 8; CXLRING.INFO says which, and why).
+ * serves one hold: at most cfg.batch requests and DRV_BATCH_NS (1 ms), the
+ * clock read between requests and between channels (struct drv_hold), so that
+ * no request or channel, however large, makes a hold run on. Without requests
+ * it spins for spin_us and yields; then, where clients can wake it (notify
+ * futex: the region is memory of this host), it sleeps in the kernel until a
+ * client notifies or sleep_max_ms passes, and otherwise it sleeps with a
+ * doubling interval up to idle_sleep_us (protocol doc section 8; CXLRING.INFO
+ * says which, and why).
  *
  * The GIL is only ever *tried*: the main thread holds it while it runs the
  * shutdown event or MODULE UNLOAD and joins this thread, so a blocking lock
- * could deadlock. Under TCP load the try succeeds in the window the main
- * thread leaves around epoll_wait, much like a TCP client gets one read per
- * event loop iteration.
+ * could deadlock. Short holds alone do not let TCP clients in, though: the
+ * GIL is a plain mutex, not a fair one. A main thread woken by epoll_wait
+ * blocks on it while we hold it, is woken by our unlock, and is still on its
+ * way (tens of microseconds on another core of a VM; not at all on a core it
+ * shares with this thread, until this thread stops running) when this
+ * thread, which never sleeps while the rings are busy, has taken the GIL
+ * again. So the poll thread counts how long it has held the GIL since the
+ * main thread last had it (main_turns), and after DRV_HANDOFF_NS of that it
+ * leaves the GIL alone until the main thread has taken it or HANDOFF_WAIT_NS
+ * has passed (let_main_in() below).
  *
  * The heartbeat thread bumps server_heartbeat every heartbeat_ms / 2 and does
  * nothing else, so the heartbeat moves even while the main thread (and with
@@ -37,6 +46,12 @@
 #define YIELD_NS          (50000ull)    /* after spinning, yield this long before sleeping */
 #define SHORT_NAPS_NS     (20000000ull) /* for the first 20 ms of a gap ... */
 #define SHORT_NAP_US      50ull         /* ... sleep at most 50 us */
+#define HANDOFF_NS        1000000ull    /* GIL held this long since the main thread's turn, */
+#define HANDOFF_IDLE_NS   4000000ull    /* ... or this long when it has been idle */
+#define MAIN_IDLE_NS      20000000ull   /* idle: no turn for 20 ms (serverCron: 100 ms) */
+#define HANDOFF_SPIN_NS   5000ull       /* wait for its turn spinning this long, */
+#define HANDOFF_NAP_NS    20000ull      /* ... then in naps of this (its core may be ours) */
+#define HANDOFF_WAIT_NS   50000ull      /* ... and at most this long in all */
 
 /* T2 pairs with T1 in drv_threads_stop(): a thread that sees stop also sees what the
  * main thread stored before it (server_state STOPPING) and leaves its loop without
@@ -78,6 +93,66 @@ static int gil_lock(struct drv_server *s)
     }
     __atomic_add_fetch(&s->gil_holds, 1, __ATOMIC_RELAXED);
     return 0;
+}
+
+/* ---- Letting the main thread in -------------------------------------------- */
+
+/* Poll thread: how much of the GIL it has had since the main thread's last turn. */
+struct gil_share {
+    uint64_t turns;                     /* main_turns when last looked at */
+    uint64_t turn_ns;                   /* when main_turns was last seen to move */
+    uint64_t held_ns;                   /* GIL held since then */
+};
+
+/*
+ * After a hold of held_ns, at now_ns. A main thread that had a turn meanwhile (TCP
+ * clients, the wake-up below, serverCron) resets the count. Once the poll thread has
+ * held the GIL for HANDOFF_NS since, it waits until the main thread takes the GIL
+ * (main_turns moves) or HANDOFF_WAIT_NS passes: first spinning (a main thread on
+ * another core takes it within microseconds of our unlock), then in short naps (one on
+ * this core can only run while this thread sleeps). A main thread with no turn for
+ * MAIN_IDLE_NS is asleep in epoll_wait with nothing to do: it is offered the GIL only
+ * every HANDOFF_IDLE_NS, so a saturated ring with no TCP client gives up at most
+ * HANDOFF_WAIT_NS in every HANDOFF_IDLE_NS (about 1 %), and a TCP client that arrives
+ * then waits at most that long for its first turn; after it, every HANDOFF_NS.
+ */
+static void let_main_in(struct drv_server *s, struct gil_share *g, uint64_t held_ns,
+                        uint64_t now_ns)
+{
+    uint64_t turns = __atomic_load_n(&s->main_turns, __ATOMIC_RELAXED), t0, now;
+
+    if (turns != g->turns) {
+        g->turns = turns;
+        g->turn_ns = now_ns;
+        g->held_ns = 0;
+    }
+    g->held_ns += held_ns;
+    if (g->held_ns < (now_ns - g->turn_ns < MAIN_IDLE_NS ? HANDOFF_NS : HANDOFF_IDLE_NS))
+        return;
+    g->held_ns = 0;
+    __atomic_add_fetch(&s->handoffs, 1, __ATOMIC_RELAXED);
+    t0 = now = now_ns;
+    while (__atomic_load_n(&s->main_turns, __ATOMIC_RELAXED) == turns) {
+        if (now - t0 >= HANDOFF_WAIT_NS || stopping(s))
+            return;
+        if (now - t0 < HANDOFF_SPIN_NS) {
+            for (int i = 0; i < 16; i++)
+                cxl_cpu_relax();
+        } else {
+            sleep_ns(HANDOFF_NAP_NS);
+        }
+        now = cxl_now_ns();
+    }
+    __atomic_add_fetch(&s->handoffs_taken, 1, __ATOMIC_RELAXED);
+    g->turns = __atomic_load_n(&s->main_turns, __ATOMIC_RELAXED);
+    g->turn_ns = now;
+}
+
+/* Main thread, holding the GIL, each time it wakes from epoll_wait (module.c). */
+void drv_main_turn(struct drv_server *s)
+{
+    /* Relaxed: a hint for let_main_in(); the GIL's mutex orders everything else. */
+    __atomic_add_fetch(&s->main_turns, 1, __ATOMIC_RELAXED);
 }
 
 /* ---- Waking the event loop ------------------------------------------------ */
@@ -230,7 +305,9 @@ static void *poll_main(void *arg)
 {
     struct drv_server *s = arg;
     uint64_t now, idle_since, next_housekeeping = 0, sleep_us = 0;
-    uint64_t spin_ns = (uint64_t)s->cfg.spin_us * 1000ull;
+    uint64_t spin_ns = (uint64_t)s->cfg.spin_us * 1000ull, held_from;
+    struct gil_share share = { .turn_ns = cxl_now_ns() };
+    struct drv_hold hold;
     int ready, unflushed = 0;
     uint32_t done;
 
@@ -265,30 +342,27 @@ static void *poll_main(void *arg)
                 continue;
             }
             drv_exec_begin_batch(&s->exec);
-            done = s->cfg.layout == CXL_LAYOUT_VERSION
-                 ? drv_v5_process(s, s->cfg.batch, now + DRV_BATCH_NS)
-                 : drv_v2_process(s, s->cfg.batch, now + DRV_BATCH_NS);
+            held_from = cxl_now_ns();
+            hold = (struct drv_hold){ .deadline_ns = held_from + DRV_BATCH_NS,
+                                      .budget = s->cfg.batch };
+            done = s->cfg.layout == CXL_LAYOUT_VERSION ? drv_v5_process(s, &hold)
+                                                       : drv_v2_process(s, &hold);
             if (s->exec.writes)
                 unflushed = 1;
-            /* Propagates this batch's writes (one MULTI/EXEC when several). */
+            /* Propagates this hold's writes (one MULTI/EXEC when several). */
             RedisModule_ThreadSafeContextUnlock(s->exec.ctx);
+            now = cxl_now_ns();
+            if (now - held_from > s->hold_max_ns)   /* relaxed: single writer, stats */
+                __atomic_store_n(&s->hold_max_ns, now - held_from, __ATOMIC_RELAXED);
             if (s->exec.deferred) {
                 /* Writes wait for a client pause to end: look again in a while. */
                 sleep_ns(500000ull);
                 continue;
             }
+            let_main_in(s, &share, now - held_from, now);
             if (done) {
-                idle_since = cxl_now_ns();
+                idle_since = now;
                 sleep_us = 0;
-                if (done >= s->cfg.batch) {
-                    /*
-                     * A full batch: leave the main thread a moment to take the
-                     * GIL (the unlock woke it). No sched_yield(): on a shared
-                     * core that hands the CPU to another process for a slice.
-                     */
-                    for (int i = 0; i < 64; i++)
-                        cxl_cpu_relax();
-                }
                 continue;
             }
             /* ready but nothing served (a channel just quarantined): back off */

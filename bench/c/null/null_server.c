@@ -207,7 +207,8 @@ static void serve(struct drv_server *s)
             next_housekeeping = now + HOUSEKEEPING_NS;
         }
         if (drv_v5_scan(s, now) &&
-            drv_v5_process(s, s->cfg.batch, now + DRV_BATCH_NS)) {
+            drv_v5_process(s, &(struct drv_hold){ .deadline_ns = now + DRV_BATCH_NS,
+                                                  .budget = s->cfg.batch })) {
             cxl_backoff_reset(&b);
             continue;
         }
