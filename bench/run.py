@@ -17,7 +17,10 @@ One redis-server with the cxl_ring module loaded serves everything in one run:
 * TCP on 127.0.0.1 and a unix socket, driven by ``redis-benchmark``
   (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip; ``-P 16`` with both keyspaces);
 * the Python ring client against redis-py: ``bench/py_bench.py``'s ``run()``;
-* then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``.
+* then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``;
+* last, ``bench/fairness.py``'s ``run()``: TCP PING latency while ring clients saturate a
+  server of their own (8 and 256 channels, GET and SET, 64 B and 1 MiB values, clients that
+  read their replies and clients that never do).
 
 The server under test is ``--redis-server`` (default ``redis-server`` from PATH; any Redis or
 Valkey build that loads the module); its ``INFO server`` name and version are recorded
@@ -78,6 +81,9 @@ TARGETS = {
     "server_idle_cpu_pct": ("<=", 2.0),
     "pipelined_get_secdsm_vs_off": (">=", 0.95),
     "rtt_p50_secdsm_vs_off": (">=", 0.95),
+    # The issue "The poll loop: fair to TCP clients": a TCP PING's p99 while the ring is
+    # saturated, in ms, the worst of bench/fairness.py's cases.
+    "tcp_ping_p99_ms_ring_saturated": ("<=", 5.0),
 }
 
 # The bench client's channel group in the secdsm region, and the groups the region has: the
@@ -560,6 +566,43 @@ def python_bench(server: RedisWithRing, quick: bool, notes: list[str]) -> dict[s
         return {}
 
 
+def load_fairness() -> Any:
+    """bench/fairness.py as a module. It imports this file as ``run``: when this file runs
+    as ``__main__``, that name is bound to it first, so that both share one BenchError."""
+    sys.modules.setdefault("run", sys.modules[__name__])
+    spec = importlib.util.spec_from_file_location("fairness", ROOT / "bench" / "fairness.py")
+    assert spec and spec.loader
+    fairness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fairness)
+    return fairness
+
+
+def fairness_bench(a: argparse.Namespace, server_cpu: int | None,
+                   client_cpu: int | None) -> dict[str, Any]:
+    """bench/fairness.py's run(): every case, or with --quick two of them."""
+    fairness = load_fairness()
+    kw: dict[str, Any] = {}
+    if a.quick:
+        # The attack of the issue and the busiest small case, a few PINGs each.
+        kw = {"channels": (256,), "ops": ("get",), "value_sizes": (1 << 20,),
+              "clients": ("no-read",)}
+    res = fairness.run(a.module, a.bench_bin, quick=a.quick, pings=a.fairness_pings,
+                       server_cpu=server_cpu, client_cpu=client_cpu,
+                       redis_server=a.redis_server, **kw,
+                       progress=lambda line: print(f"fairness: {line}", flush=True))
+    if a.quick:
+        res["cases"] += fairness.run(
+            a.module, a.bench_bin, quick=True, pings=a.fairness_pings, server_cpu=server_cpu,
+            client_cpu=client_cpu, redis_server=a.redis_server, channels=(8,), ops=("get",),
+            value_sizes=(64,), clients=("pipelined",))["cases"]
+        res.update(fairness.summary(res["cases"]))
+    return res
+
+
+def fairness_markdown(fair: dict[str, Any]) -> list[str]:
+    return load_fairness().markdown(fair)
+
+
 # ---------------------------------------------------------------------------
 # Machine, report
 # ---------------------------------------------------------------------------
@@ -655,6 +698,7 @@ def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "server_idle_cpu_pct": res.get("server_idle_cpu_pct"),
         "pipelined_get_secdsm_vs_off": res.get("ratio_secdsm_vs_off_get_rps"),
         "rtt_p50_secdsm_vs_off": res.get("ratio_secdsm_vs_off_rtt_p50"),
+        "tcp_ping_p99_ms_ring_saturated": (res.get("fairness") or {}).get("worst_p99_ms"),
     }
     out = {}
     for name, (cmp, limit) in TARGETS.items():
@@ -765,6 +809,8 @@ def markdown(res: dict[str, Any]) -> str:
     if py:
         lines += ["", "Python client (bench/py_bench.py; see docs/benchmarks-python.md):", ""]
         lines += [f"- `{k}`: {fmt(float(v))}" for k, v in sorted(py.items())]
+    if res.get("fairness"):
+        lines += ["", *fairness_markdown(res["fairness"])]
     if res.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -797,6 +843,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-cpu", type=int, default=0)
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     p.add_argument("--no-python", action="store_true", help="skip bench/py_bench.py")
+    p.add_argument("--no-fairness", action="store_true",
+                   help="skip bench/fairness.py (TCP PING while the ring is saturated)")
+    p.add_argument("--fairness-pings", type=int, default=None,
+                   help="PINGs per fairness case (default 300; quick 30, two cases)")
     p.add_argument("--bench-bin", type=Path, default=ROOT / "build" / "cxl-ring-bench")
     p.add_argument("--module", type=Path, default=ROOT / "build" / "cxl_ring.so")
     p.add_argument("--null-server-bin", type=Path, default=ROOT / "build" / "cxl-null-server")
@@ -1012,6 +1062,12 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         res["server_idle_cpu_pct"] = round(idle_cpu_pct(server.pid, 1.0, a.idle_seconds), 3)
         res["idle_cpu_method"] = (f"utime+stime of redis-server from /proc/{{pid}}/stat over "
                                   f"{a.idle_seconds} s, after 1 s without traffic")
+
+    if not a.no_fairness:
+        # Servers of its own, after the main one has stopped: bench/fairness.py.
+        res["fairness"] = fairness_bench(a, server_cpu, client_cpu)
+        commands.update({f"fairness_{i}": c["load_command"]
+                         for i, c in enumerate(res["fairness"]["cases"])})
 
     res["ratio_ring_get_vs_tcp_p16"] = ratio(res["ring_get_rps"], res["tcp_p16_get_rps"])
     res["ratio_ring_set_vs_tcp_p16"] = ratio(res["ring_set_rps"], res["tcp_p16_set_rps"])

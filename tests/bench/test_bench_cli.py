@@ -54,6 +54,7 @@ def test_version(bench_bin: Path) -> None:
     (["--path", "/x", "--get-ratio", "2"], "--get-ratio wants a number"),
     (["--path", "/x", "--no-such-flag"], "unknown option"),
     (["--path", "/x", "stray"], "unexpected argument 'stray'"),
+    (["--path", "/x", "--no-read"], "--no-read runs by time: give --duration"),
 ])
 def test_bad_flags_exit_1(bench_bin: Path, args: list[str], message: str) -> None:
     out = run_bench(*args)

@@ -26,7 +26,8 @@ REQUIRED_KEYS = [
 ]
 TARGET_NAMES = {"pipelined_get_ring_vs_tcp_p16", "pipelined_get_ring_vs_tcp_p16_small_keyspace",
                 "pipelined_get_ring_small_keyspace_vs_null", "rtt_p50_ring_vs_tcp",
-                "server_idle_cpu_pct", "pipelined_get_secdsm_vs_off", "rtt_p50_secdsm_vs_off"}
+                "server_idle_cpu_pct", "pipelined_get_secdsm_vs_off", "rtt_p50_secdsm_vs_off",
+                "tcp_ping_p99_ms_ring_saturated"}
 
 VALKEY_INFO = (
     "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.2\r\n"
@@ -91,7 +92,7 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     out = subprocess.run(
         [sys.executable, str(RUNNER), "--out", str(tmp_path), "--quick", "--idle-seconds",
          "1", "--no-python", "--ring-requests", "20000", "--tcp-requests", "20000",
-         "--rtt-requests", "2000"],
+         "--rtt-requests", "2000", "--fairness-pings", "20"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr + out.stdout
     doc = json.loads((tmp_path / "latest.json").read_text())
@@ -126,6 +127,16 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert f"Server: {doc['server_name']} {doc['server_version']}" in md
     verdict_lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("PASS:", "MISS:"))]
     assert len(verdict_lines) == len(TARGET_NAMES)
+    # the fairness cases of a quick run: the attack and a small pipelined load,
+    # each a TCP PING latency measured while the load ran
+    cases = doc["fairness"]["cases"]
+    assert [(c["channels"], c["op"], c["value_size"], c["client"]) for c in cases] == [
+        (256, "GET", 1 << 20, "no-read"), (8, "GET", 64, "pipelined")]
+    for c in cases:
+        assert c["pings"] == 20 and c["p99_ms"] is not None and c["ring_served_rps"] > 0
+        assert "--no-read" in c["load_command"] or "--pipeline" in c["load_command"]
+    assert doc["fairness"]["worst_p99_ms"] == max(c["p99_ms"] for c in cases)
+    assert "TCP PING while ring clients saturate" in md
     assert set(Path("/dev/shm").glob("cxlbench-*")) == regions_before   # region removed
 
 

@@ -227,3 +227,22 @@ def test_secdsm_view_without_its_server_segment_claims_nothing(secdsm_server,
     out = run_bench("--path", str(view), "--bench", "10")
     assert out.returncode == 2, out
     assert "no channel can be claimed" in out.stderr
+
+
+def test_no_read_never_reads_and_claims_jammed_channels_again(ring_server,
+                                                               tmp_path: Path) -> None:
+    """--no-read, an attacker's load: requests go in, no reply is read, so the server's
+    replies wait (resp_full), and a channel that takes nothing for 50 ms is claimed
+    again (a new session each time)."""
+    out = run_bench("--path", ring_server.region, "--op", "get", "--threads", "2",
+                    "--duration", "0.6", "--no-read", "--value-size", "65536",
+                    "--keyspace", "4", "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 0, out.stderr
+    assert "never read:" in out.stdout
+    (get,) = read_json(tmp_path / "r.json")["results"]
+    assert get["op"] == "GET" and get["requests"] > 0 and get["reclaims"] >= 2
+    info = subprocess.run(["redis-cli", "-s", ring_server.unix_socket, "CXLRING.INFO"],
+                          capture_output=True, text=True, timeout=10).stdout.split("\n")
+    resp_full = [int(info[i + 1]) for i, f in enumerate(info) if f == "resp_full"]
+    sessions = [int(info[i + 1]) for i, f in enumerate(info) if f == "sessions"]
+    assert sum(resp_full) > 0 and sum(sessions) >= 2 + get["reclaims"]
