@@ -62,7 +62,8 @@ static void usage(FILE *f)
 "  --no-read              an attacker's load (needs --duration): push requests as fast\n"
 "                         as the ring takes them and never read a response, so the\n"
 "                         server's answers wait; a channel that takes nothing for\n"
-"                         50 ms is released and claimed again, which starts it over\n"
+"                         20 ms is released and claimed again at the next 100 ms\n"
+"                         boundary, every thread at once, which starts it over\n"
 "\n"
 "Waiting and limits:\n"
 "  --timeout SEC          give up after SEC seconds in all (default 60), or after\n"
@@ -352,6 +353,7 @@ static pthread_barrier_t phase_barrier;
 static int stop_all;                /* atomic: a worker failed, everyone stops */
 static int attach_failures;         /* atomic */
 static uint64_t run_deadline_ns;
+static uint64_t phase_origin_ns;    /* atomic: --no-read's rounds count from here */
 
 static inline uint64_t xorshift64(uint64_t *s)
 {
@@ -560,11 +562,13 @@ out:
  * --no-read: an attacker's load on this thread's channel for --duration. Requests go in
  * as fast as the ring takes them and no response is ever read, so the server's response
  * ring fills and its answers wait in the server. A channel that has taken nothing for
- * NO_READ_JAM_NS is released and claimed again: the server drops what waits, and the
- * attack starts over (with it, 1 MiB GETs keep the server copying instead of idling
- * behind 256 full rings). Counts requests pushed, and reclaims.
+ * NO_READ_JAM_NS is released and claimed again at the next NO_READ_ROUND_NS boundary of
+ * the run, the same instant for every thread: the server drops what waits, and finds
+ * every channel full of requests at once (with 1 MiB GETs, the most copying it can be
+ * handed in one go). Counts requests pushed, and reclaims.
  */
-#define NO_READ_JAM_NS (50ull * 1000000ull)
+#define NO_READ_JAM_NS   (20ull * 1000000ull)
+#define NO_READ_ROUND_NS (100ull * 1000000ull)
 
 static void run_no_read(struct worker *w, int phase, int op)
 {
@@ -573,7 +577,7 @@ static void run_no_read(struct worker *w, int phase, int op)
     struct phase_result *res = &w->res[phase];
     uint64_t get_threshold = o->get_ratio >= 1 ? UINT64_MAX
                              : (uint64_t)(o->get_ratio * 18446744073709551616.0);
-    uint64_t now = cxl_now_ns(), phase_end, last_progress = now, slept0;
+    uint64_t now = cxl_now_ns(), phase_end, last_progress = now, slept0, round = 0;
     struct cxl_backoff b;
     int rc;
 
@@ -581,7 +585,12 @@ static void run_no_read(struct worker *w, int phase, int op)
     res->op = op;
     cxl_backoff_init(&b, o->spin_ns, o->max_sleep_ns);
     slept0 = b.slept_ns;
+    /* The phase starts at the same instant for every thread (the barrier before it):
+     * round boundaries are counted from the earliest start, shared by all. */
     w->t_start[phase] = now;
+    if (phase_origin_ns == 0)
+        __atomic_compare_exchange_n(&phase_origin_ns, &(uint64_t){ 0 }, now, 0,
+                                    __ATOMIC_RELAXED, __ATOMIC_RELAXED);
     phase_end = now + (uint64_t)(o->duration_s * 1e9);
     while (now < phase_end && !__atomic_load_n(&stop_all, __ATOMIC_RELAXED)) {
         uint32_t pushed = 0;
@@ -623,7 +632,9 @@ static void run_no_read(struct worker *w, int phase, int op)
             worker_fail(w, rc, 0, "%s", t->error(w->conn));
             break;
         }
-        if (now - last_progress > NO_READ_JAM_NS) {
+        if (now - last_progress > NO_READ_JAM_NS &&
+            (now - phase_origin_ns) / NO_READ_ROUND_NS != round) {
+            round = (now - phase_origin_ns) / NO_READ_ROUND_NS;
             t->detach(w->conn);
             w->conn = NULL;
             rc = t->attach(w->index, &w->conn, w->err, sizeof(w->err));
