@@ -56,6 +56,9 @@ OPS = ("get", "set")
 VALUE_SIZES = (64, 1 << 20)
 CLIENTS = ("pipelined", "no-read")
 PING_INTERVAL_S = 0.002
+# PINGs go on for at least this long, so that a window of few PINGs still spans several of
+# the --no-read attacker's 100 ms rounds (between two, its jammed channels serve nothing).
+MIN_PING_WINDOW_S = 0.5
 WARMUP_S = 0.5
 LEASE = ["client_lease_ms", "30000"]
 
@@ -191,12 +194,14 @@ def pinger_priority() -> Iterator[str]:
 def ping_latencies(port: int, pings: int, timeout: float, deadline: float) -> dict[str, Any]:
     """PING every PING_INTERVAL_S over one connection; each answer timed (ms). A PING not
     answered within timeout counts as a timeout, at timeout, and the connection is made
-    anew. Stops at `pings` or at the deadline (monotonic)."""
+    anew. Stops after `pings` and MIN_PING_WINDOW_S, or at the deadline (monotonic)."""
     lat: list[float] = []
     timeouts = 0
     conn = Resp(port, timeout)
+    window_end = time.monotonic() + MIN_PING_WINDOW_S
     try:
-        while len(lat) < pings and time.monotonic() < deadline:
+        while ((len(lat) < pings or time.monotonic() < window_end) and
+               time.monotonic() < deadline):
             t0 = time.perf_counter()
             try:
                 conn.sock.sendall(b"PING\r\n")
@@ -289,8 +294,11 @@ def measure_case(module: Path, bench: Path, channels: int, op: str, value_size: 
             for key in ("gil_hold_max_us", "gil_holds", "gil_handoffs", "gil_handoffs_taken"):
                 if key in info1:
                     case[key] = info1[key] - (info0[key] if key != "gil_hold_max_us" else 0)
-            # Saturated throughout: the load was still running when the last PING came back.
-            case["load_ran_throughout"] = load.poll() is None
+            # Saturated throughout: the load was still running when the last PING came back,
+            # and the ring served requests meanwhile (a load generator starved of its CPU by
+            # other processes serves none, and the PINGs then measure an idle server).
+            case["load_ran_throughout"] = load.poll() is None and info1["requests"] > \
+                info0["requests"]
         finally:
             os.sched_setaffinity(0, saved)
             if load.poll() is None:
@@ -378,7 +386,7 @@ def markdown(res: dict[str, Any]) -> list[str]:
     ]
     for c in res["cases"]:
         size = "1 MiB" if c["value_size"] == 1 << 20 else f"{c['value_size']} B"
-        flag = "" if c["load_ran_throughout"] else " (load ended early)"
+        flag = "" if c["load_ran_throughout"] else " (the load ended or served nothing)"
         hold = (fmt_ms(c["gil_hold_max_us"] / 1000.0) if c.get("gil_hold_max_us") is not None
                 else "n/a")
         lines.append(f"| {c['channels']} | {c['op']} | {size} | {c['client']} | "
