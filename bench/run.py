@@ -56,6 +56,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -84,6 +85,12 @@ TARGETS = {
     # The issue "The poll loop: fair to TCP clients": a TCP PING's p99 while the ring is
     # saturated, in ms, the worst of bench/fairness.py's cases.
     "tcp_ping_p99_ms_ring_saturated": ("<=", 5.0),
+    # Notification instead of polling (docs/ring-protocol.md section 8): two servers of the
+    # same geometry, `notify auto` (futex here) and `notify off`, measured side by side.
+    "notify_idle_cpu_pct": ("<=", 0.1),
+    "notify_wake_p50_us": ("<=", 20.0),
+    "pipelined_get_notify_vs_poll": (">=", 0.95),
+    "rtt_p50_notify_vs_poll": (">=", 0.95),
 }
 
 # The bench client's channel group in the secdsm region, and the groups the region has: the
@@ -303,6 +310,18 @@ class RedisWithRing:
         except OSError as e:
             raise BenchError(f"INFO {section} on {self.unix_socket}: {e}") from e
         return parse_info(body[:size].decode(errors="replace"))
+
+    def ring_info(self, timeout: float = 10.0) -> dict[str, str]:
+        """``CXLRING.INFO``'s server fields (the channels left out), through redis-cli."""
+        out = subprocess.run(["redis-cli", "-s", self.unix_socket, "CXLRING.INFO"],
+                             capture_output=True, text=True, timeout=timeout).stdout
+        lines = out.splitlines()
+        fields: dict[str, str] = {}
+        for k, v in zip(lines[0::2], lines[1::2]):
+            if k == "channels":
+                break
+            fields[k] = v
+        return fields
 
     def flushall(self, timeout: float = 30.0) -> None:
         """``FLUSHALL`` over the unix socket: the next run's keyspace is the only one."""
@@ -542,6 +561,138 @@ def paired_runs(n: int, fns: dict[str, Callable[[], dict[str, dict[str, Any]]]],
     return {name: median_of(r, key) for name, r in runs.items()}
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """utime+stime of each thread of pid, by thread name (summed where names repeat)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / hz
+    return out
+
+
+def idle_cpu_split(pid: int, settle: float, window: float) -> dict[str, float]:
+    """The whole process's and each thread's CPU in % of one core over the same window."""
+    time.sleep(settle)
+    c0, th0, t0 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    c1, th1, t1 = proc_cpu_seconds(pid), thread_cpu_seconds(pid), time.monotonic()
+    out = {"process": round(100.0 * (c1 - c0) / (t1 - t0), 3)}
+    for name, v in th1.items():
+        out[name] = round(100.0 * (v - th0.get(name, 0.0)) / (t1 - t0), 3)
+    return out
+
+
+def wake_latency(tool: Path, path: str, samples: int, gap_ms: int, cpu: int | None,
+                 commands: dict[str, str], name: str) -> dict[str, Any]:
+    """cxl-wake-latency: the round trip of the first request after gap_ms of idleness."""
+    cmd = [str(tool), "--path", path, "--samples", str(samples), "--gap-ms", str(gap_ms)]
+    commands[name] = shlex.join(cmd)
+    out = run_cmd(cmd, cpu, samples * (gap_ms / 1000.0 + 10) + 30)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def notify_bench(a: argparse.Namespace, region: str, server_cpu: int | None,
+                 client_cpu: int | None, commands: dict[str, str]) -> dict[str, Any]:
+    """Notification against polling, in one run: a server with `notify auto` (futex on files of
+    this host) and one with `notify off`, the same geometry; alternately: the first request
+    after an idle gap, the idle CPU (whole process and per thread, and a plain redis-server
+    without the module for the floor), and the busy path (pipelined GET, round trip)."""
+    lease = ["client_lease_ms", str(BENCH_CLIENT_LEASE_MS)]
+    servers = {
+        "notify": RedisWithRing(a.module, f"{region}-notify", cpu=server_cpu,
+                                redis_server=a.redis_server, module_args=lease),
+        "poll": RedisWithRing(a.module, f"{region}-poll", cpu=server_cpu,
+                              redis_server=a.redis_server, module_args=[*lease, "notify", "off"]),
+    }
+    out: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for name, srv in servers.items():
+            stack.enter_context(srv)
+            commands[f"redis_server_{name}"] = shlex.join(srv.command)
+            out[f"{name}_info"] = {k: srv.ring_info().get(k) for k in ("notify",
+                                                                         "notify_fallback")}
+        t = a.timeout
+        pipelined = ["--op", "set,get", "--bench", str(a.ring_requests), "--pipeline",
+                     "--max-inflight", str(a.max_inflight), "--value-size", str(VALUE_SIZE),
+                     "--keyspace", str(SMALL_KEYSPACE)]
+        busy = paired_runs(a.repeat, {
+            name: (lambda srv=srv, name=name: ring_bench(
+                a.bench_bin, srv.region, pipelined, client_cpu, t, commands,
+                f"ring_pipelined_{name}"))
+            for name, srv in servers.items()}, key="rps")
+        rtt_args = ["--op", "get", "--bench", str(a.rtt_requests), "--latency",
+                    "--value-size", str(VALUE_SIZE), "--keyspace", str(SMALL_KEYSPACE),
+                    "--csv", os.devnull]
+        rtt = paired_runs(a.repeat, {
+            name: (lambda srv=srv, name=name: ring_bench(
+                a.bench_bin, srv.region, rtt_args, client_cpu, t, commands, f"ring_rtt_{name}"))
+            for name, srv in servers.items()}, key="p50_us")
+        for name in servers:
+            out[f"{name}_get_rps"] = busy[name]["GET"]["rps"]
+            out[f"{name}_rtt_p50_us"] = rtt[name]["GET"]["p50_us"]
+        wake: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        for _ in range(2):  # alternately, half the samples each time
+            for name, srv in servers.items():
+                wake[name].append(wake_latency(a.wake_bin, srv.region, a.wake_samples // 2,
+                                               a.wake_gap_ms, client_cpu, commands,
+                                               f"wake_latency_{name}"))
+        for name in servers:
+            runs = wake[name]
+            out[f"{name}_wake"] = runs
+            out[f"{name}_wake_p50_us"] = round(statistics.median(r["p50_us"] for r in runs), 1)
+            out[f"{name}_wake_p99_us"] = max(r["p99_us"] for r in runs)
+        for name, srv in servers.items():
+            split = idle_cpu_split(srv.pid, 1.0, a.idle_seconds)
+            out[f"{name}_idle_cpu_pct"] = split["process"]
+            out[f"{name}_idle_cpu_threads"] = split
+        sleeps = servers["notify"].ring_info()
+        out["notify_sleeps"] = int(sleeps.get("sleeps", 0))
+        out["notify_sleep_wakes"] = int(sleeps.get("sleep_wakes", 0))
+    out["plain_redis_idle_cpu_pct"] = plain_redis_idle(a, server_cpu, commands)
+    out["ratio_get_notify_vs_poll"] = ratio(out["notify_get_rps"], out["poll_get_rps"])
+    out["ratio_rtt_p50_notify_vs_poll"] = ratio(out["poll_rtt_p50_us"], out["notify_rtt_p50_us"])
+    return out
+
+
+def plain_redis_idle(a: argparse.Namespace, cpu: int | None, commands: dict[str, str]) -> float:
+    """The floor: a redis-server without the module, idle, measured the same way."""
+    port = free_tcp_port()
+    with tempfile.TemporaryDirectory(prefix="cxl-bench-plain-") as d:
+        cmd = [a.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", d]
+        commands["redis_server_plain"] = shlex.join(cmd)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=pinner(cpu))
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                        s.sendall(b"PING\r\n")
+                        if _recv(s).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise BenchError(f"{shlex.join(cmd)} did not start")
+                time.sleep(0.05)
+            return round(idle_cpu_pct(proc.pid, 1.0, a.idle_seconds), 3)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def idle_cpu_pct(pid: int, settle: float, window: float) -> float:
     """redis-server's CPU in % of one core over `window` s, after `settle` s of quiet."""
     time.sleep(settle)
@@ -699,6 +850,10 @@ def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "pipelined_get_secdsm_vs_off": res.get("ratio_secdsm_vs_off_get_rps"),
         "rtt_p50_secdsm_vs_off": res.get("ratio_secdsm_vs_off_rtt_p50"),
         "tcp_ping_p99_ms_ring_saturated": (res.get("fairness") or {}).get("worst_p99_ms"),
+        "notify_idle_cpu_pct": (res.get("notify") or {}).get("notify_idle_cpu_pct"),
+        "notify_wake_p50_us": (res.get("notify") or {}).get("notify_wake_p50_us"),
+        "pipelined_get_notify_vs_poll": (res.get("notify") or {}).get("ratio_get_notify_vs_poll"),
+        "rtt_p50_notify_vs_poll": (res.get("notify") or {}).get("ratio_rtt_p50_notify_vs_poll"),
     }
     out = {}
     for name, (cmp, limit) in TARGETS.items():
@@ -706,6 +861,23 @@ def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ok = v is not None and (v >= limit if cmp == ">=" else v <= limit)
         out[name] = {"value": v, "target": f"{cmp} {limit}", "result": "PASS" if ok else "MISS"}
     return out
+
+
+def notify_markdown(n: dict[str, Any]) -> list[str]:
+    rows = ["Notification against polling (two servers, `notify auto` and `notify off`, one run):",
+            "", "| | notify (futex) | poll | notify / poll |", "|---|---|---|---|"]
+    rows.append(f"| idle CPU, % of a core (redis-server; without the module: "
+                f"{fmt(n.get('plain_redis_idle_cpu_pct'))}) | {fmt(n.get('notify_idle_cpu_pct'))} "
+                f"| {fmt(n.get('poll_idle_cpu_pct'))} | |")
+    rows.append(f"| first request after an idle gap, p50 / p99 µs | "
+                f"{fmt(n.get('notify_wake_p50_us'))} / {fmt(n.get('notify_wake_p99_us'))} | "
+                f"{fmt(n.get('poll_wake_p50_us'))} / {fmt(n.get('poll_wake_p99_us'))} | |")
+    rows.append(f"| pipelined GET, req/s | {fmt(n.get('notify_get_rps'))} | "
+                f"{fmt(n.get('poll_get_rps'))} | {fmt(n.get('ratio_get_notify_vs_poll'))} |")
+    rows.append(f"| round trip p50, µs | {fmt(n.get('notify_rtt_p50_us'))} | "
+                f"{fmt(n.get('poll_rtt_p50_us'))} | {fmt(n.get('ratio_rtt_p50_notify_vs_poll'))} "
+                f"(as rates) |")
+    return rows
 
 
 def fmt(v: Any, unit: str = "") -> str:
@@ -809,6 +981,8 @@ def markdown(res: dict[str, Any]) -> str:
     if py:
         lines += ["", "Python client (bench/py_bench.py; see docs/benchmarks-python.md):", ""]
         lines += [f"- `{k}`: {fmt(float(v))}" for k, v in sorted(py.items())]
+    if res.get("notify"):
+        lines += ["", *notify_markdown(res["notify"])]
     if res.get("fairness"):
         lines += ["", *fairness_markdown(res["fairness"])]
     if res.get("notes"):
@@ -847,6 +1021,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip bench/fairness.py (TCP PING while the ring is saturated)")
     p.add_argument("--fairness-pings", type=int, default=None,
                    help="PINGs per fairness case (default 300; quick 30, two cases)")
+    p.add_argument("--no-notify", action="store_true",
+                   help="skip the notification against polling measurements")
+    p.add_argument("--wake-samples", type=int, default=None,
+                   help="first requests after an idle gap, per server (default 20; quick 4)")
+    p.add_argument("--wake-gap-ms", type=int, default=None,
+                   help="the idle gap before each of them (default 1000; quick 200)")
+    p.add_argument("--wake-bin", type=Path, default=ROOT / "build" / "cxl-wake-latency")
     p.add_argument("--bench-bin", type=Path, default=ROOT / "build" / "cxl-ring-bench")
     p.add_argument("--module", type=Path, default=ROOT / "build" / "cxl_ring.so")
     p.add_argument("--null-server-bin", type=Path, default=ROOT / "build" / "cxl-null-server")
@@ -862,12 +1043,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.tcp_requests = a.tcp_requests or (100_000 if q else 1_000_000)
     a.tcp_p1_requests = max(a.tcp_requests // 5, 10_000)
     a.rtt_requests = a.rtt_requests or (5_000 if q else 50_000)
+    a.wake_samples = max(2, a.wake_samples or (4 if q else 20))
+    a.wake_gap_ms = a.wake_gap_ms or (200 if q else 1000)
     return a
 
 
 def measure(a: argparse.Namespace) -> dict[str, Any]:
     for path, what in ((a.bench_bin, "the C bench client"), (a.module, "the cxl_ring module"),
-                       (a.null_server_bin, "the null server")):
+                       (a.null_server_bin, "the null server"),
+                       (a.wake_bin, "the wake-up latency tool")):
         if not Path(path).exists():
             raise BenchError(f"{path} ({what}) does not exist: run `make build` first")
     if not shutil.which("redis-benchmark"):
@@ -1062,6 +1246,10 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         res["server_idle_cpu_pct"] = round(idle_cpu_pct(server.pid, 1.0, a.idle_seconds), 3)
         res["idle_cpu_method"] = (f"utime+stime of redis-server from /proc/{{pid}}/stat over "
                                   f"{a.idle_seconds} s, after 1 s without traffic")
+
+    if not a.no_notify:
+        # Servers of their own, after the main one has stopped.
+        res["notify"] = notify_bench(a, region, server_cpu, client_cpu, commands)
 
     if not a.no_fairness:
         # Servers of its own, after the main one has stopped: bench/fairness.py.

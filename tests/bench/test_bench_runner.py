@@ -27,7 +27,8 @@ REQUIRED_KEYS = [
 TARGET_NAMES = {"pipelined_get_ring_vs_tcp_p16", "pipelined_get_ring_vs_tcp_p16_small_keyspace",
                 "pipelined_get_ring_small_keyspace_vs_null", "rtt_p50_ring_vs_tcp",
                 "server_idle_cpu_pct", "pipelined_get_secdsm_vs_off", "rtt_p50_secdsm_vs_off",
-                "tcp_ping_p99_ms_ring_saturated"}
+                "tcp_ping_p99_ms_ring_saturated", "notify_idle_cpu_pct", "notify_wake_p50_us",
+                "pipelined_get_notify_vs_poll", "rtt_p50_notify_vs_poll"}
 
 VALKEY_INFO = (
     "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.2\r\n"
@@ -92,7 +93,7 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     out = subprocess.run(
         [sys.executable, str(RUNNER), "--out", str(tmp_path), "--quick", "--idle-seconds",
          "1", "--no-python", "--ring-requests", "20000", "--tcp-requests", "20000",
-         "--rtt-requests", "2000", "--fairness-pings", "20"],
+         "--rtt-requests", "2000", "--fairness-pings", "20", "--wake-gap-ms", "50"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr + out.stdout
     doc = json.loads((tmp_path / "latest.json").read_text())
@@ -111,6 +112,16 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert " -r 1000 " in doc["commands"]["tcp_p16_small"]
     for key in ("ring_small_get_rps", "ring_null_get_rps", "tcp_p16_small_get_rps"):
         assert doc[key] > 0
+    # notification against polling: two servers that say how they wait, every figure there
+    n = doc["notify"]
+    assert n["notify_info"] == {"notify": "futex", "notify_fallback": ""}
+    assert n["poll_info"] == {"notify": "poll", "notify_fallback": "notify off: polling"}
+    for key in ("notify_get_rps", "poll_get_rps", "notify_rtt_p50_us", "poll_rtt_p50_us",
+                "notify_wake_p50_us", "poll_wake_p50_us", "notify_idle_cpu_pct",
+                "poll_idle_cpu_pct", "plain_redis_idle_cpu_pct"):
+        assert n[key] is not None, key
+    assert n["notify_sleep_wakes"] >= 1 and "cxl-ring-poll" in n["notify_idle_cpu_threads"]
+    assert doc["commands"]["wake_latency_notify"].startswith("build/cxl-wake-latency ")
     # the commands name the checkout's files relative to it: no path of this machine's clone
     assert not any(str(REPO) in c for c in doc["commands"].values())
     assert doc["commands"]["ring_pipelined"].startswith("build/cxl-ring-bench ")
@@ -121,6 +132,7 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert doc["server_name"] in ("redis", "valkey")
     assert doc["server_version"] and doc["server_version"][0].isdigit()
     md = (tmp_path / "latest.md").read_text()
+    assert "Notification against polling" in md
     assert "| GET, pipelined |" in md
     assert "| GET pipelined, req/s |" in md and "secdsm/off" in md
     assert "ring, null server" in md and doc["keyspace_bound"] in md

@@ -138,6 +138,17 @@ def test_driver_serves_the_stable_region_path(server):
     assert f"/dev/cxl/{first_region(SERVER_VM)}" in redis_cli(server, "CXLRING.INFO")
 
 
+def test_driver_says_it_polls_between_vms_and_why(server):
+    """The region is a device in the VM (its peers are other kernels): no futex there, and
+    no doorbell yet (docs/ring-protocol.md section 8): the driver polls and CXLRING.INFO says
+    why."""
+    lines = redis_cli(server, "CXLRING.INFO").splitlines()
+    info = dict(zip(lines[0::2], lines[1::2]))
+    assert info["notify"] == "poll"
+    assert "not a file of this host" in info["notify_fallback"] or \
+        "PCI resource file" in info["notify_fallback"], info["notify_fallback"]
+
+
 def test_redis_config_starts_with_ansible_managed(server):
     assert server.file("/etc/cxl-dsm-lab/redis.conf").content_string.startswith("#")
 
