@@ -23,6 +23,7 @@
  * so a client that has its responses may zero its request bytes (Z1).
  */
 #include "driver.h"
+#include "cxl_ring/notify.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ int drv_chans_init(struct drv_server *s)
         /* Through the segments of the channel's group (docs/ring-protocol.md 2). */
         ch->kclient = cxl_client_ctl(s->region.base, &s->geo, c);
         ch->kserver = cxl_server_ctl(s->region.base, &s->geo, c);
+        ch->notify = s->notify_kind == CXL_NOTIFY_FUTEX;
         cxl_ring_request(s->region.base, &s->geo, c, &ch->req);
         cxl_ring_response(s->region.base, &s->geo, c, &ch->resp);
         /* Our own fields: region.c has just formatted or retired them. */
@@ -241,6 +243,23 @@ static void req_tail_publish(struct drv_chan *ch)
     }
 }
 
+/*
+ * After P1 of responses: N4 pairs with the client's N3 (docs/ring-protocol.md section 8).
+ * A client that blocks for its responses stores resp_sleeping, fences and looks at resp_head
+ * once more; we fence after our resp_head and look at its flag: one of us sees the other.
+ */
+static void notify_client(struct drv_chan *ch)
+{
+    if (!ch->notify)
+        return;
+    cxl_fence_seq_cst();
+    if (!cxl_load_relaxed32(&ch->kclient->resp_sleeping))
+        return;
+    /* Changed before the wake: a client not yet in the kernel returns at once. */
+    __atomic_fetch_add(&ch->kserver->resp_wake, 1, __ATOMIC_SEQ_CST);
+    cxl_futex_wake(&ch->kserver->resp_wake, 1, 0);
+}
+
 /* Copy whole messages to the ring at resp_head and publish them (P1). */
 static void resp_publish(struct drv_chan *ch, const void *bytes, uint32_t n)
 {
@@ -249,6 +268,7 @@ static void resp_publish(struct drv_chan *ch, const void *bytes, uint32_t n)
     ch->resp_head += n;
     /* P1: the message bytes above are visible before the new head; pairs with C1. */
     cxl_store_release64(ch->resp.shm_head, ch->resp_head);
+    notify_client(ch);
     STAT_ADD(&ch->stats, bytes_out, n);
 }
 
@@ -360,6 +380,7 @@ static void resp_send(struct drv_chan *ch, uint32_t max_msg, uint8_t status, uin
         ch->resp_head += padded;
         /* P1 pairs with C1: the response is in the ring before the head that publishes it. */
         cxl_store_release64(ch->resp.shm_head, ch->resp_head);
+        notify_client(ch);
         STAT_ADD(&ch->stats, bytes_out, padded);
         return;
     }

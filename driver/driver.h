@@ -227,6 +227,7 @@ struct drv_chan {
     uint64_t hb_changed_ns;
     int      ready;                     /* scan found requests */
     int      broken;                    /* a violation found while answering */
+    int      notify;                    /* wake a client blocked on resp_wake (section 8, N4) */
     const char *broken_why;
 
     /*

@@ -61,7 +61,7 @@ import time
 
 from . import notify
 from . import protocol as P
-from .backoff import Backoff
+from .backoff import Backoff, sched_yield
 from .exceptions import (
     ProtocolError,
     RequestTooLargeError,
@@ -88,6 +88,7 @@ SPEEDUPS = _SessionCore is not None
 U64_MASK = P.U64_MASK
 SPIN_ROUNDS = 200          # the round trip's inline spin on resp_head (~10-20 us), then a wait
 LIVENESS_PERIOD = 0.005    # how often a waiting client looks at the server's liveness fields
+BLOCK_SECONDS = 0.05       # longest block for a response before the liveness checks run again
 _SPIN = range(SPIN_ROUNDS)
 # Module constants as globals: one dict lookup each on the hot path instead of two.
 _GET_FRAMES = P.GET_FRAMES
@@ -120,6 +121,10 @@ class Session(SessionBase):
         self.max_msg = header.max_msg_size
         self.max_value = header.max_value_size
         self._zeros = memoryview(bytes(self.req_size))
+        # Section 8: where this client blocks for its responses (N3).
+        self.resp_sleeping_i32 = (cs + P.OFF_RESP_SLEEPING) // 4
+        self.resp_wake_i32 = (ss + P.OFF_RESP_WAKE) // 4
+        self.resp_wake_addr = self.base + ss + P.OFF_RESP_WAKE
 
     def _scrub_idle(self) -> None:
         """Zero the request bytes the server has released (section 3.1), with nothing in flight.
@@ -163,6 +168,37 @@ class Session(SessionBase):
                                 f"(server head {head}, tail {self.resp_tail})")
         raise ProtocolError(f"channel {self.index}: {used} bytes of unsolicited response in "
                             f"the response ring with no request in flight")
+
+    # -- waiting
+
+    def _block(self, seconds: float) -> bool:
+        """Block until the server publishes a response and wakes us (N3, section 8), or
+        ``seconds``; False (without waiting) when this server cannot wake clients."""
+        u32 = self.u32
+        if not notify.CAN_BLOCK or u32[P.OFF_NOTIFY_KIND // 4] != P.NOTIFY_FUTEX:
+            return False
+        seen = u32[self.resp_wake_i32]
+        u32[self.resp_sleeping_i32] = 1
+        try:
+            # N3 pairs with the server's N4: our flag is visible before we look at resp_head
+            # once more, so either we see its response or it sees us asleep and wakes us.
+            notify.fence()
+            if self.u64[self.resp_head_i] == self.resp_tail:
+                notify.futex_wait(self.resp_wake_addr, seen, seconds)
+        finally:
+            u32[self.resp_sleeping_i32] = 0
+        return True
+
+    def _pause(self, backoff: Backoff, now: float) -> float:
+        """One step of a wait for responses: spin, yield, then block until the server wakes
+        us where it can (notify futex), else back-off sleeps. Returns the time waited."""
+        pause = backoff.next_pause(now)
+        if pause:
+            if not self._block(BLOCK_SECONDS):
+                time.sleep(pause)
+        elif pause is not None:
+            sched_yield()
+        return backoff.waited
 
     # -- rings
 
@@ -255,7 +291,7 @@ class Session(SessionBase):
                 continue
             now = time.monotonic()
             self.check_alive(now, count - len(out))
-            if backoff.wait(now) > timeout:
+            if self._pause(backoff, now) > timeout:
                 raise RingTimeoutError(f"{len(out)} of {count} responses in {timeout:g} s")
         return out
 
@@ -306,7 +342,7 @@ class Session(SessionBase):
                 continue
             # -- no progress: wait (spin, yield, sleep); check liveness and the deadline
             now = time.monotonic()
-            waited = backoff.wait(now)
+            waited = self._pause(backoff, now) if sent > len(out) else backoff.wait(now)
             if not backoff.spinning and now >= next_check:
                 try:
                     self.check_alive(now, sent - len(out))
@@ -441,7 +477,7 @@ class Session(SessionBase):
                 self._scrub_idle()
                 return r
             now = time.monotonic()
-            waited = backoff.wait(now)
+            waited = self._pause(backoff, now)
             if now >= next_check:
                 self.check_alive(now, 1)
                 next_check = now + LIVENESS_PERIOD

@@ -51,6 +51,34 @@ futex_wake = _syscall()
 AVAILABLE = futex_wake is not None and _atomic.cas64 is not None
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _wait_syscall():
+    nr = _SYS_FUTEX.get(platform.machine())
+    if nr is None:
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syscall  # its own object: its own argtypes
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_long
+    fn.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
+                   ctypes.POINTER(_Timespec), ctypes.c_void_p, ctypes.c_int]
+
+    def wait(address: int, expected: int, seconds: float) -> None:
+        ts = _Timespec(int(seconds), int((seconds % 1) * 1e9))
+        fn(nr, address, _FUTEX_WAIT, expected, ctypes.byref(ts), None, 0)
+
+    return wait
+
+
+_FUTEX_WAIT = 0
+futex_wait = _wait_syscall()
+CAN_BLOCK = AVAILABLE and futex_wait is not None
+
+
 def fence() -> None:
     """A full fence: a locked CAS on a private cell (seq-cst)."""
     cas = _atomic.cas64

@@ -52,8 +52,9 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #    0  8  claim_token                             0  8  ack_token
 #    8  8  client_heartbeat                        8  8  dead_token
 #   16  4  client_pid                             16  4  chan_state
-#   24  4  req_wake (in a group's first channel)  20  4  last_error
-#   64  8  req_head   (request producer)          24  4  session_gen (ids' high half)
+#   20  4  resp_sleeping                          20  4  last_error
+#   24  4  req_wake (in a group's first channel)  24  4  session_gen (ids' high half)
+#   64  8  req_head   (request producer)          28  4  resp_wake
 #  128  8  resp_tail  (response consumer)         64  8  req_tail   (request consumer)
 # 4096     request ring data                     128  8  resp_head  (response producer)
 #                                               4096     response ring data
@@ -101,6 +102,7 @@ NOTIFY_NONE, NOTIFY_FUTEX, NOTIFY_DOORBELL = 0, 1, 2
 OFF_CLAIM_TOKEN = 0
 OFF_CLIENT_HEARTBEAT = 8
 OFF_CLIENT_PID = 16
+OFF_RESP_SLEEPING = 20  # section 8: the client may be blocked on resp_wake (N3)
 OFF_REQ_WAKE = 24  # section 8: the group's wake word (in its first channel's section only)
 OFF_REQ_HEAD = 64
 OFF_RESP_TAIL = 128
@@ -110,6 +112,7 @@ OFF_DEAD_TOKEN = 8
 OFF_CHAN_STATE = 16
 OFF_LAST_ERROR = 20
 OFF_SESSION_GEN = 24
+OFF_RESP_WAKE = 28  # section 8: bumped before the server wakes the channel's client (N4)
 OFF_REQ_TAIL = 64
 OFF_RESP_HEAD = 128
 # Server control page fields 0..23 in one copy (ack_token, dead_token, chan_state, last_error).

@@ -144,3 +144,56 @@ def test_without_notification_the_server_polls_and_says_why(ring_servers, args, 
         with RingClient(srv.region, timeout=20) as c:
             c.set(b"k", b"v")
             assert c.get(b"k") == b"v"
+
+
+def test_client_blocks_for_its_response_and_is_woken(ring_servers):
+    """A Python client waiting for a response it cannot have yet (Redis's main thread is busy
+    with DEBUG SLEEP over TCP) blocks on resp_wake with resp_sleeping set (seen from outside,
+    in the region file), and the server's N4 wakes it with the answer."""
+    import threading
+
+    srv = ring_servers.server(SLEEPY)
+    with RingClient(srv.region, timeout=20) as c:
+        c.set(b"k", b"v")
+        sleeper = threading.Thread(
+            target=lambda: srv.client().execute_command("DEBUG", "SLEEP", "3"))
+        sleeper.start()
+        try:
+            wait_for(lambda: tcp_busy(srv), "the main thread to be busy", 10)
+            got: list = []
+            getter = threading.Thread(target=lambda: got.append(c.get(b"k")))
+            getter.start()
+            # The getter thread claims a channel of its own: any channel's flag will do.
+            wait_for(lambda: _resp_sleeping(srv.region), "the client to block", 10)
+            getter.join(20)
+            assert got == [b"v"]
+        finally:
+            sleeper.join(20)
+    assert not _resp_sleeping(srv.region)
+
+
+def tcp_busy(srv) -> bool:
+    """Redis's main thread does not answer a PING within 0.2 s (it is inside DEBUG SLEEP)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        s.connect(srv.sock)
+        s.sendall(b"PING\r\n")
+        try:
+            s.recv(16)
+        except TimeoutError:
+            return True
+    time.sleep(0.05)
+    return False
+
+
+def _resp_sleeping(region: str) -> bool:
+    """resp_sleeping (client section offset 20) of any channel, read from the region file."""
+    from rawpeer import Region
+
+    r = Region(region)
+    try:
+        return any(r.u32(r.client_off(c) + 20) == 1 for c in range(r.channel_count))
+    finally:
+        r.close()

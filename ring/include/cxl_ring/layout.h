@@ -126,7 +126,7 @@ struct cxl_shm_client_ctl {
     uint64_t claim_token;               /*   0 */
     uint64_t client_heartbeat;          /*   8 */
     uint32_t client_pid;                /*  16 */
-    uint32_t reserved_s;                /*  20: zero */
+    uint32_t resp_sleeping;             /*  20: the client may be blocked on resp_wake (N3) */
     uint32_t req_wake;                  /*  24: the group's wake word (first channel only) */
     uint32_t reserved_w;                /*  28: zero (an 8-byte CAS may update 24..31) */
     uint8_t  reserved0[64 - 32];
@@ -143,7 +143,8 @@ struct cxl_shm_server_ctl {
     uint32_t chan_state;                /*  16 */
     uint32_t last_error;                /*  20 */
     uint32_t session_gen;               /*  24: generation of the session served (section 5) */
-    uint8_t  reserved0[64 - 28];
+    uint32_t resp_wake;                 /*  28: bumped before the server wakes its client (N4) */
+    uint8_t  reserved0[64 - 32];
     uint64_t req_tail;                  /*  64: request consumer index */
     uint8_t  reserved1[128 - 72];
     uint64_t resp_head;                 /* 128: response producer index */
