@@ -1051,7 +1051,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def measure(a: argparse.Namespace) -> dict[str, Any]:
     for path, what in ((a.bench_bin, "the C bench client"), (a.module, "the cxl_ring module"),
                        (a.null_server_bin, "the null server"),
-                       (a.wake_bin, "the wake-up latency tool")):
+                       *(() if a.no_notify else ((a.wake_bin, "the wake-up latency tool"),))):
         if not Path(path).exists():
             raise BenchError(f"{path} ({what}) does not exist: run `make build` first")
     if not shutil.which("redis-benchmark"):

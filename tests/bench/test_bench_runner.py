@@ -256,7 +256,7 @@ def test_measure_puts_each_keyspace_row_where_it_belongs(tmp_path: Path, monkeyp
     for name in ("bench", "module.so", "null"):
         (tmp_path / name).touch()
     a = runner.parse_args(["--out", str(tmp_path), "--no-python", "--no-pin", "--repeat", "3",
-                           "--bench-bin", str(tmp_path / "bench"),
+                           "--no-notify", "--no-fairness", "--bench-bin", str(tmp_path / "bench"),
                            "--module", str(tmp_path / "module.so"),
                            "--null-server-bin", str(tmp_path / "null")])
     res = runner.measure(a)
