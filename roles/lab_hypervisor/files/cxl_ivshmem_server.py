@@ -36,6 +36,7 @@ import logging
 import os
 import pwd
 import re
+import select
 import selectors
 import signal
 import socket
@@ -319,6 +320,18 @@ class SendFailed(Exception):
     pass
 
 
+def _recv_now(sock: socket.socket, flags: int = 0) -> bytes | None:
+    """What the peer sent (b"" at its end or on a reset), None if nothing is there yet. Never
+    waits: the connection's timeout (for sends) would make recv() wait for data first."""
+    ready, _, _ = select.select([sock], [], [], 0)
+    if not ready:
+        return None
+    try:
+        return sock.recv(64, flags)
+    except OSError:
+        return b""
+
+
 class DoorbellServer:
     """The listening sockets, the live peers and the policy between them."""
 
@@ -531,24 +544,14 @@ class DoorbellServer:
         self._write_state()
 
     def _poll_live(self, peer: Peer) -> None:
-        try:
-            data = peer.sock.recv(64, socket.MSG_DONTWAIT | socket.MSG_PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
+        data = _recv_now(peer.sock, socket.MSG_PEEK)
+        if data == b"":
             self._drop(peer.vm.name, "disconnected")
-        # data: left for _readable, which drops the peer for it
+        # bytes: left for _readable, which drops the peer for them
 
     def _readable(self, name: str) -> None:
-        peer = self.peers[name]
-        try:
-            data = peer.sock.recv(64, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._drop(name, f"disconnected ({exc.strerror})")
+        data = _recv_now(self.peers[name].sock)
+        if data is None:
             return
         if data:
             self._drop(name, f"sent {len(data)} bytes on a one-way protocol; dropped")
