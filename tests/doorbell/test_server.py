@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from bellpeer import LAB_VMS, SERVER_PATH, FakeQemu, ring, rung, shape
+from bellpeer import LAB_VMS, SERVER_PATH, FakeQemu, load_server_module, ring, rung, shape
 
 
 def own_eventfds(messages, peer_id):
@@ -122,9 +122,9 @@ def test_each_vm_gets_a_memory_of_its_own(doorbell):
         assert os.fstat(memfd).st_size == 8192
         maps[vm] = (os.fstat(memfd).st_ino, mmap.mmap(memfd, 8192))
     assert len({ino for ino, _ in maps.values()}) == 3
-    maps["vm1"][1][:5] = b"hello"
-    assert maps["vm2"][1][:5] == b"\0" * 5
-    assert maps["vm3"][1][:5] == b"\0" * 5
+    maps["vm1"][1][4096:4101] = b"hello"  # past the directory page
+    assert maps["vm2"][1][4096:4101] == b"\0" * 5
+    assert maps["vm3"][1][4096:4101] == b"\0" * 5
     for _, m in maps.values():
         m.close()
 
@@ -154,19 +154,21 @@ def test_a_client_leaves_and_comes_back_with_new_eventfds(doorbell):
     assert vm3.messages() == []  # vm3 never knew vm2
     server.wait_state(lambda s: not s["vms"]["vm2"]["connected"])
 
+    # a new id: QEMU cannot take an id back (it frees the peer's eventfd array on the
+    # disconnect and would write the new eventfds into it)
     vm2 = server.connect("vm2")
     new_setup = vm2.messages()
     assert shape(new_setup) == [
         (0, False),
-        (2, False),
+        (4, False),
         (-1, True),
         (1, True),
         (1, True),
-        (2, True),
-        (2, True),
+        (4, True),
+        (4, True),
     ]
-    new_own = own_eventfds(new_setup, 2)
-    new_to_vm2 = [fd for value, fd in vm1.messages() if value == 2]
+    new_own = own_eventfds(new_setup, 4)
+    new_to_vm2 = [fd for value, fd in vm1.messages() if value == 4]
     assert len(new_to_vm2) == 2
     ring(new_to_vm2[0])
     assert [rung(fd) for fd in new_own] == [1, 0]
@@ -189,7 +191,9 @@ def test_a_second_connection_on_a_live_vm_socket_is_refused(doorbell):
     to_vm2 = [fd for value, fd in vm1.messages() if value == 2]
 
     intruder = server.connect("vm2")
-    assert intruder.message(1.0) is None  # no version, no id, no fd: closed at once
+    # a version QEMU rejects (it then fails with a message), no id, no fd, closed at once
+    assert intruder.message(1.0) == (-2, None)
+    assert intruder.message(1.0) is None
     assert intruder.fds == []
     assert vm1.messages() == []  # vm1 hears of no change
     state = server.wait_state(lambda s: s["vms"]["vm2"]["refused"] == 1)
@@ -231,7 +235,7 @@ def test_a_restarted_qemu_arriving_before_the_old_eof_is_accepted(server_module,
         server._accept("a")  # as if the listener's event came first
         assert server.peers["a"].sock.fileno() != -1
         assert server.counts["a"] == {"connections": 2, "refused": 0}
-        assert [v for v, _ in second.messages()] == [0, 0, -1, 0]
+        assert [v for v, _ in second.messages()] == [0, 1, -1, 1]  # a new id
         second.close()
     finally:
         server.close()
@@ -348,7 +352,7 @@ def test_daemon_is_supervised_and_stops(doorbell, short_dir):
         # (the killed server left its sockets: the new one replaces them under the lock)
         restarted = server.wait_state(lambda s: s["pid"] != first, timeout=15)
         assert shape(server.connect("vm2").messages())[:2] == [(0, False), (2, False)]
-        assert restarted["vms"]["vm2"]["id"] == 2
+        assert restarted["vms"]["vm2"]["first_id"] == 2
     finally:
         assert subprocess.run([*base, "--stop"], timeout=30).returncode == 0
     assert status() == 3
@@ -357,3 +361,40 @@ def test_daemon_is_supervised_and_stops(doorbell, short_dir):
         time.sleep(0.05)
     assert not server.socket("vm1").exists()
     assert "restarting in 1 s" in logfile.read_text()
+
+
+# ---- the directory in each VM's own memory -------------------------------------------------
+
+
+def directory(messages) -> dict:
+    """Decode the directory at the start of the VM's memory (the server's layout)."""
+    module = load_server_module()
+    (memfd,) = [fd for value, fd in messages if value == -1]
+    raw = os.pread(memfd, 4096, 0)
+    magic, version, seq, own, vectors, count, _ = module.DIRECTORY_HEADER.unpack_from(raw)
+    entries = {}
+    for index in range(count):
+        name, peer_id, _ = module.DIRECTORY_ENTRY.unpack_from(
+            raw, module.DIRECTORY_HEADER.size + index * module.DIRECTORY_ENTRY.size
+        )
+        entries[name.rstrip(b"\0").decode()] = peer_id
+    assert magic == b"CXLBELL\0" and version == 1 and seq % 2 == 0
+    return {"own": own, "vectors": vectors, "peers": entries}
+
+
+def test_each_vm_reads_the_current_ids_of_its_peers_only(doorbell):
+    server = doorbell()
+    vm1_setup = server.connect("vm1").messages()
+    vm2 = server.connect("vm2")
+    vm2_setup = vm2.messages()
+    server.wait_state(lambda s: s["vms"]["vm2"]["connected"])
+    assert directory(vm1_setup) == {"own": 1, "vectors": 2, "peers": {"vm2": 2, "vm3": -1}}
+    assert directory(vm2_setup) == {"own": 2, "vectors": 2, "peers": {"vm1": 1}}
+
+    vm2.sock.close()
+    server.wait_state(lambda s: not s["vms"]["vm2"]["connected"])
+    assert directory(vm1_setup)["peers"] == {"vm2": -1, "vm3": -1}
+    again = server.connect("vm2").messages()
+    server.wait_state(lambda s: s["vms"]["vm2"]["connected"])
+    assert directory(vm1_setup)["peers"] == {"vm2": 4, "vm3": -1}
+    assert directory(again)["own"] == 4

@@ -7,12 +7,19 @@ one shared memory to all; here the policy of the lab holds instead:
 
 - one unix socket per VM (``<socket_dir>/<vm>.sock``, 0600/0660, the directory closed to
   others), so the server knows which VM connected without trusting anything it says;
-- a fixed peer id per VM, from the configuration;
+- a peer id per connection: a VM's first connection gets the id the configuration gives it,
+  every later one (a restarted QEMU) an id never used before by this server. QEMU cannot take
+  an id back: on a peer's disconnect it frees that peer's eventfd array and, should the same
+  id connect again, writes the new eventfds into the freed memory (hw/misc/ivshmem.c,
+  close_peer_eventfds(); QEMU's own server never reuses an id either);
+- each VM learns the current ids of the peers it may ring from a directory the server keeps
+  at the start of the VM's own doorbell memory (layout below);
 - a VM receives the eventfds of the peers it may ring and no others (the lab's rule: a
   client its server(s), a server its clients; a client never another client), and is told
   of those peers' arrivals and departures only;
-- each connection gets a memory of its own (a sealed memfd, a power of two, zeroed), never
-  shared between VMs: the doorbell device's BAR2 is not a channel. The data stays in the
+- each connection gets a memory of its own (a sealed memfd, a power of two), never shared
+  between VMs: the doorbell device's BAR2 is not a channel, only the server writes to it
+  what that VM may know. The data stays in the
   regions, with their NUMA binding and Sec-DSM mapping.
 
 Standard library only, Python 3.10 or later (os.eventfd), Linux only. Logs go to stderr.
@@ -33,6 +40,7 @@ import fcntl
 import grp
 import json
 import logging
+import mmap
 import os
 import pwd
 import re
@@ -67,8 +75,12 @@ from pathlib import Path
 #     <peer id>               no fd: that peer disconnected (close its eventfds)
 #
 # Anything the client sends is a protocol violation: QEMU never writes to this socket.
+# A connection refused (its VM's socket is held by a live QEMU) gets REFUSED_VERSION and is
+# closed: QEMU then fails with "server sent version -2, expecting 0". (Closing without a word
+# would leave QEMU spinning in its setup read, which does not handle end of file.)
 MESSAGE = struct.Struct("<q")
 PROTOCOL_VERSION = 0
+REFUSED_VERSION = -2
 SHM_MESSAGE = -1
 MAX_PEER_ID = 0xFFFF  # the Doorbell register carries the peer id in 16 bits
 MAX_VECTORS = 64
@@ -76,6 +88,29 @@ PAGE_SIZE = 4096
 MAX_MEMORY_SIZE = 1 << 20
 SEND_TIMEOUT = 5.0  # seconds a peer may leave its socket full before it is dropped
 PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+# The directory at offset 0 of each VM's own doorbell memory (BAR2), little-endian, written
+# by the server only; the guest reads it, never writes it (writes reach no one but itself):
+#
+#   0   8  magic b"CXLBELL\0"
+#   8   4  layout version, 1
+#   12  4  seq: odd while the server rewrites the directory, even when it is stable
+#          (read seq, the fields, seq again; retry if it was odd or has changed)
+#   16  4  this VM's own peer id (the device's IVPosition register says the same)
+#   20  4  vectors per peer
+#   24  4  n: the number of entries
+#   28  4  reserved, 0
+#   32  n entries of 48 bytes, one per peer this VM may ring, in the configuration's order:
+#       0   40  the peer VM's name, UTF-8, NUL-padded
+#       40  4   its current peer id (signed), -1 while it is not connected
+#       44  4   reserved, 0
+DIRECTORY_MAGIC = b"CXLBELL\0"
+DIRECTORY_VERSION = 1
+DIRECTORY_HEADER = struct.Struct("<8sIIiIII")
+DIRECTORY_SEQ = 12
+DIRECTORY_ENTRY = struct.Struct("<40siI")
+MAX_DIRECTORY_ENTRIES = (PAGE_SIZE - DIRECTORY_HEADER.size) // DIRECTORY_ENTRY.size
+SEQ = struct.Struct("<I")
 
 EXIT_CONFIG = 2  # the configuration is invalid: restarting will not help
 EXIT_NOT_RUNNING = 3  # --status: LSB's "program is not running"
@@ -98,7 +133,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class VmPolicy:
-    """One VM: its peer id, its socket and the VMs whose eventfds it receives."""
+    """One VM: the peer id of its first connection, its socket, the VMs whose eventfds it
+    receives (the peers it may ring)."""
 
     name: str
     peer_id: int
@@ -120,7 +156,7 @@ class DoorbellConfig:
     warnings: list[str] = field(default_factory=list)
 
 
-_VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_VM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,38}$")  # fits a directory entry
 _KEYS = {
     "socket_dir",
     "vectors",
@@ -218,7 +254,9 @@ def parse_config(data: dict) -> DoorbellConfig:
             errors.append(f"{where}.{key}: unknown key; the keys are id, name, peers")
         name = vm.get("name")
         if not isinstance(name, str) or not _VM_NAME.match(name):
-            errors.append(f"{where}.name: {name!r}; letters, digits, '_', '.', '-' (a file name)")
+            errors.append(
+                f"{where}.name: {name!r}; up to 39 letters, digits, '_', '.', '-' (a file name)"
+            )
             continue
         where = f"vms[{index}] ({name})"
         if name in vms:
@@ -242,6 +280,8 @@ def parse_config(data: dict) -> DoorbellConfig:
             peers = []
         if len(set(peers)) != len(peers):
             errors.append(f"{where}.peers: {peers} names a VM twice")
+        if len(peers) > MAX_DIRECTORY_ENTRIES:
+            errors.append(f"{where}.peers: at most {MAX_DIRECTORY_ENTRIES} (one page of directory)")
         vms[name] = VmPolicy(
             name=name,
             peer_id=peer_id,
@@ -289,31 +329,83 @@ def load_config(path: str | os.PathLike) -> DoorbellConfig:
 
 
 class Peer:
-    """One live connection: the VM it came in on, its eventfds, who it is (SO_PEERCRED)."""
+    """One live connection: the VM it came in on, its peer id, its eventfds, its own memory
+    (kept mapped to update its directory) and who connected (SO_PEERCRED)."""
 
-    def __init__(self, vm: VmPolicy, sock: socket.socket, vectors: int):
+    def __init__(self, vm: VmPolicy, peer_id: int, sock: socket.socket, config: DoorbellConfig):
         self.vm = vm
+        self.peer_id = peer_id
         self.sock = sock
         self.pid, self.uid, self.gid = PEERCRED.unpack(
             sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
         )
         self.eventfds: list[int] = []
+        self.memfd = -1
+        self.memory: mmap.mmap | None = None
         try:
-            for _ in range(vectors):
+            for _ in range(config.vectors):
                 self.eventfds.append(os.eventfd(0, os.EFD_CLOEXEC))
+            self.memfd = own_memory(vm.name, config.memory_size)
+            self.memory = mmap.mmap(self.memfd, config.memory_size)
         except OSError:
             self.close()
             raise
 
     @property
     def label(self) -> str:
-        return f"{self.vm.name} (peer {self.vm.peer_id}, pid {self.pid}, uid {self.uid})"
+        return f"{self.vm.name} (peer {self.peer_id}, pid {self.pid}, uid {self.uid})"
+
+    def write_directory(self, peer_ids: dict[str, int], vectors: int) -> None:
+        """Rewrite the directory: the current id of each peer this VM may ring."""
+        m = self.memory
+        seq = SEQ.unpack_from(m, DIRECTORY_SEQ)[0]
+        SEQ.pack_into(m, DIRECTORY_SEQ, seq + 1 | 1)  # odd: being rewritten
+        for index, name in enumerate(self.vm.peers):
+            DIRECTORY_ENTRY.pack_into(
+                m,
+                DIRECTORY_HEADER.size + index * DIRECTORY_ENTRY.size,
+                name.encode(),
+                peer_ids.get(name, -1),
+                0,
+            )
+        DIRECTORY_HEADER.pack_into(
+            m,
+            0,
+            DIRECTORY_MAGIC,
+            DIRECTORY_VERSION,
+            seq + 1 | 1,
+            self.peer_id,
+            vectors,
+            len(self.vm.peers),
+            0,
+        )
+        SEQ.pack_into(m, DIRECTORY_SEQ, (seq | 1) + 1)  # even: stable
 
     def close(self) -> None:
         for fd in self.eventfds:
             os.close(fd)
         self.eventfds = []
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        if self.memfd >= 0:
+            os.close(self.memfd)
+            self.memfd = -1
         self.sock.close()
+
+
+def own_memory(name: str, size: int) -> int:
+    """A zeroed memfd of `size` bytes for one connection, sealed at that size."""
+    fd = os.memfd_create(f"cxl-doorbell-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        fcntl.fcntl(
+            fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        )
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class SendFailed(Exception):
@@ -341,6 +433,9 @@ class DoorbellServer:
         self.listeners: dict[str, socket.socket] = {}
         self.peers: dict[str, Peer] = {}  # VM name -> its live connection
         self.counts = {name: {"connections": 0, "refused": 0} for name in config.vms}
+        # QEMU cannot take a peer id back (see the top): every id is given out once
+        self.used_ids: set[int] = set()
+        self.next_id = max(vm.peer_id for vm in config.vms.values()) + 1
         self.lock_fd: int | None = None
         self.stopping = False
         self._wakeup_r: socket.socket | None = None
@@ -507,13 +602,22 @@ class DoorbellServer:
                 vm.socket_path,
                 live.label,
             )
-            sock.close()
+            self._refuse(sock)
             self._write_state()
             return
+        peer_id = self._allocate_id(vm)
+        if peer_id is None:
+            log.error(
+                "%s: every peer id up to %d was given out; restart the server and the VMs",
+                name,
+                MAX_PEER_ID,
+            )
+            self._refuse(sock)
+            return
         try:
-            peer = Peer(vm, sock, self.config.vectors)
+            peer = Peer(vm, peer_id, sock, self.config)
         except OSError as exc:
-            log.error("%s: cannot create eventfds: %s; connection closed", name, exc)
+            log.error("%s: cannot create eventfds or memory: %s; connection closed", name, exc)
             sock.close()
             return
         sock.settimeout(SEND_TIMEOUT)
@@ -541,7 +645,34 @@ class DoorbellServer:
                 failed.append((watcher, exc))
         for watcher, exc in failed:
             self._drop(watcher, f"cannot be told of {name}: {exc}")
+        self._update_directories()  # after the eventfds: an id in a directory can be rung
         self._write_state()
+
+    def _allocate_id(self, vm: VmPolicy) -> int | None:
+        if vm.peer_id not in self.used_ids:
+            peer_id = vm.peer_id
+        else:
+            while self.next_id in self.used_ids:
+                self.next_id += 1
+            if self.next_id > MAX_PEER_ID:
+                return None
+            peer_id = self.next_id
+        self.used_ids.add(peer_id)
+        return peer_id
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Tell the QEMU on `sock` a version it rejects, so that it fails with a message."""
+        try:
+            sock.setblocking(False)
+            sock.send(MESSAGE.pack(REFUSED_VERSION))
+        except OSError:
+            pass
+        sock.close()
+
+    def _update_directories(self) -> None:
+        ids = {name: peer.peer_id for name, peer in self.peers.items()}
+        for peer in self.peers.values():
+            peer.write_directory(ids, self.config.vectors)
 
     def _poll_live(self, peer: Peer) -> None:
         data = _recv_now(peer.sock, socket.MSG_PEEK)
@@ -566,10 +697,11 @@ class DoorbellServer:
         watchers = self._watchers(name)
         log.info("%s %s; told %s", peer.label, why, ", ".join(watchers) or "nobody")
         peer.close()
+        self._update_directories()  # before the eventfds go: nobody looks the old id up
         failed = []
         for watcher in watchers:
             try:
-                self._send(self.peers[watcher], peer.vm.peer_id)
+                self._send(self.peers[watcher], peer.peer_id)
             except SendFailed as exc:
                 failed.append((watcher, exc))
         for watcher, exc in failed:
@@ -597,33 +729,16 @@ class DoorbellServer:
 
     def _send_eventfds(self, to: Peer, owner: Peer) -> None:
         for fd in owner.eventfds:
-            self._send(to, owner.vm.peer_id, fd)
+            self._send(to, owner.peer_id, fd)
 
     def _send_setup(self, peer: Peer) -> None:
         self._send(peer, PROTOCOL_VERSION)
-        self._send(peer, peer.vm.peer_id)
-        memfd = self._own_memory(peer.vm.name)
-        try:
-            self._send(peer, SHM_MESSAGE, memfd)
-        finally:
-            os.close(memfd)  # the VM's QEMU holds the only other reference
+        self._send(peer, peer.peer_id)
+        self._send(peer, SHM_MESSAGE, peer.memfd)
         for other in peer.vm.peers:
             if other in self.peers:
                 self._send_eventfds(peer, self.peers[other])
         self._send_eventfds(peer, peer)
-
-    def _own_memory(self, name: str) -> int:
-        """A zeroed memfd of memory_size for one connection, sealed at that size."""
-        fd = os.memfd_create(f"cxl-doorbell-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(fd, self.config.memory_size)
-            fcntl.fcntl(
-                fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
-            )
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -632,7 +747,8 @@ class DoorbellServer:
         for name, vm in self.config.vms.items():
             peer = self.peers.get(name)
             vms[name] = {
-                "id": vm.peer_id,
+                "id": peer.peer_id if peer else None,
+                "first_id": vm.peer_id,
                 "socket": str(vm.socket_path),
                 "connected": peer is not None,
                 "pid": peer.pid if peer else None,
