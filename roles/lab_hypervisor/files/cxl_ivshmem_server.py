@@ -472,6 +472,7 @@ class DoorbellServer:
 
     def _prepare_dir(self) -> None:
         cfg, path = self.config, self.config.socket_dir
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)  # e.g. /run/cxl-dsm-lab
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, cfg.dir_mode)
         st = os.lstat(path)
