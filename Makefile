@@ -174,7 +174,7 @@ test-lab: build
 	$(MOLECULE) test -s lab || { $(MOLECULE) destroy -s lab; exit 1; }
 
 lint: venv
-	$(VENV)/bin/ruff check client tests bench library module_utils molecule attack
+	$(VENV)/bin/ruff check client tests bench library module_utils molecule attack roles
 	@if [ -d roles ]; then $(VENV)/bin/ansible-lint; fi
 
 ## ---- benchmarks ----------------------------------------------------------
