@@ -117,8 +117,8 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert n["notify_info"] == {"notify": "futex", "notify_fallback": ""}
     assert n["poll_info"] == {"notify": "poll", "notify_fallback": "notify off: polling"}
     for key in ("notify_get_rps", "poll_get_rps", "notify_rtt_p50_us", "poll_rtt_p50_us",
-                "notify_wake_p50_us", "poll_wake_p50_us", "notify_idle_cpu_pct",
-                "poll_idle_cpu_pct", "plain_redis_idle_cpu_pct"):
+                "notify_wake_p50_us", "poll_wake_p50_us", "floor_wake_p50_us",
+                "notify_idle_cpu_pct", "poll_idle_cpu_pct", "plain_redis_idle_cpu_pct"):
         assert n[key] is not None, key
     assert n["notify_sleep_wakes"] >= 1 and "cxl-ring-poll" in n["notify_idle_cpu_threads"]
     assert doc["commands"]["wake_latency_notify"].startswith("build/cxl-wake-latency ")

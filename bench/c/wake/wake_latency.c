@@ -9,11 +9,24 @@
  * futex, docs/ring-protocol.md section 8), for the futex wake-up.
  *
  * usage: cxl-wake-latency --path REGION [--samples N] [--gap-ms MS] [--timeout SEC]
+ *        cxl-wake-latency --floor [--samples N] [--gap-ms MS] [--cpus A,B]
  * prints one JSON object: samples, gap_ms, p50_us, p90_us, p99_us, max_us, min_us.
+ *
+ * --floor: no ring and no server, the machine's own floor for any waiter that blocks: a
+ * process on CPU B blocked in FUTEX_WAIT for the gap, woken by one on CPU A (bump, FUTEX_WAKE),
+ * timed until the woken process has stored the time it runs again. Waking an idle CPU costs
+ * what it costs (on a VM, an interrupt through the hypervisor to a halted vCPU).
  * Exit 0; 2 cannot open or claim; 5 a request was not answered within --timeout.
  */
 #define _GNU_SOURCE
 #include <inttypes.h>
+#include <linux/futex.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +77,62 @@ static int round_trip(struct cxl_session *s, int op, uint32_t seq, uint64_t time
     return rc;
 }
 
+static void pin(int cpu)
+{
+    cpu_set_t set;
+
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    sched_setaffinity(0, sizeof(set), &set);
+}
+
+/* --floor: FUTEX_WAKE of a process blocked for gap_ms on another CPU, until it runs. */
+static int floor_run(uint32_t samples, uint32_t gap_ms, int cpu_a, int cpu_b, uint64_t *lat)
+{
+    volatile uint32_t *word = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                                   -1, 0);
+    volatile uint64_t *ran;
+    pid_t pid;
+    uint32_t i;
+
+    if (word == MAP_FAILED)
+        return -1;
+    ran = (volatile uint64_t *)(word + 16);
+    pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        pin(cpu_b);
+        for (i = 0; i < samples; i++) {
+            while (__atomic_load_n(word, __ATOMIC_ACQUIRE) == i)
+                syscall(SYS_futex, word, FUTEX_WAIT, i, NULL, NULL, 0);
+            __atomic_store_n(ran, now_ns(), __ATOMIC_RELEASE);
+        }
+        _exit(0);
+    }
+    pin(cpu_a);
+    for (i = 0; i < samples; i++) {
+        struct timespec gap = { (time_t)(gap_ms / 1000), (long)(gap_ms % 1000) * 1000000L };
+        uint64_t t0, deadline;
+
+        nanosleep(&gap, NULL);
+        __atomic_store_n(ran, 0, __ATOMIC_RELEASE);
+        t0 = now_ns();
+        deadline = t0 + 10000000000ull;
+        __atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
+        syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+        while (!__atomic_load_n(ran, __ATOMIC_ACQUIRE))
+            if (now_ns() > deadline) {
+                kill(pid, SIGKILL);
+                waitpid(pid, NULL, 0);
+                return -1;
+            }
+        lat[i] = __atomic_load_n(ran, __ATOMIC_ACQUIRE) - t0;
+    }
+    waitpid(pid, NULL, 0);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
@@ -74,8 +143,15 @@ int main(int argc, char **argv)
     char err[512];
     int rc;
 
+    int floor_mode = 0, cpu_a = 0, cpu_b = 1;
+
     for (int a = 1; a < argc; a++) {
-        if (!strcmp(argv[a], "--path") && a + 1 < argc)
+        if (!strcmp(argv[a], "--floor"))
+            floor_mode = 1;
+        else if (!strcmp(argv[a], "--cpus") && a + 1 < argc && sscanf(argv[a + 1], "%d,%d",
+                                                                      &cpu_a, &cpu_b) == 2)
+            a++;
+        else if (!strcmp(argv[a], "--path") && a + 1 < argc)
             path = argv[++a];
         else if (!strcmp(argv[a], "--samples") && a + 1 < argc)
             samples = (uint32_t)strtoul(argv[++a], NULL, 10);
@@ -85,9 +161,19 @@ int main(int argc, char **argv)
             timeout_s = (uint32_t)strtoul(argv[++a], NULL, 10);
         else {
             fprintf(stderr, "usage: %s --path REGION [--samples N] [--gap-ms MS] "
-                    "[--timeout SEC]\n", argv[0]);
+                    "[--timeout SEC]\n       %s --floor [--samples N] [--gap-ms MS] "
+                    "[--cpus A,B]\n", argv[0], argv[0]);
             return 1;
         }
+    }
+    if (floor_mode && samples) {
+        lat = calloc(samples, sizeof(*lat));
+        if (!lat || floor_run(samples, gap_ms, cpu_a, cpu_b, lat) < 0) {
+            fprintf(stderr, "--floor: the woken process did not run within 10 s\n");
+            free(lat);
+            return 5;
+        }
+        goto report;
     }
     if (!path || !samples) {
         fprintf(stderr, "--path is required and --samples must be at least 1\n");
@@ -124,6 +210,7 @@ int main(int argc, char **argv)
         free(lat);
         return 5;
     }
+report:
     qsort(lat, samples, sizeof(*lat), cmp);
 #define PCT(p) (lat[(size_t)((samples - 1) * (p) / 100.0 + 0.5)] / 1000.0)
     printf("{\"samples\": %u, \"gap_ms\": %u, \"min_us\": %.1f, \"p50_us\": %.1f, "
