@@ -43,6 +43,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -115,8 +116,15 @@ class _LeaseKeeper:
         self._wake.set()
 
     def discard(self, session: SessionBase) -> None:
-        with self._lock:
+        # At interpreter exit this daemon thread is frozen wherever it stood, perhaps inside
+        # the lock (a client's __del__ closing it then hung for good): never wait for it
+        # then; the set dies with the process.
+        if sys.is_finalizing() or not self._lock.acquire(timeout=5.0):
+            return
+        try:
             self._sessions.discard(session)
+        finally:
+            self._lock.release()
 
     def _run(self) -> None:
         while True:
