@@ -33,6 +33,10 @@ ARGS = {
     "resp_ring": "256k",
     "max_value": "64k",
     "client_lease_ms": 1000,
+    # Polling, like the lab's Redis between VMs: with notification (futex, one host only) an
+    # answered request leaves the ring within microseconds and the attacks, which do not wake
+    # the server, meet another server than the lab's (docs/security.md 3.4).
+    "notify": "off",
 }
 
 
@@ -120,8 +124,11 @@ def test_suite_on_one_host(tmp_path, shm):
         r["secdsm"]["notes"] or r["attack"] in ("probe", "hostile", "control", "read")
         for r in rep["rows"]
     ), detail
-    # Off: the same attacks succeed.
-    assert rows["read"]["off"]["other_bytes"] > 0, detail
+    # Off: the same attacks succeed. The read attack reads the other group's memory; whether
+    # a canary is in it at that moment is a race with the owner's scrubbing (the honest client
+    # zeroes each request once answered, the server its responses when the session ends), so
+    # its canary bytes are reported, as in the lab, and what is asserted is that it read there.
+    assert rows["read"]["off"]["loot_bytes"] > 0, detail
     for attack in ("inject", "forge", "header", "claim", "own-server"):
         assert rows[attack]["off"]["forged_landed"] > 0, (attack, detail)
     assert (Path(run_dir) / "report.json").exists()
