@@ -330,7 +330,9 @@ def test_lab_driver_on_one_host(tmp_path, shm):
     assert rows["control"]["off"]["server_alive"] is True, detail
     assert (s["other_bytes"], s["forged_landed"], s["honest_errors"]) == (0, 0, 0), detail
     assert s["holds"] is True, detail
-    assert rows["read"]["off"]["other_bytes"] > 0, detail
+    # The read attack read the other group's memory; a canary in it is a race with the
+    # owner's scrubbing (test_one_host.py says why): reported, not asserted.
+    assert rows["read"]["off"]["loot_bytes"] > 0, detail
     for attack in ("inject", "header"):
         assert rows[attack]["off"]["forged_landed"] > 0, (attack, detail)
     # Two rounds, the second in reverse order; the server's check removes the injected key,
