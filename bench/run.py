@@ -172,6 +172,17 @@ def region_state(path: str, layout: str) -> str | None:
     return "running" if state == STATE_RUNNING else None
 
 
+def end_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, 10 s to exit, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class RedisWithRing:
     """A redis-server with the cxl_ring module: TCP on 127.0.0.1, a unix socket, a region.
 
@@ -353,13 +364,8 @@ class RedisWithRing:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            end_process(self.proc)
         for view in self.workdir.glob("view-*"):
             shutil.rmtree(view, ignore_errors=True)
         if os.path.isdir(self.region) and not os.path.islink(self.region):
@@ -432,14 +438,8 @@ class NullServer:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> str:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
         if self.proc is not None:
+            end_process(self.proc)
             self.returncode = self.proc.returncode
         log = self.log()
         with contextlib.suppress(FileNotFoundError):
@@ -692,12 +692,7 @@ def plain_redis_idle(a: argparse.Namespace, cpu: int | None, commands: dict[str,
                 time.sleep(0.05)
             return round(idle_cpu_pct(proc.pid, 1.0, a.notify_idle_seconds), 3)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end_process(proc)
 
 
 def idle_cpu_pct(pid: int, settle: float, window: float) -> float:
