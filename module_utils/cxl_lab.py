@@ -469,6 +469,45 @@ def _ivshmem_entry(mapping):
     }
 
 
+def _raw_vcpus(raw):
+    try:
+        return max(int(raw.get("vcpus") or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _default_cpus(raw_vms, index, cpu_node, node_cpus):
+    """Host CPUs of a VM without a cpuset: the node's server VMs first, each on CPUs of
+    its own where the node has enough; the client and attacker VMs spread over the
+    CPUs left (all of the node's when the servers take them all), one vCPU per host CPU
+    where possible. Every VM of the description counts, absent ones included, so that
+    marking one VM absent moves no other VM. The server is the VM every client waits
+    on: an attacker's CPU use should compete with a client, not with it."""
+    if not node_cpus:
+        return [0]
+    same_node = []
+    for i, raw in enumerate(raw_vms):
+        if not isinstance(raw, dict):
+            continue
+        node = raw.get("cpu_node", VM_DEFAULTS["cpu_node"])
+        if node == cpu_node or (i == index):
+            same_node.append((i, raw))
+    servers = [(i, r) for i, r in same_node if r.get("role") == "server"]
+    others = [(i, r) for i, r in same_node if r.get("role") != "server"]
+    reserved = sum(_raw_vcpus(r) for _, r in servers)
+    me_server = any(i == index for i, _ in servers)
+    if me_server or reserved >= len(node_cpus):
+        pool, group = node_cpus, (servers if me_server else others)
+        offset = 0 if me_server else reserved
+    else:
+        pool, group, offset = node_cpus[reserved:], others, 0
+    for i, raw in group:
+        if i == index:
+            break
+        offset += _raw_vcpus(raw)
+    return [pool[(offset + k) % len(pool)] for k in range(_raw_vcpus(raw_vms[index]))]
+
+
 def _check_one_server_per_region(vms, errors):
     servers = {}
     for vm in vms:
@@ -815,14 +854,9 @@ def normalize(description, topology, backing=None, existing=None):
             )
         node_cpus = nodes.get(cpu_node, {}).get("cpus") or sorted(online)
         if vm["cpuset"] is None:
-            # Spread VMs over their node's CPUs, one vCPU per host CPU where possible.
-            start = (vm["index"] * vm["vcpus"]) % max(len(node_cpus), 1)
-            picked = (
-                [node_cpus[(start + i) % len(node_cpus)] for i in range(vm["vcpus"])]
-                if node_cpus
-                else [0]
+            vm["cpuset"] = format_cpulist(
+                _default_cpus(lab["vms"], vm["index"], cpu_node, node_cpus)
             )
-            vm["cpuset"] = format_cpulist(picked)
         try:
             cpus = parse_cpulist(str(vm["cpuset"]))
         except ValueError:

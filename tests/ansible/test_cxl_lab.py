@@ -361,3 +361,22 @@ def test_every_error_names_its_item_and_a_fix():
     for error in errors:
         assert any(item in error for item in items), error
         assert any(fix in error.lower() for fix in fixes), error
+
+
+def test_default_cpus_give_the_server_a_cpu_of_its_own():
+    """Without cpusets, the server VM takes the node's first CPU and the client and
+    attacker VMs spread over the others: an attacker's CPU use competes with a client,
+    not with the server. With more servers than CPUs, everyone spreads over all."""
+    description = copy.deepcopy(DEFAULT)
+    description["vms"].append({"name": "vm3", "role": "attacker", "regions": [{"name": "cxl0"}]})
+    for vm in description["vms"]:
+        vm.pop("cpuset", None), vm.pop("ssh_port", None)
+    lab, errors = check(description)
+    assert errors == []
+    assert {vm["name"]: vm["cpuset"] for vm in lab["vms"]} == {"vm1": "0", "vm2": "1", "vm3": "1"}
+    description["vms"].insert(0, {"name": "vm0", "role": "client", "regions": [{"name": "cxl0"}]})
+    description["vms"][1]["vcpus"] = 2  # the server takes both CPUs of node 0
+    lab, errors = check(description)
+    assert errors == []
+    cpus = {vm["name"]: vm["cpuset"] for vm in lab["vms"]}
+    assert cpus == {"vm0": "0", "vm1": "0-1", "vm2": "1", "vm3": "0"}, cpus
