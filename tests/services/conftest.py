@@ -141,6 +141,9 @@ def _fake_repo(root: Path) -> Path:
             #include "cxl_ring/ring.h"
             int main(void) { printf("%d %f\\n", ring_version(), sqrt(2.0)); return 0; }
             """,
+        # A program of its own under bench/c (like bench/c/null): not part of the bench
+        # client (a second main(), and a header the bench's flags do not find).
+        "bench/c/other/other.c": '#include "not_on_the_bench_path.h"\nint main(void) { return 0; }\n',
         "client/cxl_ring/__init__.py": '"""A stand-in ring client."""\n',
         "README.md": "stand-in\n",
         "pyproject.toml": """
