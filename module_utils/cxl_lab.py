@@ -47,6 +47,12 @@ REGION_PCI_SLOT_BASE = 0x10
 MAX_REGION_DEVICES = 0x20 - REGION_PCI_SLOT_BASE
 USER_NIC_PCI_SLOT = 0x0F
 LINK_PCI_SLOT_BASE = 0x08
+# The ivshmem-doorbell device (docs/doorbell.md): below the links, where libvirt puts
+# nothing of its own in the lab's domains (it fills 0x01-0x02).
+DOORBELL_PCI_SLOT = 0x07
+# The doorbell server's policy besides its VMs (roles/lab_hypervisor/tasks/doorbell.yml).
+DOORBELL_SOCKET_DIR = "/run/cxl-dsm-lab/doorbell"
+DOORBELL_VECTORS = 2
 MAX_LINKS = 200
 
 STATES = ("present", "absent")
@@ -88,6 +94,7 @@ LAB_DEFAULTS = {
     "vms": None,
     "image": None,
     "services": None,
+    "doorbell": True,
 }
 # One entry of a VM's `regions` list.
 MAPPING_DEFAULTS = {
@@ -524,6 +531,71 @@ def _check_one_server_per_region(vms, errors):
             )
 
 
+def _doorbell(lab, vms, errors):
+    """The doorbells between VMs (docs/doorbell.md): per VM its peer id (position + 1, so
+    that marking a VM absent renumbers no other) and its peers, the VMs it may ring: a
+    server's are the client and attacker VMs mapping a region it serves, theirs the servers
+    of the regions they map. A client never gets another client. Also each VM's
+    vm["doorbell"] (its socket and device address) and the server's whole policy."""
+    enabled = lab.get("doorbell")
+    if not isinstance(enabled, bool):
+        errors.append(
+            "cxl_lab.doorbell is {!r}: use true (an ivshmem-doorbell device per VM, so that an "
+            "idle server sleeps until a client rings) or false (the server polls).".format(enabled)
+        )
+        enabled = False
+    if enabled and lab["image"]["source"] != "debootstrap":
+        errors.append(
+            "cxl_lab.doorbell needs the guest driver that the debootstrap image builds in "
+            "(uio_cxl_doorbell): set cxl_lab.doorbell: false with image.source {}.".format(
+                lab["image"]["source"]
+            )
+        )
+        enabled = False
+    entries = []
+    for vm in vms:
+        mine = {m["name"] for m in vm.get("regions") or []}
+        if vm["role"] == "server":
+            peers = [
+                o["name"]
+                for o in vms
+                if o["role"] != "server" and mine & {m["name"] for m in o.get("regions") or []}
+            ]
+        else:
+            peers = [
+                o["name"]
+                for o in vms
+                if o["role"] == "server" and mine & {m["name"] for m in o.get("regions") or []}
+            ]
+        entry = {"name": vm["name"], "id": vm["index"] + 1, "peers": peers}
+        entries.append(entry)
+        vm["doorbell"] = (
+            {
+                "id": entry["id"],
+                "peers": peers,
+                "socket": "%s/%s.sock" % (DOORBELL_SOCKET_DIR, vm["name"]),
+                "vectors": DOORBELL_VECTORS,
+                "pci_slot": DOORBELL_PCI_SLOT,
+                "pci_address": "0000:00:%02x.0" % DOORBELL_PCI_SLOT,
+            }
+            if enabled
+            else None
+        )
+    return {
+        "enabled": enabled,
+        "config": {
+            "socket_dir": DOORBELL_SOCKET_DIR,
+            "dir_mode": "0750",
+            "socket_mode": "0660",
+            "group": "kvm",
+            "vectors": DOORBELL_VECTORS,
+            "memory_size": 4096,
+            "state_file": DOORBELL_SOCKET_DIR + "/state.json",
+            "vms": entries,
+        },
+    }
+
+
 def normalize(description, topology, backing=None, existing=None):
     """Return (lab, errors) for DESCRIPTION on a host with TOPOLOGY.
 
@@ -577,6 +649,12 @@ def normalize(description, topology, backing=None, existing=None):
         label = f"region {name}"
         if name in region_by_name or any(r["name"] == name for r in absent_regions):
             errors.append(f"{label} is described twice: give each region a unique name.")
+            continue
+        if name == "doorbell":
+            errors.append(
+                "region doorbell: /dev/cxl/doorbell is the guests' doorbell device "
+                "(docs/doorbell.md): give the region another name."
+            )
             continue
         backing_dir = str(region["backing_dir"]).rstrip("/") or "/"
         region["backing_dir"] = backing_dir
@@ -1061,6 +1139,7 @@ def normalize(description, topology, backing=None, existing=None):
             "cxl_lab.vms has no present VM: describe at least one (see "
             "inventory/group_vars/all/lab.yml), or run playbooks/teardown.yml to remove the lab."
         )
+    lab["doorbell"] = _doorbell(lab, vms, errors)
     lab["regions"] = regions
     lab["vms"] = vms
     lab["links"] = links

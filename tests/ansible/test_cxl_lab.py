@@ -380,3 +380,55 @@ def test_default_cpus_give_the_server_a_cpu_of_its_own():
     assert errors == []
     cpus = {vm["name"]: vm["cpuset"] for vm in lab["vms"]}
     assert cpus == {"vm0": "0", "vm1": "0-1", "vm2": "1", "vm3": "0"}, cpus
+
+
+def test_doorbell_peers_follow_the_regions():
+    """A client may ring the servers of the regions it maps, a server their clients and
+    attackers; a client never another client; ids are positions + 1 (absent VMs count)."""
+    description = copy.deepcopy(DEFAULT)
+    description["regions"].append({"name": "cxl1", "size_mib": 256})
+    description["vms"].append({"name": "vm0", "state": "absent"})
+    description["vms"].append(
+        {"name": "vm3", "role": "attacker", "ssh_port": 2230, "regions": [{"name": "cxl0"}]}
+    )
+    description["vms"].append(
+        {"name": "vm4", "role": "client", "ssh_port": 2231, "regions": [{"name": "cxl1"}]}
+    )
+    lab, errors = check(description)
+    assert errors == [], errors
+    bell = lab["doorbell"]
+    assert bell["enabled"] is True
+    assert bell["config"]["vms"] == [
+        {"name": "vm1", "id": 1, "peers": ["vm2", "vm3"]},
+        {"name": "vm2", "id": 2, "peers": ["vm1"]},
+        {"name": "vm3", "id": 4, "peers": ["vm1"]},
+        {"name": "vm4", "id": 5, "peers": []},
+    ]
+    vm2 = next(vm for vm in lab["vms"] if vm["name"] == "vm2")
+    assert vm2["doorbell"]["pci_address"] == "0000:00:07.0"
+    assert vm2["doorbell"]["socket"] == "/run/cxl-dsm-lab/doorbell/vm2.sock"
+    assert bell["config"]["vectors"] == vm2["doorbell"]["vectors"]
+
+
+def test_doorbell_off_and_wrong_values():
+    description = copy.deepcopy(DEFAULT)
+    description["doorbell"] = False
+    lab, errors = check(description)
+    assert errors == [] and lab["doorbell"]["enabled"] is False
+    assert all(vm["doorbell"] is None for vm in lab["vms"])
+    description["doorbell"] = "yes"
+    _, errors = check(description)
+    assert any("cxl_lab.doorbell is 'yes': use true" in e for e in errors), errors
+    description["doorbell"] = True
+    description["image"] = {"source": "cloud", "cloud_image": "/x.img"}
+    _, errors = check(description)
+    assert any("set cxl_lab.doorbell: false with image.source cloud" in e for e in errors), errors
+
+
+def test_a_region_cannot_be_named_doorbell():
+    description = copy.deepcopy(DEFAULT)
+    description["regions"][0]["name"] = "doorbell"
+    for vm in description["vms"]:
+        vm["regions"] = [{"name": "doorbell"}]
+    _, errors = check(description)
+    assert any("/dev/cxl/doorbell is the guests' doorbell device" in e for e in errors), errors

@@ -145,3 +145,20 @@ def test_ro_mapping_caps_every_segment_and_numa_binding_is_per_backend():
     for key, (backend, _) in backends.items():
         bound = ("host-nodes" in backend, backend.get("policy"))
         assert bound == ((True, "bind") if key.startswith("cxl-cxl0-") else (False, None)), key
+
+
+def test_each_vm_has_its_doorbell_on_its_own_socket():
+    """With cxl_lab.doorbell (the default) each VM's QEMU gets an ivshmem-doorbell at
+    00:07.0 on its own socket (the server tells the VMs apart by it); without, none."""
+    lab = resolved()
+    for vm in lab["vms"]:
+        args = [a.get("value") for a in render(lab, vm).iter(QEMU_NS + "arg")]
+        assert f"socket,id=cxlbell,path=/run/cxl-dsm-lab/doorbell/{vm['name']}.sock" in args
+        bell = [a for a in args if a.startswith("ivshmem-doorbell,")]
+        assert bell == ["ivshmem-doorbell,id=cxl-doorbell,chardev=cxlbell,vectors=2,bus=pci.0,addr=0x07"]
+    off = copy.deepcopy(INVENTORY)
+    off["doorbell"] = False
+    lab = resolved(off)
+    for vm in lab["vms"]:
+        args = [a.get("value") for a in render(lab, vm).iter(QEMU_NS + "arg")]
+        assert not [a for a in args if "doorbell" in a or "cxlbell" in a]

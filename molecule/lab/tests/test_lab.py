@@ -202,7 +202,46 @@ def test_ivshmem_is_bound_to_uio(guest, vm):
 def test_guest_sees_only_its_own_ivshmem_devices(guest, vm):
     """An ungranted segment is no device at all in the guest: nothing to probe or map."""
     listed = guest.check_output("lspci -n -d 1af4:1110 | wc -l")
-    assert int(listed) == sum(len(devices(entry)) for entry in vm["regions"])
+    doorbell = 1 if vm.get("doorbell") else 0  # the ivshmem-doorbell is a 1af4:1110 too
+    assert int(listed) == sum(len(devices(entry)) for entry in vm["regions"]) + doorbell
+
+
+# ---- doorbells (docs/doorbell.md) -----------------------------------------------------------
+
+
+def test_doorbell_is_bound_to_its_driver_and_published(guest, vm):
+    """The ivshmem-doorbell at its PCI address belongs to the image's uio_cxl_doorbell (the
+    regions' ivshmem-plain devices stay with uio_pci_generic), and /dev/cxl/doorbell is its
+    uio device."""
+    if not vm.get("doorbell"):
+        pytest.skip("the lab gives this VM no doorbell")
+    address = vm["doorbell"]["pci_address"]
+    driver = guest.file(f"/sys/bus/pci/devices/{address}/driver")
+    assert driver.linked_to.endswith("/uio_cxl_doorbell"), guest.run("dmesg | tail -n 20").stdout
+    target = guest.check_output("readlink -f /dev/cxl/doorbell")
+    assert target.startswith("/dev/uio"), target
+    uio = target.rsplit("/", 1)[1]
+    assert guest.file(f"/sys/class/uio/{uio}/name").content_string.strip() == "cxl_doorbell"
+    # The uio device's version names the peer id the hypervisor's server gave this QEMU.
+    assert guest.file(f"/sys/class/uio/{uio}/version").content_string.startswith("1 peer ")
+
+
+def test_doorbell_server_hands_each_vm_only_its_peers(hypervisor):
+    """Seen from the hypervisor's doorbell server: every VM's QEMU is connected on its own
+    socket, and each can ring exactly the peers the lab allows it (a client its server, the
+    server its clients and attackers; no client another client)."""
+    if not LAB.get("doorbell", {}).get("enabled"):
+        pytest.skip("the lab has no doorbells")
+    config = LAB["doorbell"]["config"]
+    state = json.loads(hypervisor.check_output("cat %s", config["state_file"]))
+    for entry in config["vms"]:
+        seen = state["vms"][entry["name"]]
+        assert seen["connected"] is True, (entry["name"], seen)
+        assert sorted(seen["rings"]) == sorted(entry["peers"]), (entry["name"], seen)
+    clients = {vm["name"] for vm in VMS if vm["role"] != "server"}
+    for name in clients:
+        entry = next(e for e in config["vms"] if e["name"] == name)
+        assert not set(entry["peers"]) & clients, entry
 
 
 def test_region_path_is_published(guest, vm):

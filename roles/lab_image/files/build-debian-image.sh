@@ -4,15 +4,28 @@
 # debootstrap tree, and the VMs boot its kernel and initrd directly (libvirt
 # <kernel>/<initrd>, root=/dev/vda). That works in containers and needs no grub.
 #
-# usage: build-debian-image.sh OUTDIR SUITE MIRROR DISK_SIZE PACKAGES...
+# usage: build-debian-image.sh [--module-src DIR] OUTDIR SUITE MIRROR DISK_SIZE PACKAGES...
 #
 # OUTDIR receives base.qcow2, vmlinuz, initrd.img and manifest.txt; it is built
 # under OUTDIR.tmp and renamed at the end, so an interrupted build leaves no
 # half image behind for the cache to reuse.
+#
+# --module-src DIR: an out-of-tree kernel module (a Kbuild Makefile and its sources,
+# the lab's guest/doorbell) built in the image against the image's own kernel and
+# installed under /lib/modules/<version>/extra. The image then also carries that
+# kernel's headers and a compiler, so the module can be rebuilt in a guest.
 set -euo pipefail
 
+module_src=""
+if [ "${1:-}" = "--module-src" ]; then
+    module_src=$2
+    shift 2
+fi
 outdir=$1 suite=$2 mirror=$3 disk_size=$4
 shift 4
+if [ -n "$module_src" ]; then
+    set -- "$@" linux-headers-amd64 gcc make libc6-dev
+fi
 packages=$(IFS=,; echo "$*")
 
 work="$outdir.tmp"
@@ -130,6 +143,16 @@ chroot "$root" systemctl mask e2scrub_reap.service e2scrub_all.timer fstrim.time
     apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 if [ -e "$root/lib/systemd/system/redis-server.service" ]; then
     chroot "$root" systemctl disable redis-server.service
+fi
+if [ -n "$module_src" ]; then
+    kver=$(ls "$root"/lib/modules | sort -V | tail -n1)
+    rm -rf "$root/usr/src/cxl-module"
+    cp -r "$module_src" "$root/usr/src/cxl-module"
+    chroot "$root" make -C "/lib/modules/$kver/build" M=/usr/src/cxl-module modules
+    mkdir -p "$root/lib/modules/$kver/extra"
+    cp "$root"/usr/src/cxl-module/*.ko "$root/lib/modules/$kver/extra/"
+    chroot "$root" depmod -a "$kver"
+    chroot "$root" make -C "/lib/modules/$kver/build" M=/usr/src/cxl-module clean
 fi
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/*
