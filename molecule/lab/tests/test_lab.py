@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -443,3 +444,39 @@ def test_inter_vm_link_carries_udp(vm):
     )
     reply = guest_host(vm["name"]).check_output("python3 -c %s %s", UDP_PING, link["peer_address"])
     assert reply == "knil-gnip"
+
+
+def ring_doorbell(host, peer_id: int, times: int) -> None:
+    code = ('import os, struct; fd = os.open("/dev/cxl/doorbell", os.O_WRONLY); '
+            f'[os.write(fd, struct.pack("<I", {int(peer_id)} << 16)) for _ in range({int(times)})]')
+    host.check_output(f"python3 -c '{code}'")
+
+
+def doorbell_events(host) -> int:
+    uio = host.check_output("readlink -f /dev/cxl/doorbell").rsplit("/", 1)[1]
+    return int(host.file(f"/sys/class/uio/{uio}/event").content_string)
+
+
+def test_a_client_cannot_ring_another_client():
+    """The attacker VM rings the client VM's peer id (read from the hypervisor's state, as a
+    well-informed attacker would know it) 100 times: the client's kernel counts no interrupt.
+    Then the server rings the same client once and it does: the path itself works."""
+    if not LAB.get("doorbell", {}).get("enabled"):
+        pytest.skip("the lab has no doorbells")
+    by_role = {vm["role"]: vm for vm in reversed(VMS)}
+    if not {"attacker", "client", "server"} <= set(by_role):
+        pytest.skip("needs a server, a client and an attacker VM")
+    hv = testinfra.get_host("local://", sudo=os.geteuid() != 0)
+    state = json.loads(hv.check_output("cat %s", LAB["doorbell"]["config"]["state_file"]))
+    client_id = state["vms"][by_role["client"]["name"]]["id"]
+    attacker, client, server = (guest_host(by_role[r]["name"])
+                                for r in ("attacker", "client", "server"))
+    before = doorbell_events(client)
+    ring_doorbell(attacker, client_id, 100)
+    time.sleep(2)
+    assert doorbell_events(client) == before, "the attacker's rings reached the client"
+    ring_doorbell(server, client_id, 1)
+    deadline = time.monotonic() + 60  # catches a hang only
+    while doorbell_events(client) == before:
+        assert time.monotonic() < deadline, "the server's ring never reached the client"
+        time.sleep(0.2)
