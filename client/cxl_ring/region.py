@@ -49,8 +49,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from . import protocol as P
-from .notify import Doorbell
 from .exceptions import LayoutMismatchError, NotFormattedError, RegionError, SegmentAccessError
+from .notify import Doorbell
 
 _UIO = re.compile(r"^/dev/(uio\d+)(?:@(\d+))?$")
 _RESOURCE = re.compile(r"^(.*)/resource(\d+)(?:_wc)?$")
