@@ -55,9 +55,11 @@ enum drv_format { DRV_FORMAT_AUTO, DRV_FORMAT_ALWAYS, DRV_FORMAT_NEVER };
 /* Module arguments (driver/README.md has the table). */
 /* notify: how the idle poll thread waits (docs/ring-protocol.md section 8). */
 enum drv_notify {
-    DRV_NOTIFY_AUTO  = 0,                /* futex when the region is memory of this host */
+    DRV_NOTIFY_AUTO  = 0,                /* futex when the region is memory of this host, else
+                                          * the doorbell when one is given and opens */
     DRV_NOTIFY_FUTEX = 1,                /* futex, refused where it cannot work */
     DRV_NOTIFY_OFF   = 2,                /* back-off polling only */
+    DRV_NOTIFY_DOORBELL = 3,             /* the doorbell, refused without one */
 };
 
 #define DRV_DEFAULT_SLEEP_MAX_MS 100u
@@ -74,6 +76,9 @@ struct drv_config {
     int      cpu;                       /* pin the poll thread; -1 = no */
     int      notify;                    /* enum drv_notify: how an idle poll thread waits */
     uint32_t sleep_max_ms;              /* longest sleep between housekeeping rounds */
+    char     doorbell[DRV_PATH_MAX];    /* the uio_cxl_doorbell device; "" = none */
+    uint32_t doorbell_peer;             /* our peer id when the doorbell has no directory */
+    int      test_remote_region;        /* test only: the region counts as not host memory */
     uint32_t v2_rings;
     uint32_t v2_slots;
 };
@@ -303,10 +308,19 @@ struct drv_server {
 
     /* Notification (section 8): what clients were told, and why when it is none. */
     uint32_t notify_kind;               /* enum cxl_notify_kind, as in the header */
-    char     notify_why[160];           /* why the poll thread polls; "" when it sleeps */
+    char     notify_why[320];           /* why the poll thread polls; "" when it sleeps */
     uint32_t kick;                      /* private futex: the main thread wakes the poll thread */
     uint64_t sleeps;                    /* stats (relaxed): blocks in the kernel */
     uint64_t sleep_wakes;               /* ... ended by a notification (not the timeout) */
+    /* notify_kind doorbell: the doorbell device (or a FIFO standing in for it) and an
+     * eventfd drv_kick() writes; the poll thread sleeps in poll() on both. */
+    int      notify_fds;                /* the two fds below are open */
+    int      doorbell_fd;
+    int      kick_fd;
+    uint32_t doorbell_peer;             /* published in the header */
+    char     doorbell_src[96];          /* where doorbell_peer came from */
+    uint64_t doorbell_rings;            /* stats (relaxed): rings drained */
+    uint64_t doorbell_errors;           /* ... poll() errors, POLLERR/POLLHUP on the doorbell */
 
     /* CXLRING.RESET requests, handed to the poll thread */
     pthread_mutex_t reset_mutex;

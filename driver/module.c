@@ -193,6 +193,24 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
                 cfg->notify = DRV_NOTIFY_FUTEX;
             else if (!strcasecmp(val, "off"))
                 cfg->notify = DRV_NOTIFY_OFF;
+            else if (!strcasecmp(val, "doorbell"))
+                cfg->notify = DRV_NOTIFY_DOORBELL;
+            else
+                bad = 1;
+        } else if (!strcasecmp(name, "doorbell")) {
+            if (!*val || strlen(val) >= sizeof(cfg->doorbell))
+                bad = 1;
+            else
+                snprintf(cfg->doorbell, sizeof(cfg->doorbell), "%s", val);
+        } else if (!strcasecmp(name, "doorbell_peer")) {
+            U32(cfg->doorbell_peer, 0, 0xffff);
+        } else if (!strcasecmp(name, "test_remote_region")) {
+            /* Test only: notify auto takes the region for another machine's memory, as a
+             * uio region in a VM (tests/ring/test_doorbell_notify.py). */
+            if (!strcasecmp(val, "yes") || !strcmp(val, "1"))
+                cfg->test_remote_region = 1;
+            else if (!strcasecmp(val, "no") || !strcmp(val, "0"))
+                cfg->test_remote_region = 0;
             else
                 bad = 1;
         } else if (!strcasecmp(name, "sleep_max_ms")) {
@@ -337,7 +355,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 24);
+    RedisModule_ReplyWithMap(ctx, 29);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -365,6 +383,14 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_str(ctx, "notify_fallback", s->notify_why);
     reply_u64(ctx, "sleeps", __atomic_load_n(&s->sleeps, __ATOMIC_RELAXED));
     reply_u64(ctx, "sleep_wakes", __atomic_load_n(&s->sleep_wakes, __ATOMIC_RELAXED));
+    /* notify doorbell: the device (or FIFO) slept on, the peer id clients ring (and where
+     * it came from: its directory, or the doorbell_peer argument), rings drained. */
+    reply_str(ctx, "doorbell", s->notify_fds ? s->cfg.doorbell : "");
+    RedisModule_ReplyWithSimpleString(ctx, "doorbell_peer");       /* -1: no doorbell */
+    RedisModule_ReplyWithLongLong(ctx, s->notify_fds ? (long long)s->doorbell_peer : -1);
+    reply_str(ctx, "doorbell_peer_from", s->notify_fds ? s->doorbell_src : "");
+    reply_u64(ctx, "doorbell_rings", __atomic_load_n(&s->doorbell_rings, __ATOMIC_RELAXED));
+    reply_u64(ctx, "doorbell_errors", __atomic_load_n(&s->doorbell_errors, __ATOMIC_RELAXED));
     RedisModule_ReplyWithSimpleString(ctx, "channels");
     RedisModule_ReplyWithArray(ctx, s->nchan);
     for (c = 0; c < s->nchan; c++)

@@ -8,8 +8,9 @@
  * clock read between requests and between channels (struct drv_hold), so that
  * no request or channel, however large, makes a hold run on. Without requests
  * it spins for spin_us and yields; then, where clients can wake it (notify
- * futex: the region is memory of this host), it sleeps in the kernel until a
- * client notifies or sleep_max_ms passes, and otherwise it sleeps with a
+ * futex: the region is memory of this host; notify doorbell: a VM's
+ * uio_cxl_doorbell device), it sleeps in the kernel until a client notifies
+ * or sleep_max_ms passes, and otherwise it sleeps with a
  * doubling interval up to idle_sleep_us (protocol doc section 8; CXLRING.INFO
  * says which, and why).
  *
@@ -36,11 +37,13 @@
 #include "cxl_ring/notify.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define HOUSEKEEPING_NS   (10ull * 1000000ull)
 #define WAKE_MIN_NS       (1000000ull)  /* wake the event loop at most every 1 ms */
@@ -238,8 +241,14 @@ const char *drv_notify_name(uint32_t kind)
 /* Any thread: a sleeping poll thread looks at once (stop, CXLRING.RESET). */
 void drv_kick(struct drv_server *s)
 {
+    uint64_t one = 1;
+
     __atomic_fetch_add(&s->kick, 1, __ATOMIC_RELEASE);
     cxl_futex_wake(&s->kick, 1, 1);
+    /* notify doorbell: the poll thread sleeps in poll() on this eventfd too. The eventfd
+     * latches: a kick before the poll thread is in poll() makes its poll return at once. */
+    if (s->notify_fds && write(s->kick_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        drv_log("warning", DRV_NAME ": cannot kick the poll thread: %s", strerror(errno));
 }
 
 /*
@@ -252,12 +261,71 @@ static int may_sleep(struct drv_server *s, int unflushed)
 {
     uint32_t c;
 
-    if (s->notify_kind != CXL_NOTIFY_FUTEX || unflushed)
+    if ((s->notify_kind != CXL_NOTIFY_FUTEX && s->notify_kind != CXL_NOTIFY_DOORBELL) ||
+        unflushed)
         return 0;
     for (c = 0; c < s->nchan; c++)
         if (s->chans[c].out_len || s->chans[c].big_len)
             return 0;
     return 1;
+}
+
+/*
+ * Read every ring latched on the doorbell (a uio read returns the interrupt count, 4
+ * bytes; a FIFO standing in for it holds one 4-byte value per ring): a ring is a hint,
+ * never a count, and a flood of them costs at most this loop. Then the eventfd.
+ */
+static void drain_doorbell(struct drv_server *s, short bell, short kick)
+{
+    uint32_t v;
+    uint64_t k;
+    int n;
+
+    if (bell & POLLIN)
+        for (n = 0; n < 1024 && read(s->doorbell_fd, &v, sizeof(v)) == (ssize_t)sizeof(v); n++)
+            __atomic_add_fetch(&s->doorbell_rings, 1, __ATOMIC_RELAXED);
+    if (kick & POLLIN && read(s->kick_fd, &k, sizeof(k)) < 0 && errno != EAGAIN)
+        __atomic_add_fetch(&s->doorbell_errors, 1, __ATOMIC_RELAXED);
+}
+
+/*
+ * notify doorbell: the N1 order of sleep_until_notified() below, then poll() on the
+ * doorbell and the kick eventfd. A client that saw server_sleeping rang the doorbell after
+ * its request; the ring is latched until read, so one that comes before we are in poll()
+ * makes it return at once. Rings are drained only after waking and before the rings are
+ * looked at again: a drained ring's request is seen by that look.
+ */
+static void sleep_on_doorbell(struct drv_server *s, uint64_t now)
+{
+    struct pollfd p[2] = { { .fd = s->doorbell_fd, .events = POLLIN },
+                           { .fd = s->kick_fd, .events = POLLIN } };
+    int rc = 0, failed = 0;
+
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 1);
+    /* N1 pairs with N2 in the client: server_sleeping is visible before we look at the
+     * rings once more, so either this look sees a request or its client rings. */
+    cxl_fence_seq_cst();
+    if (!stopping(s) && !__atomic_load_n(&s->reset_pending, __ATOMIC_ACQUIRE) &&
+        !drv_v5_scan(s, now)) {
+        __atomic_add_fetch(&s->sleeps, 1, __ATOMIC_RELAXED);
+        rc = poll(p, 2, (int)s->cfg.sleep_max_ms);
+        if (rc > 0) {
+            __atomic_add_fetch(&s->sleep_wakes, 1, __ATOMIC_RELAXED);
+            if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL))
+                failed = 1;             /* the device went away: never a busy loop */
+            drain_doorbell(s, p[0].revents, p[1].revents);
+        } else if (rc < 0 && errno != EINTR) {
+            failed = 1;
+        }
+    }
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
+    if (failed) {
+        if (__atomic_add_fetch(&s->doorbell_errors, 1, __ATOMIC_RELAXED) == 1)
+            drv_log("warning", DRV_NAME ": the doorbell %s fails (poll: %s); sleeping "
+                    "idle_sleep_us between looks", s->cfg.doorbell,
+                    rc < 0 ? strerror(errno) : "error or hang-up");
+        sleep_ns((uint64_t)s->cfg.idle_sleep_us * 1000ull);
+    }
 }
 
 static void sleep_until_notified(struct drv_server *s, uint64_t now)
@@ -267,6 +335,10 @@ static void sleep_until_notified(struct drv_server *s, uint64_t now)
     uint32_t g;
     int rc = 1;
 
+    if (s->notify_kind == CXL_NOTIFY_DOORBELL) {
+        sleep_on_doorbell(s, now);
+        return;
+    }
     /* The wake words first: a client bumps its group's word only after it has seen
      * server_sleeping (below) set, so a bump after this load makes the wait return. */
     for (g = 0; g < s->geo.group_count; g++) {

@@ -21,10 +21,14 @@
 #include "cxl_ring/notify.h"
 
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -308,29 +312,178 @@ int drv_region_open(struct drv_server *s, char *err, size_t errlen)
     return choose_notify(s, err, errlen);
 }
 
+/* ---- The doorbell (notify_kind 2) ------------------------------------------------ */
+
+#define DOORBELL_MAGIC     "CXLBELL\0"  /* docs/doorbell.md section 2: the directory in BAR2 */
+#define DOORBELL_OFF_SEQ   12
+#define DOORBELL_OFF_SELF  16
+#define DOORBELL_MAP       4096
+
+/*
+ * Our own peer id from the directory the hypervisor's doorbell server keeps in the device's
+ * memory (mmap offset 0 of the uio device): seq, the id, seq again, retried while seq is odd
+ * (being rewritten) or changed. 1 found, 0 no directory there (why says why: a FIFO, a
+ * device without the magic), -1 a directory that cannot be read (why).
+ */
+static int doorbell_directory_peer(int fd, uint32_t *peer, char *why, size_t whylen)
+{
+    const volatile uint8_t *b;
+    void *m = mmap(NULL, DOORBELL_MAP, PROT_READ, MAP_SHARED, fd, 0);
+    uint32_t s1, s2, id = 0;
+    int tries;
+
+    if (m == MAP_FAILED) {
+        snprintf(why, whylen, "no directory (cannot map it: %s)", strerror(errno));
+        return 0;
+    }
+    b = m;
+    if (memcmp((const void *)b, DOORBELL_MAGIC, 8) != 0) {
+        snprintf(why, whylen, "no directory (no magic CXLBELL at offset 0 of its memory)");
+        munmap(m, DOORBELL_MAP);
+        return 0;
+    }
+    for (tries = 0; tries < 20000; tries++) {
+        s1 = le32toh(__atomic_load_n((const uint32_t *)(b + DOORBELL_OFF_SEQ), __ATOMIC_ACQUIRE));
+        if (!(s1 & 1)) {
+            id = le32toh(__atomic_load_n((const uint32_t *)(b + DOORBELL_OFF_SELF),
+                                         __ATOMIC_RELAXED));
+            __atomic_thread_fence(__ATOMIC_ACQUIRE);
+            s2 = le32toh(__atomic_load_n((const uint32_t *)(b + DOORBELL_OFF_SEQ),
+                                         __ATOMIC_RELAXED));
+            if (s1 == s2)
+                break;
+        }
+        usleep(50);
+    }
+    munmap(m, DOORBELL_MAP);
+    if (tries == 20000) {
+        snprintf(why, whylen, "its directory is being rewritten for over a second (seq odd or "
+                 "changing)");
+        return -1;
+    }
+    if (id > 0xffff) {
+        snprintf(why, whylen, "its directory gives peer id %u, above 65535", id);
+        return -1;
+    }
+    *peer = id;
+    return 1;
+}
+
+/*
+ * Open the doorbell given by the module argument `doorbell`: the uio_cxl_doorbell device
+ * (our peer id from its directory), or for tests a FIFO standing in for it (the peer id
+ * from the argument doorbell_peer, and the log says so). 0, or -1 with why.
+ */
+static int open_doorbell(struct drv_server *s, char *why, size_t whylen)
+{
+    const char *path = s->cfg.doorbell;
+    char dir_why[128];
+    struct stat st;
+    int fd, rc;
+
+    /* Read-write (a FIFO then always has a writer: no POLLHUP), non-blocking: drained to
+     * EAGAIN after each wake. */
+    fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, whylen, "cannot open the doorbell %.100s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !(S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode))) {
+        snprintf(why, whylen, "the doorbell %.100s is not a device (uio) or a FIFO", path);
+        close(fd);
+        return -1;
+    }
+    rc = S_ISCHR(st.st_mode) ? doorbell_directory_peer(fd, &s->doorbell_peer, dir_why,
+                                                        sizeof(dir_why))
+                             : (snprintf(dir_why, sizeof(dir_why), "no directory (a FIFO)"), 0);
+    if (rc < 0) {
+        snprintf(why, whylen, "the doorbell %.50s: %.70s", path, dir_why);
+        close(fd);
+        return -1;
+    }
+    s->kick_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->kick_fd < 0) {
+        snprintf(why, whylen, "cannot create an eventfd: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    s->doorbell_fd = fd;
+    s->notify_fds = 1;
+    if (rc > 0) {
+        snprintf(s->doorbell_src, sizeof(s->doorbell_src), "directory");
+        drv_log("notice", DRV_NAME ": doorbell %s: peer id %u from its directory, vector 0",
+                path, s->doorbell_peer);
+    } else {
+        s->doorbell_peer = s->cfg.doorbell_peer;
+        snprintf(s->doorbell_src, sizeof(s->doorbell_src), "doorbell_peer argument");
+        drv_log("warning", DRV_NAME ": doorbell %s is not a uio_cxl_doorbell device: %s; "
+                "publishing peer id %u from the doorbell_peer argument", path, dir_why,
+                s->doorbell_peer);
+    }
+    return 0;
+}
+
 /*
  * How the idle poll thread waits (section 8): futex when every peer shares this kernel
- * (the region is files of this host), else back-off polling with the reason, which
- * CXLRING.INFO shows. notify futex where it cannot work is a configuration error.
+ * (the region is files of this host); else the doorbell when the argument `doorbell`
+ * names one that opens; else back-off polling with the reason, which CXLRING.INFO shows.
+ * notify futex or notify doorbell where it cannot work is a configuration error.
  */
 static int choose_notify(struct drv_server *s, char *err, size_t errlen)
 {
-    char why[sizeof(s->notify_why) - 16];
+    char why[sizeof(s->notify_why) / 2 - 8], dwhy[sizeof(s->notify_why) / 2 - 8];
+    int host;
 
     s->notify_kind = CXL_NOTIFY_NONE;
     s->notify_why[0] = 0;
+    s->notify_fds = 0;
+    s->doorbell_fd = s->kick_fd = -1;
+    s->doorbell_peer = 0;
+    s->doorbell_src[0] = 0;
     if (s->cfg.layout != CXL_LAYOUT_VERSION) {
         snprintf(s->notify_why, sizeof(s->notify_why),
                  "layout v2 has no notification fields: polling");
-    } else if (s->cfg.notify == DRV_NOTIFY_OFF) {
+        return 0;
+    }
+    if (s->cfg.notify == DRV_NOTIFY_OFF) {
         snprintf(s->notify_why, sizeof(s->notify_why), "notify off: polling");
-    } else if (!cxl_region_host_memory(&s->region, why, sizeof(why))) {
-        if (s->cfg.notify == DRV_NOTIFY_FUTEX) {
-            snprintf(err, errlen, "notify futex: %s; use notify auto or off", why);
+        return 0;
+    }
+    if (s->cfg.test_remote_region) {
+        snprintf(why, sizeof(why), "test_remote_region: the region counts as another "
+                 "machine's memory");
+        host = 0;
+    } else {
+        host = cxl_region_host_memory(&s->region, why, sizeof(why));
+    }
+    if (s->cfg.notify == DRV_NOTIFY_DOORBELL) {
+        /* Asked for: on any region (on one host too, where it stands in for the VMs'). */
+        if (!s->cfg.doorbell[0]) {
+            snprintf(err, errlen, "notify doorbell needs a doorbell: add the argument "
+                     "`doorbell /dev/cxl/doorbell` (this VM's uio_cxl_doorbell device), or use "
+                     "notify auto");
             cxl_region_unmap(&s->region);
             return -1;
         }
-        snprintf(s->notify_why, sizeof(s->notify_why), "%s: polling", why);
+        if (open_doorbell(s, dwhy, sizeof(dwhy)) < 0) {
+            snprintf(err, errlen, "notify doorbell: %s; load uio_cxl_doorbell or fix the "
+                     "doorbell argument, or use notify auto", dwhy);
+            cxl_region_unmap(&s->region);
+            return -1;
+        }
+        s->notify_kind = CXL_NOTIFY_DOORBELL;
+    } else if (!host) {
+        if (s->cfg.notify == DRV_NOTIFY_FUTEX) {
+            snprintf(err, errlen, "notify futex: %s; use notify auto, doorbell or off", why);
+            cxl_region_unmap(&s->region);
+            return -1;
+        }
+        if (!s->cfg.doorbell[0])
+            snprintf(s->notify_why, sizeof(s->notify_why), "%s: polling", why);
+        else if (open_doorbell(s, dwhy, sizeof(dwhy)) < 0)
+            snprintf(s->notify_why, sizeof(s->notify_why), "%s; %s: polling", why, dwhy);
+        else
+            s->notify_kind = CXL_NOTIFY_DOORBELL;
     } else if (s->geo.group_count > 1 && !cxl_futex_waitv_probe()) {
         snprintf(s->notify_why, sizeof(s->notify_why),
                  "%u groups need futex_waitv (Linux 5.16+), which this kernel lacks: polling",
@@ -355,8 +508,9 @@ void drv_region_running(struct drv_server *s)
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
     /* Section 8: how to wake us; ordered before the new epoch by L1. */
     cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
-    cxl_store_relaxed32(&s->khdr->doorbell_peer, 0);
-    cxl_store_relaxed32(&s->khdr->doorbell_vector, 0);
+    cxl_store_relaxed32(&s->khdr->doorbell_peer,
+                        s->notify_kind == CXL_NOTIFY_DOORBELL ? s->doorbell_peer : 0);
+    cxl_store_relaxed32(&s->khdr->doorbell_vector, 0);  /* vector 0: the doorbell's first */
     cxl_store_relaxed32(&s->khdr->notify_kind, s->notify_kind);
     /* L1 pairs with the client's L2: a client that sees the new epoch also sees every
      * session of the previous run retired (v5_retire_all) and our pid. */
@@ -375,4 +529,10 @@ void drv_region_close(struct drv_server *s)
 {
     cxl_region_unmap(&s->region);
     s->khdr = NULL;
+    if (s->notify_fds) {
+        close(s->doorbell_fd);
+        close(s->kick_fd);
+        s->doorbell_fd = s->kick_fd = -1;
+        s->notify_fds = 0;
+    }
 }

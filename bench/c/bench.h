@@ -33,6 +33,7 @@ enum bench_op { OP_GET = 0, OP_SET = 1, OP_MIX = 2 };
 struct bench_opts {
     const char *path;
     uint64_t map_size;
+    const char *doorbell;           /* --doorbell: NULL = the library's default */
     uint64_t requests;              /* --bench N: per phase, all threads together */
     double   duration_s;            /* --duration: per phase; 0 = use requests */
     uint32_t threads;

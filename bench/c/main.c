@@ -42,6 +42,8 @@ static void usage(FILE *f)
 "                         peer need be there, and only channels of a client segment\n"
 "                         it can write are claimed)\n"
 "  --map-size BYTES       bytes to map of a one-file region (default: all of it)\n"
+"  --doorbell PATH        the doorbell to ring a server that sleeps behind one (default:\n"
+"                         $CXL_RING_DOORBELL, else /dev/cxl/doorbell when it exists)\n"
 "  --layout v5|v2         protocol layout (default v5; v2 = the PoC's slot rings, for\n"
 "                         the driver's `layout v2` mode)\n"
 "\n"
@@ -96,12 +98,13 @@ enum {
     OPT_THREADS, OPT_PIPELINE, OPT_MAX_INFLIGHT, OPT_BATCH, OPT_NO_PREFILL, OPT_TIMEOUT,
     OPT_CLAIM_TIMEOUT, OPT_SPIN_US, OPT_MAX_SLEEP_US, OPT_LATENCY, OPT_COST, OPT_CSV,
     OPT_LABEL, OPT_JSON, OPT_QUIET, OPT_CACHELINE, OPT_HELP, OPT_VERSION, OPT_KEYSPACE, OPT_VALUE_SIZE,
-    OPT_NO_READ,
+    OPT_NO_READ, OPT_DOORBELL,
 };
 
 static const struct option long_opts[] = {
     { "path", required_argument, NULL, OPT_PATH },
     { "map-size", required_argument, NULL, OPT_MAP_SIZE },
+    { "doorbell", required_argument, NULL, OPT_DOORBELL },
     { "layout", required_argument, NULL, OPT_LAYOUT },
     { "bench", required_argument, NULL, OPT_BENCH },
     { "duration", required_argument, NULL, OPT_DURATION },
@@ -223,6 +226,7 @@ static void parse_args(struct bench_opts *o, int argc, char **argv)
     while ((ch = getopt_long(argc, argv, "d:r:h", long_opts, NULL)) != -1) {
         switch (ch) {
         case OPT_PATH: o->path = optarg; break;
+        case OPT_DOORBELL: o->doorbell = optarg; break;
         case OPT_MAP_SIZE:
             o->map_size = parse_u64("--map-size", optarg, CXL_PAGE_SIZE, UINT64_MAX / 2);
             break;

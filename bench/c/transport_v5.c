@@ -29,6 +29,7 @@ static int v5_open(const struct bench_opts *o, char *err, size_t errlen)
 
     if (rc)
         return bench_exit_for(rc);
+    cxl_client_set_doorbell(&client, o->doorbell);
     if (o->value_size > client.geo.max_value_size) {
         snprintf(err, errlen, "--value-size %u exceeds the server's max_value_size %u",
                  o->value_size, client.geo.max_value_size);

@@ -40,6 +40,7 @@
 #define OFF_SERVER_SLEEPING 152
 #define OFF_NOTIFY_KIND 156
 #define NOTIFY_FUTEX 1
+#define NOTIFY_DOORBELL 2
 #define SERVER_RUNNING 2
 #define OP_GET 1
 #define OP_SET 2
@@ -49,8 +50,10 @@
 /* What channel.py expects of this core; bumped whenever its behaviour changes, so that a
  * stale build (pip install -e . is not rerun by every checkout) is not used. 2: refuses a
  * response waiting before the request (unsolicited). 3: layout 4, ids carry the session
- * generation, request bytes are zeroed once answered. 4: notifies a sleeping server (N2). */
-#define CORE_VERSION 4
+ * generation, request bytes are zeroed once answered. 4: notifies a sleeping server (N2).
+ * 5: rings the doorbell of a server that sleeps behind one (notify_kind 2, through
+ * FastSession._ring_doorbell, so both paths share one lazily opened notify.Doorbell). */
+#define CORE_VERSION 5
 /* channel.py's session.SEQ_RENEW: past it Python claims again before the ids' low half wraps */
 #define SEQ_RENEW 0xF0000000ull
 
@@ -70,7 +73,7 @@ typedef struct {
     uint64_t token, req_size, resp_size, max_msg, max_value;
 } SessionCore;
 
-static PyObject *str_pure_get, *str_pure_set, *str_wait_one;
+static PyObject *str_pure_get, *str_pure_set, *str_wait_one, *str_ring_doorbell;
 
 static inline uint64_t load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -92,12 +95,28 @@ static inline uint64_t now_ns(void)
 }
 
 /* N2 (docs/ring-protocol.md section 8), after P1: a full fence, then wake a sleeping server
- * by bumping the group's req_wake and FUTEX_WAKE on it (pairs with the server's N1). */
+ * (pairs with the server's N1): notify_kind futex, bump the group's req_wake and FUTEX_WAKE
+ * on it; notify_kind doorbell, FastSession._ring_doorbell() writes to the client's doorbell
+ * (notify.Doorbell: opened lazily, shared with the pure-Python path). Nothing is raised:
+ * a notification that cannot be made leaves the request to the server's sleep_max_ms. */
 static void notify_server(SessionCore *self)
 {
+    uint32_t kind;
+
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (!self->req_wake || !__atomic_load_n(self->server_sleeping, __ATOMIC_RELAXED) ||
-        __atomic_load_n(self->notify_kind, __ATOMIC_RELAXED) != NOTIFY_FUTEX)
+    if (!__atomic_load_n(self->server_sleeping, __ATOMIC_RELAXED))
+        return;
+    kind = __atomic_load_n(self->notify_kind, __ATOMIC_RELAXED);
+    if (kind == NOTIFY_DOORBELL) {
+        PyObject *r = PyObject_CallMethodObjArgs((PyObject *)self, str_ring_doorbell, NULL);
+
+        if (r)
+            Py_DECREF(r);
+        else
+            PyErr_Clear();
+        return;
+    }
+    if (!self->req_wake || kind != NOTIFY_FUTEX)
         return;
     __atomic_fetch_add(self->req_wake, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, self->req_wake, FUTEX_WAKE, 1, NULL, NULL, 0);
@@ -428,7 +447,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
     str_pure_get = PyUnicode_InternFromString("_pure_get");
     str_pure_set = PyUnicode_InternFromString("_pure_set");
     str_wait_one = PyUnicode_InternFromString("_wait_one");
-    if (!str_pure_get || !str_pure_set || !str_wait_one)
+    str_ring_doorbell = PyUnicode_InternFromString("_ring_doorbell");
+    if (!str_pure_get || !str_pure_set || !str_wait_one || !str_ring_doorbell)
         return NULL;
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL)

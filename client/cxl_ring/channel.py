@@ -72,7 +72,7 @@ from .exceptions import (
 from .region import Region
 from .session import SEQ_RENEW, SessionBase, SessionLost, claim_channel
 
-CORE_VERSION = 4          # the _speedups.c behaviour this module expects (its CORE_VERSION)
+CORE_VERSION = 5          # the _speedups.c behaviour this module expects (its CORE_VERSION)
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
         raise ImportError("CXL_RING_PURE is set")
@@ -227,7 +227,7 @@ class Session(SessionBase):
             self.req_data[: n - first] = data[first:]
         self.req_head = (self.req_head + n) & U64_MASK
         self.u64[self.req_head_i] = self.req_head              # P1, pairs with server's C1
-        notify.notify_server(self.u32, self.base, self.wake_offset)  # N2, pairs with N1
+        notify.notify_server(self.u32, self.base, self.wake_offset, self.doorbell)  # N2 / N1
 
     def _read(self, limit: int) -> list[P.Response]:
         """Take every published response (at most ``limit``); copy once, then free the bytes."""
@@ -431,6 +431,7 @@ class Session(SessionBase):
         u64 = self.u64
         self.req_head = head
         u64[self.req_head_i] = head                            # P1, pairs with server's C1
+        notify.notify_server(self.u32, self.base, self.wake_offset, self.doorbell)  # N2 / N1
         tail = self.resp_tail
         i = self.resp_head_i
         for _ in _SPIN:
@@ -508,6 +509,10 @@ if _SessionCore is not None:
             self._bind(region.mm, header.client_section(index), header.server_section(index),
                        header.req_ring_size, header.resp_ring_size, header.max_msg_size,
                        header.max_value_size, token, self.wake_offset)
+
+        def _ring_doorbell(self) -> None:
+            """Called by the C core's N2 when the server sleeps behind a doorbell."""
+            notify.ring_doorbell(self.u32, self.doorbell)
 
         def release_views(self) -> None:
             self._unbind()

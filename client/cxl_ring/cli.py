@@ -84,6 +84,9 @@ def _common(p: argparse.ArgumentParser, top: bool) -> None:
     p.add_argument("--map-size", type=_size, metavar="BYTES",
                    help="bytes to map of a region file (default: discovered from the "
                         "file/uio/BAR size)", **d)
+    p.add_argument("--doorbell", metavar="PATH",
+                   help="the doorbell to ring a server that sleeps behind one (default "
+                        "$CXL_RING_DOORBELL, else /dev/cxl/doorbell when it exists)", **d)
     p.add_argument("--layout", choices=("auto", "v5", "v2"),
                    help="protocol layout (default auto: from the region's magic)", **d)
     p.add_argument("--timeout", type=float, metavar="SEC",
@@ -103,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG)
     ap.add_argument("--version", action="version", version=f"cxl-ring {__version__}")
     _common(ap, top=True)
-    ap.set_defaults(layout="auto", timeout=5.0, map_size=None, path=None)
+    ap.set_defaults(layout="auto", timeout=5.0, map_size=None, path=None, doorbell=None)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
@@ -329,11 +332,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"cxl-ring proxy: listening on {addr[0]}:{addr[1]}, ring {path}", flush=True)
 
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(path, args.listen, args.map_size, args.timeout, ready))
+            asyncio.run(serve(path, args.listen, args.map_size, args.timeout, ready,
+                              args.doorbell))
         return EXIT_OK
 
     with RingClient(path, map_size=args.map_size, timeout=args.timeout,
-                    layout=args.layout) as r:
+                    layout=args.layout, doorbell=args.doorbell) as r:
         if args.command == "get":
             print(_show(r.get(args.key)))
         elif args.command == "set":

@@ -376,6 +376,12 @@ class RingClient(_Commands):
         that is not valid text raises ResponseDecodeError (with encoding_errors="strict").
     layout: "auto" (from the region's magic), "v5", or "v2" (the PoC layout: GET/SET only, one
         file). Layouts v3 and v4 are no longer spoken (ValueError).
+    doorbell: the doorbell device to ring a server that sleeps behind one (between VMs:
+        ``notify_kind`` doorbell, docs/ring-protocol.md section 8): None for the default, the
+        environment variable CXL_RING_DOORBELL when set, else /dev/cxl/doorbell when it exists;
+        "" for none. Opened on the first notification that needs it; without it the client
+        does not ring and a sleeping server answers after its sleep_max_ms.
+        ``self.region.doorbell`` counts ``rings`` and ``missed`` and says ``why``.
 
     Raises only CxlRingError and its subclasses (cxl_ring.exceptions), and ValueError for a
     bad constructor argument.
@@ -390,6 +396,7 @@ class RingClient(_Commands):
         layout: str = "auto",
         encoding: str = "utf-8",
         encoding_errors: str = "strict",
+        doorbell: str | None = None,
     ) -> None:
         check_platform()
         if layout in ("v3", "v4"):
@@ -409,7 +416,7 @@ class RingClient(_Commands):
         self.encoding = encoding
         self.encoding_errors = encoding_errors
         self._decode = encoding if decode_responses else None
-        self.region = Region(path, map_size)
+        self.region = Region(path, map_size, doorbell=doorbell)
         try:
             found = self.region.layout()
             if layout != "auto" and layout != found:

@@ -1,10 +1,14 @@
 """Waking a sleeping server (docs/ring-protocol.md section 8) from pure Python.
 
 After a client publishes requests (P1) it makes a full fence and looks at the header's
-``server_sleeping``; when it is set and ``notify_kind`` is futex, it bumps its group's wake word
-(``req_wake``, in the client section of the group's first channel) and wakes the server with
-``FUTEX_WAKE`` on it. The fence and the server's are a Dekker pair (N2 here, N1 in the driver):
-either the server's last look at the rings sees the request, or this client sees it asleep.
+``server_sleeping``; when it is set it wakes the server the way ``notify_kind`` says. Futex
+(every peer on this host): it bumps its group's wake word (``req_wake``, in the client section
+of the group's first channel) and calls ``FUTEX_WAKE`` on it. Doorbell (between VMs): it writes
+the 4 bytes ``(doorbell_peer << 16) | doorbell_vector`` (little-endian) to its VM's doorbell
+device (``Doorbell`` below: ``/dev/cxl/doorbell``, the uio_cxl_doorbell driver), opened on the
+first such notification. The fence and the server's are a Dekker pair (N2 here, N1 in the
+driver): either the server's last look at the rings sees the request, or this client sees it
+asleep. While the server is awake a client pays one fence and one load, no system call.
 
 The standard library has neither a fence nor an atomic add on an mmap; ``_atomic.cas64`` (a
 locked compare-and-swap, seq-cst) gives both: a locked instruction is a full fence on x86-64,
@@ -17,7 +21,10 @@ then sees the request at its next timeout (the driver's ``sleep_max_ms``), never
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
+import struct
+import threading
 
 from . import _atomic
 from . import protocol as P
@@ -92,16 +99,104 @@ def wake_word_offset(header: P.RegionHeader, channel: int) -> int:
     return header.client_section(first) + P.OFF_REQ_WAKE
 
 
-def notify_server(u32, base: int, wake_offset: int) -> bool:
-    """N2, after P1: wake the server if it sleeps. ``u32`` is the region's 4-byte view,
-    ``base`` its address. True when it notified."""
-    if not AVAILABLE:
+DOORBELL_ENV = "CXL_RING_DOORBELL"
+DOORBELL_DEFAULT = "/dev/cxl/doorbell"
+
+
+class Doorbell:
+    """A client's doorbell (``notify_kind`` 2): the device to which a 4-byte write of
+    ``(peer << 16) | vector`` rings that vector of that peer.
+
+    ``path``: the device; None for the default, the environment variable CXL_RING_DOORBELL
+    when set, else /dev/cxl/doorbell when it exists; "" for none. Nothing is opened until a
+    notification needs it, and a doorbell that cannot be opened is not tried again: the client
+    then does not notify (the server still sees the request when its ``sleep_max_ms`` ends).
+    ``rings`` counts notifications written, ``missed`` those that had no doorbell, ``why`` says
+    why there is none. The same rules as the C library's ``struct cxl_doorbell``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.failed = False
+        self.why = ""
+        self.rings = 0
+        self.missed = 0
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        path = self.path
+        if path is None:
+            path = os.environ.get(DOORBELL_ENV) or (
+                DOORBELL_DEFAULT if os.path.exists(DOORBELL_DEFAULT) else "")
+            if not path:
+                self.failed = True
+                self.why = (f"no doorbell: {DOORBELL_ENV} is unset and {DOORBELL_DEFAULT} "
+                            f"does not exist")
+                return
+            self.path = path
+        if not path:
+            self.failed = True
+            self.why = "no doorbell: disabled (doorbell='')"
+            return
+        try:
+            # Non-blocking: a ring never waits (a FIFO standing in for the device, full of
+            # rings not yet drained, says EAGAIN: the server is being woken anyway).
+            self.fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            self.failed = True
+            self.why = f"cannot open the doorbell {path}: {e.strerror}"
+
+    def ring(self, value: int) -> bool:
+        """Write ``value`` (``(peer << 16) | vector``); True when rung."""
+        if self.fd is None and not self.failed:
+            with self._lock:
+                if self.fd is None and not self.failed:
+                    self._open()
+        fd = self.fd
+        if fd is not None:
+            try:
+                os.write(fd, struct.pack("<I", value))   # EINTR is retried (PEP 475)
+                self.rings += 1
+                return True
+            except BlockingIOError:                      # rings pending: it is being woken
+                self.rings += 1
+                return True
+            except OSError as e:
+                self.why = f"cannot ring the doorbell {self.path}: {e.strerror}"
+        self.missed += 1
         return False
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+        self.failed = False
+
+
+def notify_server(u32, base: int, wake_offset: int, doorbell: Doorbell | None = None) -> bool:
+    """N2, after P1: wake the server if it sleeps. ``u32`` is the region's 4-byte view,
+    ``base`` its address, ``doorbell`` the client's (notify_kind doorbell). True when it
+    notified."""
+    if _atomic.cas64 is None:
+        return False               # no fence: the server's sleep_max_ms picks the request up
     fence()
-    if u32[P.OFF_SERVER_SLEEPING // 4] == 0 or u32[P.OFF_NOTIFY_KIND // 4] != P.NOTIFY_FUTEX:
+    if u32[P.OFF_SERVER_SLEEPING // 4] == 0:
+        return False
+    kind = u32[P.OFF_NOTIFY_KIND // 4]
+    if kind == P.NOTIFY_DOORBELL:
+        return ring_doorbell(u32, doorbell)
+    if kind != P.NOTIFY_FUTEX or not AVAILABLE:
         return False
     bump_and_wake(base + wake_offset)
     return True
+
+
+def ring_doorbell(u32, doorbell: Doorbell | None) -> bool:
+    """Ring the server's doorbell: ``(doorbell_peer << 16) | doorbell_vector`` of the header."""
+    peer, vector = u32[P.OFF_DOORBELL_PEER // 4], u32[P.OFF_DOORBELL_VECTOR // 4]
+    if doorbell is None or peer > 0xFFFF or vector > 0xFFFF:
+        return False
+    return doorbell.ring(peer << 16 | vector)
 
 
 def bump_and_wake(address: int) -> None:

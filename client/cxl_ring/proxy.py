@@ -137,10 +137,11 @@ class _Conn(asyncio.Protocol):
 class RingProxy:
     """The proxy's state: listening sockets, connections, one ring session, the FIFOs."""
 
-    def __init__(self, path: str, map_size: int | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, path: str, map_size: int | None = None, timeout: float = 5.0,
+                 doorbell: str | None = None) -> None:
         self.path = path
         self.timeout = timeout
-        self.region = Region(path, map_size)
+        self.region = Region(path, map_size, doorbell=doorbell)  # doorbell: as RingClient's
         self.region.layout()
         self.header = self.region.header()
         self.session: Session | None = None
@@ -426,10 +427,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve(path: str, listen: str, map_size: int | None = None, timeout: float = 5.0,
-                ready: Callable[[tuple], None] | None = None) -> None:
+                ready: Callable[[tuple], None] | None = None,
+                doorbell: str | None = None) -> None:
     """Run the proxy until cancelled."""
     host, port = parse_listen(listen)
-    proxy = RingProxy(path, map_size, timeout)
+    proxy = RingProxy(path, map_size, timeout, doorbell)
     try:
         server = await proxy.start(host, port)
         addr = server.sockets[0].getsockname()

@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 from . import protocol as P
 from .exceptions import LayoutMismatchError, NotFormattedError, RegionError, SegmentAccessError
+from .notify import Doorbell
 
 _UIO = re.compile(r"^/dev/(uio\d+)(?:@(\d+))?$")
 _RESOURCE = re.compile(r"^(.*)/resource(\d+)(?:_wc)?$")
@@ -174,10 +175,17 @@ class Region:
     ``u32[off // 4]`` are single aligned loads and stores (on x86-64 TSO a load is an acquire
     and a store a release, see channel.py); they touch memory unchecked, so use them only on
     bytes ``check`` has accepted.
+
+    ``doorbell``: the doorbell device its sessions ring a server that sleeps behind one
+    (``notify_kind`` doorbell, docs/ring-protocol.md section 8): None for the default
+    (CXL_RING_DOORBELL, else /dev/cxl/doorbell when it exists), "" for none; opened only when a
+    notification needs it (``self.doorbell``, a notify.Doorbell, counts rings and misses).
     """
 
-    def __init__(self, path: str, map_size: int | None = None, writable: bool = True) -> None:
+    def __init__(self, path: str, map_size: int | None = None, writable: bool = True,
+                 doorbell: str | None = None) -> None:
         self.path = path
+        self.doorbell = Doorbell(doorbell)
         self.mm: ctypes.Array | None = None
         self._address_holder = None
         self._hb_last = -1
@@ -487,6 +495,7 @@ class Region:
         return self.base
 
     def close(self) -> None:
+        self.doorbell.close()
         if self.mm is None:
             return
         for view in (self.u64, self.u32, self.buf):

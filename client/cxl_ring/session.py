@@ -170,6 +170,7 @@ class SessionBase:
         self.base = region.address()
         # Section 8: the group's wake word, which a sleeping server waits on.
         self.wake_offset = notify.wake_word_offset(header, index)
+        self.doorbell = region.doorbell             # notify_kind doorbell: the VM's device
         self.claim_i = cs // 8
         self.client_heartbeat_i = (cs + P.OFF_CLIENT_HEARTBEAT) // 8
         self.client_pid_i32 = (cs + P.OFF_CLIENT_PID) // 4
@@ -221,7 +222,8 @@ class SessionBase:
         self._beat_count = u64[self.client_heartbeat_i] + 1
         u64[self.client_heartbeat_i] = self._beat_count & U64_MASK
         self.u32[self.client_pid_i32] = os.getpid() & 0xFFFFFFFF
-        notify.notify_server(self.u32, self.base, self.wake_offset)  # a sleeping server looks
+        notify.notify_server(self.u32, self.base, self.wake_offset,  # a sleeping server looks
+                             self.doorbell)
         backoff = Backoff(max_sleep=2e-3)
         while u64[self.ack_i] != self.token:
             if u64[self.claim_i] != self.token:

@@ -183,6 +183,7 @@ int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
 
     memset(c, 0, sizeof(*c));
     c->region.fd = -1;
+    cxl_doorbell_init(&c->doorbell, NULL);
     if (cxl_region_is_dir(path)) {
         rc = open_dir(c, path, why, sizeof(why));
     } else if (cxl_region_map(path, map_size, 0, &c->region, why, sizeof(why)) < 0) {
@@ -313,6 +314,12 @@ int cxl_client_start_heartbeat(struct cxl_client *c, char *err, size_t errlen)
     return CXL_OK;
 }
 
+void cxl_client_set_doorbell(struct cxl_client *c, const char *path)
+{
+    cxl_doorbell_close(&c->doorbell);
+    cxl_doorbell_init(&c->doorbell, path);
+}
+
 void cxl_client_close(struct cxl_client *c)
 {
     if (c->hb_running) {
@@ -324,6 +331,7 @@ void cxl_client_close(struct cxl_client *c)
         pthread_mutex_destroy(&c->lock);
         cxl_region_unmap(&c->region);
     }
+    cxl_doorbell_close(&c->doorbell);
 }
 
 static void register_session(struct cxl_client *c, struct cxl_session *s)
@@ -454,7 +462,7 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
         cxl_store_relaxed64(&s->kcli->client_heartbeat, s->heartbeat);
         register_session(c, s);
         /* A sleeping server learns of the claim now, not at its next housekeeping. */
-        cxl_notify_server(c->khdr, s->kwake);
+        cxl_notify_server(c->khdr, s->kwake, &c->doorbell);
 
         rc = wait_ack(s, timeout_ms);
         if (rc) {
@@ -602,7 +610,7 @@ void cxl_session_flush(struct cxl_session *s)
     /* P1: the request bytes above are visible before the new head. */
     cxl_store_release64(&s->kcli->req_head, s->req_head);
     /* N2 (inside) pairs with the server's N1: wake it if it sleeps. */
-    cxl_notify_server(s->client->khdr, s->kwake);
+    cxl_notify_server(s->client->khdr, s->kwake, &s->client->doorbell);
 }
 
 /*

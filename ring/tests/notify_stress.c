@@ -14,8 +14,13 @@
  * the timeout (--wait-ms, default 5000) instead of a notification, and is counted. The run
  * stops after --cycles sleeps that a notification ended (default 100000) or --seconds.
  *
- * usage: notify_stress [--cycles N] [--seconds S] [--wait-ms MS] [--single]
+ * usage: notify_stress [--cycles N] [--seconds S] [--wait-ms MS] [--single | --doorbell]
  *   --single: wait on the wake word alone (FUTEX_WAIT, the path without futex_waitv)
+ *   --doorbell: notify_kind doorbell over a FIFO standing in for the uio doorbell device
+ *     (a temporary one, removed at exit): the client rings through cxl_doorbell_ring() (the
+ *     library's N2 with notify_kind 2), the server sleeps in poll() on the FIFO after N1 and
+ *     drains it after waking, as the driver does (driver/poll.c); every ring read must be
+ *     the value (doorbell_peer << 16) | doorbell_vector of the header.
  * prints one line: cycles=.. requests=.. notified=.. sleeps=.. timeouts_with_work=.. seconds=..
  * exit 0 when every request was answered and no wait ended by its timeout with work waiting.
  */
@@ -27,7 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,8 +48,11 @@ struct shared {
     struct cxl_shm_client_ctl cli;      /* req_wake, req_head */
     uint64_t answered;                  /* the server's "response": the last request seen */
     uint64_t stop;                      /* the client is done */
-    uint64_t sleeps, woken, timeouts_with_work, notified, requests;
+    uint64_t sleeps, woken, timeouts_with_work, notified, requests, bad_rings;
 };
+
+#define STRESS_PEER   7u
+#define STRESS_VECTOR 0u
 
 static uint64_t now_ns(void)
 {
@@ -123,10 +134,56 @@ static void server(struct shared *sh, uint64_t wait_ns, int single)
     }
 }
 
+/* The driver's doorbell sleep (driver/poll.c, sleep_on_doorbell) against a FIFO. */
+static void doorbell_server(struct shared *sh, uint64_t wait_ns, int fd)
+{
+    uint64_t seen = 0;
+
+    rng ^= (uint64_t)getpid() << 17;
+    while (!cxl_load_acquire64(&sh->stop)) {
+        uint64_t head = cxl_load_acquire64(&sh->cli.req_head);    /* C1 */
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        uint32_t v;
+        int rc;
+
+        if (head != seen) {
+            seen = head;
+            cxl_store_release64(&sh->answered, seen);
+            continue;
+        }
+        pause_some();
+        cxl_store_relaxed32(&sh->hdr.server_sleeping, 1);
+        cxl_fence_seq_cst();                                       /* N1 */
+        if (cxl_load_acquire64(&sh->cli.req_head) != seen || cxl_load_acquire64(&sh->stop)) {
+            cxl_store_relaxed32(&sh->hdr.server_sleeping, 0);
+            continue;
+        }
+        sh->sleeps++;
+        rc = poll(&p, 1, (int)(wait_ns / 1000000ull));
+        if (rc < 0 && errno != EINTR) {
+            perror("poll");
+            exit(2);
+        }
+        /* A ring is a hint, never a count: drain every one before the next look. */
+        while (read(fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+            if (v != (STRESS_PEER << 16 | STRESS_VECTOR))
+                sh->bad_rings++;
+        cxl_store_relaxed32(&sh->hdr.server_sleeping, 0);
+        if (rc > 0) {
+            sh->woken++;
+        } else if (rc == 0) {
+            if (cxl_load_acquire64(&sh->cli.req_head) != seen && !cxl_load_acquire64(&sh->stop))
+                sh->timeouts_with_work++;                          /* a lost wake-up */
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     uint64_t cycles = 100000, wait_ms = 5000, seconds = 120, i, t0;
-    int single = 0, status, fd, failed = 0;
+    int single = 0, doorbell = 0, status, fd, failed = 0, bell_fd = -1;
+    char bell_dir[] = "/tmp/notify-stress-XXXXXX", bell_path[64];
+    struct cxl_doorbell db;
     struct shared *sh;
     pid_t pid;
 
@@ -139,13 +196,16 @@ int main(int argc, char **argv)
             wait_ms = strtoull(argv[++a], NULL, 10);
         else if (!strcmp(argv[a], "--single"))
             single = 1;
+        else if (!strcmp(argv[a], "--doorbell"))
+            doorbell = 1;
         else {
-            fprintf(stderr, "usage: %s [--cycles N] [--seconds S] [--wait-ms MS] [--single]\n",
+            fprintf(stderr, "usage: %s [--cycles N] [--seconds S] [--wait-ms MS] "
+                    "[--single | --doorbell]\n",
                     argv[0]);
             return 2;
         }
     }
-    if (!single && !cxl_futex_waitv_probe()) {
+    if (!single && !doorbell && !cxl_futex_waitv_probe()) {
         printf("futex_waitv unavailable: running --single\n");
         single = 1;
     }
@@ -159,14 +219,35 @@ int main(int argc, char **argv)
         perror("mmap");
         return 2;
     }
-    cxl_store_relaxed32(&sh->hdr.notify_kind, CXL_NOTIFY_FUTEX);
+    cxl_store_relaxed32(&sh->hdr.notify_kind, doorbell ? CXL_NOTIFY_DOORBELL : CXL_NOTIFY_FUTEX);
+    if (doorbell) {
+        if (!mkdtemp(bell_dir)) {
+            perror("mkdtemp");
+            return 2;
+        }
+        snprintf(bell_path, sizeof(bell_path), "%s/doorbell", bell_dir);
+        /* The server's end, as the driver opens its doorbell: read-write (a FIFO then
+         * always has a writer, and never says POLLHUP), non-blocking (drained to EAGAIN). */
+        if (mkfifo(bell_path, 0600) < 0 ||
+            (bell_fd = open(bell_path, O_RDWR | O_NONBLOCK | O_CLOEXEC)) < 0) {
+            perror("doorbell FIFO");
+            rmdir(bell_dir);
+            return 2;
+        }
+        cxl_store_relaxed32(&sh->hdr.doorbell_peer, STRESS_PEER);
+        cxl_store_relaxed32(&sh->hdr.doorbell_vector, STRESS_VECTOR);
+    }
+    cxl_doorbell_init(&db, doorbell ? bell_path : NULL);
     pid = fork();
     if (pid < 0) {
         perror("fork");
         return 2;
     }
     if (pid == 0) {
-        server(sh, wait_ms * 1000000ull, single);
+        if (doorbell)
+            doorbell_server(sh, wait_ms * 1000000ull, bell_fd);
+        else
+            server(sh, wait_ms * 1000000ull, single);
         _exit(0);
     }
     t0 = now_ns();
@@ -177,7 +258,7 @@ int main(int argc, char **argv)
             break;
         pause_some();
         cxl_store_release64(&sh->cli.req_head, i);                 /* P1 */
-        sh->notified += (uint64_t)cxl_notify_server(&sh->hdr, &sh->cli);   /* N2 */
+        sh->notified += (uint64_t)cxl_notify_server(&sh->hdr, &sh->cli, &db);   /* N2 */
         sh->requests++;
         deadline = now_ns() + (wait_ms + 5000) * 1000000ull;
         while (cxl_load_acquire64(&sh->answered) != i) {
@@ -194,11 +275,22 @@ out:
     cxl_futex_wake(&sh->cli.req_wake, 1, 0);
     __atomic_fetch_add(&sh->cli.req_wake, 1, __ATOMIC_SEQ_CST);
     cxl_futex_wake(&sh->cli.req_wake, 1, 0);
+    if (doorbell)
+        cxl_doorbell_ring(&db, STRESS_PEER << 16 | STRESS_VECTOR);
     if (failed)
         kill(pid, SIGKILL);
     waitpid(pid, &status, 0);
+    if (doorbell) {
+        cxl_doorbell_close(&db);
+        close(bell_fd);
+        unlink(bell_path);
+        rmdir(bell_dir);
+    }
     printf("cycles=%" PRIu64 " requests=%" PRIu64 " notified=%" PRIu64 " sleeps=%" PRIu64
-           " timeouts_with_work=%" PRIu64 " single=%d seconds=%.1f\n", sh->woken, sh->requests,
-           sh->notified, sh->sleeps, sh->timeouts_with_work, single, (now_ns() - t0) / 1e9);
-    return failed || sh->timeouts_with_work || sh->woken < cycles ? 1 : 0;
+           " timeouts_with_work=%" PRIu64 " single=%d doorbell=%d missed=%" PRIu64
+           " bad_rings=%" PRIu64 " seconds=%.1f\n", sh->woken, sh->requests, sh->notified,
+           sh->sleeps, sh->timeouts_with_work, single, doorbell, db.missed, sh->bad_rings,
+           (now_ns() - t0) / 1e9);
+    return failed || sh->timeouts_with_work || sh->woken < cycles || db.missed ||
+           sh->bad_rings ? 1 : 0;
 }

@@ -20,6 +20,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "notify.h"
 #include "ring.h"
 
 /* Results of the calls below (0 is success; negative values are errors). */
@@ -83,6 +84,10 @@ struct cxl_client {
     pthread_mutex_t lock;               /* protects sessions[] */
     struct cxl_session *sessions[CXL_MAX_CHANNELS];
     uint32_t nsessions;
+
+    /* How this client rings a server that sleeps behind a doorbell (notify_kind 2, section
+     * 8): opened on the first such notification; doorbell.rings / .missed count them. */
+    struct cxl_doorbell doorbell;
 };
 
 /*
@@ -96,6 +101,14 @@ struct cxl_client {
  */
 int cxl_client_open(struct cxl_client *c, const char *path, uint64_t map_size,
                     char *err, size_t errlen);
+
+/*
+ * The doorbell this client rings when the server sleeps behind one (notify_kind 2):
+ * path, or NULL for the default (the environment variable CXL_RING_DOORBELL when set,
+ * else /dev/cxl/doorbell when it exists). cxl_client_open sets the default; call this
+ * after it and before the first claim. Nothing is opened until a notification needs it.
+ */
+void cxl_client_set_doorbell(struct cxl_client *c, const char *path);
 
 /*
  * Whether this client may claim channel chan: its client section is mapped
