@@ -50,8 +50,9 @@ LINK_PCI_SLOT_BASE = 0x08
 # The ivshmem-doorbell device (docs/doorbell.md): below the links, where libvirt puts
 # nothing of its own in the lab's domains (it fills 0x01-0x02).
 DOORBELL_PCI_SLOT = 0x07
-# The doorbell server's policy besides its VMs (roles/lab_hypervisor/tasks/doorbell.yml).
-DOORBELL_SOCKET_DIR = "/run/cxl-dsm-lab/doorbell"
+# The doorbell server's policy besides its VMs (roles/lab_hypervisor/tasks/doorbell.yml);
+# each lab has its own server, named after the lab (two labs on a host never share one).
+DOORBELL_SOCKET_DIR = "/run/cxl-dsm-lab/{name}/doorbell"
 DOORBELL_VECTORS = 2
 MAX_LINKS = 200
 
@@ -553,6 +554,7 @@ def _doorbell(lab, vms, errors):
         )
         enabled = False
     entries = []
+    socket_dir = DOORBELL_SOCKET_DIR.format(name=lab["name"])
     for vm in vms:
         mine = {m["name"] for m in vm.get("regions") or []}
         if vm["role"] == "server":
@@ -573,7 +575,7 @@ def _doorbell(lab, vms, errors):
             {
                 "id": entry["id"],
                 "peers": peers,
-                "socket": "%s/%s.sock" % (DOORBELL_SOCKET_DIR, vm["name"]),
+                "socket": "%s/%s.sock" % (socket_dir, vm["name"]),
                 "vectors": DOORBELL_VECTORS,
                 "pci_slot": DOORBELL_PCI_SLOT,
                 "pci_address": "0000:00:%02x.0" % DOORBELL_PCI_SLOT,
@@ -583,14 +585,19 @@ def _doorbell(lab, vms, errors):
         )
     return {
         "enabled": enabled,
+        # Where this lab's server lives on the hypervisor (its unit, or its daemon's files).
+        "unit": "cxl-ivshmem-server-%s" % lab["name"],
+        "config_path": "/etc/cxl-dsm-lab/%s/doorbell.json" % lab["name"],
+        "pidfile": "/run/cxl-ivshmem-server-%s.pid" % lab["name"],
+        "log": "/var/log/cxl-ivshmem-server-%s.log" % lab["name"],
         "config": {
-            "socket_dir": DOORBELL_SOCKET_DIR,
+            "socket_dir": socket_dir,
             "dir_mode": "0750",
             "socket_mode": "0660",
             "group": "kvm",
             "vectors": DOORBELL_VECTORS,
             "memory_size": 4096,
-            "state_file": DOORBELL_SOCKET_DIR + "/state.json",
+            "state_file": socket_dir + "/state.json",
             "vms": entries,
         },
     }

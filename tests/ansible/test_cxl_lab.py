@@ -406,7 +406,7 @@ def test_doorbell_peers_follow_the_regions():
     ]
     vm2 = next(vm for vm in lab["vms"] if vm["name"] == "vm2")
     assert vm2["doorbell"]["pci_address"] == "0000:00:07.0"
-    assert vm2["doorbell"]["socket"] == "/run/cxl-dsm-lab/doorbell/vm2.sock"
+    assert vm2["doorbell"]["socket"] == "/run/cxl-dsm-lab/cxl-lab/doorbell/vm2.sock"
     assert bell["config"]["vectors"] == vm2["doorbell"]["vectors"]
 
 
