@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
+import json
 import re
 import statistics
 import sys
@@ -343,8 +344,35 @@ def plot(rows: list[Row], out: Path) -> list[str]:
     return written
 
 
+def load_idle(results: Path) -> list[dict]:
+    """idle.json of the run (playbooks/bench.yml's idle play), or nothing."""
+    try:
+        found = json.loads((results / "idle.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [f for f in found if isinstance(f, dict) and "label" in f and "percent" in f] \
+        if isinstance(found, list) else []
+
+
+def idle_lines(idle: list[dict]) -> list[str]:
+    if not idle:
+        return []
+    lines = ["## Idle server VM, seen from the hypervisor", "",
+             "CPU of the server VM's QEMU process (all its threads, `/proc/<pid>/stat`) while "
+             "no client sends anything: first with the lab's Redis alone (how it waits in "
+             "brackets: `doorbell` sleeps until a client rings, `poll` naps), then with a "
+             "second ring server beside it that has no doorbell and so polls.", "",
+             "| what is idle | seconds | % of a core |", "|---|---:|---:|"]
+    lines += [f"| {f['label']} | {f.get('seconds', 0):.1f} | {f['percent']:.2f} |" for f in idle]
+    if len(idle) >= 2:
+        lines += ["", f"What the polling server adds: "
+                  f"{idle[1]['percent'] - idle[0]['percent']:+.2f} % of a core."]
+    return lines + [""]
+
+
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
-           title: str, secdsm_region: str = "", off_region: str = "") -> str:
+           title: str, secdsm_region: str = "", off_region: str = "",
+           idle: list[dict] | None = None) -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -369,6 +397,7 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
                   for meaning, op, size, threads, ratio in found]
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
     lines += security_lines(security_ratios(rows), secdsm_region, off_region)
+    lines += idle_lines(idle)
     for image in images:
         lines += [f"![{image[:-4]}]({image})", ""]
     lines += ["## Results", "",
@@ -404,8 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_table(rows, out / "results.csv")
     images = plot(rows, out)
+    idle = load_idle(args.results)
     (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title,
-                                          args.secdsm_region, args.off_region))
+                                          args.secdsm_region, args.off_region, idle))
+    for f in idle:
+        print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
     print(f"lab_report: {len(rows)} rows -> {out / 'report.md'}"
           + ("" if images else " (no plots: matplotlib is not installed)"))
     for measure, s in security_summary(security_ratios(rows)).items():

@@ -541,8 +541,8 @@ def _doorbell(lab, vms, errors):
     enabled = lab.get("doorbell")
     if not isinstance(enabled, bool):
         errors.append(
-            "cxl_lab.doorbell is {!r}: use true (an ivshmem-doorbell device per VM, so that an "
-            "idle server sleeps until a client rings) or false (the server polls).".format(enabled)
+            f"cxl_lab.doorbell is {enabled!r}: use true (an ivshmem-doorbell device per VM, so "
+            "that an idle server sleeps until a client rings) or false (the server polls)."
         )
         enabled = False
     if enabled and lab["image"]["source"] != "debootstrap":

@@ -155,7 +155,9 @@ def test_each_vm_has_its_doorbell_on_its_own_socket():
         args = [a.get("value") for a in render(lab, vm).iter(QEMU_NS + "arg")]
         assert f"socket,id=cxlbell,path=/run/cxl-dsm-lab/cxl-lab/doorbell/{vm['name']}.sock" in args
         bell = [a for a in args if a.startswith("ivshmem-doorbell,")]
-        assert bell == ["ivshmem-doorbell,id=cxl-doorbell,chardev=cxlbell,vectors=2,bus=pci.0,addr=0x07"]
+        assert bell == [
+            "ivshmem-doorbell,id=cxl-doorbell,chardev=cxlbell,vectors=2,bus=pci.0,addr=0x07"
+        ]
     off = copy.deepcopy(INVENTORY)
     off["doorbell"] = False
     lab = resolved(off)

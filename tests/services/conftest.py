@@ -143,7 +143,9 @@ def _fake_repo(root: Path) -> Path:
             """,
         # A program of its own under bench/c (like bench/c/null): not part of the bench
         # client (a second main(), and a header the bench's flags do not find).
-        "bench/c/other/other.c": '#include "not_on_the_bench_path.h"\nint main(void) { return 0; }\n',
+        "bench/c/other/other.c": (
+            '#include "not_on_the_bench_path.h"\nint main(void) { return 0; }\n'
+        ),
         "client/cxl_ring/__init__.py": '"""A stand-in ring client."""\n',
         "README.md": "stand-in\n",
         "pyproject.toml": """

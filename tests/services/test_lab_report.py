@@ -80,3 +80,57 @@ def test_plots_are_drawn(produced):
 
 def test_no_results_is_an_error(tmp_path):
     assert load_module().main([str(tmp_path)]) == 1
+
+
+def test_idle_figures_of_the_run_are_reported(tmp_path):
+    """idle.json (playbooks/bench.yml's idle play) becomes its own section, with what the
+    polling server adds; a run without it, or with a broken one, has no such section."""
+    lab_report = load_module()
+    results = tmp_path / "run"
+    (results / "vm2").mkdir(parents=True)
+    (results / "vm2" / "ring_c_P1__d64__t1.csv").write_text(
+        POC_HEADER + "\n"
+        "ring_c_P1,get,1,1,1000,0,1,25000.00,40.000,30.000,35,38,80.000,100.000,120,0,0.0\n")
+    (results / "idle.json").write_text(
+        '[{"label": "lab server (doorbell)", "seconds": 15.0, "percent": 1.5},'
+        ' {"label": "lab server + a polling server", "seconds": 15.0, "percent": 4.25}]')
+    assert lab_report.main([str(results)]) == 0
+    text = (results / "report.md").read_text()
+    assert "## Idle server VM, seen from the hypervisor" in text
+    assert "| lab server (doorbell) | 15.0 | 1.50 |" in text
+    assert "What the polling server adds: +2.75 % of a core." in text
+    (results / "idle.json").write_text("not json")
+    assert lab_report.main([str(results)]) == 0
+    assert "Idle server VM" not in (results / "report.md").read_text()
+
+
+def test_idle_cpu_samples_a_process_from_outside(tmp_path):
+    """bench/idle_cpu.py on a sleeping child: a small share, appended to the JSON list."""
+    import json
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        out = tmp_path / "idle.json"
+        for label in ("first", "second"):
+            done = subprocess.run(
+                [sys.executable, str(REPO_ROOT / "bench/idle_cpu.py"), "--pid", str(child.pid),
+                 "--seconds", "0.3", "--label", label, "--out", str(out)],
+                capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        found = json.loads(out.read_text())
+        assert [f["label"] for f in found] == ["first", "second"]
+        assert all(f["pid"] == child.pid and f["percent"] >= 0 for f in found)
+        line = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "bench/idle_cpu.py"), "--pid", str(child.pid),
+             "--seconds", "0.1", "--label", "x", "--out", "-"],
+            capture_output=True, text=True, timeout=60)
+        assert json.loads(line.stdout)["label"] == "x"
+    finally:
+        child.kill()
+        child.wait()
+    gone = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench/idle_cpu.py"), "--pid", str(child.pid),
+         "--seconds", "0.1", "--label", "x", "--out", "-"],
+        capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and "cannot read the process" in gone.stderr
