@@ -344,17 +344,37 @@ def plot(rows: list[Row], out: Path) -> list[str]:
     return written
 
 
-def load_idle(results: Path) -> list[dict]:
-    """idle.json of the run (playbooks/bench.yml's idle play), or nothing."""
+def load_idle(results: Path, name: str = "idle.json") -> list[dict]:
+    """idle.json or wake.json of the run (playbooks/bench.yml's idle play), or nothing."""
     try:
-        found = json.loads((results / "idle.json").read_text())
+        found = json.loads((results / name).read_text())
     except (OSError, ValueError):
         return []
-    return [f for f in found if isinstance(f, dict) and "label" in f and "percent" in f] \
+    return [f for f in found if isinstance(f, dict) and "label" in f] \
         if isinstance(found, list) else []
 
 
+def wake_lines(wake: list[dict]) -> list[str]:
+    if not wake:
+        return []
+    lines = ["## Wake from idle", "",
+             "The first request after an idle gap, from the client VM (`cxl-wake-latency`, "
+             "bench/c/wake: one channel, nothing in flight for the gap, then a GET timed until "
+             "its answer), to the lab's Redis and to the polling one beside it, in the same run.",
+             "", "| server | samples | gap ms | p50 µs | p99 µs |", "|---|---:|---:|---:|---:|"]
+    for f in wake:
+        if "error" in f or "p50_us" not in f:
+            lines.append(f"| {f['label']} | failed: {str(f.get('error', ''))[-80:]} | | | |")
+        else:
+            lines.append(f"| {f['label']} | {f.get('samples', 0)} | {f.get('gap_ms', 0)} "
+                         f"| {f['p50_us']:.0f} | {f.get('p99_us', 0):.0f} |")
+    return lines + [""]
+
+
 def idle_lines(idle: list[dict]) -> list[str]:
+    if not idle:
+        return []
+    idle = [f for f in idle if "percent" in f]
     if not idle:
         return []
     lines = ["## Idle server VM, seen from the hypervisor", "",
@@ -372,7 +392,7 @@ def idle_lines(idle: list[dict]) -> list[str]:
 
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
            title: str, secdsm_region: str = "", off_region: str = "",
-           idle: list[dict] | None = None) -> str:
+           idle: list[dict] | None = None, wake: list[dict] | None = None) -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -397,7 +417,7 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
                   for meaning, op, size, threads, ratio in found]
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
     lines += security_lines(security_ratios(rows), secdsm_region, off_region)
-    lines += idle_lines(idle)
+    lines += idle_lines(idle or []) + wake_lines(wake or [])
     for image in images:
         lines += [f"![{image[:-4]}]({image})", ""]
     lines += ["## Results", "",
@@ -434,10 +454,16 @@ def main(argv: list[str] | None = None) -> int:
     write_table(rows, out / "results.csv")
     images = plot(rows, out)
     idle = load_idle(args.results)
+    wake = load_idle(args.results, "wake.json")
     (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title,
-                                          args.secdsm_region, args.off_region, idle))
+                                          args.secdsm_region, args.off_region, idle, wake))
     for f in idle:
-        print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
+        if "percent" in f:
+            print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
+    for f in wake:
+        if "p50_us" in f:
+            print(f"lab_report: wake from idle, {f['label']}: p50 {f['p50_us']:.0f} us, "
+                  f"p99 {f.get('p99_us', 0):.0f} us")
     print(f"lab_report: {len(rows)} rows -> {out / 'report.md'}"
           + ("" if images else " (no plots: matplotlib is not installed)"))
     for measure, s in security_summary(security_ratios(rows)).items():

@@ -99,6 +99,13 @@ def test_idle_figures_of_the_run_are_reported(tmp_path):
     assert "## Idle server VM, seen from the hypervisor" in text
     assert "| lab server (doorbell) | 15.0 | 1.50 |" in text
     assert "What the polling server adds: +2.75 % of a core." in text
+    (results / "wake.json").write_text(
+        '[{"label": "lab server (doorbell)", "samples": 10, "gap_ms": 1000, "p50_us": 900.4,'
+        ' "p99_us": 2000}, {"label": "polling server", "error": "cannot claim"}]')
+    assert lab_report.main([str(results)]) == 0
+    text = (results / "report.md").read_text()
+    assert "| lab server (doorbell) | 10 | 1000 | 900 | 2000 |" in text
+    assert "| polling server | failed: cannot claim | | | |" in text
     (results / "idle.json").write_text("not json")
     assert lab_report.main([str(results)]) == 0
     assert "Idle server VM" not in (results / "report.md").read_text()
