@@ -410,8 +410,9 @@ static void map_path(struct opts *o, struct region *r)
     } else if (S_ISDIR(st.st_mode)) {
         die("%s is a directory (give a file or a device)", o->path);
     }
-    if (known && avail == 0 && !o->size_given)
-        die("%s has size 0 (give a file of the working set's size, or --size)", o->path);
+    if (known && avail == 0)
+        die("%s has size 0 (give it the working set's size first, e.g. truncate -s 256M %s)",
+            o->path, o->path);
     if (!known && !o->size_given)
         die("%s reports no size (a char device): give --size", o->path);
     if (known) {
