@@ -597,7 +597,7 @@ static int cmp_double(const void *a, const void *b)
 /* Nearest rank: the smallest value with at least q of the samples at or below it. */
 static double pct(const double *s, uint64_t n, double q)
 {
-    uint64_t k = (uint64_t)ceil(q * (double)n);
+    uint64_t k = (uint64_t)ceil(q * (double)n - 1e-9);    /* 0.9 * n is not always exact */
 
     return s[k ? k - 1 : 0];
 }
