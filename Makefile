@@ -64,7 +64,7 @@ FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
-NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency
+NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency $(BUILD)/cxl-chase
 NATIVE      += $(if $(NULL_SRC),$(BUILD)/cxl-null-server $(BUILD)/cxl-null-server-asan)
 
 build: deps native
@@ -93,6 +93,11 @@ $(BUILD)/notify-stress: ring/tests/notify_stress.c $(RING_SRC) $(RING_HDR)
 # The first request after an idle gap (make bench: notify futex against polling).
 $(BUILD)/cxl-wake-latency: bench/c/wake/wake_latency.c $(RING_SRC) $(RING_HDR)
 	$(CC) $(CFLAGS_OPT) -pthread -o $@ bench/c/wake/wake_latency.c $(RING_SRC)
+
+# Idle load-to-use latency by pointer chasing: anonymous memory against a mapped region
+# (docs/benchmarks.md, "Pointer chase (far-memory latency)"); no ring code.
+$(BUILD)/cxl-chase: bench/c/chase/chase.c
+	$(CC) $(CFLAGS_OPT) -o $@ bench/c/chase/chase.c -lm
 
 # The null server: the driver's region and channel code with no Redis behind it (GET answers
 # a fixed value, SET OK), for the transport's own limit in `make bench` (docs/benchmarks.md).
