@@ -344,14 +344,55 @@ def plot(rows: list[Row], out: Path) -> list[str]:
     return written
 
 
-def load_idle(results: Path, name: str = "idle.json") -> list[dict]:
-    """idle.json or wake.json of the run (playbooks/bench.yml's idle play), or nothing."""
+def _json_list(path: Path) -> list[dict]:
     try:
-        found = json.loads((results / name).read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    return [f for f in found if isinstance(f, dict) and "label" in f] \
-        if isinstance(found, list) else []
+    return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+
+def load_idle(results: Path, name: str = "idle.json") -> list[dict]:
+    """idle.json or wake.json of the run (playbooks/bench.yml's idle play), or nothing."""
+    return [f for f in _json_list(results / name) if "label" in f]
+
+
+def load_latency(results: Path) -> list[dict]:
+    """latency-<host>.json of the run (playbooks/bench.yml's pointer-chase play)."""
+    found = []
+    for path in sorted(results.glob("latency-*.json")):
+        found += [f for f in _json_list(path)
+                  if "memory" in f and isinstance(f.get("ns_per_load"), dict)]
+    return found
+
+
+# Published idle load-to-use latencies (Intel MLC), the anchors of the latency table.
+LATENCY_ANCHORS = (("local DRAM", 113), ("remote NUMA node", 201), ("CXL memory expander", 300))
+
+
+def latency_lines(latency: list[dict], virt_type: str = "") -> list[str]:
+    if not latency:
+        return []
+    lines = ["## Load-to-use latency (pointer chase)", "",
+             "`cxl-chase` (bench/c/chase): a random cycle of dependent loads, one per cache line, "
+             "over a working set larger than the last-level cache; ns per load over timed "
+             "batches. Guest RAM in each guest, the hypervisor's RAM and a /dev/shm file (the "
+             "medium of the regions); the served regions themselves are not chased (the chain "
+             "would overwrite their rings)."]
+    if virt_type == "qemu":
+        lines += ["", "> Under TCG a guest's load is translated code and a software TLB: the "
+                  "guests' figures are the emulator's, not memory's. The hypervisor's rows are "
+                  "memory."]
+    lines += ["", "| where | memory | working set | p50 ns | p90 ns | p99 ns |",
+              "|---|---|---:|---:|---:|---:|"]
+    for f in latency:
+        ns = f["ns_per_load"]
+        lines.append(f"| {f.get('host', '?')} | {f['memory']} | "
+                     f"{int(f.get('size_bytes', 0)) >> 20} MiB | {ns.get('p50', 0):.1f} | "
+                     f"{ns.get('p90', 0):.1f} | {ns.get('p99', 0):.1f} |")
+    lines += ["", "Published idle latencies for comparison (Intel MLC): "
+              + ", ".join(f"{name} ~{ns} ns" for name, ns in LATENCY_ANCHORS) + "."]
+    return lines + [""]
 
 
 def wake_lines(wake: list[dict]) -> list[str]:
@@ -392,7 +433,8 @@ def idle_lines(idle: list[dict]) -> list[str]:
 
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
            title: str, secdsm_region: str = "", off_region: str = "",
-           idle: list[dict] | None = None, wake: list[dict] | None = None) -> str:
+           idle: list[dict] | None = None, wake: list[dict] | None = None,
+           latency: list[dict] | None = None) -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -418,6 +460,7 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
     lines += security_lines(security_ratios(rows), secdsm_region, off_region)
     lines += idle_lines(idle or []) + wake_lines(wake or [])
+    lines += latency_lines(latency or [], virt_type)
     for image in images:
         lines += [f"![{image[:-4]}]({image})", ""]
     lines += ["## Results", "",
@@ -455,11 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     images = plot(rows, out)
     idle = load_idle(args.results)
     wake = load_idle(args.results, "wake.json")
+    latency = load_latency(args.results)
     (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title,
-                                          args.secdsm_region, args.off_region, idle, wake))
+                                          args.secdsm_region, args.off_region, idle, wake,
+                                          latency))
     for f in idle:
         if "percent" in f:
             print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
+    for f in latency:
+        print(f"lab_report: pointer chase, {f.get('host', '?')} {f['memory']}: "
+              f"p50 {f['ns_per_load'].get('p50', 0):.1f} ns per load")
     for f in wake:
         if "p50_us" in f:
             print(f"lab_report: wake from idle, {f['label']}: p50 {f['p50_us']:.0f} us, "

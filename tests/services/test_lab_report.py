@@ -106,6 +106,15 @@ def test_idle_figures_of_the_run_are_reported(tmp_path):
     text = (results / "report.md").read_text()
     assert "| lab server (doorbell) | 10 | 1000 | 900 | 2000 |" in text
     assert "| polling server | failed: cannot claim | | | |" in text
+    (results / "latency-vm2.json").write_text(
+        '[{"host": "vm2", "memory": "guest RAM", "size_bytes": 67108864,'
+        ' "ns_per_load": {"p50": 250.04, "p90": 300, "p99": 410.5}}]')
+    (results / "latency-broken.json").write_text('[{"host": "x"}]')
+    assert lab_report.main([str(results), "--virt-type", "qemu"]) == 0
+    text = (results / "report.md").read_text()
+    assert "| vm2 | guest RAM | 64 MiB | 250.0 | 300.0 | 410.5 |" in text
+    assert "the guests' figures are the emulator's" in text and "local DRAM ~113 ns" in text
+    assert text.count("| x |") == 0
     (results / "idle.json").write_text("not json")
     assert lab_report.main([str(results)]) == 0
     assert "Idle server VM" not in (results / "report.md").read_text()
