@@ -124,3 +124,13 @@ def read_u64(path: str, offset: int) -> int:
     with open(path, "rb") as f:
         f.seek(offset)
         return struct.unpack("<Q", f.read(8))[0]
+
+
+def built(path: Path) -> Path:
+    """PATH (a file under build/), made with the Makefile's own rule if it is missing."""
+    if not path.exists():
+        out = subprocess.run(["make", "-C", str(REPO), str(path.relative_to(REPO))],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"cannot build {path.name}:\n{out.stdout}{out.stderr}"
+    return path
+

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,17 +20,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchutil import BENCH, MODULE, REPO, runner, shm_name  # noqa: E402
+from benchutil import BENCH, MODULE, REPO, built, runner, shm_name  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def bench_bin() -> Path:
     """build/cxl-ring-bench, built with the Makefile's own rule if it is missing."""
-    if not BENCH.exists():
-        out = subprocess.run(["make", "-C", str(REPO), "build/cxl-ring-bench"],
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, f"cannot build cxl-ring-bench:\n{out.stdout}{out.stderr}"
-    return BENCH
+    return built(BENCH)
 
 
 @pytest.fixture

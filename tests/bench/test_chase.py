@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from benchutil import REPO, shm_name
+from benchutil import REPO, built, shm_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,11 +28,7 @@ STATS = ("min", "p50", "p90", "p99", "max", "mean")
 @pytest.fixture(scope="module")
 def chase_bin() -> Path:
     """build/cxl-chase, built with the Makefile's own rule if it is missing."""
-    if not CHASE.exists():
-        out = subprocess.run(["make", "-C", str(REPO), "build/cxl-chase"],
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, f"cannot build cxl-chase:\n{out.stdout}{out.stderr}"
-    return CHASE
+    return built(CHASE)
 
 
 def chase(binary: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
