@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from benchutil import REPO, run_bench, runner, shm_name
+from benchutil import REPO, built, run_bench, runner, shm_name
 
 sys.path.insert(0, str(REPO / "tests" / "ring"))
 
@@ -50,15 +50,6 @@ MAX_VALUE = 131072
 MAX_MSG = MAX_VALUE + 65536
 SMALL = ["--req-ring", "256k", "--resp-ring", "256k", "--max-value", str(MAX_VALUE),
          "--client-lease-ms", "5000"]
-
-
-def built(path: Path) -> Path:
-    """A null server binary, built with the Makefile's own rule if it is missing."""
-    if not path.exists():
-        out = subprocess.run(["make", "-C", str(REPO), str(path.relative_to(REPO))],
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, f"cannot build {path.name}:\n{out.stdout}{out.stderr}"
-    return path
 
 
 def start(binary: Path, *, channels: int = 4, args: list[str] | None = None,
