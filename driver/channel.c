@@ -58,6 +58,7 @@ int drv_chans_init(struct drv_server *s)
         struct drv_chan *ch = &s->chans[c];
 
         ch->index = c;
+        ch->auth.group = s->geo.chan_group[c];
         /* Through the segments of the channel's group (docs/ring-protocol.md 2). */
         ch->kclient = cxl_client_ctl(s->region.base, &s->geo, c);
         ch->kserver = cxl_server_ctl(s->region.base, &s->geo, c);
@@ -602,6 +603,8 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         done++;
         h->budget--;
         if (st == CXL_ST_OK) {
+            s->exec.auth = &ch->auth;   /* the session's ACL user (acl.c) */
+            s->exec.session_gen = ch->gen;
             drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
         } else {
             note_violation(ch, st);

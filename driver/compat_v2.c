@@ -117,6 +117,7 @@ int drv_v2_init(struct drv_server *s)
 
     s->nchan = s->cfg.v2_rings;
     s->v2 = RedisModule_Calloc(s->nchan, sizeof(*s->v2));       /* counted in used_memory */
+    s->v2_auth.group = UINT32_MAX;      /* no channel group: no acl_users entry */
     s->msg = RedisModule_Alloc(CXL_V2_SLOT_SIZE);
     for (i = 0; i < s->nchan; i++) {
         struct drv_v2_ring *r = &s->v2[i];
@@ -268,7 +269,18 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
             klen = msg[1];
             memcpy(&vlen, msg + 2, 2);
             sink.op = op;
-            if (op == CXL_V2_OP_GET && 4u + klen <= len) {
+            const uint8_t *args[2] = { msg + 4, msg + 4 + klen };
+            const uint32_t argl[2] = { klen, vlen };
+
+            /* Every v2 client is one session of no group (acl.c). */
+            s->exec.auth = &s->v2_auth;
+            s->exec.session_gen = 1;
+            if ((op == CXL_V2_OP_GET && 4u + klen <= len &&
+                 drv_acl_admit(&s->exec, CXL_OP_GET, 1, args, argl, v2_reply, &sink)) ||
+                (op == CXL_V2_OP_SET && 4u + klen + vlen <= len &&
+                 drv_acl_admit(&s->exec, CXL_OP_SET, 2, args, argl, v2_reply, &sink))) {
+                /* refused: answered */
+            } else if (op == CXL_V2_OP_GET && 4u + klen <= len) {
                 drv_exec_get(&s->exec, msg + 4, klen, v2_reply, &sink);
             } else if (op == CXL_V2_OP_SET && 4u + klen + vlen <= len &&
                        drv_exec_must_wait(&s->exec, CXL_OP_SET)) {

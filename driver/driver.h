@@ -64,6 +64,10 @@ enum drv_notify {
 
 #define DRV_DEFAULT_SLEEP_MAX_MS 100u
 
+#define DRV_USER_MAX          128u      /* an ACL user's name, with its NUL */
+#define DRV_ACL_CACHE         8u        /* users looked up per GIL hold before a refill */
+#define DRV_ACL_TEXT          (DRV_USER_MAX + 160u)
+
 struct drv_config {
     char     path[DRV_PATH_MAX];
     uint64_t map_size;                  /* 0 = discover */
@@ -81,6 +85,10 @@ struct drv_config {
     int      test_remote_region;        /* test only: the region counts as not host memory */
     uint32_t v2_rings;
     uint32_t v2_slots;
+    /* acl_users: the ACL user each channel group's sessions run as; "" = none given
+     * (acl.c: "default" when Redis lets a connection use it without AUTH). */
+    char     acl_users[CXL_MAX_GROUPS][DRV_USER_MAX];
+    uint32_t acl_user_count;            /* entries given, group 0 first */
 };
 
 /*
@@ -171,8 +179,23 @@ struct drv_verdict {
     char     key[DRV_VERDICT_KEY];
 };
 
+/* The ACL user a session runs as (acl.c); decided by its first request. */
+struct drv_auth {
+    char     user[DRV_USER_MAX];        /* "" = none: requests answer NOAUTH */
+    uint32_t gen;                       /* the session generation user was decided for */
+    uint32_t group;                     /* the channel's group */
+};
+
 struct drv_exec {
     RedisModuleCtx *ctx;                /* detached thread-safe context, db 0 */
+    /* Access control (acl.c): set by the caller before each request. */
+    struct drv_auth *auth;              /* the request's session; NULL = no check */
+    uint32_t session_gen;               /* its session generation */
+    const char (*acl_users)[DRV_USER_MAX];  /* cfg.acl_users */
+    RedisModuleUser *call_user;         /* a CMD's user for RedisModule_Call "C" */
+    uint64_t acl_denied;                /* requests refused NOAUTH/NOPERM/WRONGPASS */
+    uint32_t users_used;
+    struct { char name[DRV_USER_MAX]; RedisModuleUser *user; } users[DRV_ACL_CACHE];
     uint32_t max_value;
     int      readonly;                  /* a read-only replica: refuse fast-path writes */
     int      paused;                    /* CLIENT PAUSE, FAILOVER, shutdown: writes wait */
@@ -204,6 +227,11 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
                   const uint32_t *argl, drv_reply_fn *reply, void *sink);
 /* While clients are paused, writes wait: 1 = leave this request in the ring for now. */
 int  drv_exec_must_wait(struct drv_exec *x, uint8_t op);
+void drv_acl_begin_batch(struct drv_exec *x);
+int  drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
+                   const uint32_t *argl, drv_reply_fn *reply, void *sink);
+int  drv_acl_call_refusal(struct drv_exec *x, const char *err, size_t n, const char *cmd,
+                          char *out, size_t cap);
 /* Dispatch a decoded layout 5 request. */
 void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink);
@@ -248,6 +276,7 @@ struct drv_chan {
     uint32_t big_len;                   /* padded, its allocation size; 0 = none */
 
     uint32_t logged;                    /* violations logged (rate limit) */
+    struct drv_auth auth;               /* the session's ACL user (acl.c) */
     struct drv_stats stats;
 };
 
@@ -276,6 +305,7 @@ struct drv_server {
     struct cxl_shm_header *khdr;        /* layout 5 */
     struct drv_chan *chans;             /* layout 5: geo.channel_count */
     struct drv_v2_ring *v2;             /* v2: cfg.v2_rings */
+    struct drv_auth v2_auth;            /* v2: every client is one session, no group */
     uint32_t nchan;                     /* channels or v2 rings */
     uint64_t epoch;
     int      formatted;                 /* this start formatted the region */

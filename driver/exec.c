@@ -42,6 +42,7 @@ void drv_exec_begin_batch(struct drv_exec *x)
     x->paused = RedisModule_AvoidReplicaTraffic();
     x->writes = 0;
     x->deferred = 0;
+    drv_acl_begin_batch(x);
 }
 
 /* Like processCommand()'s maxmemory check: used memory above maxmemory refuses writes. */
@@ -406,6 +407,8 @@ static int refusal(uint8_t v, const char *key, uint32_t keylen, char *out, size_
  * stateless request cannot carry; also refuses writes on a read-only replica).
  */
 #define DRV_CALL_FLAGS "!EMSv"
+/* ... and C: Redis checks the ACL of the user set on the context (acl.c). */
+#define DRV_CALL_FLAGS_ACL "!EMSvC"
 
 void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
                   const uint32_t *argl, drv_reply_fn *reply, void *sink)
@@ -414,7 +417,7 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
     const char *proto;
     size_t plen = 0;
     uint32_t i, keylen;
-    char key[DRV_VERDICT_KEY], text[DRV_VERDICT_KEY + 160];
+    char key[DRV_VERDICT_KEY], text[DRV_VERDICT_KEY + DRV_USER_MAX + 160];
     uint8_t v;
     int n;
 
@@ -435,8 +438,19 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
         x->argv[i - 1] = RedisModule_CreateString(x->ctx, (const char *)argv[i], argl[i]);
 
     errno = 0;
-    r = RedisModule_Call(x->ctx, x->cmdname, DRV_CALL_FLAGS, x->argv, (size_t)(argc - 1));
-    if (!r) {
+    if (x->call_user) {
+        RedisModule_SetContextUser(x->ctx, x->call_user);
+        r = RedisModule_Call(x->ctx, x->cmdname, DRV_CALL_FLAGS_ACL, x->argv,
+                             (size_t)(argc - 1));
+        RedisModule_SetContextUser(x->ctx, NULL);
+    } else {
+        r = RedisModule_Call(x->ctx, x->cmdname, DRV_CALL_FLAGS, x->argv, (size_t)(argc - 1));
+    }
+    if (!r && errno == EACCES &&
+        (n = drv_acl_call_refusal(x, NULL, 0, x->cmdname, text, sizeof(text))) > 0) {
+        /* Redis refused it for the session's user and logged it in ACL LOG. */
+        reply(sink, CXL_ST_OK, text, (uint32_t)n, NULL, 0);
+    } else if (!r) {
         n = snprintf(text, sizeof(text), "-ERR command refused (%s)\r\n",
                      errno ? strerror(errno) : "no reply");
         reply(sink, CXL_ST_OK, text, (uint32_t)n, NULL, 0);
@@ -445,6 +459,10 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
         if (!proto) {
             static const char noproto[] = "-ERR reply has no RESP form\r\n";
             reply(sink, CXL_ST_OK, noproto, sizeof(noproto) - 1, NULL, 0);
+        } else if (x->call_user && RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ERROR &&
+                   (n = drv_acl_call_refusal(x, proto, plen, x->cmdname, text,
+                                             sizeof(text))) > 0) {
+            reply(sink, CXL_ST_OK, text, (uint32_t)n, NULL, 0);     /* as NOPERM, above */
         } else if (RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ERROR && plen >= 6 &&
                    !memcmp(proto, "-OOM ", 5)) {
             /* maxmemory: its own status, the text without '-' and CRLF */
@@ -478,6 +496,8 @@ int drv_exec_must_wait(struct drv_exec *x, uint8_t op)
 void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink)
 {
+    if (drv_acl_admit(x, req->op, req->argc, req->argv, req->argl, reply, sink))
+        return;
     switch (req->op) {
     case CXL_OP_GET:
         drv_exec_get(x, req->argv[0], req->argl[0], reply, sink);

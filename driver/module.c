@@ -103,6 +103,37 @@ static int parse_groups(const char *val, struct cxl_params *p, char *err, size_t
     }
 }
 
+/* `acl_users app,-,guest`: the ACL user of each channel group, "-" for none (acl.c).
+ * 0, 1 for a malformed value, -1 with err set. */
+static int parse_acl_users(const char *val, struct drv_config *cfg, char *err, size_t errlen)
+{
+    const char *at = val;
+
+    cfg->acl_user_count = 0;
+    for (;;) {
+        size_t n = strcspn(at, ",");
+
+        if (n == 0)
+            return 1;
+        if (cfg->acl_user_count == CXL_MAX_GROUPS) {
+            snprintf(err, errlen, "acl_users '%s': at most %u channel groups", val,
+                     CXL_MAX_GROUPS);
+            return -1;
+        }
+        if (n >= DRV_USER_MAX) {
+            snprintf(err, errlen, "acl_users: a user name longer than %u bytes",
+                     DRV_USER_MAX - 1);
+            return -1;
+        }
+        if (!(n == 1 && at[0] == '-'))
+            memcpy(cfg->acl_users[cfg->acl_user_count], at, n);
+        cfg->acl_user_count++;
+        if (!at[n])
+            return 0;
+        at += n + 1;
+    }
+}
+
 static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc,
                       char *err, size_t errlen)
 {
@@ -213,6 +244,10 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
                 cfg->test_remote_region = 0;
             else
                 bad = 1;
+        } else if (!strcasecmp(name, "acl_users")) {
+            bad = parse_acl_users(val, cfg, err, errlen);
+            if (bad < 0)
+                return -1;
         } else if (!strcasecmp(name, "sleep_max_ms")) {
             U32(cfg->sleep_max_ms, 1, 60000);
         } else if (!strcasecmp(name, "format")) {
@@ -233,6 +268,13 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
             snprintf(err, errlen, "bad value '%s' for argument '%s'", val, name);
             return -1;
         }
+    }
+    if (cfg->acl_user_count > (cfg->params.group_count ? cfg->params.group_count : 1)) {
+        snprintf(err, errlen, "acl_users names %u users but the region has %u channel "
+                 "group%s", cfg->acl_user_count,
+                 cfg->params.group_count ? cfg->params.group_count : 1,
+                 cfg->params.group_count > 1 ? "s" : "");
+        return -1;
     }
     if (!cfg->path[0]) {
         snprintf(err, errlen, "the 'path' argument is required (a file, /dev/uioN, a "
@@ -355,7 +397,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 29);
+    RedisModule_ReplyWithMap(ctx, 30);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -391,6 +433,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_str(ctx, "doorbell_peer_from", s->notify_fds ? s->doorbell_src : "");
     reply_u64(ctx, "doorbell_rings", __atomic_load_n(&s->doorbell_rings, __ATOMIC_RELAXED));
     reply_u64(ctx, "doorbell_errors", __atomic_load_n(&s->doorbell_errors, __ATOMIC_RELAXED));
+    reply_u64(ctx, "acl_denied", __atomic_load_n(&s->exec.acl_denied, __ATOMIC_RELAXED));
     RedisModule_ReplyWithSimpleString(ctx, "channels");
     RedisModule_ReplyWithArray(ctx, s->nchan);
     for (c = 0; c < s->nchan; c++)

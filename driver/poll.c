@@ -518,6 +518,7 @@ int drv_threads_start(struct drv_server *s, RedisModuleCtx *ctx, char *err, size
         snprintf(err, errlen, "cannot select db 0");
         goto fail_ctx;
     }
+    s->exec.acl_users = (const char (*)[DRV_USER_MAX])s->cfg.acl_users;
     s->exec.max_value = s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.max_value_size : CXL_V2_MAX_PAYLOAD;
     drv_compat_init(ctx);
     pthread_mutex_init(&s->reset_mutex, NULL);
@@ -577,6 +578,7 @@ void drv_threads_stop(struct drv_server *s)
         }
     }
     pthread_mutex_unlock(&s->reset_mutex);
+    drv_acl_begin_batch(&s->exec);      /* the users the last hold looked up */
     RedisModule_FreeThreadSafeContext(s->exec.ctx);
     s->exec.ctx = NULL;
 }

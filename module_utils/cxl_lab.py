@@ -71,6 +71,7 @@ VM_DEFAULTS = {
     "server": None,
     "channels": 8,
     "grants": None,
+    "acl_user": None,
 }
 REGION_DEFAULTS = {
     "state": "present",
@@ -299,6 +300,64 @@ def _mapping_names(vm, region_by_name):
             entry = {"name": entry}
         entry = _with_defaults(entry, MAPPING_DEFAULTS)
         yield entry.get("name"), entry["access"]
+
+
+ACL_USER_RE = re.compile(r"^[A-Za-z0-9_.:@+=-]{1,127}$")
+
+
+def _check_redis_users(lab, errors):
+    """cxl_lab.services.redis.users: {name: ACL rules}, written as redis.conf user lines."""
+    services = lab.get("services") if isinstance(lab.get("services"), dict) else {}
+    redis = services.get("redis") if isinstance(services.get("redis"), dict) else {}
+    users = redis.get("users")
+    if users is None:
+        return
+    if not isinstance(users, dict):
+        errors.append(
+            "cxl_lab.services.redis.users must be a mapping of user name to ACL rules "
+            f"(app: \"on nopass ~app:* +@read +@write\"), got {users!r}."
+        )
+        return
+    for name, rules in users.items():
+        if not isinstance(name, str) or not ACL_USER_RE.match(name) or name == "-":
+            errors.append(
+                f"cxl_lab.services.redis.users: user name {name!r}: use 1 to 127 letters, "
+                "digits and _.:@+=- (no spaces or commas)."
+            )
+        if not isinstance(rules, str) or not rules.strip() or any(c in rules for c in "\r\n"):
+            errors.append(
+                f"cxl_lab.services.redis.users.{name}: {rules!r}: give the user's ACL rules "
+                "as one line (\"on nopass ~app:* +@read +@write\", as in ACL SETUSER)."
+            )
+
+
+def _check_acl_user(vm, label, lab, errors):
+    """A client's or attacker's acl_user: the Redis ACL user its channel group's sessions run
+    as (docs/ring-protocol.md section 12); described in services.redis.users, or default."""
+    user = vm["acl_user"]
+    if user is None:
+        return
+    if vm["role"] not in ("client", "attacker"):
+        errors.append(
+            f"{label}: acl_user {user!r}: only a client or attacker VM has a channel group "
+            "whose sessions run as a Redis user; remove it from this VM."
+        )
+        return
+    if not isinstance(user, str) or not ACL_USER_RE.match(user) or user == "-":
+        errors.append(
+            f"{label}: acl_user {user!r}: use a Redis user name of 1 to 127 letters, digits "
+            "and _.:@+=- (no spaces or commas)."
+        )
+        return
+    services = lab.get("services") if isinstance(lab.get("services"), dict) else {}
+    redis = services.get("redis") if isinstance(services.get("redis"), dict) else {}
+    users = redis.get("users") if isinstance(redis.get("users"), dict) else {}
+    if user != "default" and user not in users:
+        errors.append(
+            f"{label}: acl_user {user!r} is not among cxl_lab.services.redis.users "
+            f"({', '.join(sorted(users)) or 'none described'}): describe it there with its "
+            "ACL rules, or use default."
+        )
 
 
 def _describe_groups(groups):
@@ -639,6 +698,7 @@ def normalize(description, topology, backing=None, existing=None):
 
     # ---- regions -------------------------------------------------------------
     rings = _ring_sizes(lab, errors)
+    _check_redis_users(lab, errors)
     regions = []
     region_by_name = {}
     absent_regions = []
@@ -763,18 +823,20 @@ def normalize(description, topology, backing=None, existing=None):
         if raw["state"] == "absent" and (channels is None or channels < 1):
             channels = VM_DEFAULTS["channels"]  # unchecked: it only keeps the numbering
         for rname, _access in _mapping_names(raw, region_by_name):
-            if rname in group_vms and name not in [v for v, _ in group_vms[rname]]:
-                group_vms[rname].append((name, channels))
+            if rname in group_vms and name not in [v for v, _, _ in group_vms[rname]]:
+                user = raw["acl_user"] if isinstance(raw["acl_user"], str) else None
+                group_vms[rname].append((name, channels, user))
 
     # ---- each region's layout and memory ----------------------------------------
     wanted_per_dir = {}
     for region in regions:
         name, label = region["name"], "region %s" % region["name"]
         groups, first = [], 0
-        for group, (vm, channels) in enumerate(
-            group_vms[name] or [(None, VM_DEFAULTS["channels"])]
+        for group, (vm, channels, user) in enumerate(
+            group_vms[name] or [(None, VM_DEFAULTS["channels"], None)]
         ):
-            groups.append({"group": group, "vm": vm, "channels": channels, "first_channel": first})
+            groups.append({"group": group, "vm": vm, "channels": channels, "first_channel": first,
+                           "acl_user": user})
             first += channels or 0
         region["groups"] = groups
         region["segments"] = []
@@ -911,6 +973,7 @@ def normalize(description, topology, backing=None, existing=None):
                     "region it maps)." % (label, channels, MAX_CHANNELS)
                 )
             vm["channels"] = channels
+        _check_acl_user(vm, label, lab, errors)
         vm["vcpus"] = _int(vm["vcpus"], f"{label} vcpus", errors) or 1
         vm["memory_mib"] = _int(vm["memory_mib"], f"{label} memory_mib", errors) or 0
         if vm["memory_mib"] < 256:

@@ -19,10 +19,12 @@ from ._atomic import CAS_BACKEND
 from .channel import SPEEDUPS, Session, claim
 from .client import Pipeline, RingClient
 from .exceptions import (
+    AuthenticationError,
     CxlRingError,
     DataError,
     LayoutMismatchError,
     NoChannelError,
+    NoPermissionError,
     NotFormattedError,
     OutOfMemoryError,
     ProtocolError,
@@ -40,11 +42,13 @@ from .region import Region, group_segments, make_view, remove_view
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "CAS_BACKEND",
     "CxlRingError",
     "DataError",
     "LayoutMismatchError",
     "NoChannelError",
+    "NoPermissionError",
     "NotFormattedError",
     "OutOfMemoryError",
     "Pipeline",

@@ -37,6 +37,7 @@ from .exceptions import (
     ResponseError,
     ServerGoneError,
     UnknownOutcomeError,
+    response_error,
 )
 from .region import Region
 from .resp import decode_one_reply, decode_strings
@@ -209,7 +210,7 @@ class V5Transport:
 def _error_for(status: int, payload: bytes) -> CxlRingError:
     text = payload.decode("utf-8", "replace")
     if status == P.ST_ERR:
-        return ResponseError(text)
+        return response_error(text)
     if status == P.ST_OOM:
         return OutOfMemoryError(text)
     if status == P.ST_TOO_LARGE:

@@ -17,12 +17,17 @@
     |                               a response with no request in flight)
     +-- ResponseError               Redis refused the command (ERR, WRONGTYPE, ...)
     |   +-- OutOfMemoryError        maxmemory reached (status OOM)
+    |   +-- AuthenticationError     the session has no user (NOAUTH) or AUTH failed
+    |   |                           (WRONGPASS)
+    |   +-- NoPermissionError       the session's ACL user may not run the command or
+    |                               touch the key (NOPERM)
     +-- DataError                   an argument cannot be encoded (not bytes, str or a
     |                               number; a str the client's ``encoding`` cannot encode)
     +-- ResponseDecodeError         decode_responses=True and a reply is not valid text in
                                     the client's ``encoding`` (with encoding_errors="strict")
 
-The names follow redis-py (``ResponseError``, ``OutOfMemoryError``, ``DataError``) so that
+The names follow redis-py (``ResponseError``, ``OutOfMemoryError``, ``AuthenticationError``,
+``NoPermissionError``, ``DataError``) so that
 code written for redis-py reads the same. Some are also the builtin that fits, so that generic
 handlers keep working: ServerGoneError is a ConnectionError, RingTimeoutError a TimeoutError,
 RequestTooLargeError a ValueError, DataError a TypeError, ResponseDecodeError a
@@ -102,6 +107,26 @@ class ResponseError(CxlRingError):
 
 class OutOfMemoryError(ResponseError):
     """Redis refused a write: maxmemory reached."""
+
+
+class AuthenticationError(ResponseError):
+    """NOAUTH: the session runs as no ACL user (docs/ring-protocol.md section 12); or
+    WRONGPASS: AUTH was refused."""
+
+
+class NoPermissionError(ResponseError):
+    """NOPERM: the session's ACL user may not run this command or use this key."""
+
+
+def response_error(text: str) -> ResponseError:
+    """The ResponseError subclass for an error reply's text, by its first word as redis-py
+    picks them."""
+    word = text.split(" ", 1)[0]
+    if word == "NOPERM":
+        return NoPermissionError(text)
+    if word in ("NOAUTH", "WRONGPASS"):
+        return AuthenticationError(text)
+    return ResponseError(text)
 
 
 class DataError(CxlRingError, TypeError):

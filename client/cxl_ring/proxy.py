@@ -20,6 +20,10 @@ RESP3: ``HELLO 3`` is accepted (redis-py 8 asks for it by default) but replies k
 shape, a subset of RESP3 that RESP3 parsers read; commands whose RESP3 reply is a map or a set
 come back as flat arrays. Clients that need exact RESP3 types should use ``protocol=2``.
 
+Access control: every connection runs as the ACL user of the proxy's ring channel (its group's
+user, or "default" where Redis needs no password); AUTH and HELLO AUTH are refused, since one
+session carries every connection.
+
 Limits: no MULTI/EXEC, (P)SUBSCRIBE, MONITOR or blocking semantics (the driver runs CMD like
 a script does, and Redis refuses those there); a slow CMD holds up the replies queued behind
 it on the channel (head-of-line), as on one Redis connection.
@@ -237,6 +241,15 @@ class RingProxy:
         elif name == b"SELECT" and n == 2:
             slot.data = _OK if argv[1] == b"0" else encode_error(
                 "ERR the cxl_ring proxy serves database 0 only")
+            return
+        elif name == b"AUTH" or (name == b"HELLO" and any(a.upper() == b"AUTH"
+                                                            for a in argv[2:])):
+            # One ring session carries every connection: an AUTH forwarded would switch the
+            # user of all of them. They run as the channel's ACL user (docs/ring-protocol.md
+            # section 12); per-connection users need a session per connection.
+            slot.data = encode_error(
+                "ERR the cxl_ring proxy does not forward AUTH: every connection runs as the "
+                "ACL user of the proxy's ring channel")
             return
         elif name == b"HELLO":
             if n >= 2 and argv[1] not in (b"2", b"3"):

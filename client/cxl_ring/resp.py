@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Union
 
-from .exceptions import ProtocolError, ResponseError
+from .exceptions import ProtocolError, ResponseError, response_error
 
 CRLF = b"\r\n"
 MAX_BULK = 512 * 1024 * 1024     # Redis' proto-max-bulk-len default
@@ -57,7 +57,7 @@ def parse_reply(buf: bytes, pos: int = 0, depth: int = 0) -> tuple[Reply, int]:
     if kind == 43:  # '+'
         return line, nxt
     if kind == 45:  # '-'
-        return ResponseError(line.decode("utf-8", "replace")), nxt
+        return response_error(line.decode("utf-8", "replace")), nxt
     if kind == 58:  # ':'
         return _int(line, "integer"), nxt
     if kind == 36:  # '$'

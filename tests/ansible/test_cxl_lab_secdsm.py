@@ -179,8 +179,10 @@ def test_default_lab_resolves_to_the_contract_shape():
             4096, 2 * MiB, 2 * MiB
         )
         assert region["groups"] == [
-            {"group": 0, "vm": "vm2", "channels": 8, "first_channel": 0},
-            {"group": 1, "vm": "vm3", "channels": 8, "first_channel": 8},
+            {"group": 0, "vm": "vm2", "channels": 8, "first_channel": 0,
+             "acl_user": None},
+            {"group": 1, "vm": "vm3", "channels": 8, "first_channel": 8,
+             "acl_user": "attacker"},
         ]
         assert region["region_size"] == 4096 + 4 * 32 * MiB
         assert [s["name"] for s in region["segments"]] == [
@@ -249,7 +251,7 @@ def test_channels_size_the_groups_and_a_region_no_client_maps_has_one_default_gr
     lab = resolved(description)
     assert [(g["vm"], g["channels"]) for g in lab["regions"][0]["groups"]] == [("vm2", 2)]
     assert lab["regions"][2]["groups"] == [
-        {"group": 0, "vm": None, "channels": 8, "first_channel": 0}
+        {"group": 0, "vm": None, "channels": 8, "first_channel": 0, "acl_user": None}
     ]
     # 2 channels x (4 KiB + 2 MiB) = 4 MiB + 8 KiB: spans 8 MiB.
     assert lab["regions"][0]["segments"][1]["span"] == 8 * MiB
@@ -257,7 +259,7 @@ def test_channels_size_the_groups_and_a_region_no_client_maps_has_one_default_gr
 
 def test_ring_sizes_and_hugetlbfs_alignment_shape_the_plan():
     description = copy.deepcopy(INVENTORY)
-    description["services"] = {"ring": {"req_ring": 65536, "resp_ring": 4096}}
+    description["services"]["ring"] = {"req_ring": 65536, "resp_ring": 4096}
     for region in description["regions"]:
         region["backing_dir"] = "/dev/hugepages"
     backing = {"/dev/hugepages": {"fs": "hugetlbfs", "free_mib": 6000, "page_kib": 2048}}
@@ -347,6 +349,7 @@ def test_server_mapping_a_secdsm_region_ro_is_one_error():
 def test_two_servers_on_one_secdsm_region():
     def change(description):
         description["vms"][2]["role"] = "server"
+        description["vms"][2]["acl_user"] = None     # a server has no group, so no user
 
     (error,) = errors_of(change)
     assert "region cxl0 (security: secdsm) is mapped by the servers vm1 and vm3" in error
@@ -442,7 +445,7 @@ def test_too_many_channels_in_one_region():
 @pytest.mark.parametrize("key,value", [("req_ring", 3000), ("resp_ring", 1024)])
 def test_bad_ring_size(key, value):
     def change(description):
-        description["services"] = {"ring": {key: value}}
+        description["services"]["ring"] = {key: value}
 
     assert errors_of(change) == [
         f"cxl_lab.services.ring.{key} {value}: use a power of two from 4096 to 1073741824 "
@@ -501,3 +504,42 @@ def test_server_reads_its_defaults_from_cxl_lab_py():
     assert cxl_lab.REGION_DEFAULTS["security"] == "secdsm"
     assert cxl_lab.VM_DEFAULTS["channels"] == 8
     assert cxl_lab.MAX_REGION_DEVICES == 16
+
+
+# ---- access control: each group's Redis ACL user (docs/ring-protocol.md section 12) ---------
+
+
+def test_each_group_carries_its_vms_acl_user():
+    """The default lab: vm2 (group 0) has none, vm3 (group 1) runs as attacker; the server
+    role writes the driver's acl_users from these ("-,attacker")."""
+    lab = resolved()
+    for region in lab["regions"]:
+        assert [(g["vm"], g["acl_user"]) for g in region["groups"]] == [
+            ("vm2", None), ("vm3", "attacker")]
+
+
+@pytest.mark.parametrize("change, said", [
+    (lambda d: vm_of(d, "vm3").update(acl_user="nobody"),
+     "vm vm3: acl_user 'nobody' is not among cxl_lab.services.redis.users (attacker)"),
+    (lambda d: vm_of(d, "vm3").update(acl_user="two words"),
+     "vm vm3: acl_user 'two words': use a Redis user name"),
+    (lambda d: vm_of(d, "vm3").update(acl_user="a,b"),
+     "vm vm3: acl_user 'a,b': use a Redis user name"),
+    (lambda d: vm_of(d, "vm1").update(acl_user="attacker"),
+     "vm vm1: acl_user 'attacker': only a client or attacker VM"),
+    (lambda d: d["services"]["redis"].update(users=["attacker"]),
+     "cxl_lab.services.redis.users must be a mapping"),
+    (lambda d: d["services"]["redis"]["users"].update(app="on\nnopass"),
+     "cxl_lab.services.redis.users.app: 'on\\nnopass': give the user's ACL rules as one line"),
+])
+def test_a_wrong_acl_user_is_refused_by_name(change, said):
+    errors = errors_of(change)
+    assert any(said in e for e in errors), errors
+
+
+def test_default_needs_no_description():
+    description = copy.deepcopy(INVENTORY)
+    vm_of(description, "vm2").update(acl_user="default")
+    lab, errors = check(description)
+    assert errors == []
+    assert [g["acl_user"] for g in lab["regions"][0]["groups"]] == ["default", "attacker"]

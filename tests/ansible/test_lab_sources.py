@@ -140,10 +140,13 @@ def test_inventory_default_lab_is_the_sec_dsm_lab():
 
 
 def test_inventory_vms_resolve_as_the_bare_defaults():
-    """The inventory's VMs, spelled out, resolve exactly as the same VMs given by name and
-    role only: every value written there is the default cxl_lab.py would choose."""
+    """The inventory's VMs, spelled out, resolve exactly as the same VMs given by name, role
+    and ACL user only: every other value written there is the default cxl_lab.py would
+    choose (an ACL user is a choice of the lab: the attacker's, none by default)."""
     bare = copy.deepcopy(INVENTORY)
-    bare["vms"] = [{"name": vm["name"], "role": vm["role"]} for vm in INVENTORY["vms"]]
+    bare["vms"] = [{"name": vm["name"], "role": vm["role"],
+                    **({"acl_user": vm["acl_user"]} if vm.get("acl_user") else {})}
+                   for vm in INVENTORY["vms"]]
     bare["regions"] = [
         {"name": r["name"], "security": r["security"]} for r in INVENTORY["regions"]
     ]

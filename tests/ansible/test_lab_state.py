@@ -36,7 +36,7 @@ def remove(path):
 @pytest.fixture
 def lab(tmp_path):
     variables = make_lab(tmp_path, LAB_NAME, 2932)
-    variables["cxl_lab"]["services"] = {"ring": {"req_ring": 4096, "resp_ring": 4096}}
+    variables["cxl_lab"]["services"]["ring"] = {"req_ring": 4096, "resp_ring": 4096}
     regions = variables["cxl_lab"]["regions"]
     for region in regions:
         region["size_mib"] = 4

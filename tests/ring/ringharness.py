@@ -120,6 +120,7 @@ class RedisRing:
         self.port = free_port()
         self.log = workdir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
+        self.password: str | None = None  # the harness's own connections AUTH with it
 
     @property
     def asan(self) -> bool:
@@ -162,6 +163,7 @@ class RedisRing:
         return self.proc.pid
 
     def client(self, **kw) -> redis.Redis:
+        kw.setdefault("password", self.password)
         return redis.Redis(unix_socket_path=self.sock, socket_timeout=10, **kw)
 
     def tcp_client(self, **kw) -> redis.Redis:

@@ -73,7 +73,7 @@ void *(*RedisModule_Calloc)(size_t nmemb, size_t size) = calloc;
 void (*RedisModule_Free)(void *ptr) = free;
 void (*RedisModule_Log)(RedisModuleCtx *ctx, const char *level, const char *fmt, ...) = null_log;
 
-/* ---- Execution: no keyspace (replaces driver/exec.c) ---------------------------- */
+/* ---- Execution: no keyspace (replaces driver/exec.c and acl.c) -------------- */
 
 static uint8_t *g_value;                /* the GET answer: value_size bytes of 'x' */
 static uint32_t g_value_size;
@@ -91,6 +91,20 @@ int drv_exec_must_wait(struct drv_exec *x, uint8_t op)
 {
     (void)x;
     (void)op;
+    return 0;
+}
+
+/* No Redis users here: every request may run (replaces driver/acl.c). */
+int drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
+                  const uint32_t *argl, drv_reply_fn *reply, void *sink)
+{
+    (void)x;
+    (void)op;
+    (void)argc;
+    (void)argv;
+    (void)argl;
+    (void)reply;
+    (void)sink;
     return 0;
 }
 

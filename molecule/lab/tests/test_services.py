@@ -40,6 +40,7 @@ LAB = json.loads(LAB_JSON.read_text()) if LAB_JSON.exists() else {}
 VMS = LAB.get("vms", [])
 SERVER_VM = next((vm for vm in VMS if vm["role"] == "server"), None)
 CLIENT_VM = next((vm for vm in VMS if vm["role"] == "client"), None)
+ATTACKER_VM = next((vm for vm in VMS if vm["role"] == "attacker"), None)
 
 pytestmark = [
     pytest.mark.skipif(
@@ -270,6 +271,26 @@ def test_proxy_set_is_seen_over_tcp(client, server):
     key = unique("proxy")
     assert client.run(f"timeout 120 redis-cli -p 6380 SET {key} via-proxy").rc == 0
     assert redis_cli(server, "GET", key) == "via-proxy"
+
+
+@pytest.mark.skipif(not (ATTACKER_VM and ATTACKER_VM.get("acl_user")),
+                    reason="the lab gives no attacker VM an acl_user")
+def test_the_attackers_acl_user_holds_on_its_own_channel(server):
+    """The attacker VM's ring sessions run as its acl_user (the embedded lab: attacker,
+    -@dangerous): a SET runs, its FLUSHALL is refused with NOPERM; the server's keys and
+    Redis's ACL LOG, read over TCP in the server VM, show that nothing was flushed."""
+    attacker = guest(ATTACKER_VM)
+    region = f"/dev/cxl/{first_region(ATTACKER_VM)}"
+    kept = unique("acl-kept")
+    redis_cli(server, "SET", kept, "kept")
+    redis_cli(server, "ACL", "LOG", "RESET")
+    own = attacker.run(f"timeout 120 cxl-ring --path {region} set {unique('acl-own')} allowed")
+    assert own.rc == 0, own.stdout + own.stderr
+    flush = attacker.run(f"timeout 120 cxl-ring --path {region} cmd FLUSHALL")
+    assert flush.rc != 0 and "NOPERM" in flush.stderr, flush.stdout + flush.stderr
+    assert redis_cli(server, "GET", kept) == "kept"
+    assert "flushall" in redis_cli(server, "ACL", "LOG")
+    assert ATTACKER_VM["acl_user"] in redis_cli(server, "ACL", "USERS").split()
 
 
 def test_redis_benchmark_through_the_proxy(client):
