@@ -43,6 +43,22 @@ static const char *op_command(uint8_t op)
     }
 }
 
+/* The server stops (under the GIL): what the poll thread kept. */
+void drv_acl_free(struct drv_exec *x)
+{
+    uint32_t i;
+
+    drv_acl_begin_batch(x);
+    if (x->acl_key)
+        RedisModule_FreeString(x->ctx, x->acl_key);
+    x->acl_key = NULL;
+    for (i = 0; i < 4; i++) {
+        if (x->acl_names[i])
+            RedisModule_FreeString(NULL, x->acl_names[i]);
+        x->acl_names[i] = NULL;
+    }
+}
+
 /* Forget the users looked up in the last GIL hold (called with each new hold). */
 void drv_acl_begin_batch(struct drv_exec *x)
 {
@@ -256,10 +272,14 @@ int drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *
     RedisModuleUser *u;
     const char *cmd;
     char text[DRV_ACL_TEXT], name[DRV_USER_MAX];
-    uint32_t i;
+    uint32_t i, keys;
     int rc;
 
     x->call_user = NULL;
+    if (x->acl_key) {                   /* admitted, then left to wait (a client pause) */
+        RedisModule_FreeString(x->ctx, x->acl_key);
+        x->acl_key = NULL;
+    }
     if (!a || op == CXL_OP_PING)        /* PING is the transport's, no Redis command */
         return 0;
     if (a->gen != x->session_gen)
@@ -285,17 +305,29 @@ int drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *
         x->call_user = u;
         return 0;
     }
-    if (!(cmd = op_command(op)) || argc > CXL_MAX_ARGS)
-        return 0;                       /* drv_exec_request answers the unknown op */
-    args[0] = RedisModule_CreateString(x->ctx, cmd, strlen(cmd));
-    for (i = 0; i < argc; i++)
+    if (!(cmd = op_command(op)) || argc > CXL_MAX_ARGS || (op == CXL_OP_SET && argc != 2))
+        return 0;                       /* drv_exec_request answers what cannot run */
+    if (!x->acl_names[0]) {             /* kept until the server stops: no allocation per op */
+        for (i = 0; i < 3; i++) {
+            const char *word = op_command(i == 0 ? CXL_OP_GET : i == 1 ? CXL_OP_SET
+                                                                    : CXL_OP_DEL);
+
+            x->acl_names[i] = RedisModule_CreateString(NULL, word, strlen(word));
+        }
+        x->acl_names[3] = RedisModule_CreateString(NULL, "", 0);
+    }
+    args[0] = x->acl_names[op == CXL_OP_GET ? 0 : op == CXL_OP_SET ? 1 : 2];
+    keys = op == CXL_OP_SET ? 1 : argc;  /* SET's value is no matter to an ACL: not copied */
+    for (i = 0; i < keys; i++)
         args[i + 1] = RedisModule_CreateString(x->ctx, (const char *)argv[i], argl[i]);
-    rc = RedisModule_ACLCheckCommandPermissions(u, args, (int)argc + 1);
+    if (op == CXL_OP_SET)
+        args[2] = x->acl_names[3];
+    rc = RedisModule_ACLCheckCommandPermissions(u, args, op == CXL_OP_SET ? 3 : (int)argc + 1);
     if (rc != REDISMODULE_OK) {
         /* Which key, for ACL LOG and the reply, as Redis says it for a TCP client. */
         int key = -1;
 
-        for (i = 0; i < argc && (op != CXL_OP_SET || i == 0); i++)
+        for (i = 0; i < keys; i++)
             if (RedisModule_ACLCheckKeyPermissions(
                     u, args[i + 1], op == CXL_OP_GET ? REDISMODULE_CMD_KEY_ACCESS
                                   : op == CXL_OP_SET ? REDISMODULE_CMD_KEY_UPDATE
@@ -314,9 +346,13 @@ int drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *
             snprintf(text, sizeof(text), "NOPERM User %s has no permissions to run the "
                      "'%s' command", name, cmd);
         }
+    } else if (op != CXL_OP_DEL) {
+        x->acl_key = args[1];           /* GET and SET run with this key string (exec.c) */
+        args[1] = NULL;
     }
-    for (i = 0; i <= argc; i++)
-        RedisModule_FreeString(x->ctx, args[i]);
+    for (i = 0; i < keys; i++)
+        if (args[i + 1])
+            RedisModule_FreeString(x->ctx, args[i + 1]);
     if (rc != REDISMODULE_OK) {
         refuse(x, op, text, reply, sink);
         return 1;

@@ -193,6 +193,8 @@ struct drv_exec {
     uint32_t session_gen;               /* its session generation */
     const char (*acl_users)[DRV_USER_MAX];  /* cfg.acl_users */
     RedisModuleUser *call_user;         /* a CMD's user for RedisModule_Call "C" */
+    RedisModuleString *acl_key;         /* an admitted GET's or SET's key, for exec.c */
+    RedisModuleString *acl_names[4];    /* "get", "set", "del", "": kept while serving */
     uint64_t acl_denied;                /* requests refused NOAUTH/NOPERM/WRONGPASS */
     uint32_t users_used;
     struct { char name[DRV_USER_MAX]; RedisModuleUser *user; } users[DRV_ACL_CACHE];
@@ -228,6 +230,7 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
 /* While clients are paused, writes wait: 1 = leave this request in the ring for now. */
 int  drv_exec_must_wait(struct drv_exec *x, uint8_t op);
 void drv_acl_begin_batch(struct drv_exec *x);
+void drv_acl_free(struct drv_exec *x);
 int  drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
                    const uint32_t *argl, drv_reply_fn *reply, void *sink);
 int  drv_acl_call_refusal(struct drv_exec *x, const char *err, size_t n, const char *cmd,

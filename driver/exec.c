@@ -51,12 +51,21 @@ static int over_maxmemory(void)
     return RedisModule_GetUsedMemoryRatio() > 1.0f;
 }
 
+/* The key string acl.c made to check this request, or a new one. */
+static RedisModuleString *take_key(struct drv_exec *x, const uint8_t *k, uint32_t kl)
+{
+    RedisModuleString *key = x->acl_key;
+
+    x->acl_key = NULL;
+    return key ? key : RedisModule_CreateString(x->ctx, (const char *)k, kl);
+}
+
 /* ---- GET key -> OK value | NOT_FOUND -------------------------------------- */
 
 void drv_exec_get(struct drv_exec *x, const uint8_t *k, uint32_t kl,
                   drv_reply_fn *reply, void *sink)
 {
-    RedisModuleString *key = RedisModule_CreateString(x->ctx, (const char *)k, kl);
+    RedisModuleString *key = take_key(x, k, kl);
     RedisModuleKey *h = RedisModule_OpenKey(x->ctx, key, REDISMODULE_READ);
     int type = h ? RedisModule_KeyType(h) : REDISMODULE_KEYTYPE_EMPTY;
 
@@ -98,7 +107,7 @@ void drv_exec_set(struct drv_exec *x, const uint8_t *k, uint32_t kl,
         reply_text(reply, sink, CXL_ST_OOM, OOM_TEXT);
         return;
     }
-    key = RedisModule_CreateString(x->ctx, (const char *)k, kl);
+    key = take_key(x, k, kl);
     val = RedisModule_CreateString(x->ctx, (const char *)v, vl);
     h = RedisModule_OpenKey(x->ctx, key, REDISMODULE_WRITE);
     if (!h || RedisModule_StringSet(h, val) != REDISMODULE_OK) {

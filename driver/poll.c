@@ -578,7 +578,7 @@ void drv_threads_stop(struct drv_server *s)
         }
     }
     pthread_mutex_unlock(&s->reset_mutex);
-    drv_acl_begin_batch(&s->exec);      /* the users the last hold looked up */
+    drv_acl_free(&s->exec);             /* what the poll thread kept (acl.c) */
     RedisModule_FreeThreadSafeContext(s->exec.ctx);
     s->exec.ctx = NULL;
 }
