@@ -604,6 +604,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         h->budget--;
         if (st == CXL_ST_OK) {
             s->exec.auth = &ch->auth;   /* the session's ACL user (acl.c) */
+            s->exec.txn = &ch->txn;     /* its database, MULTI, WATCH (txn.c) */
             s->exec.session_gen = ch->gen;
             drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
         } else {

@@ -274,6 +274,7 @@ static uint32_t ring_process(struct drv_server *s, struct drv_v2_ring *r, uint32
 
             /* Every v2 client is one session of no group (acl.c). */
             s->exec.auth = &s->v2_auth;
+            s->exec.txn = NULL;
             s->exec.session_gen = 1;
             if ((op == CXL_V2_OP_GET && 4u + klen <= len &&
                  drv_acl_admit(&s->exec, CXL_OP_GET, 1, args, argl, v2_reply, &sink)) ||

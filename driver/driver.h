@@ -179,6 +179,25 @@ struct drv_verdict {
     char     key[DRV_VERDICT_KEY];
 };
 
+/* What a session holds as a Redis connection would (txn.c): database, MULTI, WATCH. */
+#define DRV_TXN_MAX_CMDS      1024u     /* commands one MULTI queues */
+#define DRV_TXN_MAX_BYTES     (16u << 20)
+#define DRV_TXN_MAX_WATCH     64u       /* keys one session watches */
+
+struct drv_watch;
+struct drv_txn {
+    uint32_t gen;                       /* the session generation this state is of */
+    int      db;                        /* SELECT */
+    int      multi;                     /* between MULTI and EXEC/DISCARD */
+    int      abort;                     /* a command refused while queuing: EXECABORT */
+    int      dirty;                     /* a watched key changed */
+    uint32_t nq;
+    uint64_t qbytes;
+    uint8_t **queue;                    /* packed commands (txn.c) */
+    uint32_t nwatch;
+    struct drv_watch *watched;
+};
+
 /* The ACL user a session runs as (acl.c); decided by its first request. */
 struct drv_auth {
     char     user[DRV_USER_MAX];        /* "" = none: requests answer NOAUTH */
@@ -190,6 +209,8 @@ struct drv_exec {
     RedisModuleCtx *ctx;                /* detached thread-safe context, db 0 */
     /* Access control (acl.c): set by the caller before each request. */
     struct drv_auth *auth;              /* the request's session; NULL = no check */
+    struct drv_txn *txn;                /* its connection state; NULL = none (v2) */
+    int      db;                        /* the database ctx has selected */
     uint32_t session_gen;               /* its session generation */
     const char (*acl_users)[DRV_USER_MAX];  /* cfg.acl_users */
     RedisModuleUser *call_user;         /* a CMD's user for RedisModule_Call "C" */
@@ -229,6 +250,12 @@ void drv_exec_cmd(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
                   const uint32_t *argl, drv_reply_fn *reply, void *sink);
 /* While clients are paused, writes wait: 1 = leave this request in the ring for now. */
 int  drv_exec_must_wait(struct drv_exec *x, uint8_t op);
+int  drv_exec_vet(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                  const uint32_t *argl, char *out, size_t cap);
+int  drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
+                     void *sink);
+void drv_txn_reset(struct drv_txn *t);
+int  drv_txn_subscribe(RedisModuleCtx *ctx);
 void drv_acl_begin_batch(struct drv_exec *x);
 void drv_acl_free(struct drv_exec *x);
 int  drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
@@ -280,6 +307,7 @@ struct drv_chan {
 
     uint32_t logged;                    /* violations logged (rate limit) */
     struct drv_auth auth;               /* the session's ACL user (acl.c) */
+    struct drv_txn txn;                 /* its database, MULTI and WATCH (txn.c) */
     struct drv_stats stats;
 };
 

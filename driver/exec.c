@@ -408,6 +408,41 @@ static int refusal(uint8_t v, const char *key, uint32_t keylen, char *out, size_
     return n < (int)outlen ? n : 0;     /* sized so that it always fits */
 }
 
+/*
+ * Would drv_exec_cmd() refuse this CMD before running it, or does Redis have no such
+ * command? The RESP error line in out and its length; 0 when it may run (MULTI
+ * checks each command as it queues it, as Redis does: txn.c).
+ */
+int drv_exec_vet(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                 const uint32_t *argl, char *out, size_t cap)
+{
+    char key[DRV_VERDICT_KEY], name[DRV_VERDICT_KEY + 1];
+    uint32_t keylen = 0, i;
+    uint8_t v;
+    int n;
+
+    if (argl[0] == 0 || argl[0] >= sizeof(x->cmdname) || memchr(argv[0], 0, argl[0]))
+        v = VERDICT_NONE;
+    else
+        v = cmd_verdict(x, argc, argv, argl, key, &keylen);
+    if (v != VERDICT_NONE)
+        return refusal(v, key, keylen, out, cap);
+    /* NONE for a known name is an arity or subcommand error: Redis answers it when it
+     * runs. Only a name Redis does not know is refused now. */
+    keylen = 0;
+    if (argl[0] > 0 && argl[0] < sizeof(x->cmdname) && !memchr(argv[0], 0, argl[0]) &&
+        !memchr(argv[0], '|', argl[0])) {
+        key_append(key, &keylen, argv[0], argl[0]);
+        if (verdict_for(x, key, keylen) != VERDICT_NONE)
+            return 0;
+    }
+    for (i = 0; i < argl[0] && i < DRV_VERDICT_KEY; i++)
+        name[i] = argv[0][i] > 0x20 && argv[0][i] < 0x7f ? (char)argv[0][i] : '?';
+    name[i] = '\0';
+    n = snprintf(out, cap, "-ERR unknown command '%s'\r\n", name);
+    return n > 0 && (size_t)n < cap ? n : 0;
+}
+
 /* ---- CMD argv... -> OK RESP2 reply ----------------------------------------- */
 
 /*
@@ -505,7 +540,8 @@ int drv_exec_must_wait(struct drv_exec *x, uint8_t op)
 void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink)
 {
-    if (drv_acl_admit(x, req->op, req->argc, req->argv, req->argl, reply, sink))
+    if (drv_acl_admit(x, req->op, req->argc, req->argv, req->argl, reply, sink) ||
+        drv_txn_request(x, req, reply, sink))
         return;
     switch (req->op) {
     case CXL_OP_GET:

@@ -579,9 +579,10 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_ModuleChange,
                                            on_module_change) == REDISMODULE_ERR ||
         RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_EventLoop,
-                                           on_event_loop) == REDISMODULE_ERR) {
-        snprintf(err, sizeof(err), "cannot subscribe to the shutdown, module and event "
-                 "loop events");
+                                           on_event_loop) == REDISMODULE_ERR ||
+        drv_txn_subscribe(ctx) < 0) {
+        snprintf(err, sizeof(err), "cannot subscribe to the shutdown, module, event "
+                 "loop, flush and keyspace events");
         goto fail_region;
     }
     if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)

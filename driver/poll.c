@@ -579,6 +579,8 @@ void drv_threads_stop(struct drv_server *s)
     }
     pthread_mutex_unlock(&s->reset_mutex);
     drv_acl_free(&s->exec);             /* what the poll thread kept (acl.c) */
+    for (c = 0; s->cfg.layout == CXL_LAYOUT_VERSION && c < s->nchan; c++)
+        drv_txn_reset(&s->chans[c].txn);    /* queued commands, watched keys */
     RedisModule_FreeThreadSafeContext(s->exec.ctx);
     s->exec.ctx = NULL;
 }

@@ -36,6 +36,7 @@ from .exceptions import (
     SegmentAccessError,
     ServerGoneError,
     UnknownOutcomeError,
+    WatchError,
 )
 from .region import Region, group_segments, make_view, remove_view
 
@@ -65,6 +66,7 @@ __all__ = [
     "ServerGoneError",
     "Session",
     "UnknownOutcomeError",
+    "WatchError",
     "claim",
     "group_segments",
     "make_view",

@@ -37,6 +37,7 @@ from .exceptions import (
     ResponseError,
     ServerGoneError,
     UnknownOutcomeError,
+    WatchError,
     response_error,
 )
 from .region import Region
@@ -480,10 +481,11 @@ class RingClient(_Commands):
         return callback(value) if callback else value
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
-        """A Pipeline that sends all its commands on this thread's channel in one batch."""
-        if transaction:
-            raise CxlRingError("transactions (MULTI/EXEC) are not supported over the ring")
-        return Pipeline(self)
+        """A Pipeline that sends all its commands on this thread's channel in one batch;
+        with ``transaction=True`` wrapped in MULTI/EXEC (docs/ring-protocol.md section 13):
+        they run together, and a key WATCHed before on this thread that changed makes
+        execute() raise WatchError with nothing run."""
+        return Transaction(self) if transaction else Pipeline(self)
 
     def session_info(self) -> tuple[int, int] | None:
         """(channel index, token) of the calling thread's session, or None (v2/no session)."""
@@ -592,3 +594,58 @@ class Pipeline(_Commands):
 
     def __exit__(self, *exc: object) -> None:
         self.reset()
+
+
+def _as_command(op: int, args: tuple, ttl: int) -> tuple:
+    """A fast op written as the Redis command it is (MULTI queues only CMDs)."""
+    if op == P.OP_GET:
+        return (b"GET", *args)
+    if op == P.OP_SET:
+        return (b"SET", *args, *((b"PX", str(ttl).encode()) if ttl else ()))
+    if op == P.OP_DEL:
+        return (b"DEL", *args)
+    if op == P.OP_PING:
+        return (b"PING",)
+    return args
+
+
+class Transaction(Pipeline):
+    """redis-py's transactional pipeline: MULTI, the queued commands as CMDs, EXEC, on the
+    calling thread's channel. execute() returns EXEC's replies, one per command."""
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        queue, callbacks = self._queue, self._callbacks
+        self.reset()
+        if not queue:
+            return []
+        client = self.client
+        decode, errors = client._decode, client.encoding_errors
+        wrapped = [(P.OP_CMD, (b"MULTI",), 0)]
+        wrapped += [(P.OP_CMD, _as_command(op, args, ttl), 0) for op, args, ttl in queue]
+        wrapped.append((P.OP_CMD, (b"EXEC",), 0))
+        replies = client._transport.execute(wrapped)
+        answers = [_decode_reply(P.OP_CMD, r, decode, errors) for r in replies]
+        for v in answers[:-1]:          # MULTI's +OK and each +QUEUED, or why not queued
+            if isinstance(v, Exception):
+                if not isinstance(answers[-1], Exception):
+                    client._transport.execute([(P.OP_CMD, (b"DISCARD",), 0)])
+                raise v
+        result = answers[-1]
+        if isinstance(result, Exception):
+            raise result
+        if result is None:
+            raise WatchError("a watched key changed: the transaction ran nothing")
+        out = []
+        for (op, _args, _ttl), cb, v in zip(queue, callbacks, result):
+            if not isinstance(v, Exception):
+                if op == P.OP_SET:
+                    v = v in (b"OK", "OK") if v is not None else None
+                elif cb:
+                    v = cb(v)
+            out.append(v)
+        if raise_on_error:
+            for i, v in enumerate(out):
+                if isinstance(v, Exception):
+                    v.args = (f"Command # {i + 1} in transaction caused error: {v}",)
+                    raise v
+        return out

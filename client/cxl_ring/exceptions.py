@@ -21,6 +21,8 @@
     |   |                           (WRONGPASS)
     |   +-- NoPermissionError       the session's ACL user may not run the command or
     |                               touch the key (NOPERM)
+    +-- WatchError                  a key WATCHed before a transaction changed: EXEC ran
+    |                               nothing
     +-- DataError                   an argument cannot be encoded (not bytes, str or a
     |                               number; a str the client's ``encoding`` cannot encode)
     +-- ResponseDecodeError         decode_responses=True and a reply is not valid text in
@@ -116,6 +118,11 @@ class AuthenticationError(ResponseError):
 
 class NoPermissionError(ResponseError):
     """NOPERM: the session's ACL user may not run this command or use this key."""
+
+
+class WatchError(CxlRingError):
+    """A WATCHed key changed before EXEC: the transaction ran nothing (redis-py's
+    WatchError)."""
 
 
 def response_error(text: str) -> ResponseError:
