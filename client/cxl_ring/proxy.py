@@ -24,7 +24,8 @@ Access control: every connection runs as the ACL user of the proxy's ring channe
 user, or "default" where Redis needs no password); AUTH and HELLO AUTH are refused, since one
 session carries every connection.
 
-Limits: no MULTI/EXEC, (P)SUBSCRIBE, MONITOR or blocking semantics (the driver runs CMD like
+Limits: no MULTI/EXEC/WATCH (the driver keeps them per ring session, and one session carries
+every connection here: they are refused), no (P)SUBSCRIBE, MONITOR or blocking semantics (the driver runs CMD like
 a script does, and Redis refuses those there); a slow CMD holds up the replies queued behind
 it on the channel (head-of-line), as on one Redis connection.
 """
@@ -63,6 +64,8 @@ _HELLO2 = (b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\
 _HELLO3 = (b"%7\r\n+server\r\n+redis\r\n+version\r\n+7.0.0\r\n+proto\r\n:3\r\n+id\r\n:1\r\n"
            b"+mode\r\n+standalone\r\n+role\r\n+master\r\n+modules\r\n*0\r\n")
 _LOCAL_OK = {b"CLIENT": (b"SETINFO", b"SETNAME")}
+# What the driver keeps per session: not for a session every connection shares.
+_SESSION_STATE = frozenset((b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"))
 _FWD_ERROR = {P.ST_TOO_LARGE: "ERR cxl_ring: too large: ", P.ST_BAD_REQUEST: "ERR cxl_ring: ",
               P.ST_UNKNOWN_OP: "ERR cxl_ring: ", P.ST_PROTOCOL_ERROR: "ERR cxl_ring: "}
 
@@ -250,6 +253,13 @@ class RingProxy:
             slot.data = encode_error(
                 "ERR the cxl_ring proxy does not forward AUTH: every connection runs as the "
                 "ACL user of the proxy's ring channel")
+            return
+        elif name in _SESSION_STATE:
+            # Kept per ring session (docs/ring-protocol.md section 13): on the one session
+            # every connection shares, one client's MULTI would queue everyone's commands.
+            slot.data = encode_error(
+                f"ERR the cxl_ring proxy does not forward {name.decode()}: its connections "
+                "share one ring session (use the ring client, or a session of your own)")
             return
         elif name == b"HELLO":
             if n >= 2 and argv[1] not in (b"2", b"3"):

@@ -223,3 +223,29 @@ def _answers(r) -> bool:
         return r.ping()
     except redis.exceptions.ConnectionError:
         return False
+
+
+def test_the_proxy_refuses_what_its_shared_session_would_keep(ring_servers):
+    """MULTI, WATCH... are a ring session's (section 13); the proxy's connections share one
+    session, so one client's MULTI would queue the others' commands: refused, and another
+    connection's SET runs at once."""
+    import redis
+
+    srv = ring_servers.server({**SMALL, "groups": "2,2"}, region=ring_servers.region(DIRECTORY))
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxl_ring.cli", "proxy", "--path", srv.region,
+         "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO / "client")})
+    try:
+        a = redis.Redis(port=port, socket_timeout=20, protocol=2)
+        b = redis.Redis(port=port, socket_timeout=20, protocol=2)
+        wait_for(lambda: _answers(a), "the proxy to listen", 30)
+        for argv in (["MULTI"], ["WATCH", "k"], ["EXEC"], ["DISCARD"], ["UNWATCH"]):
+            with pytest.raises(redis.exceptions.ResponseError, match="does not forward"):
+                a.execute_command(*argv)
+        assert b.set("k", "now") and srv.client().get("k") == b"now"
+    finally:
+        proc.terminate()
+        proc.wait(20)
