@@ -16,7 +16,8 @@
  *   DISCARD       drops the queue; WATCH key... / UNWATCH as in Redis.
  *
  * "Changed" is what Redis tells modules: a keyspace event on the key (any write,
- * expiry or eviction, by any client) or a FLUSHDB/FLUSHALL of its database. The
+ * expiry or eviction, by any client; subscribed at the first WATCH) or a
+ * FLUSHDB/FLUSHALL of its database. The
  * watch table and the keyspace callback are touched only under the GIL (the poll
  * thread's requests, the main thread's notifications), which orders them.
  *
@@ -139,14 +140,30 @@ static void on_flush(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subeven
 
 int drv_txn_subscribe(RedisModuleCtx *ctx)
 {
+    return RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_FlushDB, on_flush) ==
+           REDISMODULE_ERR ? -1 : 0;
+}
+
+/*
+ * Keyspace events from the first WATCH on: a module's subscription makes Redis build a
+ * module context for every write of every client, so a server whose sessions never WATCH
+ * does not pay it. Redis 7.0 has no way to unsubscribe: once subscribed, for the
+ * server's life.
+ */
+static int keyspace_subscribed;
+
+static int subscribe_keyspace(RedisModuleCtx *ctx)
+{
+    if (keyspace_subscribed)
+        return 0;
     if (RedisModule_SubscribeToKeyspaceEvents(ctx, REDISMODULE_NOTIFY_GENERIC |
             REDISMODULE_NOTIFY_STRING | REDISMODULE_NOTIFY_LIST | REDISMODULE_NOTIFY_SET |
             REDISMODULE_NOTIFY_HASH | REDISMODULE_NOTIFY_ZSET | REDISMODULE_NOTIFY_EXPIRED |
             REDISMODULE_NOTIFY_EVICTED | REDISMODULE_NOTIFY_STREAM, on_keyspace) ==
             REDISMODULE_ERR)
         return -1;
-    return RedisModule_SubscribeToServerEvent(ctx, RedisModuleEvent_FlushDB, on_flush) ==
-           REDISMODULE_ERR ? -1 : 0;
+    keyspace_subscribed = 1;
+    return 0;
 }
 
 /* ---- Replies ---------------------------------------------------------------------- */
@@ -193,13 +210,19 @@ static int allowed(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv
 
 /* ---- WATCH ------------------------------------------------------------------------ */
 
-static void watch(struct drv_txn *t, uint32_t argc, const uint8_t *const *argv,
-                  const uint32_t *argl, drv_reply_fn *reply, void *sink)
+static void watch(struct drv_exec *x, struct drv_txn *t, uint32_t argc,
+                  const uint8_t *const *argv, const uint32_t *argl, drv_reply_fn *reply,
+                  void *sink)
 {
     uint32_t i;
 
     if (argc < 2) {
         resp_line(reply, sink, "-ERR wrong number of arguments for 'watch' command\r\n");
+        return;
+    }
+    if (subscribe_keyspace(x->ctx) < 0) {
+        resp_line(reply, sink, "-ERR cxl_ring: WATCH needs keyspace events, and Redis "
+                  "refused the subscription\r\n");
         return;
     }
     if (t->nwatch + argc - 1 > DRV_TXN_MAX_WATCH) {
@@ -450,7 +473,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
     }
     if (is_word(argv[0], argl[0], "watch")) {
         if (allowed(x, argc, argv, argl, reply, sink))
-            watch(t, argc, argv, argl, reply, sink);
+            watch(x, t, argc, argv, argl, reply, sink);
         return 1;
     }
     if (is_word(argv[0], argl[0], "unwatch")) {
