@@ -272,6 +272,7 @@ static struct {
     uint64_t turn;
     struct cvec dirty, resume, paused, dead;
     int stop;
+    int serving;                /* past start-up */
 
     struct resp_limits lim;
     const uint8_t **argv;
@@ -674,6 +675,16 @@ static void session_fail(struct gsess *gs, int rc, const char *why)
     }
 }
 
+/*
+ * How long a claim waits for the server's ack. A claim blocks the loop (the ack normally
+ * takes microseconds); once serving, it waits at most 1 s, so that a server that died
+ * without saying so (its header still RUNNING) stalls every connection only that long.
+ */
+static uint32_t claim_timeout_ms(void)
+{
+    return G.serving && G.timeout_ms > 1000 ? 1000 : G.timeout_ms;
+}
+
 /* Claim (again) shared session slot i. 0 or an error code, G.client_err saying why. */
 static int shared_claim(struct gsess *gs)
 {
@@ -682,7 +693,7 @@ static int shared_claim(struct gsess *gs)
     if (rc)
         return rc;
     rc = cxl_session_claim(&G.client, &gs->s, G.claimable[gs->index % G.nclaimable],
-                           G.timeout_ms);
+                           claim_timeout_ms());
     if (rc) {
         snprintf(G.client_err, sizeof(G.client_err), "%s", gs->s.err);
         if (server_level(rc))
@@ -1110,7 +1121,7 @@ static int auth(struct conn *c, uint32_t argc, const uint8_t **argv, const uint3
     gs = calloc(1, sizeof(*gs));
     if (!gs)
         die_oom();
-    rc = cxl_session_claim(&G.client, &gs->s, 0, G.timeout_ms);
+    rc = cxl_session_claim(&G.client, &gs->s, 0, claim_timeout_ms());
     if (rc) {
         if (rc == CXL_E_NO_CHANNEL)
             reply_error(c, "ERR cxl-gateway: no free ring channel for this connection's own "
@@ -1642,6 +1653,7 @@ int main(int argc, char **argv)
                G.nshared, G.nshared == 1 ? "" : "s", G.path, chans);
     }
 
+    G.serving = 1;
     while (!G.stop) {
         struct timespec ts, *tsp = NULL;
         int busy = rings_busy() || G.resume.n;
