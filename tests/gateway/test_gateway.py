@@ -391,6 +391,19 @@ def test_auth_gives_a_connection_its_own_session(ring_servers, gateways):
     assert e.get("k") == b"v"
     for r in (c, d, e):
         r.close()
+
+    # AUTH in the middle of a pipeline: the replies before it come from the shared session
+    # (NOAUTH), the commands after it run as the new user, all in order.
+    wait_for(lambda: sum(_channel_states(srv)[ch] == "free" for ch in group1) == 3,
+             "the own sessions' channels to be released")
+    with gw.sock() as s:
+        s.sendall(b"GET k\r\nAUTH " + PASSWORD.encode() + b"\r\nSET k w\r\nGET k\r\nQUIT\r\n")
+        assert _recv_all(s) == (b"-NOAUTH Authentication required.\r\n+OK\r\n+OK\r\n"
+                                b"$1\r\nw\r\n+OK\r\n")
+    # A connection that closes while its AUTH is in flight: its channel is released too.
+    for _ in range(3):
+        with gw.sock() as s:
+            s.sendall(b"AUTH " + PASSWORD.encode() + b"\r\n")
     wait_for(lambda: sum(_channel_states(srv)[ch] == "free" for ch in group1) == 3,
              "the own sessions' channels to be released")
     assert gw.alive()
