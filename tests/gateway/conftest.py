@@ -4,7 +4,9 @@ build) in front of them.
 
 `ring_servers` hands a test a Cluster (every server stopped, every /dev/shm region removed
 afterwards); `gateways` starts gateways and stops every one it started (SIGTERM, then
-SIGKILL if it does not exit), whatever the test's outcome.
+SIGKILL if it does not exit), whatever the test's outcome, and fails the test when an ASan
+build's stderr holds a report. CXL_GATEWAY_TEST_BINARY=cxl-gateway-asan runs every test
+against the ASan+UBSan build (the hostile-input test always does).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ sys.path.insert(0, str(RING_TESTS))
 
 from ringharness import BUILD, MODULE, Cluster, free_port, wait_for  # noqa: E402
 
-GATEWAY = BUILD / "cxl-gateway"
+GATEWAY = BUILD / os.environ.get("CXL_GATEWAY_TEST_BINARY", "cxl-gateway")
 GATEWAY_ASAN = BUILD / "cxl-gateway-asan"
+SANITIZER_REPORT = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
 
 
 def _require(path: Path) -> None:
@@ -128,5 +131,11 @@ def gateways(tmp_path):
         return gw
 
     yield start
+    reports = []
     for gw in started:
         gw.stop()
+        err = gw.stderr_text()
+        if "asan" in gw.binary.name and any(r in err for r in SANITIZER_REPORT):
+            reports.append(err[-4000:])
+    if reports:
+        pytest.fail("sanitizer report from cxl-gateway-asan:\n" + "\n".join(reports))

@@ -448,6 +448,28 @@ def test_server_restart_fails_in_flight_requests_then_serves_again(server, gatew
     assert gw.alive()
 
 
+def test_graceful_restart_and_an_authenticated_connection(server, gateways):
+    """A server stopped cleanly (STOPPED in its header): commands meanwhile get an error at
+    once, the gateway maps the region again once it is back; a connection that had its own
+    session (AUTH) is told it lost it and closed, not switched to another user."""
+    gw = gateways(server.region, channels=2)
+    authed, plain = gw.client(), gw.client()
+    assert authed.execute_command("AUTH", "default", "any") is True   # default is nopass
+    assert authed.set("a", "1") and plain.set("p", "1")
+    assert server.stop(signal.SIGTERM) == 0
+    with pytest.raises(redis.ResponseError, match="cxl_ring"):
+        plain.get("p")
+    server.start()
+    wait_for(lambda: _pings(gw), "the gateway to serve again")
+    assert plain.set("p", "2") and plain.get("p") == b"2"
+    with gw.sock() as s:                            # the same, on the wire
+        s.sendall(b"AUTH default any\r\nGET p\r\n")
+        assert _recv_exact(s, 12) == b"+OK\r\n$1\r\n2\r\n"
+    with pytest.raises(redis.ResponseError, match="authenticated session was lost"):
+        authed.get("a")                             # its user went with its session
+    assert gw.alive() and plain.ping()
+
+
 def test_sigterm_exits_zero_and_frees_every_channel(server, gateways):
     gw = gateways(server.region)
     assert gw.client().ping()
