@@ -61,11 +61,14 @@ NULL_SRC    := $(wildcard bench/c/null/*.c)
 # The driver's ring code that the null server runs unchanged (bench/c/null/null_server.c).
 NULL_DRIVER := driver/channel.c driver/region.c driver/compat_v2.c
 FUZZ_SRC    := $(wildcard ring/fuzz/*.c)
+GATEWAY_SRC := $(wildcard gateway/*.c)
+GATEWAY_HDR := $(wildcard gateway/*.h)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
 NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency $(BUILD)/cxl-chase
 NATIVE      += $(if $(NULL_SRC),$(BUILD)/cxl-null-server $(BUILD)/cxl-null-server-asan)
+NATIVE      += $(if $(GATEWAY_SRC),$(BUILD)/cxl-gateway $(BUILD)/cxl-gateway-asan)
 
 build: deps native
 
@@ -110,6 +113,14 @@ $(BUILD)/cxl-null-server: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $
 
 $(BUILD)/cxl-null-server-asan: $(NULL_SRC) $(NULL_DRIVER) $(DRIVER_HDR) $(RING_SRC) $(RING_HDR) $(BUILD)/redis-src/redismodule.h
 	$(CC) $(CFLAGS_SAN) $(NULL_CFLAGS) -o $@ $(NULL_SRC) $(NULL_DRIVER) $(RING_SRC)
+
+# The native RESP gateway (gateway/README.md): Redis clients over TCP, their commands over
+# the ring. The ASan+UBSan build is the one tests/gateway feeds hostile input.
+$(BUILD)/cxl-gateway: $(GATEWAY_SRC) $(GATEWAY_HDR) $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_OPT) -pthread -o $@ $(GATEWAY_SRC) $(RING_SRC)
+
+$(BUILD)/cxl-gateway-asan: $(GATEWAY_SRC) $(GATEWAY_HDR) $(RING_SRC) $(RING_HDR)
+	$(CC) $(CFLAGS_SAN) -pthread -o $@ $(GATEWAY_SRC) $(RING_SRC)
 
 # libFuzzer harness for the request decoder; `make fuzz FUZZ_SECONDS=600` runs it longer.
 $(BUILD)/fuzz-decoder: $(FUZZ_SRC) $(RING_SRC) $(RING_HDR)

@@ -16,6 +16,9 @@ One redis-server with the cxl_ring module loaded serves everything in one run:
   alternate between the two regions, and ``secdsm/off`` ratios say what Sec-DSM costs;
 * TCP on 127.0.0.1 and a unix socket, driven by ``redis-benchmark``
   (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip; ``-P 16`` with both keyspaces);
+* ``build/cxl-gateway`` (the native RESP gateway) in front of the same server's ring, driven
+  by ``redis-benchmark`` with the TCP rows' -n, -c and keyspace (``-P 16`` and ``-P 1``), and
+  the ratios gateway / direct TCP;
 * the Python ring client against redis-py: ``bench/py_bench.py``'s ``run()``;
 * then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``;
 * last, ``bench/fairness.py``'s ``run()``: TCP PING latency while ring clients saturate a
@@ -91,6 +94,9 @@ TARGETS = {
     "notify_wake_p50_us": ("<=", 20.0),
     "pipelined_get_notify_vs_poll": (">=", 0.95),
     "rtt_p50_notify_vs_poll": (">=", 0.95),
+    # The native RESP gateway (gateway/README.md): redis-benchmark -P 16 GET through it, as a
+    # share of the same command straight to the server's TCP port (the Python proxy: ~0.11).
+    "gateway_get_p16_vs_tcp": (">=", 0.5),
 }
 
 # The bench client's channel group in the secdsm region, and the groups the region has: the
@@ -719,6 +725,71 @@ def python_bench(server: RedisWithRing, quick: bool, notes: list[str]) -> dict[s
         return {}
 
 
+def gateway_bench(a: argparse.Namespace, server: RedisWithRing, cpu: int | None,
+                  commands: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    """redis-benchmark GET and SET, -P 16 and -P 1, through build/cxl-gateway on the server's
+    region (the TCP rows' -n, -c and keyspace). The gateway runs on the load generators' CPU:
+    it is the client side of the ring (in the lab, a process of the client VM).
+
+    A gateway that cannot start is noted and yields {}: it must not lose the other rows."""
+    if not Path(a.gateway_bin).exists():
+        notes.append(f"{a.gateway_bin} does not exist: no gateway rows (make build)")
+        return {}
+    port = free_tcp_port()
+    cmd = [str(a.gateway_bin), "--path", server.region, "--listen", f"127.0.0.1:{port}",
+           "--quiet"]
+    commands["gateway"] = shlex.join(cmd)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, preexec_fn=pinner(cpu))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    end_process(proc)
+                    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    notes.append(f"cxl-gateway did not start: {err.strip()[-500:]}")
+                    return {}
+                time.sleep(0.05)
+        target = ["-h", "127.0.0.1", "-p", str(port)]
+        p16 = median_runs(a.repeat, lambda: redis_benchmark(
+            server, target, "set,get", a.tcp_requests, 16, 50, cpu, a.timeout, commands,
+            "gateway_p16"), key="rps")
+        p1 = median_runs(a.repeat, lambda: redis_benchmark(
+            server, target, "set,get", a.tcp_p1_requests, 1, 50, cpu, a.timeout, commands,
+            "gateway_p1"), key="rps")
+        if proc.poll() is not None:
+            raise BenchError(f"cxl-gateway exited during the run ({proc.returncode})")
+    finally:
+        end_process(proc)
+    return {"gateway_p16_get_rps": p16["GET"]["rps"], "gateway_p16_set_rps": p16["SET"]["rps"],
+            "gateway_p1_get_rps": p1["GET"]["rps"], "gateway_p1_set_rps": p1["SET"]["rps"]}
+
+
+def gateway_ratios(res: dict[str, Any]) -> dict[str, Any]:
+    """gateway / direct TCP, same -P, same run."""
+    g = res.get
+    return {f"ratio_gateway_{op}_p{p}_vs_tcp": ratio(g(f"gateway_p{p}_{op}_rps"),
+                                                     g(f"tcp_p{p}_{op}_rps"))
+            for op in ("get", "set") for p in (16, 1)}
+
+
+def gateway_markdown(res: dict[str, Any]) -> list[str]:
+    g = res.get
+    rows = ["cxl-gateway (the native RESP gateway, gateway/README.md) against direct TCP, "
+            "redis-benchmark, same server, same run:", "",
+            "| req/s | through cxl-gateway | direct TCP | gateway / TCP |", "|---|---|---|---|"]
+    for p in (16, 1):
+        for op in ("get", "set"):
+            rows.append(f"| {op.upper()} -P {p} | {fmt(g(f'gateway_p{p}_{op}_rps'))} | "
+                        f"{fmt(g(f'tcp_p{p}_{op}_rps'))} | "
+                        f"{fmt(g(f'ratio_gateway_{op}_p{p}_vs_tcp'))} |")
+    return rows
+
+
 def load_fairness() -> Any:
     """bench/fairness.py as a module. It imports this file as ``run``: when this file runs
     as ``__main__``, that name is bound to it first, so that both share one BenchError."""
@@ -856,6 +927,7 @@ def verdicts(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "notify_wake_p50_us": (res.get("notify") or {}).get("notify_wake_p50_us"),
         "pipelined_get_notify_vs_poll": (res.get("notify") or {}).get("ratio_get_notify_vs_poll"),
         "rtt_p50_notify_vs_poll": (res.get("notify") or {}).get("ratio_rtt_p50_notify_vs_poll"),
+        "gateway_get_p16_vs_tcp": res.get("ratio_gateway_get_p16_vs_tcp"),
     }
     out = {}
     for name, (cmp, limit) in TARGETS.items():
@@ -975,6 +1047,10 @@ def markdown(res: dict[str, Any]) -> str:
         "",
         f"Server CPU after 1 s idle: {fmt(res.get('server_idle_cpu_pct'), ' %')} of one core.",
         "",
+    ]
+    if res.get("gateway_p16_get_rps") is not None:
+        lines += [*gateway_markdown(res), ""]
+    lines += [
         "| target | value | wanted | result |",
         "|---|---|---|---|",
     ]
@@ -1025,6 +1101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip bench/fairness.py (TCP PING while the ring is saturated)")
     p.add_argument("--fairness-pings", type=int, default=None,
                    help="PINGs per fairness case (default 300; quick 30, two cases)")
+    p.add_argument("--no-gateway", action="store_true",
+                   help="skip redis-benchmark through build/cxl-gateway")
+    p.add_argument("--gateway-bin", type=Path, default=ROOT / "build" / "cxl-gateway")
     p.add_argument("--no-notify", action="store_true",
                    help="skip the notification against polling measurements")
     p.add_argument("--wake-samples", type=int, default=None,
@@ -1226,6 +1305,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
         res["tcp_rtt_avg_us"] = trtt["GET"]["avg_latency_ms"] * 1000.0
         res["tcp_rtt_rps"] = trtt["GET"]["rps"]
 
+        if not a.no_gateway:
+            res.update(gateway_bench(a, server, client_cpu, commands, notes))
+
         if not a.no_python:
             # In this process: pin it like the other load generators while it runs.
             saved = os.sched_getaffinity(0)
@@ -1268,6 +1350,7 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
     res["ratio_ring_get_vs_unix_p16"] = ratio(res["ring_get_rps"], res["unix_p16_get_rps"])
     res["ratio_ring_get_vs_tcp_p1"] = ratio(res["ring_get_rps"], res["tcp_p1_get_rps"])
     res.update(keyspace_ratios(res))
+    res.update(gateway_ratios(res))
     res["ratio_rtt_p50_ring_vs_tcp"] = ratio(res["ring_rtt_p50_us"], res["tcp_rtt_p50_us"])
     # secdsm/off as rates (higher is better): throughput, and the inverse of the round trip.
     res["ratio_secdsm_vs_off_get_rps"] = ratio(res["secdsm_ring_get_rps"], res["ring_get_rps"])

@@ -28,7 +28,8 @@ TARGET_NAMES = {"pipelined_get_ring_vs_tcp_p16", "pipelined_get_ring_vs_tcp_p16_
                 "pipelined_get_ring_small_keyspace_vs_null", "rtt_p50_ring_vs_tcp",
                 "server_idle_cpu_pct", "pipelined_get_secdsm_vs_off", "rtt_p50_secdsm_vs_off",
                 "tcp_ping_p99_ms_ring_saturated", "notify_idle_cpu_pct", "notify_wake_p50_us",
-                "pipelined_get_notify_vs_poll", "rtt_p50_notify_vs_poll"}
+                "pipelined_get_notify_vs_poll", "rtt_p50_notify_vs_poll",
+                "gateway_get_p16_vs_tcp"}
 
 VALKEY_INFO = (
     "# Server\r\nredis_version:7.2.4\r\nserver_name:valkey\r\nvalkey_version:8.0.2\r\n"
@@ -260,7 +261,8 @@ def test_measure_puts_each_keyspace_row_where_it_belongs(tmp_path: Path, monkeyp
     for name in ("bench", "module.so", "null"):
         (tmp_path / name).touch()
     a = runner.parse_args(["--out", str(tmp_path), "--no-python", "--no-pin", "--repeat", "3",
-                           "--no-notify", "--no-fairness", "--bench-bin", str(tmp_path / "bench"),
+                           "--no-notify", "--no-fairness", "--no-gateway",
+                           "--bench-bin", str(tmp_path / "bench"),
                            "--module", str(tmp_path / "module.so"),
                            "--null-server-bin", str(tmp_path / "null")])
     res = runner.measure(a)
@@ -329,3 +331,24 @@ def test_keyspace_targets_not_met_say_miss() -> None:
     assert missing["keyspace_bound"] == "not measured"
     assert runner.verdicts(missing)["pipelined_get_ring_small_keyspace_vs_null"]["result"] == \
         "MISS"
+
+
+def test_gateway_rows_ratios_and_target() -> None:
+    """The gateway section: ratios against the TCP rows of the same -P, its target, its table;
+    no gateway rows at all when it was not measured."""
+    res = {"gateway_p16_get_rps": 600_000.0, "gateway_p16_set_rps": 400_000.0,
+           "gateway_p1_get_rps": 40_000.0, "gateway_p1_set_rps": 30_000.0,
+           "tcp_p16_get_rps": 1_000_000.0, "tcp_p16_set_rps": 800_000.0,
+           "tcp_p1_get_rps": 50_000.0, "tcp_p1_set_rps": 60_000.0}
+    res.update(runner.gateway_ratios(res))
+    assert (res["ratio_gateway_get_p16_vs_tcp"], res["ratio_gateway_set_p16_vs_tcp"],
+            res["ratio_gateway_get_p1_vs_tcp"], res["ratio_gateway_set_p1_vs_tcp"]) == \
+        (0.6, 0.5, 0.8, 0.5)
+    assert runner.verdicts(res)["gateway_get_p16_vs_tcp"] == {
+        "value": 0.6, "target": ">= 0.5", "result": "PASS"}
+    rows = runner.gateway_markdown(res)
+    assert "| GET -P 16 | 600,000 | 1,000,000 | 0.6 |" in rows
+    assert "| SET -P 1 | 30,000 | 60,000 | 0.5 |" in rows
+    missing = runner.gateway_ratios({})
+    assert missing["ratio_gateway_get_p16_vs_tcp"] is None
+    assert runner.verdicts(missing)["gateway_get_p16_vs_tcp"]["result"] == "MISS"
