@@ -226,6 +226,7 @@ struct conn {
     int blocked;                /* BLOCK_*: input waits for an AUTH to settle */
     int paused;                 /* too much output or outbox: not read for now */
     int lost_auth;              /* its own session was lost: the next command closes it */
+    int in_multi;               /* MULTI sent, EXEC/DISCARD not yet: every command as CMD */
     int in_resume, in_dirty, in_dead;
 };
 
@@ -1075,6 +1076,58 @@ static int parse_u64(const uint8_t *p, uint32_t n, long long *out)
 enum { DISPATCH_DONE = 0, DISPATCH_BLOCK = 1 };
 
 /*
+ * Give the connection a session of its own (claimed here; its earlier requests on the shared
+ * session answered first): DISPATCH_DONE with c->own set, DISPATCH_DONE after an error reply
+ * (c->own unset), or DISPATCH_BLOCK until the earlier replies are in. `what` names the
+ * command that needs it, for the error replies.
+ */
+static int own_session(struct conn *c, const char *what)
+{
+    struct gsess *gs;
+    int rc;
+
+    if (c->inflight) {
+        c->blocked = BLOCK_DRAIN;       /* its shared-session replies come first */
+        return DISPATCH_BLOCK;
+    }
+    rc = client_ready();
+    if (rc) {
+        reply_error(c, "ERR cxl_ring: no ring session: %s", G.client_err);
+        return DISPATCH_DONE;
+    }
+    if (G.nowns == CXL_MAX_CHANNELS) {
+        reply_error(c, "ERR cxl-gateway: no free ring channel for this connection's own "
+                    "session (%s needs one)", what);
+        return DISPATCH_DONE;
+    }
+    gs = calloc(1, sizeof(*gs));
+    if (!gs)
+        die_oom();
+    rc = cxl_session_claim(&G.client, &gs->s, 0, claim_timeout_ms());
+    if (rc) {
+        if (rc == CXL_E_NO_CHANNEL)
+            reply_error(c, "ERR cxl-gateway: no free ring channel for this connection's own "
+                        "session (%s needs one; run the gateway with fewer --channels)", what);
+        else
+            reply_error(c, "ERR cxl_ring: cannot claim a session for %s: %s", what,
+                        gs->s.err);
+        if (server_level(rc))
+            G.client_stale = 1;
+        free(gs);
+        return DISPATCH_DONE;
+    }
+    gs->claimed = 1;
+    gs->own = 1;
+    gs->owner = c;
+    gs->next_seq = 1;
+    gs->checked_turn = G.turn;
+    gs->last_check_ns = now_ns();
+    G.owns[G.nowns++] = gs;
+    c->own = gs;
+    return DISPATCH_DONE;
+}
+
+/*
  * AUTH [user] password, or HELLO proto AUTH user password: on the connection's own session,
  * claimed here the first time (the connection's earlier requests answered first).
  */
@@ -1104,45 +1157,43 @@ static int auth(struct conn *c, uint32_t argc, const uint8_t **argv, const uint3
             submit(c, gs, CXL_OP_CMD, 0, 0, argc + 1, av, al, hello_kind);
         return DISPATCH_DONE;
     }
-    if (c->inflight) {
-        c->blocked = BLOCK_DRAIN;       /* its shared-session replies come first */
-        return DISPATCH_BLOCK;
-    }
-    rc = client_ready();
-    if (rc) {
-        reply_error(c, "ERR cxl_ring: no ring session: %s", G.client_err);
-        return DISPATCH_DONE;
-    }
-    if (G.nowns == CXL_MAX_CHANNELS) {
-        reply_error(c, "ERR cxl-gateway: no free ring channel for this connection's own "
-                    "session");
-        return DISPATCH_DONE;
-    }
-    gs = calloc(1, sizeof(*gs));
-    if (!gs)
-        die_oom();
-    rc = cxl_session_claim(&G.client, &gs->s, 0, claim_timeout_ms());
-    if (rc) {
-        if (rc == CXL_E_NO_CHANNEL)
-            reply_error(c, "ERR cxl-gateway: no free ring channel for this connection's own "
-                        "session (AUTH needs one; run the gateway with fewer --channels)");
-        else
-            reply_error(c, "ERR cxl_ring: cannot claim a session for AUTH: %s", gs->s.err);
-        if (server_level(rc))
-            G.client_stale = 1;
-        free(gs);
-        return DISPATCH_DONE;
-    }
-    gs->claimed = 1;
-    gs->own = 1;
-    gs->owner = c;
-    gs->next_seq = 1;
-    gs->checked_turn = G.turn;
-    gs->last_check_ns = now_ns();
-    G.owns[G.nowns++] = gs;
-    c->own = gs;
+    rc = own_session(c, "AUTH");
+    if (rc != DISPATCH_DONE || !c->own)
+        return rc;
     c->blocked = BLOCK_AUTH;
-    submit(c, gs, CXL_OP_CMD, 0, 0, argc + 1, av, al, KIND_ADOPT | hello_kind);
+    submit(c, c->own, CXL_OP_CMD, 0, 0, argc + 1, av, al, KIND_ADOPT | hello_kind);
+    return DISPATCH_DONE;
+}
+
+/*
+ * MULTI, EXEC, DISCARD, WATCH, UNWATCH, SELECT: state the driver keeps per ring session
+ * (docs/ring-protocol.md section 13). On a session other connections share, one client's
+ * MULTI would queue the others' commands: the connection gets a session of its own first
+ * (SELECT 0 on a shared session is already true and answered here).
+ */
+static int session_state(struct conn *c, uint32_t n, const uint8_t **argv,
+                         const uint32_t *argl, const char *what)
+{
+    int rc;
+
+    if (!c->own) {
+        if (eq(argv[0], argl[0], "SELECT") && n == 2 && eq(argv[1], argl[1], "0")) {
+            reply_local(c, "+OK\r\n", 5);
+            return DISPATCH_DONE;
+        }
+        rc = own_session(c, what);
+        if (rc != DISPATCH_DONE || !c->own)
+            return rc;
+    } else if (c->lost_auth || !c->own->claimed) {
+        reply_error(c, "ERR cxl_ring: this connection's own session was lost; connect again");
+        c->closing = 1;
+        return DISPATCH_DONE;
+    }
+    if (eq(argv[0], argl[0], "MULTI"))
+        c->in_multi = 1;                /* the driver queues CMDs only (no QUEUED for GET) */
+    else if (eq(argv[0], argl[0], "EXEC") || eq(argv[0], argl[0], "DISCARD"))
+        c->in_multi = 0;
+    ring_request(c, CXL_OP_CMD, 0, 0, n, argv, argl);
     return DISPATCH_DONE;
 }
 
@@ -1196,7 +1247,10 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
         c->closing = 1;
         return DISPATCH_DONE;
     }
-    if (eq(name, nl, "GET") && n == 2) {
+    if (c->in_multi && (eq(name, nl, "GET") || eq(name, nl, "SET") || eq(name, nl, "DEL") ||
+                        eq(name, nl, "PING"))) {
+        ring_request(c, CXL_OP_CMD, 0, 0, n, argv, argl);     /* queued by the driver */
+    } else if (eq(name, nl, "GET") && n == 2) {
         ring_request(c, CXL_OP_GET, 0, 0, 1, argv + 1, argl + 1);
     } else if (eq(name, nl, "SET") && (n == 3 || (n == 5 && (eq(argv[3], argl[3], "EX") ||
                                                           eq(argv[3], argl[3], "PX"))))) {
@@ -1222,11 +1276,11 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
     } else if (eq(name, nl, "QUIT")) {
         reply_local(c, "+OK\r\n", 5);
         c->closing = 1;
-    } else if (eq(name, nl, "SELECT") && n == 2) {
-        if (eq(argv[1], argl[1], "0"))
-            reply_local(c, "+OK\r\n", 5);
-        else
-            reply_error(c, "ERR the cxl-gateway serves database 0 only");
+    } else if (eq(name, nl, "SELECT")) {
+        return session_state(c, n, argv, argl, "SELECT");
+    } else if (eq(name, nl, "MULTI") || eq(name, nl, "EXEC") || eq(name, nl, "DISCARD") ||
+               eq(name, nl, "WATCH") || eq(name, nl, "UNWATCH")) {
+        return session_state(c, n, argv, argl, "a transaction");
     } else if (eq(name, nl, "AUTH")) {
         if (n != 2 && n != 3) {
             reply_error(c, "ERR wrong number of arguments for 'auth' command");

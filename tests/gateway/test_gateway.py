@@ -83,11 +83,9 @@ def test_redis_py_resp2(server, gateways):
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         r.incr("h")                                 # a CMD's error reply
     with pytest.raises(redis.ResponseError, match="cannot run from the ring"):
-        r.execute_command("MULTI")
-    # Local answers: SELECT 0 only, CLIENT SETNAME, HELLO 2.
+        r.execute_command("SUBSCRIBE", "c")
+    # Local answers: SELECT 0 (on a shared session), CLIENT SETNAME, HELLO 2.
     assert r.execute_command("SELECT", "0") is True
-    with pytest.raises(redis.ResponseError, match="database 0 only"):
-        r.execute_command("SELECT", "1")
     assert r.client_setname("me") is True
     assert r.execute_command("HELLO", "2")[:2] == [b"server", b"redis"]
     with pytest.raises(redis.ResponseError, match="NOPROTO"):
@@ -488,3 +486,47 @@ def test_usage_errors(server):
                           "--listen", "127.0.0.1:1"], capture_output=True, text=True,
                          timeout=30)
     assert out.returncode == 2 and re.search(r"cannot|No such", out.stderr), out.stderr
+
+
+# ---- a connection's own session: SELECT, MULTI/EXEC, WATCH (ring-protocol.md section 13) ------
+
+
+def test_transactions_and_select_get_a_session_of_their_own(server, gateways):
+    """MULTI, WATCH or SELECT n gives the connection a session of its own (the driver keeps
+    them per session): its transaction never queues another connection's commands, and its
+    database is its own."""
+    gw = gateways(server.region, channels=1)
+    a, b = gw.client(), gw.client()
+    assert a.set("shared", "1") and b.get("shared") == b"1"     # both on the shared session
+    p = a.pipeline(transaction=True)                            # MULTI ... EXEC
+    p.incr("n").incr("n").get("n")
+    assert p.execute() == [1, 2, b"2"]
+    a.execute_command("MULTI")
+    a.execute_command("INCR", "n")
+    assert b.incr("n") == 3                                     # b is not queued behind a's MULTI
+    assert a.execute_command("EXEC") == [4]
+    # WATCH: another client's write makes EXEC run nothing
+    with a.pipeline(transaction=True) as w:
+        w.watch("n")
+        b.incr("n")
+        w.multi()
+        w.set("n", "mine")
+        with pytest.raises(redis.WatchError):
+            w.execute()
+    assert server.client().get("n") == b"5"
+    # SELECT 2 on a connection of its own: the database is that connection's
+    c = gw.client()
+    assert c.execute_command("SELECT", "2") is True
+    assert c.set("k", "in 2") and c.get("k") == b"in 2"
+    assert server.client(db=2).get("k") == b"in 2" and server.client().get("k") is None
+    assert b.get("k") is None                                   # b stays in database 0
+
+
+def test_a_transaction_needs_a_free_channel(server, gateways):
+    """Every channel shared: MULTI says it needs a channel of its own, and nothing else
+    changes for that connection."""
+    gw = gateways(server.region)                                # all 4 channels shared
+    r = gw.client()
+    with pytest.raises(redis.ResponseError, match="no free ring channel"):
+        r.execute_command("MULTI")
+    assert r.set("after", "1") and server.client().get("after") == b"1"
