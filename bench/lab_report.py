@@ -17,6 +17,9 @@ to the controller, one folder per guest::
     tcp_vm_P1, tcp_vm_P16   redis-benchmark in the client VM over the inter-VM link,
                             -P 1 / -P 16                               (redis-benchmark --csv)
     tcp_local_P1, _P16      redis-benchmark inside the server VM over loopback
+    gw_vm_P1, gw_vm_P16     redis-benchmark in the client VM through the native gateway
+                            (cxl-gateway on the VM's loopback, its commands over the
+                            ring), -P 1 / -P 16                       (redis-benchmark --csv)
 
 This script normalises both formats to ``results.csv`` (throughput in requests/s,
 latencies in microseconds), draws ``throughput.png`` and ``latency.png`` (needs
@@ -56,13 +59,16 @@ FILE_NAME = re.compile(
 
 # Display order and colours: ring first, then the TCP baselines.
 TRANSPORTS = ["ring_c_P1", "ring_c_P1_off", "ring_c_P16", "ring_c_P16_off", "ring_py_P1",
-              "tcp_vm_P1", "tcp_vm_P16", "tcp_local_P1", "tcp_local_P16"]
+              "gw_vm_P1", "gw_vm_P16", "tcp_vm_P1", "tcp_vm_P16", "tcp_local_P1",
+              "tcp_local_P16"]
 DESCRIPTIONS = {
     "ring_c_P1": "C ring client, 1 in flight",
     "ring_c_P1_off": "C ring client, 1 in flight, region of security off (transient Redis)",
     "ring_c_P16": "C ring client, 16 in flight",
     "ring_c_P16_off": "C ring client, 16 in flight, region of security off (transient Redis)",
     "ring_py_P1": "Python ring client, 1 in flight",
+    "gw_vm_P1": "redis-benchmark through the native gateway in the client VM, -P 1",
+    "gw_vm_P16": "redis-benchmark through the native gateway in the client VM, -P 16",
     "tcp_vm_P1": "redis-benchmark VM to VM, -P 1",
     "tcp_vm_P16": "redis-benchmark VM to VM, -P 16",
     "tcp_local_P1": "redis-benchmark in the server VM, -P 1",
@@ -74,6 +80,10 @@ RATIOS = [
     ("ring_c_P16", "tcp_vm_P16", "rps", "pipelined throughput, ring / TCP between VMs"),
     ("ring_c_P1", "tcp_local_P1", "p50_us", "round trip (p50), ring / TCP loopback in the server"),
     ("ring_py_P1", "tcp_vm_P1", "p50_us", "round trip (p50), Python ring / TCP between VMs"),
+    # Unmodified clients: the same redis-benchmark through the gateway or over TCP (issue
+    # 12 wants the gateway at 3x TCP or more, -P 1 and -P 16).
+    ("gw_vm_P1", "tcp_vm_P1", "rps", "throughput -P 1, gateway / TCP between VMs"),
+    ("gw_vm_P16", "tcp_vm_P16", "rps", "throughput -P 16, gateway / TCP between VMs"),
 ]
 # Sec-DSM against security off: (transport, metric, what it measures). A transport's
 # phase on the off region is labelled <transport>_off.
@@ -146,7 +156,8 @@ def load(results: Path) -> tuple[list[Row], list[str]]:
         if not match:
             continue
         transport, size, threads = match["transport"], int(match["size"]), int(match["threads"])
-        parse = parse_redis_benchmark_csv if transport.startswith("tcp_") else parse_poc_csv
+        parse = (parse_redis_benchmark_csv if transport.startswith(("tcp_", "gw_"))
+                 else parse_poc_csv)
         try:
             found = parse(path, path.parent.name, transport, size, threads)
         except (KeyError, ValueError, OSError) as e:

@@ -293,6 +293,37 @@ def test_the_attackers_acl_user_holds_on_its_own_channel(server):
     assert ATTACKER_VM["acl_user"] in redis_cli(server, "ACL", "USERS").split()
 
 
+GATEWAY_PORT = int(str((LAB.get("services") or {}).get("client", {}).get("gateway_listen",
+                                                                          "127.0.0.1:6381")
+                       ).rsplit(":", 1)[1])
+
+
+def test_gateway_service_runs_as_its_user(client):
+    svc = client.service("cxl-gateway")
+    assert svc.is_running and svc.is_enabled
+    users = client.check_output("ps -o user= -C cxl-gateway").split()
+    assert users and "root" not in users
+
+
+def test_gateway_set_is_seen_over_tcp_and_transactions_are_its_own(client, server):
+    """redis-cli in the client VM through cxl-gateway: a SET lands in the server VM's Redis; a
+    MULTI/EXEC on one connection gets a session of its own and runs."""
+    key = unique("gw")
+    assert client.run(f"timeout 120 redis-cli -p {GATEWAY_PORT} SET {key} via-gateway").rc == 0
+    assert redis_cli(server, "GET", key) == "via-gateway"
+    tx = client.run(f"printf 'MULTI\\nINCR {key}:n\\nINCR {key}:n\\nEXEC\\n' | "
+                    f"timeout 120 redis-cli -p {GATEWAY_PORT}")
+    assert tx.rc == 0 and tx.stdout.split()[-2:] == ["1", "2"], tx.stdout + tx.stderr
+    assert redis_cli(server, "GET", f"{key}:n") == "2"
+
+
+def test_redis_benchmark_through_the_gateway(client):
+    run = client.run(f"timeout 600 redis-benchmark -p {GATEWAY_PORT} -t set,get -n 2000 -P 16 "
+                     "-q --csv")
+    assert run.rc == 0, run.stderr
+    assert '"SET"' in run.stdout and '"GET"' in run.stdout
+
+
 def test_redis_benchmark_through_the_proxy(client):
     run = client.run("timeout 900 redis-benchmark -h 127.0.0.1 -p 6380 -t set,get -n 2000 -c 4 -q")
     assert run.rc == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
