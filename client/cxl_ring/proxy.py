@@ -25,9 +25,9 @@ user, or "default" where Redis needs no password); AUTH and HELLO AUTH are refus
 session carries every connection.
 
 Limits: no MULTI/EXEC/WATCH (the driver keeps them per ring session, and one session carries
-every connection here: they are refused), no (P)SUBSCRIBE, MONITOR or blocking semantics (the driver runs CMD like
-a script does, and Redis refuses those there); a slow CMD holds up the replies queued behind
-it on the channel (head-of-line), as on one Redis connection.
+every connection here: they are refused), no (P)SUBSCRIBE, MONITOR or blocking semantics
+(the driver runs CMD like a script does, and Redis refuses those there); a slow CMD holds up
+the replies queued behind it on the channel (head-of-line), as on one Redis connection.
 """
 
 from __future__ import annotations
