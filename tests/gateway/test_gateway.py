@@ -7,6 +7,7 @@ nothing here depends on the machine's speed."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -18,9 +19,13 @@ import time
 
 import pytest
 import redis
-from conftest import GATEWAY_ASAN
 from cxl_ring import group_segments, make_view
-from ringharness import DIRECTORY, wait_for
+from ringharness import BUILD, DIRECTORY, wait_for
+
+# As conftest.py names them; not imported from it: with the whole tests/ tree collected,
+# the module named conftest is another directory's by the time a test runs.
+GATEWAY = BUILD / os.environ.get("CXL_GATEWAY_TEST_BINARY", "cxl-gateway")
+GATEWAY_ASAN = BUILD / "cxl-gateway-asan"
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -477,7 +482,6 @@ def test_sigterm_exits_zero_and_frees_every_channel(server, gateways):
 
 
 def test_usage_errors(server):
-    from conftest import GATEWAY
 
     out = subprocess.run([str(GATEWAY), "--path", server.region], capture_output=True,
                          text=True, timeout=30)
