@@ -20,7 +20,7 @@ import time
 import pytest
 import redis
 from cxl_ring import group_segments, make_view
-from ringharness import BUILD, DIRECTORY, wait_for
+from ringharness import BUILD, DIRECTORY, freeze, wait_for
 
 # As conftest.py names them; not imported from it: with the whole tests/ tree collected,
 # the module named conftest is another directory's by the time a test runs.
@@ -427,8 +427,8 @@ def test_server_restart_fails_in_flight_requests_then_serves_again(server, gatew
     r = gw.client()
     assert r.set("before", "1")
     with gw.sock() as s:
-        server.proc.send_signal(signal.SIGSTOP)     # requests now stay in flight
         try:
+            freeze(server.pid)                      # requests now stay in flight
             s.sendall(b"SET inflight 1\r\nGET before\r\nPING\r\n")
             time.sleep(0.2)
             server.stop(signal.SIGKILL)

@@ -58,6 +58,25 @@ def wait_for(predicate, what: str, timeout: float = HANG_S):
         time.sleep(0.01)
 
 
+def freeze(pid: int) -> None:
+    """SIGSTOP pid and return once every one of its threads is stopped. kill() returns when
+    the signal is queued: until the thread that takes it runs, the others (the driver's
+    ring thread) go on serving, long enough on a loaded machine to answer a request."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except FileNotFoundError:
+                continue                        # a thread that exited meanwhile
+        return bool(states) and all(s in "tT" for s in states)
+
+    wait_for(all_stopped, f"every thread of {pid} to stop")
+
+
 _names = itertools.count()
 
 FILE, DIRECTORY = "file", "directory"
