@@ -66,7 +66,7 @@ GATEWAY_HDR := $(wildcard gateway/*.h)
 NATIVE      := $(BUILD)/cxl_ring.so $(BUILD)/cxl_ring_asan.so
 NATIVE      += $(if $(BENCH_SRC),$(BUILD)/cxl-ring-bench)
 NATIVE      += $(if $(FUZZ_SRC),$(BUILD)/fuzz-decoder)
-NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency $(BUILD)/cxl-chase
+NATIVE      += $(BUILD)/notify-stress $(BUILD)/cxl-wake-latency $(BUILD)/cxl-chase $(BUILD)/cxl-ycsb
 NATIVE      += $(if $(NULL_SRC),$(BUILD)/cxl-null-server $(BUILD)/cxl-null-server-asan)
 NATIVE      += $(if $(GATEWAY_SRC),$(BUILD)/cxl-gateway $(BUILD)/cxl-gateway-asan)
 
@@ -101,6 +101,11 @@ $(BUILD)/cxl-wake-latency: bench/c/wake/wake_latency.c $(RING_SRC) $(RING_HDR)
 # (docs/benchmarks.md, "Pointer chase (far-memory latency)"); no ring code.
 $(BUILD)/cxl-chase: bench/c/chase/chase.c
 	$(CC) $(CFLAGS_OPT) -o $@ bench/c/chase/chase.c -lm
+
+# A YCSB-like application workload over RESP (docs/benchmarks.md, "An application's
+# workload"): the same load through the gateway and over TCP; no ring code.
+$(BUILD)/cxl-ycsb: bench/c/ycsb/ycsb.c
+	$(CC) $(CFLAGS_OPT) -o $@ bench/c/ycsb/ycsb.c -lm
 
 # The null server: the driver's region and channel code with no Redis behind it (GET answers
 # a fixed value, SET OK), for the transport's own limit in `make bench` (docs/benchmarks.md).

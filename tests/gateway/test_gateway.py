@@ -7,6 +7,7 @@ nothing here depends on the machine's speed."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -206,6 +207,26 @@ def test_redis_benchmark_completes(server, gateways):
     assert gw.alive()
     assert 0 < server.client().dbsize() <= 1000
 
+
+
+def test_the_ycsb_like_workload_through_the_gateway(server, gateways):
+    """build/cxl-ycsb (the application workload playbooks/bench.yml runs): its 1 KiB SETs and
+    GETs of zipfian keys from 16 connections through the gateway, none refused, every record in
+    the server behind the ring."""
+    ycsb = BUILD / "cxl-ycsb"
+    if not ycsb.exists():
+        pytest.skip(f"{ycsb} is not built (make build)")
+    gw = gateways(server.region)
+    out = subprocess.run([str(ycsb), "--port", str(gw.port), "--records", "300", "--ops", "3000",
+                          "--connections", "16", "--timeout-s", "60"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    rep = json.loads(out.stdout)
+    assert rep["run"]["ops"] == 3000 and rep["run"]["errors"] == 0
+    assert rep["run"]["misses"] == 0
+    c = server.client()
+    assert c.dbsize() == 300 and c.strlen("user0") == c.strlen("user299") == 1024
+    assert gw.alive()
 
 # ---- many connections ----------------------------------------------------------------------
 
