@@ -18,7 +18,8 @@ One redis-server with the cxl_ring module loaded serves everything in one run:
   (``-P 1`` and ``-P 16``; ``-c 1 -P 1`` for the round trip; ``-P 16`` with both keyspaces);
 * ``build/cxl-gateway`` (the native RESP gateway) in front of the same server's ring, driven
   by ``redis-benchmark`` with the TCP rows' -n, -c and keyspace (``-P 16`` and ``-P 1``), and
-  the ratios gateway / direct TCP;
+  the ratios gateway / direct TCP; then the application workload (``build/cxl-ycsb``: YCSB
+  workload A, zipfian keys, 1 KiB values) through that gateway and over direct TCP;
 * the Python ring client against redis-py: ``bench/py_bench.py``'s ``run()``;
 * then, after 1 s without traffic, redis-server's CPU use from ``/proc/PID/stat``;
 * last, ``bench/fairness.py``'s ``run()``: TCP PING latency while ring clients saturate a
@@ -761,20 +762,49 @@ def gateway_bench(a: argparse.Namespace, server: RedisWithRing, cpu: int | None,
         p1 = median_runs(a.repeat, lambda: redis_benchmark(
             server, target, "set,get", a.tcp_p1_requests, 1, 50, cpu, a.timeout, commands,
             "gateway_p1"), key="rps")
+        ycsb = ycsb_bench(a, server, port, cpu, commands, notes)
         if proc.poll() is not None:
             raise BenchError(f"cxl-gateway exited during the run ({proc.returncode})")
     finally:
         end_process(proc)
     return {"gateway_p16_get_rps": p16["GET"]["rps"], "gateway_p16_set_rps": p16["SET"]["rps"],
-            "gateway_p1_get_rps": p1["GET"]["rps"], "gateway_p1_set_rps": p1["SET"]["rps"]}
+            "gateway_p1_get_rps": p1["GET"]["rps"], "gateway_p1_set_rps": p1["SET"]["rps"],
+            **ycsb}
+
+
+def ycsb_bench(a: argparse.Namespace, server: RedisWithRing, gateway_port: int,
+               cpu: int | None, commands: dict[str, str], notes: list[str]) -> dict[str, Any]:
+    """The application workload (build/cxl-ycsb: YCSB workload A, zipfian keys, 1 KiB values,
+    16 connections, one request in flight each) through the gateway and over direct TCP to the
+    same server, back to back: ops/s and the read and update p50/p99 of each."""
+    if not Path(a.ycsb_bin).exists():
+        notes.append(f"{a.ycsb_bin} does not exist: no application workload rows (make build)")
+        return {}
+    out: dict[str, Any] = {}
+    for name, port in (("gateway", gateway_port), ("tcp", server.port)):
+        cmd = [str(a.ycsb_bin), "--port", str(port), "--workload", "a", "--records",
+               str(a.ycsb_records), "--ops", str(a.ycsb_ops), "--connections", "16",
+               "--max-seconds", str(a.timeout), "--label", name]
+        commands[f"ycsb_{name}"] = shlex.join(cmd)
+        rep = json.loads(run_cmd(cmd, cpu, a.timeout + 60))
+        if rep["run"]["errors"]:
+            notes.append(f"cxl-ycsb {name}: {rep['run']['errors']} error replies, the first: "
+                         f"{rep['run']['first_error']}")
+        out[f"ycsb_{name}_ops_per_s"] = rep["run"]["ops_per_s"]
+        for kind in ("read", "update"):
+            for q in ("p50", "p99"):
+                out[f"ycsb_{name}_{kind}_{q}_us"] = rep["latency"][kind][f"{q}_us"]
+    return out
 
 
 def gateway_ratios(res: dict[str, Any]) -> dict[str, Any]:
-    """gateway / direct TCP, same -P, same run."""
+    """gateway / direct TCP, same -P (or the same workload), same run."""
     g = res.get
-    return {f"ratio_gateway_{op}_p{p}_vs_tcp": ratio(g(f"gateway_p{p}_{op}_rps"),
-                                                     g(f"tcp_p{p}_{op}_rps"))
-            for op in ("get", "set") for p in (16, 1)}
+    return {**{f"ratio_gateway_{op}_p{p}_vs_tcp": ratio(g(f"gateway_p{p}_{op}_rps"),
+                                                        g(f"tcp_p{p}_{op}_rps"))
+               for op in ("get", "set") for p in (16, 1)},
+            "ratio_ycsb_gateway_vs_tcp": ratio(g("ycsb_gateway_ops_per_s"),
+                                               g("ycsb_tcp_ops_per_s"))}
 
 
 def gateway_markdown(res: dict[str, Any]) -> list[str]:
@@ -787,6 +817,17 @@ def gateway_markdown(res: dict[str, Any]) -> list[str]:
             rows.append(f"| {op.upper()} -P {p} | {fmt(g(f'gateway_p{p}_{op}_rps'))} | "
                         f"{fmt(g(f'tcp_p{p}_{op}_rps'))} | "
                         f"{fmt(g(f'ratio_gateway_{op}_p{p}_vs_tcp'))} |")
+    if g("ycsb_gateway_ops_per_s") is not None:
+        rows += ["", "The application workload (build/cxl-ycsb: YCSB workload A, 50 % GET / 50 % "
+                 "SET, zipfian keys, 1 KiB values, 16 connections, one request in flight each):",
+                 "", "| | ops/s | read p50 / p99 µs | update p50 / p99 µs |", "|---|---|---|---|"]
+        for name in ("gateway", "tcp"):
+            rows.append(f"| {name} | {fmt(g(f'ycsb_{name}_ops_per_s'))} | "
+                        f"{fmt(g(f'ycsb_{name}_read_p50_us'))} / "
+                        f"{fmt(g(f'ycsb_{name}_read_p99_us'))} | "
+                        f"{fmt(g(f'ycsb_{name}_update_p50_us'))} / "
+                        f"{fmt(g(f'ycsb_{name}_update_p99_us'))} |")
+        rows.append(f"| gateway / TCP | {fmt(g('ratio_ycsb_gateway_vs_tcp'))} | | |")
     return rows
 
 
@@ -1104,6 +1145,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-gateway", action="store_true",
                    help="skip redis-benchmark through build/cxl-gateway")
     p.add_argument("--gateway-bin", type=Path, default=ROOT / "build" / "cxl-gateway")
+    p.add_argument("--ycsb-bin", type=Path, default=ROOT / "build" / "cxl-ycsb")
+    p.add_argument("--ycsb-records", type=int, default=None,
+                   help="records of the application workload (default 10000; quick 1000)")
+    p.add_argument("--ycsb-ops", type=int, default=None,
+                   help="its operations, per path (default 200000; quick 5000)")
     p.add_argument("--no-notify", action="store_true",
                    help="skip the notification against polling measurements")
     p.add_argument("--wake-samples", type=int, default=None,
@@ -1128,6 +1174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.rtt_requests = a.rtt_requests or (5_000 if q else 50_000)
     a.wake_samples = max(2, a.wake_samples or (4 if q else 20))
     a.wake_gap_ms = a.wake_gap_ms or (200 if q else 1000)
+    a.ycsb_records = a.ycsb_records or (1_000 if q else 10_000)
+    a.ycsb_ops = a.ycsb_ops or (5_000 if q else 200_000)
     # CPU time comes in clock ticks (10 ms): 15 s resolve 0.07 % of a core.
     a.notify_idle_seconds = a.idle_seconds if q else max(a.idle_seconds, 15.0)
     return a

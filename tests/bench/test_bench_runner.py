@@ -126,6 +126,12 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     # the commands name the checkout's files relative to it: no path of this machine's clone
     assert not any(str(REPO) in c for c in doc["commands"].values())
     assert doc["commands"]["ring_pipelined"].startswith("build/cxl-ring-bench ")
+    # the application workload through the gateway and over TCP, in the same run
+    for name in ("gateway", "tcp"):
+        assert doc.get(f"ycsb_{name}_ops_per_s", 0) > 0, doc.get("notes")
+        assert doc[f"ycsb_{name}_read_p99_us"] > 0
+        assert doc["commands"][f"ycsb_{name}"].startswith("build/cxl-ycsb --port ")
+    assert doc["ratio_ycsb_gateway_vs_tcp"] > 0
     # the secdsm runs went through a view with only the bench group's segments
     assert doc["secdsm"]["view"] == ["client-0", "header", "server-0"]
     assert "/view-0 " in doc["commands"]["ring_pipelined_secdsm"]
@@ -137,6 +143,7 @@ def test_runner_quick_writes_latest_json(bench_bin: Path, tmp_path: Path) -> Non
     assert "| GET, pipelined |" in md
     assert "| GET pipelined, req/s |" in md and "secdsm/off" in md
     assert "ring, null server" in md and doc["keyspace_bound"] in md
+    assert "The application workload (build/cxl-ycsb" in md
     assert f"Server: {doc['server_name']} {doc['server_version']}" in md
     verdict_lines = [ln for ln in out.stdout.splitlines() if ln.startswith(("PASS:", "MISS:"))]
     assert len(verdict_lines) == len(TARGET_NAMES)
