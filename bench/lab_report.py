@@ -21,6 +21,9 @@ to the controller, one folder per guest::
                             (cxl-gateway on the VM's loopback, its commands over the
                             ring), -P 1 / -P 16                       (redis-benchmark --csv)
 
+and ``RESULTS/<guest>/ycsb_<gateway|tcp>.json``: the application workload (cxl-ycsb,
+bench/c/ycsb) through the gateway and over TCP, reported in a table of its own.
+
 This script normalises both formats to ``results.csv`` (throughput in requests/s,
 latencies in microseconds), draws ``throughput.png`` and ``latency.png`` (needs
 matplotlib: requirements/bench.txt; without it only the tables are written) and writes
@@ -377,6 +380,53 @@ def load_latency(results: Path) -> list[dict]:
     return found
 
 
+def load_ycsb(results: Path) -> tuple[list[dict], list[str]]:
+    """<host>/ycsb_<label>.json of the run (cxl-ycsb, the application workload), and a note for
+    each file that could not be read."""
+    found, problems = [], []
+    for path in sorted(results.glob("*/ycsb_*.json")):
+        try:
+            f = json.loads(path.read_text())
+            f["run"]["ops_per_s"], f["latency"]["read"]["p50_us"]     # the fields used below
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            problems.append(f"{path.relative_to(results)}: unreadable ({e!r})")
+            continue
+        f["host"] = path.parent.name
+        found.append(f)
+    return found, problems
+
+
+YCSB_NAMES = {"gateway": "through the native gateway (the ring)",
+              "tcp": "over TCP to the server VM"}
+
+
+def ycsb_lines(ycsb: list[dict]) -> list[str]:
+    if not ycsb:
+        return []
+    w = ycsb[0]["workload"]
+    lines = ["## An application's workload (YCSB-like)", "",
+             f"`cxl-ycsb` (bench/c/ycsb) in the client VM: workload {w.get('name', '-')} "
+             f"({w.get('read_proportion', 0) * 100:.0f} % GET, the rest SET), "
+             f"{w.get('distribution', '?')} keys over {w.get('records', 0):,} records of "
+             f"{w.get('value_size', 0)} B, {w.get('connections', 0)} connections with one "
+             "request in flight each; the same run through the gateway and over TCP.", "",
+             "| path | ops | ops/s | read p50 µs | read p99 µs | update p50 µs | update p99 µs "
+             "| errors |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by_label = {}
+    for f in ycsb:
+        run, lat = f["run"], f["latency"]
+        label = f.get("label", "?")
+        by_label[label] = run["ops_per_s"]
+        lines.append(f"| {YCSB_NAMES.get(label, label)} | {run['ops']:,}"
+                     + (" (truncated)" if run.get("truncated") else "")
+                     + f" | {run['ops_per_s']:,.0f} | {lat['read']['p50_us']:.0f} "
+                     f"| {lat['read']['p99_us']:.0f} | {lat['update']['p50_us']:.0f} "
+                     f"| {lat['update']['p99_us']:.0f} | {run['errors']} |")
+    if by_label.get("gateway") and by_label.get("tcp"):
+        lines += ["", f"Throughput, gateway / TCP: {by_label['gateway'] / by_label['tcp']:.2f}."]
+    return lines + [""]
+
+
 # Published idle load-to-use latencies (Intel MLC), the anchors of the latency table.
 LATENCY_ANCHORS = (("local DRAM", 113), ("remote NUMA node", 201), ("CXL memory expander", 300))
 
@@ -445,7 +495,7 @@ def idle_lines(idle: list[dict]) -> list[str]:
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
            title: str, secdsm_region: str = "", off_region: str = "",
            idle: list[dict] | None = None, wake: list[dict] | None = None,
-           latency: list[dict] | None = None) -> str:
+           latency: list[dict] | None = None, ycsb: list[dict] | None = None) -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -470,6 +520,7 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
                   for meaning, op, size, threads, ratio in found]
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
     lines += security_lines(security_ratios(rows), secdsm_region, off_region)
+    lines += ycsb_lines(ycsb or [])
     lines += idle_lines(idle or []) + wake_lines(wake or [])
     lines += latency_lines(latency or [], virt_type)
     for image in images:
@@ -510,15 +561,21 @@ def main(argv: list[str] | None = None) -> int:
     idle = load_idle(args.results)
     wake = load_idle(args.results, "wake.json")
     latency = load_latency(args.results)
-    (out / "report.md").write_text(report(rows, problems, images, args.virt_type, args.title,
-                                          args.secdsm_region, args.off_region, idle, wake,
-                                          latency))
+    ycsb, ycsb_problems = load_ycsb(args.results)
+    (out / "report.md").write_text(report(rows, problems + ycsb_problems, images, args.virt_type,
+                                          args.title, args.secdsm_region, args.off_region, idle,
+                                          wake, latency, ycsb))
     for f in idle:
         if "percent" in f:
             print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
     for f in latency:
         print(f"lab_report: pointer chase, {f.get('host', '?')} {f['memory']}: "
               f"p50 {f['ns_per_load'].get('p50', 0):.1f} ns per load")
+    for f in ycsb:
+        run, read = f["run"], f["latency"]["read"]
+        print(f"lab_report: application workload, {f.get('label', '?')}: "
+              f"{run['ops_per_s']:,.0f} ops/s, read p50 {read['p50_us']:.0f} us, "
+              f"{run['errors']} errors")
     for f in wake:
         if "p50_us" in f:
             print(f"lab_report: wake from idle, {f['label']}: p50 {f['p50_us']:.0f} us, "

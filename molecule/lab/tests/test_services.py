@@ -324,6 +324,19 @@ def test_redis_benchmark_through_the_gateway(client):
     assert '"SET"' in run.stdout and '"GET"' in run.stdout
 
 
+def test_application_workload_through_the_gateway(client, server):
+    """cxl-ycsb (installed with the bench client; playbooks/bench.yml's application workload):
+    zipfian 1 KiB GETs and SETs from 8 connections through the gateway, none refused, every
+    record in the server VM's Redis."""
+    prefix = unique("ycsb") + ":"
+    run = client.run(f"timeout 600 cxl-ycsb --port {GATEWAY_PORT} --records 200 --ops 1000 "
+                     f"--connections 8 --key-prefix {prefix} --timeout-s 120")
+    assert run.rc == 0, run.stderr
+    rep = json.loads(run.stdout)
+    assert rep["run"]["ops"] == 1000 and rep["run"]["errors"] == 0 and rep["run"]["misses"] == 0
+    assert redis_cli(server, "STRLEN", f"{prefix}199") == "1024"
+
+
 def test_redis_benchmark_through_the_proxy(client):
     run = client.run("timeout 900 redis-benchmark -h 127.0.0.1 -p 6380 -t set,get -n 2000 -c 4 -q")
     assert run.rc == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
