@@ -95,6 +95,9 @@ void drv_chans_free(struct drv_server *s)
 
 /* ---- Channel state ---------------------------------------------------------- */
 
+uint64_t drv_keyspace_events;           /* driver.h: counted by txn.c, read by the scan */
+uint32_t drv_blocked_sessions;
+
 /* Responses wait for room: do not read more requests from this channel. */
 static int stalled(const struct drv_chan *ch)
 {
@@ -109,10 +112,12 @@ static void free_big(struct drv_chan *ch)
     ch->big_len = 0;
 }
 
+/* What the session left: staged responses, and a blocked request (block.c). */
 static void drop_staged(struct drv_chan *ch)
 {
     ch->out_len = 0;
     free_big(ch);
+    drv_block_clear(&ch->block);
 }
 
 static void set_state(struct drv_chan *ch, uint32_t state)
@@ -469,6 +474,15 @@ int drv_v5_scan(struct drv_server *s, uint64_t now_ns)
         session_check(ch, now_ns);
         if (ch->state != CXL_CHAN_ACTIVE)
             continue;
+        if (ch->block.active) {
+            /* Blocked (block.c): the requests behind it wait; it is tried again after a
+             * keyspace event or at its timeout. */
+            if (drv_block_due(&ch->block, now_ns)) {
+                ch->ready = 1;
+                ready++;
+            }
+            continue;
+        }
         if ((ch->out_len || ch->big_len) && !drain(ch)) {
             if (ch->broken)
                 quarantine(ch, ch->broken_why);
@@ -543,7 +557,18 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         return 0;
     }
     ch->req_head_seen = head;
-    while (done < quantum && !h->over && h->budget && !stalled(ch) && !ch->broken && !bad) {
+    if (ch->block.active) {
+        /* The blocked request first (block.c): answered, or the session stays blocked. */
+        sink.id = ch->block.id;
+        s->exec.auth = &ch->auth;
+        s->exec.txn = &ch->txn;
+        s->exec.block = &ch->block;
+        s->exec.session_gen = ch->gen;
+        drv_exec_request(&s->exec, &ch->block.req, v5_reply, &sink);
+        drv_hold_spend(h, DRV_CHECK_WORK);
+    }
+    while (done < quantum && !h->over && h->budget && !stalled(ch) && !ch->broken && !bad &&
+           !ch->block.active) {
         used = head - ch->req_tail;
         if (used == 0)
             break;
@@ -605,8 +630,13 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         if (st == CXL_ST_OK) {
             s->exec.auth = &ch->auth;   /* the session's ACL user (acl.c) */
             s->exec.txn = &ch->txn;     /* its database, MULTI, WATCH (txn.c) */
+            s->exec.block = &ch->block; /* where a BLPOP blocks it (block.c) */
             s->exec.session_gen = ch->gen;
             drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
+            if (ch->block.started) {    /* it blocked: its answer comes later */
+                ch->block.started = 0;
+                ch->block.id = hdr.id;
+            }
         } else {
             note_violation(ch, st);
             v5_reply(&sink, (uint8_t)st, why, (uint32_t)strlen(why), NULL, 0);
@@ -642,6 +672,26 @@ uint32_t drv_v5_process(struct drv_server *s, struct drv_hold *h)
     int more = 1;
 
     quantum = s->cfg.batch / 4 ? s->cfg.batch / 4 : 1;
+    /* Blocked sessions first, in the order they blocked, as Redis serves the clients blocked
+     * on a key: the first one gets the value pushed (block.c). One that stays blocked is
+     * not ready for the round below. */
+    for (;;) {
+        struct drv_chan *first = NULL;
+
+        for (c = 0; c < s->nchan; c++) {
+            struct drv_chan *ch = &s->chans[c];
+
+            if (ch->ready && ch->block.active && ch->state == CXL_CHAN_ACTIVE &&
+                (!first || ch->block.seq < first->block.seq))
+                first = ch;
+        }
+        if (!first || h->over || !h->budget)
+            break;
+        n = chan_process(s, first, quantum, h);
+        total += n;
+        if (n == 0 || first->block.active || first->state != CXL_CHAN_ACTIVE || stalled(first))
+            first->ready = 0;
+    }
     while (more && !h->over && h->budget) {
         more = 0;
         for (i = 0; i < s->nchan && !h->over && h->budget; i++) {

@@ -11,6 +11,9 @@
  *   compat_v2.c  layout v2: the PoC's slot rings
  *   exec.c       GET/SET/DEL fast paths; CMD through RedisModule_Call, after a
  *                check of the command's flags (what cannot run from the ring)
+ *   acl.c        the ACL user a session runs as
+ *   txn.c        a session's SELECT, MULTI/EXEC, WATCH; the keyspace events
+ *   block.c      BLPOP and kin: the session blocks, not the server
  *
  * region.c, channel.c and compat_v2.c are also linked, unchanged, into the null
  * server (bench/c/null/null_server.c: the rings with no Redis behind them, for
@@ -198,6 +201,46 @@ struct drv_txn {
     struct drv_watch *watched;
 };
 
+/*
+ * A session blocked in BLPOP and kin (block.c, docs/ring-protocol.md section 14): its
+ * request, kept, tried again after keyspace events until it answers or times out. The
+ * poll thread's, under the GIL (channel.c reads it in its scan too: same thread).
+ */
+struct drv_block {
+    int      active;
+    int      started;                   /* this request just blocked: channel.c keeps its id */
+    uint64_t id;                        /* the blocked request's id, for its response */
+    uint64_t deadline_ns;               /* 0: no timeout */
+    uint64_t events_seen;               /* drv_keyspace_events at the last try */
+    uint64_t seq;                       /* the order sessions blocked in: tried in it */
+    struct cxl_req req;                 /* argv into buf */
+    uint8_t *buf;
+};
+
+/* Keyspace events seen (txn.c's subscription) and sessions blocked: both counted under the
+ * GIL, read by the poll thread's scan without it (relaxed: a count that only has to move). */
+extern uint64_t drv_keyspace_events;
+extern uint32_t drv_blocked_sessions;
+
+static inline void drv_block_clear(struct drv_block *bl)
+{
+    if (!bl->active)
+        return;
+    RedisModule_Free(bl->buf);
+    bl->buf = NULL;
+    bl->active = 0;
+    bl->started = 0;
+    __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions - 1, __ATOMIC_RELAXED);
+}
+
+/* Should the poll thread try this blocked session again? */
+static inline int drv_block_due(const struct drv_block *bl, uint64_t now_ns)
+{
+    return bl->active &&
+           (__atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED) != bl->events_seen ||
+            (bl->deadline_ns && now_ns >= bl->deadline_ns));
+}
+
 /* The ACL user a session runs as (acl.c); decided by its first request. */
 struct drv_auth {
     char     user[DRV_USER_MAX];        /* "" = none: requests answer NOAUTH */
@@ -210,6 +253,7 @@ struct drv_exec {
     /* Access control (acl.c): set by the caller before each request. */
     struct drv_auth *auth;              /* the request's session; NULL = no check */
     struct drv_txn *txn;                /* its connection state; NULL = none (v2) */
+    struct drv_block *block;            /* where it blocks (block.c); NULL = none (v2) */
     int      db;                        /* the database ctx has selected */
     uint32_t session_gen;               /* its session generation */
     const char (*acl_users)[DRV_USER_MAX];  /* cfg.acl_users */
@@ -256,6 +300,13 @@ int  drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn
                      void *sink);
 void drv_txn_reset(struct drv_txn *t);
 int  drv_txn_subscribe(RedisModuleCtx *ctx);
+int  drv_txn_subscribe_keyspace(RedisModuleCtx *ctx);
+int  drv_acl_allowed(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                     const uint32_t *argl, drv_reply_fn *reply, void *sink);
+int  drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
+                       void *sink);
+/* module.c: wake the poll thread (a keyspace event while sessions are blocked). */
+void drv_kick_server(void);
 void drv_acl_begin_batch(struct drv_exec *x);
 void drv_acl_free(struct drv_exec *x);
 int  drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
@@ -308,6 +359,7 @@ struct drv_chan {
     uint32_t logged;                    /* violations logged (rate limit) */
     struct drv_auth auth;               /* the session's ACL user (acl.c) */
     struct drv_txn txn;                 /* its database, MULTI and WATCH (txn.c) */
+    struct drv_block block;             /* a blocked BLPOP and kin (block.c) */
     struct drv_stats stats;
 };
 

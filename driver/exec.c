@@ -541,7 +541,7 @@ void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink)
 {
     if (drv_acl_admit(x, req->op, req->argc, req->argv, req->argl, reply, sink) ||
-        drv_txn_request(x, req, reply, sink))
+        drv_txn_request(x, req, reply, sink) || drv_block_request(x, req, reply, sink))
         return;
     switch (req->op) {
     case CXL_OP_GET:

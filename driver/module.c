@@ -31,6 +31,11 @@
 
 static struct drv_server g_srv;
 
+void drv_kick_server(void)
+{
+    drv_kick(&g_srv);
+}
+
 /* ---- Module arguments ------------------------------------------------------- */
 
 /* An unsigned number with an optional k/m/g (binary) suffix. */
@@ -332,7 +337,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
              STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
              STAT_GET(st, protocol_errors);
-    RedisModule_ReplyWithMap(ctx, 24);
+    RedisModule_ReplyWithMap(ctx, 25);
     reply_u64(ctx, "channel", c);
     reply_u64(ctx, "group", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.chan_group[c] : 0);
     reply_str(ctx, "state", state);
@@ -354,6 +359,9 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     reply_u64(ctx, "reclaims", STAT_GET(st, reclaims));
     reply_u64(ctx, "resets", STAT_GET(st, resets));
     reply_u64(ctx, "resp_full", STAT_GET(st, resp_full));
+    /* 1 while the session waits in BLPOP and kin (block.c); the poll thread's flag */
+    reply_u64(ctx, "blocked", s->cfg.layout == CXL_LAYOUT_VERSION
+              ? (uint64_t)__atomic_load_n(&s->chans[c].block.active, __ATOMIC_RELAXED) : 0);
     reply_u64(ctx, "bytes_in", STAT_GET(st, bytes_in));
     reply_u64(ctx, "bytes_out", STAT_GET(st, bytes_out));
     if (s->cfg.layout == CXL_LAYOUT_VERSION)             /* bytes of responses waiting for room */
@@ -397,7 +405,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 30);
+    RedisModule_ReplyWithMap(ctx, 31);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -434,6 +442,8 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "doorbell_rings", __atomic_load_n(&s->doorbell_rings, __ATOMIC_RELAXED));
     reply_u64(ctx, "doorbell_errors", __atomic_load_n(&s->doorbell_errors, __ATOMIC_RELAXED));
     reply_u64(ctx, "acl_denied", __atomic_load_n(&s->exec.acl_denied, __ATOMIC_RELAXED));
+    /* Sessions waiting in BLPOP and kin (block.c). */
+    reply_u64(ctx, "blocked_sessions", __atomic_load_n(&drv_blocked_sessions, __ATOMIC_RELAXED));
     RedisModule_ReplyWithSimpleString(ctx, "channels");
     RedisModule_ReplyWithArray(ctx, s->nchan);
     for (c = 0; c < s->nchan; c++)

@@ -111,6 +111,11 @@ static int on_keyspace(RedisModuleCtx *ctx, int type, const char *event,
 
     (void)type;
     (void)event;
+    /* Blocked sessions (block.c) try again after any event: counted, and a sleeping poll
+     * thread woken (this is the main thread when a TCP client wrote). */
+    __atomic_store_n(&drv_keyspace_events, drv_keyspace_events + 1, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&drv_blocked_sessions, __ATOMIC_RELAXED))
+        drv_kick_server();
     if (!watches)
         return REDISMODULE_OK;
     k = (const uint8_t *)RedisModule_StringPtrLen(key, &n);
@@ -145,14 +150,14 @@ int drv_txn_subscribe(RedisModuleCtx *ctx)
 }
 
 /*
- * Keyspace events from the first WATCH on: a module's subscription makes Redis build a
+ * Keyspace events from the first WATCH or blocked command on: a module's subscription makes Redis build a
  * module context for every write of every client, so a server whose sessions never WATCH
  * does not pay it. Redis 7.0 has no way to unsubscribe: once subscribed, for the
  * server's life.
  */
 static int keyspace_subscribed;
 
-static int subscribe_keyspace(RedisModuleCtx *ctx)
+int drv_txn_subscribe_keyspace(RedisModuleCtx *ctx)
 {
     if (keyspace_subscribed)
         return 0;
@@ -178,9 +183,9 @@ static int is_word(const uint8_t *p, uint32_t n, const char *word)
     return n == strlen(word) && !strncasecmp((const char *)p, word, n);
 }
 
-/* The session's user may run this (MULTI, WATCH...)? Answers NOPERM when not. */
-static int allowed(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
-                   const uint32_t *argl, drv_reply_fn *reply, void *sink)
+/* The session's user may run this (MULTI, WATCH, BLPOP...)? Answers NOPERM when not. */
+int drv_acl_allowed(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                    const uint32_t *argl, drv_reply_fn *reply, void *sink)
 {
     RedisModuleString *args[CXL_MAX_ARGS];
     char line[DRV_ACL_TEXT + 64], name[32];
@@ -220,7 +225,7 @@ static void watch(struct drv_exec *x, struct drv_txn *t, uint32_t argc,
         resp_line(reply, sink, "-ERR wrong number of arguments for 'watch' command\r\n");
         return;
     }
-    if (subscribe_keyspace(x->ctx) < 0) {
+    if (drv_txn_subscribe_keyspace(x->ctx) < 0) {
         resp_line(reply, sink, "-ERR cxl_ring: WATCH needs keyspace events, and Redis "
                   "refused the subscription\r\n");
         return;
@@ -426,7 +431,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
         return 1;
     }
     if (is_word(argv[0], argl[0], "multi")) {
-        if (!allowed(x, argc, argv, argl, reply, sink))
+        if (!drv_acl_allowed(x, argc, argv, argl, reply, sink))
             return 1;
         if (t->multi)
             resp_line(reply, sink, "-ERR MULTI calls can not be nested\r\n");
@@ -439,7 +444,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
         return 1;
     }
     if (is_word(argv[0], argl[0], "exec")) {
-        if (!allowed(x, argc, argv, argl, reply, sink))
+        if (!drv_acl_allowed(x, argc, argv, argl, reply, sink))
             return 1;
         if (!t->multi)
             resp_line(reply, sink, "-ERR EXEC without MULTI\r\n");
@@ -472,7 +477,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
         return 1;
     }
     if (is_word(argv[0], argl[0], "watch")) {
-        if (allowed(x, argc, argv, argl, reply, sink))
+        if (drv_acl_allowed(x, argc, argv, argl, reply, sink))
             watch(x, t, argc, argv, argl, reply, sink);
         return 1;
     }
@@ -486,7 +491,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
         char *end;
         long db;
 
-        if (!allowed(x, argc, argv, argl, reply, sink))
+        if (!drv_acl_allowed(x, argc, argv, argl, reply, sink))
             return 1;
         if (argc != 2 || argl[1] == 0 || argl[1] >= sizeof(num)) {
             resp_line(reply, sink, argc != 2 ? "-ERR wrong number of arguments for 'select' "

@@ -120,7 +120,10 @@ class V5Transport:
             rid += 1
         return msgs
 
-    def execute(self, requests: Sequence[tuple[int, tuple, int]]) -> list[P.Response]:
+    def execute(self, requests: Sequence[tuple[int, tuple, int]],
+                timeout: float | None = None) -> list[P.Response]:
+        """Send requests on this thread's channel and collect their responses; a wait
+        without progress may last timeout (default: self.timeout)."""
         for attempt in (0, 1):
             s = self.session()
             msgs = self._encode(requests, s.next_id)
@@ -137,7 +140,7 @@ class V5Transport:
             first = s.next_id
             s.next_id += len(msgs)
             try:
-                return s.transact(msgs, first, self.timeout)
+                return s.transact(msgs, first, timeout or self.timeout)
             except CxlRingError:
                 if s.broken:
                     self._drop(s)
@@ -182,8 +185,10 @@ class V5Transport:
             return status, payload
         return r
 
-    def call(self, op: int, args: tuple, ttl: int) -> P.Response:
-        """One request, one response."""
+    def call(self, op: int, args: tuple, ttl: int, timeout: float | None = None) -> P.Response:
+        """One request, one response (timeout: see execute; GET and SET use self.timeout)."""
+        if timeout is not None:
+            return self.execute([(op, args, ttl)], timeout)[0]
         if op == P.OP_GET:
             status, payload = self.get(args[0])
         elif op == P.OP_SET:
@@ -361,6 +366,29 @@ class _Commands:
         return self._request(P.OP_CMD, tuple(self._enc(a) for a in args), 0, None)
 
 
+# Blocking commands (docs/ring-protocol.md section 14): the server answers when a value comes or
+# the command's own timeout passes, so the client waits that long and its own timeout more
+# (0: for ever). Where each one's timeout argument is: last, or first after the name.
+BLOCKING_TIMEOUT_AT = {b"blpop": -1, b"brpop": -1, b"bzpopmin": -1, b"bzpopmax": -1,
+                       b"brpoplpush": -1, b"blmove": -1, b"blmpop": 1, b"bzmpop": 1}
+FOREVER = 1e9       # seconds: "no timeout" for a wait that counts from its last progress
+
+
+def blocking_wait(args: tuple, timeout: float) -> float | None:
+    """How long to wait for a blocking command's reply; None for any other command (or one
+    whose timeout the server will refuse: the error comes at once)."""
+    at = BLOCKING_TIMEOUT_AT.get(bytes(args[0]).lower()) if args else None
+    if at is None or len(args) < 3:
+        return None
+    try:
+        seconds = float(args[at])
+    except ValueError:
+        return None
+    if not seconds >= 0 or seconds == float("inf"):
+        return None
+    return FOREVER if seconds == 0 else seconds + timeout
+
+
 # ---- Client ----------------------------------------------------------------------------------
 
 
@@ -469,7 +497,9 @@ class RingClient(_Commands):
                 return True
             r = P.Response(status, 0, payload)
         else:
-            r = self._transport.call(op, args, ttl)
+            wait = blocking_wait(args, self._timeout) if op == P.OP_CMD else None
+            r = (self._transport.call(op, args, ttl) if wait is None
+                 else self._transport.call(op, args, ttl, wait))
         return self._reply(op, r, callback)
 
     def _reply(self, op: int, r: P.Response, callback: Callback) -> Any:

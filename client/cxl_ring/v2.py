@@ -144,8 +144,8 @@ class V2Transport:
                 out.append(P.Response(P.ST_ERR, 0, b"ERR layout v2 server error"))
         return out
 
-    def call(self, op: int, args: tuple, ttl: int) -> P.Response:
-        return self.execute([(op, args, ttl)])[0]
+    def call(self, op: int, args: tuple, ttl: int, timeout: float | None = None) -> P.Response:
+        return self.execute([(op, args, ttl)])[0]      # v2 has no CMD: no blocking command
 
     def get(self, key: bytes) -> tuple[int, bytes]:
         status, _id, payload = self.execute([(P.OP_GET, (key,), 0)])[0]

@@ -115,14 +115,17 @@ def build_argv(cmd: dict, n: int) -> list[bytes]:
 
 
 # Connection commands the driver answers itself for the session: AUTH (handed to Redis),
-# SELECT, MULTI/EXEC/DISCARD, WATCH/UNWATCH; after each the walk puts the session back.
-DRIVER_ANSWERS = {"auth", "select", "multi", "exec", "discard", "watch", "unwatch"}
+# SELECT, MULTI/EXEC/DISCARD, WATCH/UNWATCH; after each the walk puts the session back. And the
+# blocking list and sorted-set commands, which block the session (the walk's timeout is 1 s).
+DRIVER_ANSWERS = {"auth", "select", "multi", "exec", "discard", "watch", "unwatch",
+                  "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax",
+                  "bzmpop"}
 
 
 def expect_refused(cmd: dict) -> bool:
     flags = cmd["flags"]
     if cmd["name"] in DRIVER_ANSWERS:
-        return False    # noscript, but the driver answers it (ring-protocol.md 12, 13)
+        return False    # noscript, but the driver answers it (ring-protocol.md 12, 13, 14)
     return ("noscript" in flags or ("module" in flags and "blocking" in flags)
             or cmd["name"] in DENIED_BY_NAME)
 
@@ -231,10 +234,11 @@ ALWAYS_REFUSED = [
     [b"ACL", b"SETUSER", b"x"],
 ]
 # Refused where the server flags them noscript (Redis 7); Valkey lets scripts run some of
-# them, and then they answer at once instead of blocking.
+# them, and then they answer at once instead of blocking. BLPOP and kin are not refused: they
+# block the session (ring-protocol.md section 14), here until their 0.2 s timeout.
 AS_FLAGGED = [
     [b"WAIT", b"1", b"0"], [b"SSUBSCRIBE", b"c"],
-    [b"BLPOP", b"k", b"0"], [b"BRPOPLPUSH", b"a", b"b", b"0"], [b"BZPOPMIN", b"z", b"0"],
+    [b"BLPOP", b"k", b"0.2"], [b"BRPOPLPUSH", b"a", b"b", b"0.2"], [b"BZPOPMIN", b"z", b"0.2"],
 ]
 
 
@@ -266,8 +270,8 @@ def test_commands_that_cannot_run_from_the_ring_are_refused(ring_servers):
         # nothing happened: no pause, no config change, the module still loaded
         assert srv.client().config_get("maxmemory")["maxmemory"] == "0"
         assert b"cxl_ring" in repr(srv.client().module_list()).encode()
-        # blocking commands that Redis lets scripts run answer at once instead of blocking
-        assert run.cmd([b"BLMPOP", b"100000", b"1", b"empty", b"LEFT"]) == (ST_OK, b"*-1\r\n")
+        # the blocking list commands block the session until their timeout, then answer nil
+        assert run.cmd([b"BLMPOP", b"0.2", b"1", b"empty", b"LEFT"]) == (ST_OK, b"*-1\r\n")
         # CXLRING.INFO is harmless from the ring; CXLRING.RESET still works over a connection
         status, payload = run.cmd([b"CXLRING.INFO", b"1"])
         assert status == ST_OK and payload.startswith(b"*"), payload

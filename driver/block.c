@@ -1,0 +1,302 @@
+/*
+ * block.c - blocking list and sorted-set commands on a ring session: BLPOP, BRPOP,
+ * BRPOPLPUSH, BLMOVE, BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP (docs/ring-protocol.md
+ * section 14).
+ *
+ * A CMD runs through RedisModule_Call, where Redis never blocks: it refuses these
+ * commands (Redis 7: flag noscript) or answers them at once. The driver blocks the
+ * session instead, never the server:
+ *
+ *   1. the command's arity and timeout are checked as Redis checks them, and the
+ *      session's user must be allowed the command itself and its keys;
+ *   2. its non-blocking form runs (LPOP per key for BLPOP, LMOVE for BLMOVE...);
+ *      a value, or an error such as WRONGTYPE, is the answer, in the blocking
+ *      command's own reply shape;
+ *   3. nothing to pop: the session is blocked. The request is kept (struct
+ *      drv_block), nothing after it in the session's request ring is read, the
+ *      other sessions and TCP clients go on. Each keyspace event (any write, by any
+ *      client) makes the poll thread try step 2 again for every blocked session, in
+ *      the order they blocked; the timeout answers the blocking command's nil.
+ *
+ * Keyspace events come from Redis's module subscription (txn.c's, shared with
+ * WATCH): a write on the main thread wakes a sleeping poll thread. A timeout is seen
+ * at the poll thread's next look, at most sleep_max_ms late. A session that ends
+ * (release, lease, reset, quarantine) forgets its blocked request (channel.c).
+ * Inside MULTI these commands are queued as any other and refused at EXEC as before.
+ */
+#include "driver.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum shape {
+    POP_PER_KEY,                        /* BLPOP k... t: LPOP k until one answers */
+    ZPOP_PER_KEY,                       /* BZPOPMIN k... t: ZPOPMIN k until one answers */
+    SAME_REPLY,                         /* BLMOVE...: the non-blocking form's reply as is */
+};
+
+enum { TIMEOUT_LAST, TIMEOUT_FIRST };   /* where the timeout argument is */
+
+struct blocking {
+    const char *name, *form;            /* the command and its non-blocking form */
+    enum shape shape;
+    int timeout_at;
+    uint32_t min_argc, max_argc;        /* max 0: no bound */
+    const char *nil;                    /* the reply when it times out */
+};
+
+static const struct blocking table[] = {
+    { "blpop",      "lpop",      POP_PER_KEY,  TIMEOUT_LAST,  3, 0, "*-1\r\n" },
+    { "brpop",      "rpop",      POP_PER_KEY,  TIMEOUT_LAST,  3, 0, "*-1\r\n" },
+    { "bzpopmin",   "zpopmin",   ZPOP_PER_KEY, TIMEOUT_LAST,  3, 0, "*-1\r\n" },
+    { "bzpopmax",   "zpopmax",   ZPOP_PER_KEY, TIMEOUT_LAST,  3, 0, "*-1\r\n" },
+    { "brpoplpush", "rpoplpush", SAME_REPLY,   TIMEOUT_LAST,  4, 4, "$-1\r\n" },
+    { "blmove",     "lmove",     SAME_REPLY,   TIMEOUT_LAST,  6, 6, "$-1\r\n" },
+    { "blmpop",     "lmpop",     SAME_REPLY,   TIMEOUT_FIRST, 5, 0, "*-1\r\n" },
+    { "bzmpop",     "zmpop",     SAME_REPLY,   TIMEOUT_FIRST, 5, 0, "*-1\r\n" },
+};
+
+static uint64_t block_seq;              /* poll thread, under the GIL */
+
+static const struct blocking *lookup(const uint8_t *name, uint32_t n)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (n == strlen(table[i].name) && !strncasecmp((const char *)name, table[i].name, n))
+            return &table[i];
+    return NULL;
+}
+
+int drv_block_is_blocking(const uint8_t *name, uint32_t n)
+{
+    return lookup(name, n) != NULL;
+}
+
+static void line(drv_reply_fn *reply, void *sink, const char *text)
+{
+    reply(sink, CXL_ST_OK, text, (uint32_t)strlen(text), NULL, 0);
+}
+
+/* Redis's own rules (getTimeoutFromObjectOrReply): seconds as a float, not negative. */
+static int parse_timeout(const uint8_t *p, uint32_t n, double *out, drv_reply_fn *reply,
+                         void *sink)
+{
+    char buf[64], *end;
+    double v;
+
+    if (n == 0 || n >= sizeof(buf))
+        goto bad;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    errno = 0;
+    v = strtod(buf, &end);
+    if (errno || *end || end == buf || isnan(v) || isinf(v))
+        goto bad;
+    if (v < 0) {
+        line(reply, sink, "-ERR timeout is negative\r\n");
+        return -1;
+    }
+    *out = v;
+    return 0;
+bad:
+    line(reply, sink, "-ERR timeout is not a float or out of range\r\n");
+    return -1;
+}
+
+/* ---- One try: the non-blocking form ------------------------------------------------ */
+
+/* A reply captured instead of sent, to be reshaped or found to be nil. */
+struct capture {
+    uint8_t status;
+    uint8_t *bytes;
+    uint32_t len;
+};
+
+static void capture_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
+                          const void *p2, uint32_t n2)
+{
+    struct capture *c = sinkp;
+
+    c->status = status;
+    c->len = n1 + n2;
+    c->bytes = RedisModule_Alloc(c->len ? c->len : 1);
+    if (n1)
+        memcpy(c->bytes, p1, n1);
+    if (n2)
+        memcpy(c->bytes + n1, p2, n2);
+}
+
+static int is_nil(const struct capture *c)
+{
+    return c->status == CXL_ST_OK &&
+           ((c->len == 5 && (!memcmp(c->bytes, "*-1\r\n", 5) || !memcmp(c->bytes, "$-1\r\n", 5)))
+            || (c->len == 4 && !memcmp(c->bytes, "*0\r\n", 4)));
+}
+
+/* Run argv[0..argc) (a non-blocking command) as the driver: the session's user was
+ * checked against the blocking command already. */
+static void run(struct drv_exec *x, uint32_t argc, const uint8_t *const *argv,
+                const uint32_t *argl, struct capture *c)
+{
+    RedisModuleUser *user = x->call_user;
+
+    memset(c, 0, sizeof(*c));
+    x->call_user = NULL;
+    drv_exec_cmd(x, argc, argv, argl, capture_reply, c);
+    x->call_user = user;
+}
+
+/* 1: answered (a value or an error), 0: nothing to pop. */
+static int attempt(struct drv_exec *x, const struct blocking *b, uint32_t argc,
+                   const uint8_t *const *argv, const uint32_t *argl, drv_reply_fn *reply,
+                   void *sink)
+{
+    const uint8_t *av[CXL_MAX_ARGS];
+    uint32_t al[CXL_MAX_ARGS], i, n = 0;
+    struct capture c;
+    char head[48];
+    int hn;
+
+    if (b->shape == SAME_REPLY) {
+        av[n] = (const uint8_t *)b->form;
+        al[n++] = (uint32_t)strlen(b->form);
+        for (i = 1; i < argc; i++) {
+            if ((b->timeout_at == TIMEOUT_LAST && i == argc - 1) ||
+                (b->timeout_at == TIMEOUT_FIRST && i == 1))
+                continue;
+            av[n] = argv[i];
+            al[n++] = argl[i];
+        }
+        run(x, n, av, al, &c);
+        if (is_nil(&c)) {
+            RedisModule_Free(c.bytes);
+            return 0;
+        }
+        reply(sink, c.status, c.bytes, c.len, NULL, 0);
+        RedisModule_Free(c.bytes);
+        return 1;
+    }
+    /* One key after the other, as Redis serves BLPOP's keys: the first that has a value. */
+    av[0] = (const uint8_t *)b->form;
+    al[0] = (uint32_t)strlen(b->form);
+    for (i = 1; i + 1 < argc; i++) {
+        av[1] = argv[i];
+        al[1] = argl[i];
+        run(x, 2, av, al, &c);
+        if (is_nil(&c)) {
+            RedisModule_Free(c.bytes);
+            continue;
+        }
+        if (c.status != CXL_ST_OK || c.bytes[0] == '-') {
+            reply(sink, c.status, c.bytes, c.len, NULL, 0);      /* WRONGTYPE and kin */
+        } else if (b->shape == POP_PER_KEY) {
+            /* [key, value] */
+            hn = snprintf(head, sizeof(head), "*2\r\n$%u\r\n", argl[i]);
+            struct capture whole = { .status = CXL_ST_OK };
+            whole.len = (uint32_t)hn + argl[i] + 2;
+            whole.bytes = RedisModule_Alloc(whole.len + c.len);
+            memcpy(whole.bytes, head, (size_t)hn);
+            memcpy(whole.bytes + hn, argv[i], argl[i]);
+            memcpy(whole.bytes + hn + argl[i], "\r\n", 2);
+            memcpy(whole.bytes + whole.len, c.bytes, c.len);
+            reply(sink, CXL_ST_OK, whole.bytes, whole.len + c.len, NULL, 0);
+            RedisModule_Free(whole.bytes);
+        } else {
+            /* ZPOPMIN's [member, score] becomes [key, member, score] */
+            uint32_t skip = c.len >= 4 && !memcmp(c.bytes, "*2\r\n", 4) ? 4 : 0;
+
+            hn = snprintf(head, sizeof(head), "*3\r\n$%u\r\n", argl[i]);
+            struct capture whole = { .status = CXL_ST_OK };
+            whole.len = (uint32_t)hn + argl[i] + 2;
+            whole.bytes = RedisModule_Alloc(whole.len + c.len - skip);
+            memcpy(whole.bytes, head, (size_t)hn);
+            memcpy(whole.bytes + hn, argv[i], argl[i]);
+            memcpy(whole.bytes + hn + argl[i], "\r\n", 2);
+            memcpy(whole.bytes + whole.len, c.bytes + skip, c.len - skip);
+            reply(sink, CXL_ST_OK, whole.bytes, whole.len + c.len - skip, NULL, 0);
+            RedisModule_Free(whole.bytes);
+        }
+        RedisModule_Free(c.bytes);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- Blocking and unblocking ---------------------------------------------------------- */
+
+static void keep(struct drv_block *bl, const struct cxl_req *req)
+{
+    uint32_t i, total = 0;
+    uint8_t *p;
+
+    for (i = 0; i < req->argc; i++)
+        total += req->argl[i];
+    bl->buf = RedisModule_Alloc(total ? total : 1);
+    bl->req = *req;
+    for (i = 0, p = bl->buf; i < req->argc; i++) {
+        memcpy(p, req->argv[i], req->argl[i]);
+        bl->req.argv[i] = p;
+        p += req->argl[i];
+    }
+}
+
+int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
+                      void *sink)
+{
+    const struct blocking *b;
+    struct drv_block *bl = x->block;
+    double timeout = 0;
+    uint64_t events, now;
+    char text[128];
+
+    if (!bl || req->op != CXL_OP_CMD || req->argc < 1 ||
+        !(b = lookup(req->argv[0], req->argl[0])))
+        return 0;
+    events = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
+    if (!bl->active) {                  /* a new request, not the kept one tried again */
+        if (req->argc < b->min_argc || (b->max_argc && req->argc > b->max_argc)) {
+            snprintf(text, sizeof(text), "-ERR wrong number of arguments for '%s' command\r\n",
+                     b->name);
+            line(reply, sink, text);
+            return 1;
+        }
+        if (parse_timeout(req->argv[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1],
+                          req->argl[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1],
+                          &timeout, reply, sink) < 0)
+            return 1;
+        if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
+            return 1;
+        if (drv_txn_subscribe_keyspace(x->ctx) < 0) {
+            line(reply, sink, "-ERR cxl_ring: blocking commands need keyspace events, and "
+                 "Redis refused the subscription\r\n");
+            return 1;
+        }
+    }
+    if (attempt(x, b, req->argc, req->argv, req->argl, reply, sink)) {
+        drv_block_clear(bl);
+        return 1;
+    }
+    now = cxl_now_ns();
+    if (bl->active) {                   /* tried again: still nothing */
+        if (bl->deadline_ns && now >= bl->deadline_ns) {
+            line(reply, sink, b->nil);
+            drv_block_clear(bl);
+        } else {
+            bl->events_seen = events;
+        }
+        return 1;
+    }
+    keep(bl, req);
+    bl->active = 1;
+    bl->started = 1;                    /* channel.c records the request's id */
+    bl->events_seen = events;
+    bl->seq = ++block_seq;
+    bl->deadline_ns = timeout > 0 ? now + (uint64_t)(timeout * 1e9) : 0;
+    __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions + 1, __ATOMIC_RELAXED);
+    return 1;
+}
