@@ -63,6 +63,8 @@
 #define KIND_ADOPT          1u      /* the AUTH of a connection's new own session */
 #define KIND_HELLO2         2u      /* HELLO 2 AUTH: +OK becomes the HELLO reply */
 #define KIND_HELLO3         4u
+#define KIND_BLOCKING       8u      /* BLPOP and kin: answered when a value comes or at the
+                                     * command's own timeout, so --timeout-ms does not apply */
 
 static const char HELLO2[] =
     "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"
@@ -802,8 +804,9 @@ static void submit(struct conn *c, struct gsess *gs, uint8_t op, uint8_t flags, 
 }
 
 /* A command for the ring: checked against the region's limits, then framed. */
-static void ring_request(struct conn *c, uint8_t op, uint8_t flags, uint64_t ttl,
-                         uint32_t argc, const uint8_t *const *argv, const uint32_t *argl)
+static void ring_request_kind(struct conn *c, uint8_t op, uint8_t flags, uint64_t ttl,
+                              uint32_t argc, const uint8_t *const *argv, const uint32_t *argl,
+                              uint8_t kind)
 {
     struct gsess *gs;
 
@@ -815,7 +818,13 @@ static void ring_request(struct conn *c, uint8_t op, uint8_t flags, uint64_t ttl
     }
     gs = conn_session(c);
     if (gs)
-        submit(c, gs, op, flags, ttl, argc, argv, argl, 0);
+        submit(c, gs, op, flags, ttl, argc, argv, argl, kind);
+}
+
+static void ring_request(struct conn *c, uint8_t op, uint8_t flags, uint64_t ttl,
+                         uint32_t argc, const uint8_t *const *argv, const uint32_t *argl)
+{
+    ring_request_kind(c, op, flags, ttl, argc, argv, argl, 0);
 }
 
 /* ---- Responses -------------------------------------------------------------------- */
@@ -1026,7 +1035,8 @@ static int session_pump(struct gsess *gs)
     } else if (now - gs->last_check_ns > CHECK_PERIOD_NS) {
         gs->last_check_ns = now;
         rc = cxl_session_check(&gs->s);
-        if (!rc && now - gs->last_progress_ns > (uint64_t)G.timeout_ms * 1000000ull) {
+        if (!rc && now - gs->last_progress_ns > (uint64_t)G.timeout_ms * 1000000ull &&
+            !(gs->pend.n && fifo_front(&gs->pend)->kind & KIND_BLOCKING)) {
             snprintf(gs->s.err, sizeof(gs->s.err), "no response for %u ms", G.timeout_ms);
             rc = CXL_E_TIMEOUT;
         }
@@ -1165,7 +1175,24 @@ static int auth(struct conn *c, uint32_t argc, const uint8_t **argv, const uint3
     return DISPATCH_DONE;
 }
 
+/* The blocking commands the driver serves by blocking the session (ring-protocol.md 14). */
+static int is_blocking(const uint8_t *p, uint32_t n)
+{
+    static const char *const names[] = { "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP",
+                                         "BZPOPMIN", "BZPOPMAX", "BZMPOP" };
+    size_t i;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (eq(p, n, names[i]))
+            return 1;
+    return 0;
+}
+
 /*
+ * MULTI, EXEC, DISCARD, WATCH, UNWATCH, SELECT, and the blocking commands (BLPOP...): what
+ * the driver keeps or does per ring session, so a connection gets a session of its own
+ * first: on a shared one, a BLPOP would hold the other connections' commands behind it.
+ *
  * MULTI, EXEC, DISCARD, WATCH, UNWATCH, SELECT: state the driver keeps per ring session
  * (docs/ring-protocol.md section 13). On a session other connections share, one client's
  * MULTI would queue the others' commands: the connection gets a session of its own first
@@ -1193,7 +1220,8 @@ static int session_state(struct conn *c, uint32_t n, const uint8_t **argv,
         c->in_multi = 1;                /* the driver queues CMDs only (no QUEUED for GET) */
     else if (eq(argv[0], argl[0], "EXEC") || eq(argv[0], argl[0], "DISCARD"))
         c->in_multi = 0;
-    ring_request(c, CXL_OP_CMD, 0, 0, n, argv, argl);
+    ring_request_kind(c, CXL_OP_CMD, 0, 0, n, argv, argl,
+                      is_blocking(argv[0], argl[0]) ? KIND_BLOCKING : 0);
     return DISPATCH_DONE;
 }
 
@@ -1281,6 +1309,8 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
     } else if (eq(name, nl, "MULTI") || eq(name, nl, "EXEC") || eq(name, nl, "DISCARD") ||
                eq(name, nl, "WATCH") || eq(name, nl, "UNWATCH")) {
         return session_state(c, n, argv, argl, "a transaction");
+    } else if (!c->in_multi && is_blocking(name, nl)) {
+        return session_state(c, n, argv, argl, "a blocking command");
     } else if (eq(name, nl, "AUTH")) {
         if (n != 2 && n != 3) {
             reply_error(c, "ERR wrong number of arguments for 'auth' command");

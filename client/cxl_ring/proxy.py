@@ -24,9 +24,10 @@ Access control: every connection runs as the ACL user of the proxy's ring channe
 user, or "default" where Redis needs no password); AUTH and HELLO AUTH are refused, since one
 session carries every connection.
 
-Limits: no MULTI/EXEC/WATCH (the driver keeps them per ring session, and one session carries
-every connection here: they are refused), no (P)SUBSCRIBE, MONITOR or blocking semantics
-(the driver runs CMD like a script does, and Redis refuses those there); a slow CMD holds up
+Limits: no MULTI/EXEC/WATCH and no BLPOP and kin (the driver keeps or blocks them per ring
+session, and one session carries every connection here: they are refused; cxl-gateway gives
+such a connection a session of its own), no (P)SUBSCRIBE or MONITOR (the driver runs CMD like
+a script does, and Redis refuses those there); a slow CMD holds up
 the replies queued behind it on the channel (head-of-line), as on one Redis connection.
 """
 
@@ -64,8 +65,11 @@ _HELLO2 = (b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\
 _HELLO3 = (b"%7\r\n+server\r\n+redis\r\n+version\r\n+7.0.0\r\n+proto\r\n:3\r\n+id\r\n:1\r\n"
            b"+mode\r\n+standalone\r\n+role\r\n+master\r\n+modules\r\n*0\r\n")
 _LOCAL_OK = {b"CLIENT": (b"SETINFO", b"SETNAME")}
-# What the driver keeps per session: not for a session every connection shares.
-_SESSION_STATE = frozenset((b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH"))
+# What the driver keeps or does per session: not for a session every connection shares (a
+# BLPOP would hold every connection's replies behind it).
+_SESSION_STATE = frozenset((b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH", b"BLPOP",
+                            b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN",
+                            b"BZPOPMAX", b"BZMPOP"))
 _FWD_ERROR = {P.ST_TOO_LARGE: "ERR cxl_ring: too large: ", P.ST_BAD_REQUEST: "ERR cxl_ring: ",
               P.ST_UNKNOWN_OP: "ERR cxl_ring: ", P.ST_PROTOCOL_ERROR: "ERR cxl_ring: "}
 

@@ -555,3 +555,34 @@ def test_a_transaction_needs_a_free_channel(server, gateways):
     with pytest.raises(redis.ResponseError, match="no free ring channel"):
         r.execute_command("MULTI")
     assert r.set("after", "1") and server.client().get("after") == b"1"
+
+
+# ---- blocking commands: a connection's own session blocks, not the others (section 14) ------
+
+
+def test_blpop_blocks_only_its_connection(server, gateways):
+    """redis-py's BLPOP through the gateway (default --timeout-ms 5000, less than the block):
+    the connection gets a session of its own and waits there; the other connections, on the
+    shared session, go on; a push over TCP answers it; a timeout answers nil."""
+    gw = gateways(server.region, channels=1)
+    waiter, other = gw.client(), gw.client()
+    waiter.connection_pool.connection_kwargs["socket_timeout"] = 60
+    assert waiter.ping() and other.ping()
+    out = {}
+    t = threading.Thread(target=lambda: out.update(v=waiter.blpop(["jobs"], timeout=0)),
+                         daemon=True)
+    t.start()
+    wait_for(lambda: int(server.info()["blocked_sessions"]) == 1, "the BLPOP to block")
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 6:                   # past the gateway's --timeout-ms
+        assert other.set("k", "v") and other.get("k") == b"v"
+        time.sleep(0.2)
+    assert "v" not in out
+    server.client().rpush("jobs", "job-1")
+    t.join(60)
+    assert out["v"] == (b"jobs", b"job-1")
+    assert waiter.brpop(["none"], timeout=0.3) is None
+    assert waiter.blmove("none", "dst", 0.3) is None
+    server.client().zadd("z", {"m": 2})
+    assert waiter.bzpopmin(["z"], timeout=0) == (b"z", b"m", 2.0)
+    assert gw.alive() and int(server.info()["blocked_sessions"]) == 0

@@ -242,7 +242,8 @@ def test_the_proxy_refuses_what_its_shared_session_would_keep(ring_servers):
         a = redis.Redis(port=port, socket_timeout=20, protocol=2)
         b = redis.Redis(port=port, socket_timeout=20, protocol=2)
         wait_for(lambda: _answers(a), "the proxy to listen", 30)
-        for argv in (["MULTI"], ["WATCH", "k"], ["EXEC"], ["DISCARD"], ["UNWATCH"]):
+        for argv in (["MULTI"], ["WATCH", "k"], ["EXEC"], ["DISCARD"], ["UNWATCH"],
+                     ["BLPOP", "q", "0"], ["bzmpop", "0", "1", "z", "MIN"]):
             with pytest.raises(redis.exceptions.ResponseError, match="does not forward"):
                 a.execute_command(*argv)
         assert b.set("k", "now") and srv.client().get("k") == b"now"
