@@ -337,6 +337,30 @@ def test_application_workload_through_the_gateway(client, server):
     assert redis_cli(server, "STRLEN", f"{prefix}199") == "1024"
 
 
+def test_blpop_through_the_gateway_waits_for_a_push_from_the_server_vm(client, server):
+    """redis-cli BLPOP in the client VM, through the gateway: its ring session blocks (the
+    server says so) until a client of the server VM pushes over TCP, then it gets the value
+    (docs/ring-protocol.md section 14)."""
+    key = unique("blpop")
+    out = f"/tmp/{key}.out"
+    client.run(f"(timeout 600 redis-cli -p {GATEWAY_PORT} BLPOP {key} 500 > {out} 2>&1 &)")
+
+    def blocked() -> int:
+        lines = redis_cli(server, "CXLRING.INFO").splitlines()
+        return int(lines[lines.index("blocked_sessions") + 1])
+
+    deadline = time.monotonic() + 300                    # a hang catcher, not a speed bound
+    while blocked() < 1:
+        assert time.monotonic() < deadline, "the BLPOP never blocked"
+        time.sleep(1)
+    redis_cli(server, "RPUSH", key, "pushed")
+    while "pushed" not in client.run(f"cat {out}").stdout:
+        assert time.monotonic() < deadline, client.run(f"cat {out}").stdout
+        time.sleep(1)
+    assert client.run(f"cat {out}").stdout.split() == [key, "pushed"]
+    client.run(f"rm -f {out}")
+
+
 def test_redis_benchmark_through_the_proxy(client):
     run = client.run("timeout 900 redis-benchmark -h 127.0.0.1 -p 6380 -t set,get -n 2000 -c 4 -q")
     assert run.rc == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
