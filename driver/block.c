@@ -1,7 +1,7 @@
 /*
- * block.c - blocking list and sorted-set commands on a ring session: BLPOP, BRPOP,
- * BRPOPLPUSH, BLMOVE, BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP (docs/ring-protocol.md
- * section 14).
+ * block.c - blocking commands on a ring session: BLPOP, BRPOP, BRPOPLPUSH, BLMOVE,
+ * BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP, and XREAD/XREADGROUP with BLOCK
+ * (docs/ring-protocol.md section 14).
  *
  * A CMD runs through RedisModule_Call, where Redis never blocks: it refuses these
  * commands (Redis 7: flag noscript) or answers them at once. The driver blocks the
@@ -9,7 +9,8 @@
  *
  *   1. the command's arity and timeout are checked as Redis checks them, and the
  *      session's user must be allowed the command itself and its keys;
- *   2. its non-blocking form runs (LPOP per key for BLPOP, LMOVE for BLMOVE...);
+ *   2. its non-blocking form runs (LPOP per key for BLPOP, LMOVE for BLMOVE, XREAD
+ *      without BLOCK, its "$" ids made the streams' last entries...);
  *      a value, or an error such as WRONGTYPE, is the answer, in the blocking
  *      command's own reply shape;
  *   3. nothing to pop: the session is blocked. The request is kept (struct
@@ -37,9 +38,10 @@ enum shape {
     POP_PER_KEY,                        /* BLPOP k... t: LPOP k until one answers */
     ZPOP_PER_KEY,                       /* BZPOPMIN k... t: ZPOPMIN k until one answers */
     SAME_REPLY,                         /* BLMOVE...: the non-blocking form's reply as is */
+    STREAM_READ,                        /* XREAD ... BLOCK ms: the same without BLOCK */
 };
 
-enum { TIMEOUT_LAST, TIMEOUT_FIRST };   /* where the timeout argument is */
+enum { TIMEOUT_LAST, TIMEOUT_FIRST, TIMEOUT_BLOCK };   /* where the timeout argument is */
 
 struct blocking {
     const char *name, *form;            /* the command and its non-blocking form */
@@ -58,6 +60,9 @@ static const struct blocking table[] = {
     { "blmove",     "lmove",     SAME_REPLY,   TIMEOUT_LAST,  6, 6, "$-1\r\n" },
     { "blmpop",     "lmpop",     SAME_REPLY,   TIMEOUT_FIRST, 5, 0, "*-1\r\n" },
     { "bzmpop",     "zmpop",     SAME_REPLY,   TIMEOUT_FIRST, 5, 0, "*-1\r\n" },
+    /* only with BLOCK (stream_block() finds it); the timeout is in milliseconds */
+    { "xread",      "xread",     STREAM_READ,  TIMEOUT_BLOCK, 4, 0, "*-1\r\n" },
+    { "xreadgroup", "xreadgroup", STREAM_READ, TIMEOUT_BLOCK, 7, 0, "*-1\r\n" },
 };
 
 static uint64_t block_seq;              /* poll thread, under the GIL */
@@ -70,11 +75,6 @@ static const struct blocking *lookup(const uint8_t *name, uint32_t n)
         if (n == strlen(table[i].name) && !strncasecmp((const char *)name, table[i].name, n))
             return &table[i];
     return NULL;
-}
-
-int drv_block_is_blocking(const uint8_t *name, uint32_t n)
-{
-    return lookup(name, n) != NULL;
 }
 
 static void line(drv_reply_fn *reply, void *sink, const char *text)
@@ -106,6 +106,91 @@ static int parse_timeout(const uint8_t *p, uint32_t n, double *out, drv_reply_fn
 bad:
     line(reply, sink, "-ERR timeout is not a float or out of range\r\n");
     return -1;
+}
+
+/* XREAD/XREADGROUP: the index of BLOCK's value before STREAMS, or 0 when there is none. */
+static uint32_t stream_block(const struct cxl_req *req)
+{
+    uint32_t i;
+
+    for (i = 1; i + 1 < req->argc; i++) {
+        if (req->argl[i] == 7 && !strncasecmp((const char *)req->argv[i], "streams", 7))
+            return 0;
+        if (req->argl[i] == 5 && !strncasecmp((const char *)req->argv[i], "block", 5))
+            return i + 1;
+    }
+    return 0;
+}
+
+/* Redis's rules for BLOCK's value: whole milliseconds, not negative. */
+static int parse_block_ms(const uint8_t *p, uint32_t n, double *seconds, drv_reply_fn *reply,
+                          void *sink)
+{
+    char buf[32], *end;
+    long long v;
+
+    if (n == 0 || n >= sizeof(buf))
+        goto bad;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    errno = 0;
+    v = strtoll(buf, &end, 10);
+    if (errno || *end || end == buf)
+        goto bad;
+    if (v < 0) {
+        line(reply, sink, "-ERR timeout is negative\r\n");
+        return -1;
+    }
+    *seconds = (double)v / 1000.0;
+    return 0;
+bad:
+    line(reply, sink, "-ERR timeout is not an integer or out of range\r\n");
+    return -1;
+}
+
+/*
+ * XREAD's "$" (entries added after the call) names a position that moves: the kept request
+ * names the stream's last entry instead, found now (XREVRANGE key + - COUNT 1; no entry or
+ * no stream: 0-0). Entries deleted after it were never read anyway. ids: room for each one.
+ */
+#define STREAM_ID_MAX 48
+
+static void stream_fix_dollar(struct drv_exec *x, struct cxl_req *req,
+                              char ids[][STREAM_ID_MAX], uint32_t nids)
+{
+    uint32_t i, s = 0, nkeys, k;
+
+    for (i = 1; i < req->argc; i++)
+        if (req->argl[i] == 7 && !strncasecmp((const char *)req->argv[i], "streams", 7))
+            s = i;
+    if (!s || (req->argc - s - 1) % 2)
+        return;                         /* malformed: XREAD itself says how */
+    nkeys = (req->argc - s - 1) / 2;
+    for (k = 0; k < nkeys && k < nids; k++) {
+        uint32_t key = s + 1 + k, id = s + 1 + nkeys + k;
+        RedisModuleCallReply *r, *e, *idr;
+        const char *p;
+        size_t n = 0;
+
+        if (req->argl[id] != 1 || req->argv[id][0] != '$')
+            continue;
+        snprintf(ids[k], STREAM_ID_MAX, "0-0");
+        r = RedisModule_Call(x->ctx, "XREVRANGE", "bcccc", (const char *)req->argv[key],
+                             (size_t)req->argl[key], "+", "-", "COUNT", "1");
+        if (r && RedisModule_CallReplyType(r) == REDISMODULE_REPLY_ARRAY &&
+            RedisModule_CallReplyLength(r) >= 1 &&
+            (e = RedisModule_CallReplyArrayElement(r, 0)) &&
+            RedisModule_CallReplyType(e) == REDISMODULE_REPLY_ARRAY &&
+            (idr = RedisModule_CallReplyArrayElement(e, 0)) &&
+            (p = RedisModule_CallReplyStringPtr(idr, &n)) && n < STREAM_ID_MAX) {
+            memcpy(ids[k], p, n);
+            ids[k][n] = '\0';
+        }
+        if (r)
+            RedisModule_FreeCallReply(r);
+        req->argv[id] = (const uint8_t *)ids[k];
+        req->argl[id] = (uint32_t)strlen(ids[k]);
+    }
 }
 
 /* ---- One try: the non-blocking form ------------------------------------------------ */
@@ -162,12 +247,22 @@ static int attempt(struct drv_exec *x, const struct blocking *b, uint32_t argc,
     char head[48];
     int hn;
 
-    if (b->shape == SAME_REPLY) {
+    if (b->shape == SAME_REPLY || b->shape == STREAM_READ) {
+        uint32_t block_at = 0;
+
+        if (b->shape == STREAM_READ) {
+            struct cxl_req probe = { .argc = (uint16_t)argc };
+
+            memcpy(probe.argv, argv, argc * sizeof(argv[0]));
+            memcpy(probe.argl, argl, argc * sizeof(argl[0]));
+            block_at = stream_block(&probe);
+        }
         av[n] = (const uint8_t *)b->form;
         al[n++] = (uint32_t)strlen(b->form);
         for (i = 1; i < argc; i++) {
             if ((b->timeout_at == TIMEOUT_LAST && i == argc - 1) ||
-                (b->timeout_at == TIMEOUT_FIRST && i == 1))
+                (b->timeout_at == TIMEOUT_FIRST && i == 1) ||
+                (block_at && (i == block_at - 1 || i == block_at)))
                 continue;
             av[n] = argv[i];
             al[n++] = argl[i];
@@ -253,10 +348,33 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
     double timeout = 0;
     uint64_t events, now;
     char text[128];
+    static struct cxl_req stream_req;   /* poll thread only: XREAD with "$" resolved */
+    static char ids[64][STREAM_ID_MAX];
 
     if (!bl || req->op != CXL_OP_CMD || req->argc < 1 ||
         !(b = lookup(req->argv[0], req->argl[0])))
         return 0;
+    if (b->shape == STREAM_READ && !bl->active) {
+        uint32_t at = stream_block(req);
+
+        if (!at)
+            return 0;                   /* XREAD without BLOCK: a plain CMD */
+        if (parse_block_ms(req->argv[at], req->argl[at], &timeout, reply, sink) < 0)
+            return 1;
+        if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
+            return 1;
+        if (drv_txn_subscribe_keyspace(x->ctx) < 0) {
+            line(reply, sink, "-ERR cxl_ring: blocking commands need keyspace events, and "
+                 "Redis refused the subscription\r\n");
+            return 1;
+        }
+        if (req->argl[0] == 5) {        /* XREAD: "$" becomes the stream's last entry */
+            stream_req = *req;
+            stream_fix_dollar(x, &stream_req, ids, CXL_MAX_ARGS / 2 < 64 ? CXL_MAX_ARGS / 2 : 64);
+            req = &stream_req;
+        }
+        goto try;
+    }
     events = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
     if (!bl->active) {                  /* a new request, not the kept one tried again */
         if (req->argc < b->min_argc || (b->max_argc && req->argc > b->max_argc)) {
@@ -277,6 +395,8 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
             return 1;
         }
     }
+try:
+    events = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
     if (attempt(x, b, req->argc, req->argv, req->argl, reply, sink)) {
         drv_block_clear(bl);
         return 1;

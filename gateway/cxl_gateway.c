@@ -1175,16 +1175,25 @@ static int auth(struct conn *c, uint32_t argc, const uint8_t **argv, const uint3
     return DISPATCH_DONE;
 }
 
-/* The blocking commands the driver serves by blocking the session (ring-protocol.md 14). */
-static int is_blocking(const uint8_t *p, uint32_t n)
+/* The blocking commands the driver serves by blocking the session (ring-protocol.md 14):
+ * the list and sorted-set ones, and XREAD/XREADGROUP with BLOCK (before STREAMS). */
+static int is_blocking(uint32_t argc, const uint8_t *const *argv, const uint32_t *argl)
 {
     static const char *const names[] = { "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP",
                                          "BZPOPMIN", "BZPOPMAX", "BZMPOP" };
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (eq(p, n, names[i]))
+        if (eq(argv[0], argl[0], names[i]))
             return 1;
+    if (!eq(argv[0], argl[0], "XREAD") && !eq(argv[0], argl[0], "XREADGROUP"))
+        return 0;
+    for (i = 1; i + 1 < argc; i++) {
+        if (eq(argv[i], argl[i], "STREAMS"))
+            return 0;
+        if (eq(argv[i], argl[i], "BLOCK"))
+            return 1;
+    }
     return 0;
 }
 
@@ -1221,7 +1230,7 @@ static int session_state(struct conn *c, uint32_t n, const uint8_t **argv,
     else if (eq(argv[0], argl[0], "EXEC") || eq(argv[0], argl[0], "DISCARD"))
         c->in_multi = 0;
     ring_request_kind(c, CXL_OP_CMD, 0, 0, n, argv, argl,
-                      is_blocking(argv[0], argl[0]) ? KIND_BLOCKING : 0);
+                      is_blocking(n, argv, argl) ? KIND_BLOCKING : 0);
     return DISPATCH_DONE;
 }
 
@@ -1309,7 +1318,7 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
     } else if (eq(name, nl, "MULTI") || eq(name, nl, "EXEC") || eq(name, nl, "DISCARD") ||
                eq(name, nl, "WATCH") || eq(name, nl, "UNWATCH")) {
         return session_state(c, n, argv, argl, "a transaction");
-    } else if (!c->in_multi && is_blocking(name, nl)) {
+    } else if (!c->in_multi && is_blocking(n, argv, argl)) {
         return session_state(c, n, argv, argl, "a blocking command");
     } else if (eq(name, nl, "AUTH")) {
         if (n != 2 && n != 3) {

@@ -377,7 +377,19 @@ FOREVER = 1e9       # seconds: "no timeout" for a wait that counts from its last
 def blocking_wait(args: tuple, timeout: float) -> float | None:
     """How long to wait for a blocking command's reply; None for any other command (or one
     whose timeout the server will refuse: the error comes at once)."""
-    at = BLOCKING_TIMEOUT_AT.get(bytes(args[0]).lower()) if args else None
+    name = bytes(args[0]).lower() if args else b""
+    if name in (b"xread", b"xreadgroup"):            # BLOCK milliseconds, before STREAMS
+        words = [bytes(a).upper() for a in args]
+        block = words.index(b"BLOCK") if b"BLOCK" in words else 0
+        streams = words.index(b"STREAMS") if b"STREAMS" in words else len(words)
+        if not block or block > streams or block + 1 >= len(args):
+            return None
+        try:
+            seconds = int(args[block + 1]) / 1000.0
+        except ValueError:
+            return None
+        return None if seconds < 0 else FOREVER if seconds == 0 else seconds + timeout
+    at = BLOCKING_TIMEOUT_AT.get(name)
     if at is None or len(args) < 3:
         return None
     try:

@@ -585,4 +585,12 @@ def test_blpop_blocks_only_its_connection(server, gateways):
     assert waiter.blmove("none", "dst", 0.3) is None
     server.client().zadd("z", {"m": 2})
     assert waiter.bzpopmin(["z"], timeout=0) == (b"z", b"m", 2.0)
+    assert not waiter.xread({"s": "$"}, block=300)       # nil at its timeout
+    t = threading.Thread(target=lambda: out.update(x=waiter.xread({"s": "$"}, block=0)),
+                         daemon=True)
+    t.start()
+    wait_for(lambda: int(server.info()["blocked_sessions"]) == 1, "XREAD BLOCK to block")
+    eid = server.client().xadd("s", {"f": "v"})
+    t.join(60)
+    assert out["x"] == [[b"s", [(eid, {b"f": b"v"})]]]
     assert gw.alive() and int(server.info()["blocked_sessions"]) == 0

@@ -300,8 +300,55 @@ def test_the_client_waits_the_commands_timeout_and_its_own(srv):
     for bad in (b"-1", b"x", b"nan", b"inf"):          # the server refuses it at once
         assert blocking_wait((b"BLPOP", b"q", bad), 5.0) is None
     assert blocking_wait((b"BLPOP", b"q"), 5.0) is None
+    assert blocking_wait((b"XREAD", b"BLOCK", b"1500", b"STREAMS", b"s", b"$"), 5.0) == 6.5
+    assert blocking_wait((b"xreadgroup", b"GROUP", b"g", b"c", b"block", b"0", b"STREAMS",
+                          b"s", b">"), 5.0) == FOREVER
+    assert blocking_wait((b"XREAD", b"STREAMS", b"s", b"$"), 5.0) is None
+    assert blocking_wait((b"XREAD", b"STREAMS", b"block", b"0-0"), 5.0) is None  # a key
     # a 1 s client waits out a 2 s BLPOP and a BLPOP 0 answered after 2 s, no TimeoutError
     with RingClient(srv.region, timeout=1) as r:
         assert r.execute_command("BLPOP", "q", "2") is None
         threading.Timer(2.0, lambda: srv.client().rpush("q", "late")).start()
         assert r.execute_command("BLPOP", "q", "0") == [b"q", b"late"]
+
+
+# ---- streams: XREAD and XREADGROUP with BLOCK ---------------------------------------------------
+
+
+def test_xread_block_waits_for_an_entry_added_after_it(srv, ring):
+    tcp = srv.client()
+    old = tcp.xadd("s", {"f": "old"})
+    # "$": only what comes after the call; an entry already there is not read
+    w = Waiter(srv.region, "XREAD", "COUNT", "10", "BLOCK", "0", "STREAMS", "s", "$")
+    w.start()
+    wait_for(lambda: blocked(srv) == 1, "XREAD to block")
+    tcp.set("unrelated", "1")                          # a write elsewhere: still blocked
+    time.sleep(0.3)
+    assert w.is_alive()
+    new = tcp.xadd("s", {"f": "new"})
+    assert w.finish() == [[b"s", [[new, [b"f", b"new"]]]]]
+    # an explicit id is answered at once when there is something after it
+    assert ring.execute_command("XREAD", "BLOCK", "5000", "STREAMS", "s", old) == \
+        [[b"s", [[new, [b"f", b"new"]]]]]
+    # without BLOCK it is a plain CMD; with a timeout and nothing new, nil after it
+    assert ring.execute_command("XREAD", "STREAMS", "s", new) is None
+    t0 = time.monotonic()
+    assert ring.execute_command("XREAD", "BLOCK", "300", "STREAMS", "s", "$") is None
+    assert time.monotonic() - t0 >= 0.3
+    with pytest.raises(ResponseError, match="timeout is negative"):
+        ring.execute_command("XREAD", "BLOCK", "-1", "STREAMS", "s", "$")
+    with pytest.raises(ResponseError, match="not an integer"):
+        ring.execute_command("XREAD", "BLOCK", "1.5", "STREAMS", "s", "$")
+    assert blocked(srv) == 0
+
+
+def test_xreadgroup_block_gets_new_entries_of_its_group(srv, ring):
+    tcp = srv.client()
+    tcp.xgroup_create("jobs", "workers", id="$", mkstream=True)
+    w = Waiter(srv.region, "XREADGROUP", "GROUP", "workers", "w1", "BLOCK", "0", "STREAMS",
+               "jobs", ">")
+    w.start()
+    wait_for(lambda: blocked(srv) == 1, "XREADGROUP to block")
+    eid = tcp.xadd("jobs", {"task": "1"})
+    assert w.finish() == [[b"jobs", [[eid, [b"task", b"1"]]]]]
+    assert tcp.xpending("jobs", "workers")["pending"] == 1
