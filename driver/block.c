@@ -82,9 +82,10 @@ static void line(drv_reply_fn *reply, void *sink, const char *text)
     reply(sink, CXL_ST_OK, text, (uint32_t)strlen(text), NULL, 0);
 }
 
-/* Redis's own rules (getTimeoutFromObjectOrReply): seconds as a float, not negative. */
-static int parse_timeout(const uint8_t *p, uint32_t n, double *out, drv_reply_fn *reply,
-                         void *sink)
+/* Redis's own rules (getTimeoutFromObjectOrReply): seconds as a float, or BLOCK's whole
+ * milliseconds (millis); not negative. Into *seconds; an error reply and -1 when bad. */
+static int parse_timeout(const uint8_t *p, uint32_t n, int millis, double *seconds,
+                         drv_reply_fn *reply, void *sink)
 {
     char buf[64], *end;
     double v;
@@ -94,17 +95,18 @@ static int parse_timeout(const uint8_t *p, uint32_t n, double *out, drv_reply_fn
     memcpy(buf, p, n);
     buf[n] = '\0';
     errno = 0;
-    v = strtod(buf, &end);
+    v = millis ? (double)strtoll(buf, &end, 10) / 1000.0 : strtod(buf, &end);
     if (errno || *end || end == buf || isnan(v) || isinf(v))
         goto bad;
     if (v < 0) {
         line(reply, sink, "-ERR timeout is negative\r\n");
         return -1;
     }
-    *out = v;
+    *seconds = v;
     return 0;
 bad:
-    line(reply, sink, "-ERR timeout is not a float or out of range\r\n");
+    line(reply, sink, millis ? "-ERR timeout is not an integer or out of range\r\n"
+                             : "-ERR timeout is not a float or out of range\r\n");
     return -1;
 }
 
@@ -120,32 +122,6 @@ static uint32_t stream_block(const struct cxl_req *req)
             return i + 1;
     }
     return 0;
-}
-
-/* Redis's rules for BLOCK's value: whole milliseconds, not negative. */
-static int parse_block_ms(const uint8_t *p, uint32_t n, double *seconds, drv_reply_fn *reply,
-                          void *sink)
-{
-    char buf[32], *end;
-    long long v;
-
-    if (n == 0 || n >= sizeof(buf))
-        goto bad;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    errno = 0;
-    v = strtoll(buf, &end, 10);
-    if (errno || *end || end == buf)
-        goto bad;
-    if (v < 0) {
-        line(reply, sink, "-ERR timeout is negative\r\n");
-        return -1;
-    }
-    *seconds = (double)v / 1000.0;
-    return 0;
-bad:
-    line(reply, sink, "-ERR timeout is not an integer or out of range\r\n");
-    return -1;
 }
 
 /*
@@ -359,7 +335,7 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
 
         if (!at)
             return 0;                   /* XREAD without BLOCK: a plain CMD */
-        if (parse_block_ms(req->argv[at], req->argl[at], &timeout, reply, sink) < 0)
+        if (parse_timeout(req->argv[at], req->argl[at], 1, &timeout, reply, sink) < 0)
             return 1;
         if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
             return 1;
@@ -384,7 +360,7 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
             return 1;
         }
         if (parse_timeout(req->argv[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1],
-                          req->argl[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1],
+                          req->argl[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1], 0,
                           &timeout, reply, sink) < 0)
             return 1;
         if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))

@@ -25,6 +25,7 @@ from ringharness import (  # noqa: E402
     MODULE_ASAN,
     NO_ASAN,
     REDIS_SERVER,
+    SMALL,
     Cluster,
 )
 
@@ -83,3 +84,18 @@ def peer():
     for region, ch in opened:
         ch.release()
         region.close()
+
+
+@pytest.fixture
+def srv(ring_servers):
+    """One server with SMALL rings (a test file may define its own srv)."""
+    return ring_servers.server(SMALL)
+
+
+@pytest.fixture
+def ring(srv):
+    """A Python ring client of srv (20 s waits: a hang catcher)."""
+    from cxl_ring import RingClient
+
+    with RingClient(srv.region, timeout=20) as c:
+        yield c

@@ -77,6 +77,9 @@ def freeze(pid: int) -> None:
     wait_for(all_stopped, f"every thread of {pid} to stop")
 
 
+# Small rings and values: fast to format, enough for most tests (conftest's srv fixture).
+SMALL = {"channels": 4, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
+
 _names = itertools.count()
 
 FILE, DIRECTORY = "file", "directory"

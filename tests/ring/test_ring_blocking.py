@@ -15,23 +15,9 @@ import time
 
 import pytest
 from cxl_ring import NoPermissionError, ResponseError, RingClient
-from ringharness import wait_for
+from ringharness import SMALL, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-SMALL = {"channels": 4, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
-
-
-@pytest.fixture
-def srv(ring_servers):
-    return ring_servers.server(SMALL)
-
-
-@pytest.fixture
-def ring(srv):
-    with RingClient(srv.region, timeout=20) as c:
-        yield c
-
 
 def blocked(srv) -> int:
     return int(srv.info()["blocked_sessions"])

@@ -8,23 +8,9 @@ import threading
 
 import pytest
 from cxl_ring import NoPermissionError, ResponseError, RingClient, WatchError
-from ringharness import DIRECTORY
+from ringharness import DIRECTORY, SMALL
 
 pytestmark = pytest.mark.timeout(120)
-
-SMALL = {"channels": 4, "req_ring": "256k", "resp_ring": "256k", "max_value": 65536}
-
-
-@pytest.fixture
-def srv(ring_servers):
-    return ring_servers.server(SMALL)
-
-
-@pytest.fixture
-def ring(srv):
-    with RingClient(srv.region, timeout=20) as c:
-        yield c
-
 
 def test_select_gives_the_session_its_database(srv, ring):
     assert ring.execute_command("SELECT", "3") == b"OK"

@@ -473,6 +473,15 @@ static void wait_events(struct epoll_event *evs, int *n)
     }
 }
 
+/* One event: what waits to be written goes; the connection if it has replies to read. */
+static struct conn *readable(const struct epoll_event *ev)
+{
+    struct conn *c = ev->data.ptr;
+    if ((ev->events & EPOLLOUT) && conn_flush(c))
+        conn_arm(c, false);
+    return ev->events & (EPOLLIN | EPOLLHUP | EPOLLERR) ? c : NULL;
+}
+
 /* Load: keys [0, records) shared out in rounds of LOAD_DEPTH pipelined SETs per connection. */
 static double load_phase(struct stats *st)
 {
@@ -494,10 +503,8 @@ static double load_phase(struct stats *st)
         int n;
         wait_events(evs, &n);
         for (int e = 0; e < n; e++) {
-            struct conn *c = evs[e].data.ptr;
-            if ((evs[e].events & EPOLLOUT) && conn_flush(c))
-                conn_arm(c, false);
-            if (!(evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+            struct conn *c = readable(&evs[e]);
+            if (!c)
                 continue;
             conn_read(c, st, UPDATE, 0);
             if (c->waiting)
@@ -539,12 +546,8 @@ static double run_phase(struct stats *st, bool *truncated)
         wait_events(evs, &n);
         uint64_t t = now_ns();
         for (int e = 0; e < n; e++) {
-            struct conn *c = evs[e].data.ptr;
-            if ((evs[e].events & EPOLLOUT) && conn_flush(c))
-                conn_arm(c, false);
-            if (!(evs[e].events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-                continue;
-            if (!conn_read(c, st, c->kind, t) || c->waiting)
+            struct conn *c = readable(&evs[e]);
+            if (!c || !conn_read(c, st, c->kind, t) || c->waiting)
                 continue;
             if (issued < o.ops && t < deadline) {
                 issue(c, issued++);
