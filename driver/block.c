@@ -330,48 +330,33 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
     if (!bl || req->op != CXL_OP_CMD || req->argc < 1 ||
         !(b = lookup(req->argv[0], req->argl[0])))
         return 0;
-    if (b->shape == STREAM_READ && !bl->active) {
-        uint32_t at = stream_block(req);
-
-        if (!at)
-            return 0;                   /* XREAD without BLOCK: a plain CMD */
-        if (parse_timeout(req->argv[at], req->argl[at], 1, &timeout, reply, sink) < 0)
-            return 1;
-        if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
-            return 1;
-        if (drv_txn_subscribe_keyspace(x->ctx) < 0) {
-            line(reply, sink, "-ERR cxl_ring: blocking commands need keyspace events, and "
-                 "Redis refused the subscription\r\n");
-            return 1;
-        }
-        if (req->argl[0] == 5) {        /* XREAD: "$" becomes the stream's last entry */
-            stream_req = *req;
-            stream_fix_dollar(x, &stream_req, ids, CXL_MAX_ARGS / 2 < 64 ? CXL_MAX_ARGS / 2 : 64);
-            req = &stream_req;
-        }
-        goto try;
-    }
-    events = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
     if (!bl->active) {                  /* a new request, not the kept one tried again */
-        if (req->argc < b->min_argc || (b->max_argc && req->argc > b->max_argc)) {
+        uint32_t at = b->timeout_at == TIMEOUT_LAST ? req->argc - 1u : 1u;
+
+        if (b->shape == STREAM_READ) {  /* its arity is XREAD's own to check */
+            if (!(at = stream_block(req)))
+                return 0;               /* XREAD without BLOCK: a plain CMD */
+        } else if (req->argc < b->min_argc || (b->max_argc && req->argc > b->max_argc)) {
             snprintf(text, sizeof(text), "-ERR wrong number of arguments for '%s' command\r\n",
                      b->name);
             line(reply, sink, text);
             return 1;
         }
-        if (parse_timeout(req->argv[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1],
-                          req->argl[b->timeout_at == TIMEOUT_LAST ? req->argc - 1 : 1], 0,
-                          &timeout, reply, sink) < 0)
-            return 1;
-        if (!drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
+        if (parse_timeout(req->argv[at], req->argl[at], b->shape == STREAM_READ, &timeout,
+                          reply, sink) < 0 ||
+            !drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
             return 1;
         if (drv_txn_subscribe_keyspace(x->ctx) < 0) {
             line(reply, sink, "-ERR cxl_ring: blocking commands need keyspace events, and "
                  "Redis refused the subscription\r\n");
             return 1;
         }
+        if (b->shape == STREAM_READ && req->argl[0] == 5) {
+            stream_req = *req;          /* XREAD: "$" becomes the stream's last entry */
+            stream_fix_dollar(x, &stream_req, ids, 64);
+            req = &stream_req;
+        }
     }
-try:
     events = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
     if (attempt(x, b, req->argc, req->argv, req->argl, reply, sink)) {
         drv_block_clear(bl);
