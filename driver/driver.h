@@ -186,6 +186,7 @@ struct drv_verdict {
 #define DRV_TXN_MAX_CMDS      1024u     /* commands one MULTI queues */
 #define DRV_TXN_MAX_BYTES     (16u << 20)
 #define DRV_TXN_MAX_WATCH     64u       /* keys one session watches */
+#define DRV_CLIENT_NAME       128u      /* CLIENT SETNAME, with its NUL */
 
 struct drv_watch;
 struct drv_txn {
@@ -199,6 +200,8 @@ struct drv_txn {
     uint8_t **queue;                    /* packed commands (txn.c) */
     uint32_t nwatch;
     struct drv_watch *watched;
+    uint64_t client_id;                 /* CLIENT ID: one per session, never reused */
+    char     name[DRV_CLIENT_NAME];     /* CLIENT SETNAME; "" = none */
 };
 
 /*

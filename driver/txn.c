@@ -1,6 +1,6 @@
 /*
- * txn.c - per-session state a Redis connection has: SELECT, MULTI/EXEC/DISCARD and
- * WATCH/UNWATCH (docs/ring-protocol.md section 13).
+ * txn.c - per-session state a Redis connection has: SELECT, MULTI/EXEC/DISCARD,
+ * WATCH/UNWATCH and CLIENT SETNAME/GETNAME/ID (docs/ring-protocol.md section 13).
  *
  * A CMD runs through RedisModule_Call on a client with no connection, so these
  * commands, which live in the connection, cannot simply run (Redis refuses them
@@ -96,6 +96,7 @@ void drv_txn_reset(struct drv_txn *t)
     drop_queue(t);
     unwatch_all(t);
     t->db = 0;
+    t->name[0] = '\0';
 }
 
 /* ---- What Redis tells us: a key changed, a database was flushed ------------------- */
@@ -400,6 +401,58 @@ static void exec(struct drv_exec *x, struct drv_txn *t, drv_reply_fn *reply, voi
  * connection command, or a command queued in MULTI), 0 when it runs as usual, in
  * the session's database.
  */
+/*
+ * The CLIENT subcommands a session answers as a connection would: SETNAME, GETNAME and ID.
+ * 0 for the others: refused as any CMD that needs a connection (section 4.2).
+ */
+static int client(struct drv_exec *x, struct drv_txn *t, uint32_t argc,
+                  const uint8_t *const *argv, const uint32_t *argl, drv_reply_fn *reply,
+                  void *sink)
+{
+    char line[DRV_CLIENT_NAME + 32];
+    uint32_t i;
+    int n;
+
+    if (is_word(argv[1], argl[1], "setname") || is_word(argv[1], argl[1], "getname") ||
+        is_word(argv[1], argl[1], "id")) {
+        if (!drv_acl_allowed(x, argc, argv, argl, reply, sink))
+            return 1;
+    } else {
+        return 0;
+    }
+    if (is_word(argv[1], argl[1], "setname")) {
+        if (argc != 3) {
+            resp_line(reply, sink, "-ERR wrong number of arguments for 'client|setname' "
+                      "command\r\n");
+            return 1;
+        }
+        for (i = 0; i < argl[2]; i++)
+            if (argv[2][i] < '!' || argv[2][i] > '~')
+                break;
+        if (i < argl[2] || argl[2] >= sizeof(t->name)) {
+            resp_line(reply, sink, i < argl[2]
+                      ? "-ERR Client names cannot contain spaces, newlines or special "
+                        "characters.\r\n"
+                      : "-ERR cxl_ring: a client name is at most 127 bytes\r\n");
+            return 1;
+        }
+        memcpy(t->name, argv[2], argl[2]);
+        t->name[argl[2]] = '\0';
+        resp_line(reply, sink, "+OK\r\n");
+    } else if (is_word(argv[1], argl[1], "getname")) {
+        if (!t->name[0]) {
+            resp_line(reply, sink, "$-1\r\n");
+        } else {
+            n = snprintf(line, sizeof(line), "$%zu\r\n%s\r\n", strlen(t->name), t->name);
+            reply(sink, CXL_ST_OK, line, (uint32_t)n, NULL, 0);
+        }
+    } else {
+        n = snprintf(line, sizeof(line), ":%llu\r\n", (unsigned long long)t->client_id);
+        reply(sink, CXL_ST_OK, line, (uint32_t)n, NULL, 0);
+    }
+    return 1;
+}
+
 int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
                     void *sink)
 {
@@ -411,8 +464,11 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
     if (!t)
         return 0;
     if (t->gen != x->session_gen) {     /* a new session: a new connection's state */
+        static uint64_t next_client_id;
+
         drv_txn_reset(t);
         t->gen = x->session_gen;
+        t->client_id = ++next_client_id;
     }
     if (x->db != t->db) {
         if (RedisModule_SelectDb(x->ctx, t->db) == REDISMODULE_OK)
@@ -512,5 +568,7 @@ int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn 
         }
         return 1;
     }
+    if (is_word(argv[0], argl[0], "client") && argc >= 2)
+        return client(x, t, argc, argv, argl, reply, sink);
     return 0;
 }

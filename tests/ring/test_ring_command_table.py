@@ -116,10 +116,11 @@ def build_argv(cmd: dict, n: int) -> list[bytes]:
 
 # Connection commands the driver answers itself for the session: AUTH (handed to Redis),
 # SELECT, MULTI/EXEC/DISCARD, WATCH/UNWATCH; after each the walk puts the session back. And the
-# blocking list and sorted-set commands, which block the session (the walk's timeout is 1 s).
+# blocking list and sorted-set commands, which block the session (the walk's timeout is 1 s),
+# and CLIENT SETNAME/GETNAME/ID, kept per session.
 DRIVER_ANSWERS = {"auth", "select", "multi", "exec", "discard", "watch", "unwatch",
                   "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax",
-                  "bzmpop"}
+                  "bzmpop", "client|setname", "client|getname", "client|id"}
 
 
 def expect_refused(cmd: dict) -> bool:

@@ -207,3 +207,33 @@ def test_acl_holds_inside_transactions(ring_servers):
         out = tx.execute_command("EXEC")
         assert out[0] == b"OK" and isinstance(out[1], ResponseError) and "NOPERM" in str(out[1])
     assert srv.client().get("app:1") == b"ok" and srv.client().get("other") is None
+
+
+def test_client_setname_getname_and_id_are_the_sessions(srv, ring):
+    """CLIENT SETNAME/GETNAME/ID as on a connection: per session, a new session starts with no
+    name and a new id; the other CLIENT subcommands stay refused."""
+    assert ring.execute_command("CLIENT", "GETNAME") is None
+    assert ring.execute_command("CLIENT", "SETNAME", "worker-1") == b"OK"
+    assert ring.execute_command("client", "getname") == b"worker-1"
+    cid = ring.execute_command("CLIENT", "ID")
+    assert isinstance(cid, int) and cid > 0
+    with pytest.raises(ResponseError, match="cannot contain spaces"):
+        ring.execute_command("CLIENT", "SETNAME", "a b")
+    with pytest.raises(ResponseError, match="wrong number of arguments"):
+        ring.execute_command("CLIENT", "SETNAME")
+    with pytest.raises(ResponseError, match="cannot run from the ring"):
+        ring.execute_command("CLIENT", "LIST")
+    assert ring.execute_command("CLIENT", "GETNAME") == b"worker-1"
+    other = {}
+
+    def elsewhere() -> None:                    # another thread: another session
+        other["name"] = ring.execute_command("CLIENT", "GETNAME")
+        other["id"] = ring.execute_command("CLIENT", "ID")
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join(60)
+    assert other["name"] is None and other["id"] != cid
+    ring.release_session()
+    assert ring.execute_command("CLIENT", "GETNAME") is None
+    assert ring.execute_command("CLIENT", "ID") not in (cid, other["id"])
