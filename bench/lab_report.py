@@ -553,15 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.results
     out.mkdir(parents=True, exist_ok=True)
     rows, problems = load(args.results)
-    if not rows:
+    ycsb, ycsb_problems = load_ycsb(args.results)
+    if not rows and not ycsb:
         print(f"lab_report: no results under {args.results}", file=sys.stderr)
         return 1
     write_table(rows, out / "results.csv")
-    images = plot(rows, out)
+    images = plot(rows, out) if rows else []
     idle = load_idle(args.results)
     wake = load_idle(args.results, "wake.json")
     latency = load_latency(args.results)
-    ycsb, ycsb_problems = load_ycsb(args.results)
     (out / "report.md").write_text(report(rows, problems + ycsb_problems, images, args.virt_type,
                                           args.title, args.secdsm_region, args.off_region, idle,
                                           wake, latency, ycsb))
