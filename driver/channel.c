@@ -474,20 +474,20 @@ int drv_v5_scan(struct drv_server *s, uint64_t now_ns)
         session_check(ch, now_ns);
         if (ch->state != CXL_CHAN_ACTIVE)
             continue;
-        if (ch->block.active) {
-            /* Blocked (block.c): the requests behind it wait; it is tried again after a
-             * keyspace event or at its timeout. */
-            if (drv_block_due(&ch->block, now_ns)) {
-                ch->ready = 1;
-                ready++;
-            }
-            continue;
-        }
         if ((ch->out_len || ch->big_len) && !drain(ch)) {
             if (ch->broken)
                 quarantine(ch, ch->broken_why);
             if (stalled(ch) || ch->state != CXL_CHAN_ACTIVE)
                 continue;
+        }
+        if (ch->block.active) {
+            /* Blocked (block.c): the responses before it drain (above), the requests behind
+             * it wait; it is tried again after a keyspace event or at its timeout. */
+            if (drv_block_due(&ch->block, now_ns)) {
+                ch->ready = 1;
+                ready++;
+            }
+            continue;
         }
         /* C1 (a peek; re-read under the GIL) pairs with the client's P1. */
         if (cxl_load_acquire64(ch->req.shm_head) != ch->req_tail) {

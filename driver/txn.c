@@ -151,9 +151,9 @@ int drv_txn_subscribe(RedisModuleCtx *ctx)
 }
 
 /*
- * Keyspace events from the first WATCH or blocked command on: a module's subscription makes Redis build a
- * module context for every write of every client, so a server whose sessions never WATCH
- * does not pay it. Redis 7.0 has no way to unsubscribe: once subscribed, for the
+ * Keyspace events from the first WATCH or blocked command on: a module's subscription
+ * makes Redis build a module context for every write of every client, so a server whose
+ * sessions never WATCH nor block does not pay it. Redis 7.0 has no way to unsubscribe: once subscribed, for the
  * server's life.
  */
 static int keyspace_subscribed;
@@ -397,11 +397,6 @@ static void exec(struct drv_exec *x, struct drv_txn *t, drv_reply_fn *reply, voi
 /* ---- Dispatch ------------------------------------------------------------------- */
 
 /*
- * Before a request runs (after acl.c admitted it): 1 when this answered it (a
- * connection command, or a command queued in MULTI), 0 when it runs as usual, in
- * the session's database.
- */
-/*
  * The CLIENT subcommands a session answers as a connection would: SETNAME, GETNAME and ID.
  * 0 for the others: refused as any CMD that needs a connection (section 4.2).
  */
@@ -453,6 +448,11 @@ static int client(struct drv_exec *x, struct drv_txn *t, uint32_t argc,
     return 1;
 }
 
+/*
+ * Before a request runs (after acl.c admitted it): 1 when this answered it (a
+ * connection command, or a command queued in MULTI), 0 when it runs as usual, in
+ * the session's database.
+ */
 int drv_txn_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
                     void *sink)
 {
