@@ -20,6 +20,7 @@ import contextlib
 import mmap
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 
@@ -42,7 +43,12 @@ def _discover(path: str) -> tuple[str, int, int]:
                 sizes[int(d[3:])] = int(f.read().strip(), 0)
         k = max(sizes, key=lambda i: sizes[i])
         return real, k * mmap.PAGESIZE, sizes[k]
-    size = os.stat(real).st_size
+    st = os.stat(real)
+    size = st.st_size
+    if stat.S_ISCHR(st.st_mode):  # a device-DAX device (the devdax medium): sysfs has its size
+        node = f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        with contextlib.suppress(OSError, ValueError), open(f"{node}/size") as f:
+            size = int(f.read().strip(), 0)
     r = re.match(r"^(/sys/.*)/resource(\d+)$", real)
     if r and size == 0:
         with open(f"{r.group(1)}/resource") as f:

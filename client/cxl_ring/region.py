@@ -8,8 +8,10 @@ A region is reached in one of two forms (docs/ring-protocol.md section 2):
   ivshmem device bound to a uio driver: map ``K`` is mmapped at offset ``K * PAGESIZE``, its
   size is ``/sys/class/uio/uioN/maps/mapK/size``; ivshmem exposes BAR0, 256 bytes of registers,
   as map0 and BAR2, the shared memory, as map1, so by default the largest map is used;
-  ``/dev/uioN@K`` picks map K); or a PCI BAR file ``/sys/bus/pci/devices/*/resourceN`` (the
-  size is the BAR size: the file's ``st_size``, else the device's ``resource`` table).
+  ``/dev/uioN@K`` picks map K); a PCI BAR file ``/sys/bus/pci/devices/*/resourceN`` (the
+  size is the BAR size: the file's ``st_size``, else the device's ``resource`` table); or a
+  device-DAX device ``/dev/daxN.M`` (the devdax medium: its size is sysfs' ``size``, and it is
+  mapped whole; a ``map_size`` must be a multiple of its ``align``).
 - **A directory of segment files** (``security: secdsm``): ``header``, ``client-<g>``,
   ``server-<g>``, each one of the above (on one host a file in ``/dev/shm/<lab>-<region>/``; in
   a guest ``/dev/cxl/<region>/`` holds symlinks to the granted segments' BAR files). Only the
@@ -94,6 +96,30 @@ def _read_int(path: str) -> int:
         return int(f.read().strip(), 0)
 
 
+DAX_ALIGN = 2 << 20  # a device-DAX device's mapping unit when sysfs does not say
+
+
+def dax_geometry(rdev: int, sysfs: str = "/sys") -> tuple[int, int] | None:
+    """(size, alignment) of the character device RDEV when it is a device-DAX device
+    (its sysfs node's subsystem is ``dax``), else None. Every mapping of it must be a
+    whole number of alignment units."""
+    node = f"{sysfs}/dev/char/{os.major(rdev)}:{os.minor(rdev)}"
+    try:
+        if os.path.basename(os.readlink(f"{node}/subsystem")) != "dax":
+            return None
+    except OSError:
+        return None
+    try:
+        size = _read_int(f"{node}/size")
+    except (OSError, ValueError):
+        size = 0
+    try:
+        align = _read_int(f"{node}/align") or DAX_ALIGN
+    except (OSError, ValueError):
+        align = DAX_ALIGN  # kernels before 5.10 have no align attribute
+    return size, align
+
+
 def discover(path: str) -> tuple[str, int, int]:
     """Return (device path, mmap offset, size) for a region path; raise RegionError if unknown."""
     m = _UIO.match(path)
@@ -124,6 +150,14 @@ def discover(path: str) -> tuple[str, int, int]:
         with open(f"{r.group(1)}/resource") as f:
             start, end, _ = (int(x, 16) for x in f.read().splitlines()[int(r.group(2))].split())
         size = end - start + 1 if end else 0
+    if stat.S_ISCHR(st.st_mode):
+        dax = dax_geometry(st.st_rdev)
+        if dax is not None:
+            size, align = dax
+            if not size:
+                raise RegionError(f"{path}: a device-DAX device of unknown size (no sysfs size)")
+            if size % align:
+                raise RegionError(f"{path}: device-DAX size {size} is not a multiple of {align}")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or r):
         raise RegionError(f"{path}: not a file or device")
     return path, 0, size

@@ -12,8 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -592,6 +594,54 @@ static int is_uio(const char *path)
     return !strncmp(name ? name + 1 : real, "uio", 3);
 }
 
+/* A decimal or 0x number from a sysfs attribute. */
+static int read_sysfs_num(const char *path, uint64_t *out)
+{
+    char buf[64], *end;
+    FILE *f = fopen(path, "r");
+    size_t n;
+
+    if (!f)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    errno = 0;
+    *out = strtoull(buf, &end, 0);
+    return errno || end == buf ? -1 : 0;
+}
+
+/*
+ * A device-DAX character device (/dev/daxN.M, e.g. a devdax namespace of an NVDIMM, or CXL
+ * memory): its sysfs node's subsystem is "dax". Its size and mapping alignment come from
+ * sysfs (fstat gives 0); every mapping must be a whole number of alignment units.
+ */
+static int dax_geometry(const struct stat *st, uint64_t *size, uint64_t *align)
+{
+    char path[96], link[PATH_MAX];
+    const char *name;
+    ssize_t n;
+
+    snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/subsystem", major(st->st_rdev),
+             minor(st->st_rdev));
+    n = readlink(path, link, sizeof(link) - 1);
+    if (n <= 0)
+        return 0;
+    link[n] = 0;
+    name = strrchr(link, '/');
+    if (strcmp(name ? name + 1 : link, "dax"))
+        return 0;
+    snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/size", major(st->st_rdev),
+             minor(st->st_rdev));
+    if (read_sysfs_num(path, size) < 0)
+        *size = 0;
+    snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/align", major(st->st_rdev),
+             minor(st->st_rdev));
+    if (read_sysfs_num(path, align) < 0 || !*align)
+        *align = CXL_DAX_ALIGN;     /* kernels before 5.10 have no align attribute */
+    return 1;
+}
+
 /*
  * Open one region or segment file and find what to map: fd, the size to map
  * (map_size 0 = all of it) and the file offset (uio maps). open_flags is
@@ -605,6 +655,7 @@ static int open_mappable(const char *what, const char *path, int open_flags,
 {
     struct stat st;
     off_t offset = 0;
+    uint64_t dax_size = 0, dax_align = 0;
     int fd;
 
     *err_no = 0;
@@ -640,6 +691,32 @@ static int open_mappable(const char *what, const char *path, int open_flags,
         if (!map_size)
             map_size = sz;
         snprintf(kind, kindlen, "uio");
+    } else if (S_ISCHR(st.st_mode) && dax_geometry(&st, &dax_size, &dax_align)) {
+        if (!dax_size) {
+            ERR("%s is a device-DAX device of unknown size (no sysfs size)", path);
+            close(fd);
+            return -1;
+        }
+        if (!map_size)
+            map_size = dax_size;
+        if (map_size > dax_size || map_size % dax_align) {
+            ERR("%s is a device-DAX device of %" PRIu64 " bytes mapped in units of %" PRIu64
+                ": map size %" PRIu64 " must be a multiple of it, at most the device",
+                path, dax_size, dax_align, map_size);
+            close(fd);
+            return -1;
+        }
+        /* A device aligned to more than a page faults in huge pages only; in a process
+         * without transparent huge pages (Redis: disable-thp yes, its default) the first
+         * access would be a SIGBUS, not an error. */
+        if (dax_align > (uint64_t)getpagesize() && prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1) {
+            ERR("%s is a device-DAX device mapped in %" PRIu64 "-byte pages, and this process "
+                "has transparent huge pages disabled (prctl PR_SET_THP_DISABLE: Redis does it "
+                "unless its config says disable-thp no): set disable-thp no", path, dax_align);
+            close(fd);
+            return -1;
+        }
+        snprintf(kind, kindlen, "devdax");
     } else if (S_ISREG(st.st_mode)) {
         if (create_size && (uint64_t)st.st_size < create_size) {
             if (ftruncate(fd, (off_t)create_size) < 0) {
@@ -661,7 +738,7 @@ static int open_mappable(const char *what, const char *path, int open_flags,
             return -1;
         }
     } else {
-        ERR("%s is neither a file nor a uio device", path);
+        ERR("%s is neither a file, a uio device nor a device-DAX device", path);
         close(fd);
         return -1;
     }
@@ -915,7 +992,8 @@ static int fd_is_host_memory(int fd, const char *what, char *why, size_t whylen)
     struct statfs fs;
 
     if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(why, whylen, "%s is a device (uio), not a file of this host", what);
+        snprintf(why, whylen, "%s is a device (uio or device DAX), not a file of this host",
+                 what);
         return 0;
     }
     if (fstatfs(fd, &fs) == 0 && fs.f_type == CXL_SYSFS_MAGIC) {

@@ -68,6 +68,14 @@ def test_missing_region_exit_2(bench_bin: Path, shm_path: str) -> None:
     assert f"cannot open region {shm_path}: No such file or directory" in out.stderr
 
 
+def test_a_char_device_that_is_no_region_exit_2(bench_bin: Path) -> None:
+    """/dev/null is a character device, but neither uio nor device DAX: the C library says
+    which kinds it maps."""
+    out = run_bench("--path", "/dev/null")
+    assert out.returncode == 2, out
+    assert "/dev/null is neither a file, a uio device nor a device-DAX device" in out.stderr
+
+
 def test_unformatted_region_exit_2(bench_bin: Path, shm_path: str) -> None:
     write_region(shm_path, b"")
     for layout in ("v5", "v2"):

@@ -25,6 +25,7 @@ from cxl_ring.exceptions import (
     ServerGoneError,
     UnknownOutcomeError,
 )
+from cxl_ring.region import dax_geometry
 from fakeserver import FakeServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -356,6 +357,31 @@ def test_torn_request_quarantines_channel(fake):
 def test_wrong_path():
     with pytest.raises(RegionError, match="no such region"):
         cxl_ring.RingClient("/dev/shm/cxltest-does-not-exist")
+
+
+def test_dax_geometry_reads_sysfs(tmp_path):
+    """A device-DAX device's size and alignment come from its sysfs node (fstat says 0);
+    another character device is not one; a kernel without `align` means 2 MiB."""
+    rdev = os.makedev(252, 0)
+    node = tmp_path / "dev/char/252:0"
+    node.mkdir(parents=True)
+    (tmp_path / "bus/dax").mkdir(parents=True)
+    (node / "subsystem").symlink_to(tmp_path / "bus/dax")
+    (node / "size").write_text("136314880\n")
+    assert dax_geometry(rdev, str(tmp_path)) == (136314880, 2 << 20)
+    (node / "align").write_text("1073741824\n")
+    assert dax_geometry(rdev, str(tmp_path)) == (136314880, 1 << 30)
+    assert dax_geometry(os.makedev(1, 3), str(tmp_path)) is None  # /dev/null: no sysfs node here
+    other = tmp_path / "dev/char/1:3"
+    other.mkdir(parents=True)
+    (tmp_path / "class/mem").mkdir(parents=True)
+    (other / "subsystem").symlink_to(tmp_path / "class/mem")
+    assert dax_geometry(os.makedev(1, 3), str(tmp_path)) is None
+
+
+def test_a_char_device_that_is_no_region_is_refused():
+    with pytest.raises(RegionError):
+        cxl_ring.RingClient("/dev/null")
 
 
 def test_unformatted_region(shm_path):

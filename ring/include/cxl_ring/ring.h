@@ -257,17 +257,22 @@ struct cxl_region {
     void    *base;
     uint64_t size;                      /* bytes mapped (file) or reserved (directory) */
     int      fd;                        /* the file form's file; -1 for a directory */
-    char     kind[16];                  /* "file", "uio", "resource", "dir" */
+    char     kind[16];                  /* "file", "uio", "resource", "devdax", "dir" */
     int      is_dir;                    /* a directory of segment files (security secdsm) */
     uint32_t nseg;                      /* directory: segments, in segment order */
     struct cxl_region_segment seg[CXL_MAX_SEGMENTS];
 };
 
+/* A device-DAX device's mapping unit when sysfs does not say (its default: 2 MiB). */
+#define CXL_DAX_ALIGN (2u << 20)
+
 /*
  * Map a region by path: a regular file (/dev/shm, hugetlbfs), /dev/uioN (the
- * largest map, normally BAR2 = map1), or a sysfs PCI resourceN file, read-write
- * (security off: one file holds the whole region). map_size 0 means "find it":
- * file size, uio maps/mapN/size, resource file size. create_size > 0 creates or
+ * largest map, normally BAR2 = map1), a sysfs PCI resourceN file, or a device-DAX
+ * device /dev/daxN.M (the devdax medium: mapped whole, or in multiples of its
+ * alignment), read-write (security off: one file holds the whole region). map_size 0
+ * means "find it": file size, uio maps/mapN/size, resource file size, the DAX
+ * device's sysfs size. create_size > 0 creates or
  * extends a regular file to that size (server only).
  */
 int cxl_region_map(const char *path, uint64_t map_size, uint64_t create_size,
