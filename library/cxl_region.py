@@ -43,11 +43,20 @@ options:
     default: "off"
   size_mib:
     description:
-      - With O(security=off), the size of the region in MiB; must be a power of two (it becomes
-        a PCI BAR).
+      - With O(security=off), the size of the file in MiB. With O(medium=ivshmem) it must be a
+        power of two (it becomes a PCI BAR); with O(medium=devdax), even (an emulated NVDIMM
+        is aligned to 2 MiB; the lab passes the region's size plus the 2 MiB its device-DAX info
+        block takes).
       - Required with O(state=present) and O(security=off). Shrinking a region that running VMs
         map makes their accesses past the new end fault, so stop them first.
     type: int
+  medium:
+    description:
+      - How the VMs map the file (security V(off) only) - V(ivshmem), an ivshmem-plain PCI BAR,
+        or V(devdax), an emulated NVDIMM; it decides the rule O(size_mib) follows.
+    type: str
+    choices: [ivshmem, devdax]
+    default: ivshmem
   segments:
     description:
       - With O(security=secdsm), the segment files the directory holds, in layout order (the lab
@@ -396,7 +405,13 @@ def validate(module):
             )
         if not params["size_mib"] or params["size_mib"] <= 0:
             module.fail_json(msg="size_mib is required with state=present and must be positive")
-        if params["size_mib"] & (params["size_mib"] - 1):
+        if params["medium"] == "devdax":
+            if params["size_mib"] % 2:
+                module.fail_json(
+                    msg="size_mib %d is odd: an emulated NVDIMM (medium devdax) is a whole "
+                    "number of 2 MiB pages" % params["size_mib"]
+                )
+        elif params["size_mib"] & (params["size_mib"] - 1):
             module.fail_json(
                 msg="size_mib %d is not a power of two: ivshmem exposes the region as a PCI BAR, "
                 "whose size must be one" % params["size_mib"]
@@ -480,6 +495,7 @@ ARGUMENT_SPEC = dict(
     state=dict(type="str", choices=["present", "absent"], default="present"),
     security=dict(type="str", choices=["off", "secdsm"], default="off"),
     size_mib=dict(type="int"),
+    medium=dict(type="str", choices=["ivshmem", "devdax"], default="ivshmem"),
     segments=dict(
         type="list",
         elements="dict",

@@ -85,6 +85,9 @@ REGION_DEFAULTS = {
     "owner": "libvirt-qemu",
     "group": "kvm",
     "segment_align": "auto",
+    "medium": "ivshmem",
+    "hmat_latency_ns": 300,
+    "hmat_bandwidth_mib_s": 32768,
 }
 LAB_DEFAULTS = {
     "name": "cxl-lab",
@@ -116,6 +119,7 @@ IMAGE_DEFAULTS = {
         "python3",
         "iproute2",
         "pciutils",
+        "ndctl",
     ],
     "extra_packages": ["redis-server", "redis-tools", "python3-venv"],
     "cloud_image": "",
@@ -128,6 +132,22 @@ RING_DEFAULTS = {
 }
 ROLES = ("server", "client", "attacker")
 SECURITY = ("secdsm", "off")
+# How a region reaches the guests (docs/lab.md, "Mediums"): an ivshmem-plain PCI BAR (the
+# default: it is what Sec-DSM's per-segment, read-only devices are made of), or an emulated
+# NVDIMM turned into a device-DAX namespace, mapped write-back in a CPU-less guest NUMA node
+# as CXL memory appears to Linux.
+MEDIA = ("ivshmem", "devdax")
+# devdax: the guest writes the namespace's info block into the first 2 MiB of the backing
+# file (ndctl create-namespace --mode=devdax --map=mem --align=2M, by the first VM that finds
+# it raw), so the file is the region's size plus this, and the ring starts there.
+DEVDAX_RESERVE = 2 << 20
+DEVDAX_ALIGN = 2 << 20
+# HMAT of the guests' own node (initiator 0 -> node 0), beside each devdax region's node:
+# idle local DRAM as Intel MLC measures it on a CXL-era server (docs/benchmarks.md).
+LOCAL_HMAT = {"latency_ns": 113, "bandwidth_mib_s": 65536}
+# SLIT distances: local 10, a devdax region's node 20 (a remote node, as Linux reports
+# CXL memory behind a host bridge).
+FAR_DISTANCE = 20
 GRANTS = ("rw", "ro", "none")
 POLICIES = ("bind", "preferred", "interleave")
 MEM_POLICIES = ("strict", "preferred", "interleave")
@@ -499,6 +519,8 @@ def _allocate_pci_slots(vm, label, mapped, errors):
     0x10 upwards in region order, then segment order."""
     devices = []
     for mapping in mapped:
+        if mapping["medium"] == "devdax":
+            continue  # an NVDIMM: no PCI slot (_place_nvdimms)
         devices.extend(mapping["segments"] if mapping["security"] == "secdsm" else [mapping])
     for slot, device in enumerate(devices, REGION_PCI_SLOT_BASE):
         device["pci_slot"] = slot
@@ -511,6 +533,33 @@ def _allocate_pci_slots(vm, label, mapped, errors):
             "or set security: off on one of them (one device)."
             % (label, len(devices), MAX_REGION_DEVICES)
         )
+
+
+def _place_nvdimms(vm, mapped):
+    """Each devdax region the VM maps is an emulated NVDIMM in a guest NUMA node of its own,
+    without CPUs (1, 2, ... in region order; node 0 holds the vCPUs and the VM's RAM), with
+    the region's HMAT figures. vm["memory"] says what the domain needs for them: memory
+    slots, the largest memory (RAM plus every NVDIMM's backing file), the guest nodes."""
+    nvdimms = [m for m in mapped if m["medium"] == "devdax"]
+    for slot, mapping in enumerate(nvdimms):
+        mapping["nvdimm_slot"] = slot
+        mapping["guest_node"] = slot + 1
+    vm["memory"] = {
+        "nvdimms": len(nvdimms),
+        "max_mib": vm["memory_mib"] + sum(m["file_size_bytes"] >> 20 for m in nvdimms),
+        "local_hmat": dict(LOCAL_HMAT),
+        "far_distance": FAR_DISTANCE,
+    }
+
+
+def _devdax_entry(mapping):
+    """What library/cxl_devdax.py takes for one mapped devdax region."""
+    return {
+        "name": mapping["name"],
+        "guest_node": mapping["guest_node"],
+        "size_bytes": mapping["size_bytes"],
+        "channel_group": mapping["group"],
+    }
 
 
 def _ivshmem_entry(mapping):
@@ -743,11 +792,47 @@ def normalize(description, topology, backing=None, existing=None):
                 "VM).".format(label, region["security"])
             )
             region["security"] = "secdsm"
+        known_medium = region["medium"] in MEDIA
+        if not known_medium:
+            errors.append(
+                "{}: medium {!r}: use ivshmem (a PCI BAR; the default, and what secdsm needs) "
+                "or devdax (an emulated NVDIMM, a device-DAX namespace in a CPU-less guest "
+                "node).".format(label, region["medium"])
+            )
+            region["medium"] = "ivshmem"
+        devdax = region["medium"] == "devdax"
+        if devdax and region["security"] == "secdsm":
+            errors.append(
+                f"{label}: medium devdax with security secdsm: Sec-DSM maps every segment as "
+                "a device of its own, read-only where the grant says ro, and its header is a "
+                "single 4 KiB page; a device-DAX namespace needs a size aligned to 2 MiB plus "
+                "a 2 MiB info block, and the lab has no read-only NVDIMM. Set security: \"off\" "
+                "on this region (one NVDIMM, read-write in every VM that maps it), or keep "
+                "medium: ivshmem for Sec-DSM."
+            )
+        if devdax:
+            for key in ("hmat_latency_ns", "hmat_bandwidth_mib_s"):
+                value = _int(region[key], f"{label} {key}", errors)
+                if value is not None and value <= 0:
+                    errors.append(f"{label}: {key} {value} must be positive.")
+                    value = None
+                region[key] = value or REGION_DEFAULTS[key]
         size = _int(region["size_mib"], f"{label} size_mib", errors)
         if size is not None and size <= 0:
             errors.append(f"{label}: size_mib {size} must be positive: use e.g. 256.")
             size = None
-        if size is not None and region["security"] == "off" and not _is_power_of_two(size):
+        if size is not None and devdax and (size << 20) % DEVDAX_ALIGN:
+            errors.append(
+                "%s: size_mib %d is odd: a device-DAX namespace is a whole number of 2 MiB "
+                "pages: use an even size, e.g. %d." % (label, size, size + 1)
+            )
+        elif (
+            size is not None
+            and known_medium
+            and not devdax
+            and region["security"] == "off"
+            and not _is_power_of_two(size)
+        ):
             errors.append(
                 "%s: size_mib %d is not a power of two (with security: off ivshmem exposes "
                 "the whole region as one PCI BAR): use one, e.g. 256 or 512." % (label, size)
@@ -792,6 +877,12 @@ def normalize(description, topology, backing=None, existing=None):
                 errors.append(
                     "%s: size_mib %d is not a multiple of %s's huge page size (%d KiB)."
                     % (label, size, backing_dir, page_bytes // 1024)
+                )
+            elif devdax and DEVDAX_RESERVE % page_bytes:
+                errors.append(
+                    "%s: medium devdax on %s, whose huge pages (%d KiB) are larger than the "
+                    "2 MiB device-DAX alignment: use /dev/shm or a 2 MiB hugetlbfs mount."
+                    % (label, backing_dir, page_bytes // 1024)
                 )
         region["segment_align"] = _segment_align(region, page_bytes, label, errors)
         region["size_mib"] = size
@@ -842,6 +933,10 @@ def normalize(description, topology, backing=None, existing=None):
         region["segments"] = []
         region["region_size"] = 0
         region["size_bytes"] = (region["size_mib"] or 0) << 20
+        # Where the ring's byte 0 is in the backing file, and the file's size: devdax keeps
+        # the namespace's info block in front of the region (DEVDAX_RESERVE).
+        region["data_offset"] = DEVDAX_RESERVE if region["medium"] == "devdax" else 0
+        region["file_size_bytes"] = region["size_bytes"] + region["data_offset"]
         if any(not 1 <= (g["channels"] or 0) <= MAX_CHANNELS for g in groups):
             continue  # a VM's channels are wrong: reported with that VM
         if len(groups) > MAX_GROUPS:
@@ -885,7 +980,9 @@ def normalize(description, topology, backing=None, existing=None):
             continue
         needed_mib = -(-region_size // (1 << 20))
         if region_size > size << 20:
-            if region["security"] == "off":
+            if region["medium"] == "devdax":
+                fix = "raise size_mib to at least %d" % (needed_mib + needed_mib % 2)
+            elif region["security"] == "off":
                 fix = "use size_mib %d (the next power of two)" % _pow2_ceil(needed_mib)
             else:
                 fix = "raise size_mib to at least %d" % needed_mib
@@ -908,6 +1005,7 @@ def normalize(description, topology, backing=None, existing=None):
             # The host holds exactly the segment files; size_mib only bounds them.
             region["size_bytes"] = region_size
             size = needed_mib
+        size += region["data_offset"] >> 20
         info = backing.get(region["backing_dir"]) or {}
         if info.get("fs") in ("tmpfs", "hugetlbfs"):
             wanted_per_dir.setdefault(region["backing_dir"], []).append(
@@ -1074,10 +1172,19 @@ def normalize(description, topology, backing=None, existing=None):
                     "or bind the region to node %d."
                     % (label, rname, region["numa_node"], mem_node, name, mem_node)
                 )
+            if region["medium"] == "devdax" and access == "ro":
+                errors.append(
+                    f"{label} maps region {rname} (medium devdax) with access ro: the lab maps "
+                    "an emulated NVDIMM read-write (it has no read-only one): map it rw, or "
+                    f"use medium: ivshmem on {rname}, whose ro mapping QEMU enforces."
+                )
             group = next((g["group"] for g in region["groups"] if g["vm"] == name), None)
             mapped.append(
                 {
                     "name": rname,
+                    "medium": region["medium"],
+                    "data_offset": region["data_offset"],
+                    "file_size_bytes": region["file_size_bytes"],
                     "security": region["security"],
                     "access": access,
                     "group": group,
@@ -1086,6 +1193,8 @@ def normalize(description, topology, backing=None, existing=None):
                     "numa_node": region["numa_node"],
                     "policy": region["policy"],
                     "prealloc": region["prealloc"],
+                    "hmat_latency_ns": region["hmat_latency_ns"],
+                    "hmat_bandwidth_mib_s": region["hmat_bandwidth_mib_s"],
                 }
             )
         vm["grants"] = _grants(vm, label, mapped, region_by_name, errors)
@@ -1095,9 +1204,11 @@ def normalize(description, topology, backing=None, existing=None):
                     vm, label, mapping, region_by_name[mapping["name"]], errors
                 )
         _allocate_pci_slots(vm, label, mapped, errors)
+        _place_nvdimms(vm, mapped)
         vm["regions"] = mapped
-        # Exactly what the guest module takes (library/cxl_ivshmem.py).
-        vm["ivshmem"] = [_ivshmem_entry(mapping) for mapping in mapped]
+        # Exactly what the guest modules take (library/cxl_ivshmem.py, library/cxl_devdax.py).
+        vm["ivshmem"] = [_ivshmem_entry(m) for m in mapped if m["medium"] == "ivshmem"]
+        vm["devdax"] = [_devdax_entry(m) for m in mapped if m["medium"] == "devdax"]
         vm["links"] = []
         vms.append(vm)
         vm_by_name[name] = vm

@@ -12,7 +12,9 @@ import pytest
 from ansible.module_utils import cxl_lab
 from ansible.module_utils.cxl_lab import layout_plan, normalize
 
-from test_lab_sources import BACKING, INVENTORY, TOPOLOGY
+# The ivshmem regions of the inventory's lab (test_cxl_lab_devdax.py covers devdax).
+from test_lab_sources import BACKING, TOPOLOGY
+from test_lab_sources import IVSHMEM_LAB as INVENTORY
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

@@ -11,7 +11,9 @@ import pytest
 from ansible.module_utils.cxl_lab import normalize
 from ansible.plugins.filter.core import FilterModule
 
-from test_lab_sources import BACKING, INVENTORY, TOPOLOGY
+# The ivshmem regions of the inventory's lab (test_cxl_lab_devdax.py covers devdax).
+from test_lab_sources import BACKING, TOPOLOGY
+from test_lab_sources import IVSHMEM_LAB as INVENTORY
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "roles/lab_vms/templates/domain.xml.j2"
@@ -35,15 +37,17 @@ def render(lab, vm):
 def qemu_devices(domain):
     """{id: (memory-backend-file properties, ivshmem-plain properties)} from the XML."""
     args = [a.get("value") for a in domain.iter(QEMU_NS + "arg")]
-    backends, devices = {}, {}
+    backends, devices, nvdimms = {}, {}, set()
     for flag, value in zip(args, args[1:]):
         props = dict(p.partition("=")[::2] for p in value.split(",")[1:])
         if flag == "-object" and value.startswith("memory-backend-file,"):
             backends[props["id"]] = props
         elif flag == "-device" and value.startswith("ivshmem-plain,"):
             devices[props["memdev"]] = props
-    assert set(backends) == set(devices), "every backend has its device"
-    return {key: (backends[key], devices[key]) for key in backends}
+        elif flag == "-device" and value.startswith("nvdimm,"):
+            nvdimms.add(props["memdev"])  # a devdax region (test_cxl_lab_devdax.py)
+    assert set(backends) == set(devices) | nvdimms, "every backend has its device"
+    return {key: (backends[key], devices[key]) for key in devices}
 
 
 def resolved(description=INVENTORY):

@@ -19,6 +19,21 @@ SPEC = yaml.safe_load((REPO / "roles/lab_description/meta/argument_specs.yml").r
 LAB_SPEC = SPEC["argument_specs"]["main"]["options"]["cxl_lab"]["options"]
 INVENTORY = yaml.safe_load((REPO / "inventory/group_vars/all/lab.yml").read_text())["cxl_lab"]
 
+
+def _without_devdax(description):
+    """The description without its devdax regions, and without the VMs' mappings of them."""
+    lab = copy.deepcopy(description)
+    devdax = {r["name"] for r in lab["regions"] if r.get("medium") == "devdax"}
+    lab["regions"] = [r for r in lab["regions"] if r["name"] not in devdax]
+    for vm in lab["vms"]:
+        vm["regions"] = [m for m in vm["regions"] if m["name"] not in devdax]
+    return lab
+
+
+# The inventory's lab on the ivshmem medium alone (cxl0 secdsm, cxl1 off), which the
+# Sec-DSM and domain XML tests were written against; the devdax tests take INVENTORY.
+IVSHMEM_LAB = _without_devdax(INVENTORY)
+
 # (where, the schema's options there, cxl_lab.py's defaults there, the keys with no default)
 LEVELS = [
     ("cxl_lab", LAB_SPEC, cxl_lab.LAB_DEFAULTS, ()),
@@ -38,14 +53,21 @@ CHOICES = {
     ("cxl_lab.regions[]", "policy"): cxl_lab.POLICIES,
     ("cxl_lab.regions[]", "state"): cxl_lab.STATES,
     ("cxl_lab.regions[]", "security"): cxl_lab.SECURITY,
+    ("cxl_lab.regions[]", "medium"): cxl_lab.MEDIA,
     ("cxl_lab.vms[]", "role"): cxl_lab.ROLES,
     ("cxl_lab.vms[]", "mem_policy"): cxl_lab.MEM_POLICIES,
     ("cxl_lab.vms[]", "state"): cxl_lab.STATES,
     ("cxl_lab.vms[].regions[]", "access"): cxl_lab.ACCESS,
 }
 # The values of the inventory's default lab that are not cxl_lab.py's defaults, on purpose:
-# cxl1 is the comparison region without Sec-DSM.
-NOT_DEFAULTS = {("cxl_lab.regions[]", "cxl1", "security"): "off"}
+# cxl1 is the comparison region without Sec-DSM; cxl2 is the devdax medium (without
+# Sec-DSM, which needs ivshmem), sized for its layout rather than a power of two.
+NOT_DEFAULTS = {
+    ("cxl_lab.regions[]", "cxl1", "security"): "off",
+    ("cxl_lab.regions[]", "cxl2", "security"): "off",
+    ("cxl_lab.regions[]", "cxl2", "medium"): "devdax",
+    ("cxl_lab.regions[]", "cxl2", "size_mib"): 130,
+}
 # The same host as the inventory's default lab assumes: one node, CPUs 0 and 1.
 TOPOLOGY = {
     "node_ids": [0],
@@ -126,17 +148,18 @@ def test_inventory_values_are_cxl_lab_py_defaults(where, items, defaults):
 
 
 def test_inventory_default_lab_is_the_sec_dsm_lab():
-    """vm1 server, vm2 client, vm3 attacker; cxl0 secdsm and cxl1 off, both mapped by all."""
+    """vm1 server, vm2 client, vm3 attacker; cxl0 secdsm, cxl1 off, cxl2 off on devdax, all
+    mapped by all."""
     assert [(vm["name"], vm["role"]) for vm in INVENTORY["vms"]] == [
         ("vm1", "server"), ("vm2", "client"), ("vm3", "attacker")
     ]
-    assert [(r["name"], r["security"]) for r in INVENTORY["regions"]] == [
-        ("cxl0", "secdsm"), ("cxl1", "off")
+    assert [(r["name"], r["security"], r.get("medium")) for r in INVENTORY["regions"]] == [
+        ("cxl0", "secdsm", "ivshmem"), ("cxl1", "off", "ivshmem"), ("cxl2", "off", "devdax")
     ]
     lab, errors = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
     assert errors == []
     for vm in lab["vms"]:
-        assert [r["name"] for r in vm["regions"]] == ["cxl0", "cxl1"]
+        assert [r["name"] for r in vm["regions"]] == ["cxl0", "cxl1", "cxl2"]
 
 
 def test_inventory_vms_resolve_as_the_bare_defaults():
@@ -148,7 +171,9 @@ def test_inventory_vms_resolve_as_the_bare_defaults():
                     **({"acl_user": vm["acl_user"]} if vm.get("acl_user") else {})}
                    for vm in INVENTORY["vms"]]
     bare["regions"] = [
-        {"name": r["name"], "security": r["security"]} for r in INVENTORY["regions"]
+        {"name": r["name"], "security": r["security"], "medium": r["medium"],
+         **({"size_mib": r["size_mib"]} if r["medium"] == "devdax" else {})}
+        for r in INVENTORY["regions"]
     ]
     spelled, errors = normalize(copy.deepcopy(INVENTORY), TOPOLOGY, BACKING)
     assert errors == []

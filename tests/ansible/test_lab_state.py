@@ -1,11 +1,12 @@
 """state: absent for real: site.yml --tags regions on a lab of its own (labrun.py).
 
 The lab is the default one renamed (cxl0 secdsm: a directory of segment files; cxl1
-off: one file), with small rings so that the regions are small, and a third region no
-VM maps (secdsm). Marking that region absent removes its directory and nothing else, a
-second run changes nothing, and marking absent a region that a present VM still maps is
-refused before any change, with the fix. The resolved description (lab.json) follows
-each run.
+off: one file; cxl2 off on devdax: one file with the 2 MiB the guests' device-DAX info
+block takes in front of the region), with small rings so that the regions are small,
+and a fourth region no VM maps (secdsm, cxl3). Marking that region absent removes its
+directory and nothing else, a second run changes nothing, and marking absent a region
+that a present VM still maps is refused before any change, with the fix. The resolved
+description (lab.json) follows each run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from labrun import make_lab, recap, run, write_lab
 
 LAB_NAME = "cxltest-state"
-FILES = {name: Path(f"/dev/shm/{LAB_NAME}-{name}") for name in ("cxl0", "cxl1", "cxl2")}
+FILES = {name: Path(f"/dev/shm/{LAB_NAME}-{name}") for name in ("cxl0", "cxl1", "cxl2", "cxl3")}
 # 4 KiB rings: a group of 8 channels is 64 KiB per segment.
 SEGMENTS = {"header": 4096, "client-0": 64 << 10, "server-0": 64 << 10}
 
@@ -40,7 +41,7 @@ def lab(tmp_path):
     regions = variables["cxl_lab"]["regions"]
     for region in regions:
         region["size_mib"] = 4
-    regions.append(dict(regions[0], name="cxl2"))
+    regions.append(dict(regions[0], name="cxl3"))
     write_lab(tmp_path, variables)
     yield tmp_path, variables
     for path in FILES.values():
@@ -63,23 +64,28 @@ def test_absent_region_is_removed_and_the_rest_stays(lab):
     workdir, variables = lab
     first = regions_run(workdir)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    # cxl0: two groups (vm2, vm3); cxl2: one default group, no VM maps it.
+    # cxl0: two groups (vm2, vm3); cxl3: one default group, no VM maps it.
     assert segment_sizes(FILES["cxl0"]) == dict(SEGMENTS, **{"client-1": 64 << 10,
                                                               "server-1": 64 << 10})
-    assert segment_sizes(FILES["cxl2"]) == SEGMENTS
+    assert segment_sizes(FILES["cxl3"]) == SEGMENTS
     assert stat.S_IMODE(FILES["cxl0"].stat().st_mode) == 0o750
     assert FILES["cxl1"].is_file() and FILES["cxl1"].stat().st_size == 4 << 20
+    assert FILES["cxl2"].is_file() and FILES["cxl2"].stat().st_size == 6 << 20
+    cxl2 = next(r for r in resolved(workdir)["regions"] if r["name"] == "cxl2")
+    assert (cxl2["medium"], cxl2["data_offset"], cxl2["file_size_bytes"]) == (
+        "devdax", 2 << 20, 6 << 20)
 
-    variables["cxl_lab"]["regions"][2]["state"] = "absent"
+    variables["cxl_lab"]["regions"][3]["state"] = "absent"
     write_lab(workdir, variables)
     second = regions_run(workdir)
     assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
-    assert not FILES["cxl2"].exists()
+    assert not FILES["cxl3"].exists()
     assert len(segment_sizes(FILES["cxl0"])) == 5
     assert FILES["cxl1"].stat().st_size == 4 << 20
+    assert FILES["cxl2"].stat().st_size == 6 << 20
     lab_json = resolved(workdir)
-    assert [r["name"] for r in lab_json["regions"]] == ["cxl0", "cxl1"]
-    assert [r["name"] for r in lab_json["absent_regions"]] == ["cxl2"]
+    assert [r["name"] for r in lab_json["regions"]] == ["cxl0", "cxl1", "cxl2"]
+    assert [r["name"] for r in lab_json["absent_regions"]] == ["cxl3"]
 
     third = regions_run(workdir)
     assert third.returncode == 0, third.stdout[-4000:]

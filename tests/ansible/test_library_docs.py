@@ -20,6 +20,7 @@ FIELDS = [
 ]
 # A minimal valid call of each module, to reach core().
 ARGS = {
+    "cxl_devdax": {"regions": [{"name": "cxl2", "guest_node": 1, "size_bytes": 1 << 21}]},
     "cxl_ivshmem": {"regions": [{"name": "cxl0", "pci_address": "0000:00:10.0"}]},
     "cxl_lab_description": {"description": {}},
     "cxl_numa_facts": {},
