@@ -181,6 +181,7 @@ def plan(
             else int(redis.get("port") or 6379),
             "transient": transient,
             "groups": [g["channels"] for g in region.get("groups", [])],
+            "medium": region.get("medium", "ivshmem"),
             "req_ring": region.get("req_ring"),
             "resp_ring": region.get("resp_ring"),
             "segment_align": region.get("segment_align"),
@@ -364,6 +365,8 @@ def start_cmd(g: Guest, server: str, mode: str, m: dict) -> str:
         "no",
         "--dir",
         "/tmp",
+        # a device-DAX region (the devdax medium) faults in 2 MiB pages only: keep THP on
+        *(["--disable-thp", "no"] if m.get("medium") == "devdax" else []),
         "--loadmodule",
         f"{g.lib_dir}/cxl_ring.so",
         "path",

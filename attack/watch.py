@@ -29,6 +29,8 @@ def targets_from_lab(lab: dict) -> dict:
     regions = []
     for r in lab.get("regions", []):
         off = r.get("security", "secdsm") == "off"
+        # a devdax region's file starts with the guests' 2 MiB device-DAX info block
+        skip = r.get("data_offset", 0)
         segs = []
         for s in r.get("segments", []):
             segs.append(
@@ -36,7 +38,7 @@ def targets_from_lab(lab: dict) -> dict:
                     "name": s["name"],
                     "kind": s["kind"],
                     "path": s["path"],
-                    "base": s["offset"] if off else 0,
+                    "base": s["offset"] + skip if off else 0,
                     "span": s["span"],
                 }
             )

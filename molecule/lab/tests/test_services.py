@@ -481,3 +481,22 @@ def test_rebuild_changes_the_broken_guest(rebuilt):
 def test_rebuild_restores_the_service(rebuilt, server):
     assert server.service("cxl-redis").is_running, journal(server, "cxl-redis")
 
+
+
+# ---- the devdax medium ---------------------------------------------------------------------------
+
+
+def test_a_redis_without_thp_refuses_a_devdax_region_with_the_fix(server):
+    """A device-DAX device faults in 2 MiB pages only; Redis disables transparent huge pages
+    for its own process by default, so the driver refuses the region with the fix instead of
+    dying of SIGBUS at the first access (the role's configs say disable-thp no)."""
+    name = next((e["name"] for e in SERVER_VM["regions"] if e.get("medium") == "devdax"), None)
+    if name is None:
+        pytest.skip("the server VM maps no devdax region")
+    out = server.run(
+        "timeout 60 redis-server --port 6397 --bind 127.0.0.1 --save '' "
+        "--loadmodule /usr/local/lib/cxl-dsm-lab/cxl_ring.so path /dev/cxl/%s notify off", name)
+    assert out.rc != 0
+    assert "transparent huge pages disabled" in out.stdout + out.stderr
+    assert "set disable-thp no" in out.stdout + out.stderr
+    assert "crashed by signal" not in out.stdout + out.stderr
