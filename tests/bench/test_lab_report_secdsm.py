@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -148,3 +149,16 @@ def test_rounds_of_opposite_order_are_paired_by_their_medians(tmp_path, lab_repo
     report = (tmp_path / "report.md").read_text()
     assert "| ring_c_P1 (round 2) | GET |" in report
     assert "| throughput | ring_c_P1 | GET | 64 B | 1 | 2 | 20,000 req/s | 20,000 req/s" in report
+
+
+def test_a_run_of_the_pointer_chase_alone_has_its_report(tmp_path, lab_report):
+    """--tags latency: only latency-<host>.json files, the devdax region's row among them."""
+    chase = {"size_bytes": 128 << 20, "ns_per_load": {"p50": 149.9, "p90": 160.0, "p99": 170.0}}
+    (tmp_path / "latency-vm2.json").write_text(json.dumps([
+        dict(chase, host="vm2", memory="guest RAM"),
+        dict(chase, host="vm2", memory="devdax region (CPU-less guest node)"),
+    ]))
+    assert lab_report.main([str(tmp_path), "--virt-type", "qemu"]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| vm2 | devdax region (CPU-less guest node) | 128 MiB | 149.9 |" in text
+    assert lab_report.main([str(tmp_path / "empty")]) == 1

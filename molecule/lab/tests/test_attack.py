@@ -28,6 +28,10 @@ ROLES = {vm["role"] for vm in LAB["vms"]}
 SECDSM = [r["name"] for r in LAB["regions"] if r.get("security") == "secdsm"]
 OFF = [r["name"] for r in LAB["regions"] if r.get("security") == "off"]
 MODES = ["secdsm"] + (["off"] if OFF else [])
+# The off mode runs on the devdax region when the lab has one, so that the devdax medium
+# carries an honest client's load, the attacker and the host's watcher in this run too.
+OFF_DEVDAX = [r["name"] for r in LAB["regions"]
+              if r.get("security") == "off" and r.get("medium") == "devdax"]
 
 pytestmark = [
     pytest.mark.skipif(
@@ -45,6 +49,8 @@ def report(tmp_path_factory):
     argv = [sys.executable, "-m", "attack", "lab", "--lab", str(LAB_JSON),
             "--ssh-config", str(SSH_CONFIG), "--install", "--modes", ",".join(MODES),
             "--out", str(out)]
+    if OFF_DEVDAX:
+        argv += ["--region", f"off={OFF_DEVDAX[0]}"]
     if os.geteuid() != 0:  # the watcher reads QEMU's region files
         argv += ["--watch-prefix", "sudo -n"]
     proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -77,7 +78,12 @@ def backends(hypervisor, name: str) -> dict[str, str]:
     return found
 
 
+def devdax(entry: dict) -> bool:
+    return entry.get("medium") == "devdax"
+
+
 SECDSM_REGIONS = [name for name, r in REGIONS.items() if secdsm(r)]
+DEVDAX_REGIONS = [name for name, r in REGIONS.items() if devdax(r)]
 OFF_REGIONS = [name for name, r in REGIONS.items() if not secdsm(r)]
 SEGMENT_FILES = [
     (name, seg) for name in SECDSM_REGIONS for seg in REGIONS[name]["segments"]
@@ -143,7 +149,36 @@ def test_ssh_is_forwarded_on_loopback_only(hypervisor, vm):
 
 @pytest.mark.parametrize("name", OFF_REGIONS)
 def test_region_file_size(hypervisor, name):
-    assert hypervisor.file(REGIONS[name]["path"]).size == REGIONS[name]["size_bytes"]
+    """The region, and for devdax the 2 MiB of the guests' device-DAX info block before it."""
+    region = REGIONS[name]
+    assert hypervisor.file(region["path"]).size == region["size_bytes"] + region.get(
+        "data_offset", 0
+    )
+
+
+def test_devdax_regions_are_nvdimms_in_cpuless_nodes_in_live_xml(hypervisor, vm):
+    """An emulated NVDIMM on the region's file, in a guest node of its own with no CPU, with
+    the description's HMAT figures; no PCI device."""
+    entries = [e for e in vm["regions"] if devdax(e)]
+    if not entries:
+        pytest.skip("this VM maps no devdax region")
+    args = qemu_args(hypervisor, vm["name"])
+    found = backends(hypervisor, vm["name"])
+    cells = live_xml(hypervisor, vm["name"]).findall("./cpu/numa/cell")
+    assert [c.get("id") for c in cells] == ["0"], "libvirt knows only the vCPUs' node"
+    for entry in entries:
+        node = entry["guest_node"]
+        backend = found[entry["path"]].split(",")
+        assert "share=on" in backend and f"size={entry['file_size_bytes']}" in backend
+        assert f"nvdimm,id=nvdimm-{entry['name']},memdev=cxl-{entry['name']},node={node}," \
+            f"slot={entry['nvdimm_slot']}" in args
+        assert f"node,nodeid={node},initiator=0" in args
+        assert (
+            f"hmat-lb,initiator=0,target={node},hierarchy=memory,data-type=access-latency,"
+            f"latency={entry['hmat_latency_ns']}" in args
+        )
+        assert not any(a.startswith("ivshmem-plain,") and f"cxl-{entry['name']}," in a + ","
+                       for a in args)
 
 
 @pytest.mark.parametrize("name", OFF_REGIONS)
@@ -257,13 +292,120 @@ def test_region_path_is_published(guest, vm):
 
 def test_region_path_maps_the_whole_region(guest, vm):
     for entry in vm["regions"]:
-        if secdsm(entry):
+        if secdsm(entry) or devdax(entry):
             continue
         size = guest.check_output(
             'python3 -c \'import json;print(json.load(open("/etc/cxl-lab/regions.json"))'
             '["{}"]["size_bytes"])\''.format(entry["name"])
         )
         assert int(size) == entry["size_bytes"]
+
+
+def devdax_device(guest, entry: dict) -> str:
+    """The device-DAX device behind /dev/cxl/<region> (dax<N>.<M>)."""
+    return os.path.basename(guest.check_output("readlink -f /dev/cxl/%s", entry["name"]))
+
+
+def test_devdax_region_is_a_device_dax_device_of_its_size_in_its_node(guest, vm):
+    entries = [e for e in vm["regions"] if devdax(e)]
+    if not entries:
+        pytest.skip("this VM maps no devdax region")
+    for entry in entries:
+        dax = devdax_device(guest, entry)
+        assert dax.startswith("dax"), dax
+        attrs = {
+            a: int(guest.check_output("cat /sys/bus/dax/devices/%s/%s", dax, a), 0)
+            for a in ("size", "target_node")
+        }
+        assert attrs == {"size": entry["size_bytes"], "target_node": entry["guest_node"]}
+        assert guest.check_output("ndctl list -N -r all") != ""
+
+
+def test_devdax_node_has_no_cpu(guest, vm):
+    """Every vCPU is in node 0; the regions' nodes have none (as CXL memory has)."""
+    nodes = [e["guest_node"] for e in vm["regions"] if devdax(e)]
+    if not nodes:
+        pytest.skip("this VM maps no devdax region")
+    cpu_nodes = guest.check_output(
+        "for c in /sys/devices/system/cpu/cpu[0-9]*; do ls -d $c/node* ; done | sed 's/.*node//'"
+    ).split()
+    assert set(cpu_nodes) == {"0"}
+
+
+# The guest's ACPI HMAT (/sys/firmware/acpi/tables/HMAT): every System Locality Latency
+# and Bandwidth structure's access latencies, "initiator target ns" per line.
+HMAT_LATENCIES = """
+import struct
+t = open("/sys/firmware/acpi/tables/HMAT", "rb").read()
+at = 40  # table header (36) + reserved (4)
+while at + 8 <= len(t):
+    kind, length = struct.unpack_from("<H2xI", t, at)
+    if kind == 1 and t[at + 9] == 0:  # locality, data type 0: access latency
+        ni, nt = struct.unpack_from("<II", t, at + 12)
+        base = struct.unpack_from("<Q", t, at + 24)[0]
+        ini = struct.unpack_from("<%dI" % ni, t, at + 32)
+        tgt = struct.unpack_from("<%dI" % nt, t, at + 32 + 4 * ni)
+        vals = struct.unpack_from("<%dH" % (ni * nt), t, at + 32 + 4 * (ni + nt))
+        for i in range(ni):
+            for j in range(nt):
+                print(ini[i], tgt[j], vals[i * nt + j] * base // 1000)
+    at += length
+"""
+
+
+def test_hmat_tells_the_guest_the_region_latency(guest, vm):
+    entries = [e for e in vm["regions"] if devdax(e)]
+    if not entries:
+        pytest.skip("this VM maps no devdax region")
+    found = {
+        tuple(map(int, line.split()[:2])): int(line.split()[2])
+        for line in guest.check_output("python3 -c %s", HMAT_LATENCIES).splitlines()
+    }
+    for entry in entries:
+        assert found.get((0, entry["guest_node"])) == entry["hmat_latency_ns"], found
+    assert found.get((0, 0)) == vm["memory"]["local_hmat"]["latency_ns"], found
+
+
+# Map each (path, length) given, then print the kernel's PAT memtype list: the ranges it
+# tracks and the memory type each is mapped with.
+MEMTYPES = (
+    "import mmap,os,sys;a=sys.argv[1:];"
+    "m=[mmap.mmap(os.open(p,os.O_RDWR),int(n)) for p,n in zip(a[::2],a[1::2])];"
+    "print(open('/sys/kernel/debug/x86/pat_memtype_list').read())"
+)
+
+
+def memtype_at(listing: str, start: int) -> str:
+    """The memory type of the range of the PAT list ("PAT: [mem 0x...-0x...] write-back")
+    that holds START."""
+    for low, high, kind in re.findall(r"\[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] (\S+)", listing):
+        if int(low, 16) <= start < int(high, 16):
+            return kind
+    return "none"
+
+
+def test_devdax_maps_write_back_and_the_ivshmem_bar_uncached(guest, vm):
+    """The point of the devdax medium: the ring's memory is mapped write-back (like CXL
+    memory), where an ivshmem BAR (resource2 or uio) is mapped uncached-minus."""
+    dax = next((e for e in vm["regions"] if devdax(e)), None)
+    bar = next((e for e in vm["regions"] if not devdax(e) and not secdsm(e)), None)
+    if dax is None or bar is None:
+        pytest.skip("this VM lacks a devdax region or a single-device ivshmem region")
+    guest.check_output(
+        "mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug"
+    )
+    listing = guest.check_output(
+        "python3 -c %s /dev/cxl/%s %s /dev/cxl/%s %s", MEMTYPES,
+        dax["name"], str(dax["size_bytes"]), bar["name"], str(4096),
+    )
+    dax_start = int(guest.check_output(
+        "cat /sys/bus/dax/devices/%s/resource", devdax_device(guest, dax)), 16)
+    bar_start = int(guest.check_output(
+        "sed -n 3p /sys/bus/pci/devices/%s/resource", bar["pci_address"]).split()[0], 16)
+    print(f"devdax at {dax_start:#x}: {memtype_at(listing, dax_start)}; "
+          f"ivshmem BAR2 at {bar_start:#x}: {memtype_at(listing, bar_start)}")
+    assert memtype_at(listing, dax_start) == "write-back"
+    assert memtype_at(listing, bar_start) == "uncached-minus"
 
 
 def test_binding_survives_reboots(guest):
@@ -308,13 +450,14 @@ def test_udev_gives_the_region_file_its_group_again(guest, vm):
         guest.run("chgrp cxl %s && chmod 0660 %s", target, target)
 
 
-# Read (2 arguments) or write (3) 64 bytes at an offset of a region or segment file in a
-# guest; reads open it read-only, so a read-only segment's file (no write bit) can be read.
+# Read (3 arguments) or write (4) 64 bytes at an offset of a region or segment file in a
+# guest, mapping LENGTH bytes (a device-DAX device maps only whole 2 MiB pages); reads open
+# it read-only, so a read-only segment's file (no write bit) can be read.
 PEEK = (
-    "import mmap,os,sys;w=len(sys.argv)>3;o=int(sys.argv[2]);"
+    "import mmap,os,sys;w=len(sys.argv)>4;o=int(sys.argv[2]);n=int(sys.argv[3]);"
     "fd=os.open(sys.argv[1],(os.O_RDWR if w else os.O_RDONLY)|os.O_SYNC);"
-    "m=mmap.mmap(fd,o+64,prot=mmap.PROT_READ|(mmap.PROT_WRITE if w else 0));"
-    "(m.__setitem__(slice(o,o+64),sys.argv[3].encode().ljust(64,b'\\0')) if w "
+    "m=mmap.mmap(fd,n,prot=mmap.PROT_READ|(mmap.PROT_WRITE if w else 0));"
+    "(m.__setitem__(slice(o,o+64),sys.argv[4].encode().ljust(64,b'\\0')) if w "
     "else print(m[o:o+64].rstrip(b'\\0').decode()))"
 )
 
@@ -328,21 +471,21 @@ def test_bytes_written_in_one_vm_are_read_in_the_others_and_the_host(hypervisor,
     if not writers or len(mappers) < 2:
         pytest.skip(f"region {name} is not shared by a writer and a reader")
     token = f"molecule-{name}-{secrets.token_hex(8)}"
-    offset = REGIONS[name]["size_bytes"] - 8192
+    size = REGIONS[name]["size_bytes"]
+    offset = size - 8192
     guest_host(writers[0]["name"]).check_output(
-        "python3 -c %s /dev/cxl/%s %s %s", PEEK, name, str(offset), token
+        "python3 -c %s /dev/cxl/%s %s %s %s", PEEK, name, str(offset), str(size), token
     )
     for reader in mappers[1:] if mappers[0] is writers[0] else mappers:
         if reader is writers[0]:
             continue
         seen = guest_host(reader["name"]).check_output(
-            "python3 -c %s /dev/cxl/%s %s", PEEK, name, str(offset)
+            "python3 -c %s /dev/cxl/%s %s %s", PEEK, name, str(offset), str(size)
         )
         assert seen == token, "{} reads {!r}".format(reader["name"], seen)
-    on_host = hypervisor.check_output(
-        "dd if=%s bs=64 count=1 skip=%s status=none | tr -d '\\000'",
-        REGIONS[name]["path"],
-        str(offset // 64),
+    # devdax: the region starts after the info block in the file
+    on_host = host_bytes(
+        hypervisor, REGIONS[name]["path"], REGIONS[name].get("data_offset", 0) + offset
     )
     assert on_host == token
 
@@ -377,11 +520,12 @@ def test_client_segment_bytes_reach_the_server_and_the_host(hypervisor, name):
     token = f"molecule-{name}-{secrets.token_hex(8)}"
     offset = seg["size_bytes"] - 8192  # past the sections the layout uses in this segment
     path = f"/dev/cxl/{name}/{seg['name']}"
+    length = str(offset + 64)
     guest_host(writer["name"]).check_output(
-        "python3 -c %s %s %s %s", PEEK, path, str(offset), token)
+        "python3 -c %s %s %s %s %s", PEEK, path, str(offset), length, token)
     for reader in readers:
         seen = guest_host(reader["name"]).check_output(
-            "python3 -c %s %s %s", PEEK, path, str(offset))
+            "python3 -c %s %s %s %s", PEEK, path, str(offset), length)
         assert seen == token, "{} reads {!r}".format(reader["name"], seen)
     assert host_bytes(hypervisor, seg["path"], offset) == token
 
@@ -402,8 +546,8 @@ def test_a_client_write_into_the_header_is_dropped(hypervisor, name):
     # read-only backend is left to stop the write.
     guest_host(vm["name"]).check_output(
         "t=$(readlink -f %s) && m=$(stat -c %%a $t) && chmod u+w $t && "
-        "{ python3 -c %s %s %s %s; rc=$?; chmod $m $t; exit $rc; }",
-        f"/dev/cxl/{name}/header", PEEK, f"/dev/cxl/{name}/header", str(offset), token,
+        "{ python3 -c %s %s %s %s %s; rc=$?; chmod $m $t; exit $rc; }",
+        f"/dev/cxl/{name}/header", PEEK, f"/dev/cxl/{name}/header", str(offset), "4096", token,
     )
     assert host_bytes(hypervisor, seg["path"], offset) == before != token
 
