@@ -224,7 +224,10 @@ def test_guest_answers(guest, vm, hypervisor):
 
 
 def devices(entry: dict) -> list[dict]:
-    """The ivshmem devices of one region in one VM: one per granted segment, or the region's."""
+    """The ivshmem devices of one region in one VM: one per granted segment, or the region's
+    (none for a devdax region: an NVDIMM)."""
+    if devdax(entry):
+        return []
     return entry["segments"] if secdsm(entry) else [entry]
 
 
