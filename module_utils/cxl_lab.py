@@ -539,7 +539,8 @@ def _place_nvdimms(vm, mapped):
     """Each devdax region the VM maps is an emulated NVDIMM in a guest NUMA node of its own,
     without CPUs (1, 2, ... in region order; node 0 holds the vCPUs and the VM's RAM), with
     the region's HMAT figures. vm["memory"] says what the domain needs for them: memory
-    slots, the largest memory (RAM plus every NVDIMM's backing file), the guest nodes."""
+    slots, the largest memory (RAM plus every NVDIMM's backing file), node 0's HMAT figures
+    and the SLIT distance of the regions' nodes."""
     nvdimms = [m for m in mapped if m["medium"] == "devdax"]
     for slot, mapping in enumerate(nvdimms):
         mapping["nvdimm_slot"] = slot
