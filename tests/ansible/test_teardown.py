@@ -21,6 +21,8 @@ from labrun import RUN_BOUND, make_lab, recap, run
 LAB_NAME = "cxltest-teardown"
 SEGMENT_DIR = Path(f"/dev/shm/{LAB_NAME}-cxl0")
 REGION_FILE = Path(f"/dev/shm/{LAB_NAME}-cxl1")
+# The doorbell's directories are shared by every lab on the host (roles/lab_hypervisor).
+SHARED_PARENTS = (Path("/etc/cxl-dsm-lab"), Path("/run/cxl-dsm-lab"))
 
 
 @pytest.fixture
@@ -58,6 +60,33 @@ def test_teardown_removes_the_lab_then_changes_nothing(test_lab):
     second = run(workdir, "playbooks/teardown.yml")
     assert second.returncode == 0, second.stdout[-4000:]
     assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+
+
+@pytest.fixture
+def other_lab():
+    """Another lab's doorbell directories on the same host, as a running `make lab` leaves."""
+    made = []
+    for parent in SHARED_PARENTS:
+        if not parent.exists():
+            made.append(parent)
+        other = parent / f"{LAB_NAME}-other"
+        other.mkdir(parents=True)
+        made.append(other)
+    yield [parent / f"{LAB_NAME}-other" for parent in SHARED_PARENTS]
+    for path in reversed(made):
+        path.rmdir()
+
+
+def test_teardown_keeps_another_labs_directories_and_changes_nothing_again(test_lab, other_lab):
+    """The shared parents go only when empty; while another lab uses them, both runs keep them."""
+    workdir, _ = test_lab
+    first = run(workdir, "playbooks/teardown.yml")
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    assert all(path.is_dir() for path in other_lab)
+    second = run(workdir, "playbooks/teardown.yml")
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert recap(second.stdout)["changed"] == 0, second.stdout[-4000:]
+    assert all(path.is_dir() for path in other_lab)
 
 
 DOMAIN_XML = """<domain type='qemu'>
