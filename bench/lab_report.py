@@ -14,6 +14,10 @@ to the controller, one folder per guest::
     ring_c_P1_off, _P16_off the C bench client on a region of security off, served by a
                             transient second Redis (the others use the lab's Redis and
                             its secdsm region)                         (PoC CSV format)
+    ring_c_P1_devdax,       the same on a devdax region of security off (another transient
+    ring_c_P16_devdax       Redis): the medium against ivshmem's _off  (PoC CSV format)
+    ring_c_P1_delay         ring_c_P1_off again, its server and client spinning the injected
+                            far-memory delay per batch read            (PoC CSV format)
     tcp_vm_P1, tcp_vm_P16   redis-benchmark in the client VM over the inter-VM link,
                             -P 1 / -P 16                               (redis-benchmark --csv)
     tcp_local_P1, _P16      redis-benchmark inside the server VM over loopback
@@ -41,6 +45,7 @@ Usage::
 
     python bench/lab_report.py RESULTS [--out DIR] [--virt-type kvm|qemu] [--title TEXT]
                                [--secdsm-region NAME] [--off-region NAME]
+                               [--devdax-region NAME] [--access-delay-ns NS]
 """
 
 from __future__ import annotations
@@ -57,11 +62,12 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 FILE_NAME = re.compile(
-    r"^(?P<transport>[a-z0-9_]+?_P\d+(?:_off)?)__d(?P<size>\d+)__t(?P<threads>\d+)"
+    r"^(?P<transport>[a-z0-9_]+?_P\d+(?:_off|_devdax|_delay)?)__d(?P<size>\d+)__t(?P<threads>\d+)"
     r"(?:__r(?P<round>\d+))?\.csv$")
 
 # Display order and colours: ring first, then the TCP baselines.
-TRANSPORTS = ["ring_c_P1", "ring_c_P1_off", "ring_c_P16", "ring_c_P16_off", "ring_py_P1",
+TRANSPORTS = ["ring_c_P1", "ring_c_P1_off", "ring_c_P16", "ring_c_P16_off", "ring_c_P1_devdax",
+              "ring_c_P16_devdax", "ring_c_P1_delay", "ring_py_P1",
               "gw_vm_P1", "gw_vm_P16", "tcp_vm_P1", "tcp_vm_P16", "tcp_local_P1",
               "tcp_local_P16"]
 DESCRIPTIONS = {
@@ -69,6 +75,12 @@ DESCRIPTIONS = {
     "ring_c_P1_off": "C ring client, 1 in flight, region of security off (transient Redis)",
     "ring_c_P16": "C ring client, 16 in flight",
     "ring_c_P16_off": "C ring client, 16 in flight, region of security off (transient Redis)",
+    "ring_c_P1_devdax": "C ring client, 1 in flight, devdax region of security off "
+                        "(transient Redis)",
+    "ring_c_P16_devdax": "C ring client, 16 in flight, devdax region of security off "
+                         "(transient Redis)",
+    "ring_c_P1_delay": "C ring client, 1 in flight, region of security off with the injected "
+                       "far-memory delay (transient Redis)",
     "ring_py_P1": "Python ring client, 1 in flight",
     "gw_vm_P1": "redis-benchmark through the native gateway in the client VM, -P 1",
     "gw_vm_P16": "redis-benchmark through the native gateway in the client VM, -P 16",
@@ -301,6 +313,89 @@ def security_lines(found: list[SecurityRatio], secdsm_region: str, off_region: s
     return lines + [""]
 
 
+def _median(rows: list[Row], transport: str, op: str, size: int, threads: int,
+            metric: str) -> float | None:
+    found = _rounds(rows, transport, op, size, threads)
+    return statistics.median(getattr(row, metric) for row in found) if found else None
+
+
+def medium_lines(rows: list[Row], devdax_region: str, ivshmem_region: str) -> list[str]:
+    """The devdax medium against ivshmem, both security off (empty without devdax phases)."""
+    combos = sorted({(r.op, r.value_size, r.threads) for r in rows
+                     if r.transport.endswith("_devdax")})
+    if not combos:
+        return []
+    names = f" (`{devdax_region}` against `{ivshmem_region}`)" if devdax_region else ""
+    lines = ["## The devdax medium against ivshmem", "",
+             f"The C bench client on a devdax region and on an ivshmem region{names}, both of "
+             "security off and each served by a transient Redis with the same driver arguments "
+             "(ivshmem: the median of the `_off` rounds above). devdax maps the region "
+             "write-back through an emulated NVDIMM in a CPU-less guest node, ivshmem uncached "
+             "through a PCI BAR (docs/lab.md, \"Mediums\"); under TCG both are emulated loads "
+             "and stores, so the ratio says what the medium costs the emulator, not a CPU.", "",
+             "| transport | op | value | threads | ivshmem req/s | devdax req/s | devdax/ivshmem "
+             "| ivshmem p50 µs | devdax p50 µs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for op, size, threads in combos:
+        for transport in ("ring_c_P1", "ring_c_P16"):
+            dax = _median(rows, transport + "_devdax", op, size, threads, "rps")
+            ivs = _median(rows, transport + OFF_SUFFIX, op, size, threads, "rps")
+            if dax is None or ivs is None:
+                continue
+            dax_p50 = _median(rows, transport + "_devdax", op, size, threads, "p50_us")
+            ivs_p50 = _median(rows, transport + OFF_SUFFIX, op, size, threads, "p50_us")
+            ratio = f"{dax / ivs:.3f}" if ivs else "-"
+            lines.append(f"| {transport} | {op.upper()} | {size} B | {threads} | {ivs:,.0f} | "
+                         f"{dax:,.0f} | {ratio} | {ivs_p50:.1f} | {dax_p50:.1f} |")
+    return lines + [""]
+
+
+def delay_rows(rows: list[Row], delay_ns: int) -> list[dict]:
+    """Per phase with the injected delay: the round trip without and with it, the added
+    mean against the two delays one request alone in flight should add (2.4)."""
+    out = []
+    for row in rows:
+        if row.transport != "ring_c_P1_delay":
+            continue
+        base = _median(rows, "ring_c_P1" + OFF_SUFFIX, row.op, row.value_size, row.threads,
+                       "avg_us")
+        base_p50 = _median(rows, "ring_c_P1" + OFF_SUFFIX, row.op, row.value_size,
+                           row.threads, "p50_us")
+        if base is None:
+            continue
+        added = row.avg_us - base
+        expected = 2 * delay_ns / 1000.0
+        out.append({"op": row.op, "value_size": row.value_size, "threads": row.threads,
+                    "avg_us": base, "p50_us": base_p50, "delayed_avg_us": row.avg_us,
+                    "delayed_p50_us": row.p50_us, "added_us": added, "expected_us": expected,
+                    "ratio": added / expected if expected else None})
+    return out
+
+
+def delay_lines(rows: list[Row], delay_ns: int) -> list[str]:
+    """The injected far-memory delay's effect on the round trip (empty without its phase)."""
+    found = delay_rows(rows, delay_ns)
+    if not found:
+        return []
+    lines = ["## The injected far-memory delay", "",
+             f"`access_delay_ns` {delay_ns} (docs/ring-protocol.md 2.4): the server spins it per "
+             "batch of requests it reads, the client per batch of responses, so one request "
+             f"alone in flight should take two delays ({2 * delay_ns / 1000:.1f} µs) more. The "
+             "same region and the same transient Redis without the delay (the median of the "
+             "`ring_c_P1_off` rounds) against one phase with it; means, since the delay "
+             "shifts every round trip alike.", "",
+             "| op | value | threads | without: avg / p50 µs | with: avg / p50 µs "
+             "| added µs | 2 × delay µs | added / expected |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in found:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        lines.append(f"| {r['op'].upper()} | {r['value_size']} B | {r['threads']} | "
+                     f"{r['avg_us']:.1f} / {r['p50_us']:.1f} | "
+                     f"{r['delayed_avg_us']:.1f} / {r['delayed_p50_us']:.1f} | "
+                     f"{r['added_us']:.1f} | {r['expected_us']:.1f} | {ratio} |")
+    return lines + [""]
+
+
 def plot(rows: list[Row], out: Path) -> list[str]:
     """throughput.png and latency.png; returns the files written (none without matplotlib)."""
     try:
@@ -496,7 +591,8 @@ def idle_lines(idle: list[dict]) -> list[str]:
 def report(rows: list[Row], problems: list[str], images: list[str], virt_type: str,
            title: str, secdsm_region: str = "", off_region: str = "",
            idle: list[dict] | None = None, wake: list[dict] | None = None,
-           latency: list[dict] | None = None, ycsb: list[dict] | None = None) -> str:
+           latency: list[dict] | None = None, ycsb: list[dict] | None = None,
+           devdax_region: str = "", delay_ns: int = 0) -> str:
     lines = [f"# {title}", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC} by "
              "`playbooks/bench.yml` (bench/lab_report.py). Raw numbers: `results.csv`.", ""]
@@ -521,6 +617,8 @@ def report(rows: list[Row], problems: list[str], images: list[str], virt_type: s
                   for meaning, op, size, threads, ratio in found]
         lines += ["", "A latency ratio below 1 and a throughput ratio above 1 favour the ring.", ""]
     lines += security_lines(security_ratios(rows), secdsm_region, off_region)
+    lines += medium_lines(rows, devdax_region, off_region)
+    lines += delay_lines(rows, delay_ns)
     lines += ycsb_lines(ycsb or [])
     lines += idle_lines(idle or []) + wake_lines(wake or [])
     lines += latency_lines(latency or [], virt_type)
@@ -550,6 +648,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="name of the secdsm region the lab's Redis served (for the report's text)")
     ap.add_argument("--off-region", default="",
                     help="name of the region of security off the transient Redis served")
+    ap.add_argument("--devdax-region", default="",
+                    help="name of the devdax region of security off (the medium comparison)")
+    ap.add_argument("--access-delay-ns", type=int, default=0,
+                    help="the injected far-memory delay of the ring_c_P1_delay phase, in ns")
     args = ap.parse_args(argv)
     out = args.out or args.results
     out.mkdir(parents=True, exist_ok=True)
@@ -566,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     images = plot(rows, out) if rows else []
     (out / "report.md").write_text(report(rows, problems + ycsb_problems, images, args.virt_type,
                                           args.title, args.secdsm_region, args.off_region, idle,
-                                          wake, latency, ycsb))
+                                          wake, latency, ycsb, args.devdax_region,
+                                          args.access_delay_ns))
     for f in idle:
         if "percent" in f:
             print(f"lab_report: idle server VM, {f['label']}: {f['percent']:.2f} % of a core")
@@ -584,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"p99 {f.get('p99_us', 0):.0f} us")
     print(f"lab_report: {len(rows)} rows -> {out / 'report.md'}"
           + ("" if images else " (no plots: matplotlib is not installed)"))
+    for r in delay_rows(rows, args.access_delay_ns):
+        print(f"lab_report: injected delay {args.access_delay_ns} ns, {r['op']}: round trip "
+              f"+{r['added_us']:.1f} us (two delays: {r['expected_us']:.1f} us)")
     for measure, s in security_summary(security_ratios(rows)).items():
         print(f"lab_report: Sec-DSM vs security off, {measure}: secdsm/off median {s['median']:.3f}"
               f" (min {s['min']:.3f}, {s['count']} phases), target >= {SECURITY_TARGET:.2f}: "

@@ -557,6 +557,9 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         return 0;
     }
     ch->req_head_seen = head;
+    /* A new batch of requests: reading it from far memory costs the delay (section 2.4). */
+    if (head != ch->req_tail)
+        cxl_access_delay(s->cfg.access_delay_ns);
     if (ch->block.active) {
         /* The blocked request first (block.c): answered, or the session stays blocked. */
         sink.id = ch->block.id;

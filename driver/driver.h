@@ -83,6 +83,7 @@ struct drv_config {
     int      cpu;                       /* pin the poll thread; -1 = no */
     int      notify;                    /* enum drv_notify: how an idle poll thread waits */
     uint32_t sleep_max_ms;              /* longest sleep between housekeeping rounds */
+    uint32_t access_delay_ns;           /* injected far-memory delay per ring batch read */
     char     doorbell[DRV_PATH_MAX];    /* the uio_cxl_doorbell device; "" = none */
     uint32_t doorbell_peer;             /* our peer id when the doorbell has no directory */
     int      test_remote_region;        /* test only: the region counts as not host memory */

@@ -192,6 +192,8 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
             U32(cfg->params.heartbeat_interval_ms, 1, 60000);
         } else if (!strcasecmp(name, "client_lease_ms")) {
             U32(cfg->params.client_lease_ms, 100, 3600000);
+        } else if (!strcasecmp(name, "access_delay_ns")) {
+            U32(cfg->access_delay_ns, 0, CXL_MAX_ACCESS_DELAY_NS);
         } else if (!strcasecmp(name, "spin_us")) {
             U32(cfg->spin_us, 0, 1000000);
         } else if (!strcasecmp(name, "idle_sleep_us")) {
@@ -405,7 +407,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 31);
+    RedisModule_ReplyWithMap(ctx, 32);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -420,6 +422,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "max_value", s->exec.max_value);
     reply_u64(ctx, "client_lease_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.client_lease_ms : 0);
     reply_u64(ctx, "heartbeat_ms", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.heartbeat_interval_ms : 0);
+    reply_u64(ctx, "access_delay_ns", s->cfg.access_delay_ns);
     reply_u64(ctx, "gil_holds", __atomic_load_n(&s->gil_holds, __ATOMIC_RELAXED));
     reply_u64(ctx, "event_loop_wakeups", __atomic_load_n(&s->wakeups, __ATOMIC_RELAXED));
     reply_u64(ctx, "gil_hold_max_us",

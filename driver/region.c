@@ -512,6 +512,8 @@ void drv_region_running(struct drv_server *s)
                         s->notify_kind == CXL_NOTIFY_DOORBELL ? s->doorbell_peer : 0);
     cxl_store_relaxed32(&s->khdr->doorbell_vector, 0);  /* vector 0: the doorbell's first */
     cxl_store_relaxed32(&s->khdr->notify_kind, s->notify_kind);
+    /* Section 2.4: the delay every party spins per ring batch it reads in this run. */
+    cxl_store_relaxed32(&s->khdr->access_delay_ns, s->cfg.access_delay_ns);
     /* L1 pairs with the client's L2: a client that sees the new epoch also sees every
      * session of the previous run retired (v5_retire_all) and our pid. */
     cxl_store_release64(&s->khdr->server_epoch, s->epoch);

@@ -88,7 +88,10 @@ REGION_DEFAULTS = {
     "medium": "ivshmem",
     "hmat_latency_ns": 300,
     "hmat_bandwidth_mib_s": 32768,
+    "access_delay_ns": 0,
 }
+# The ring's injected far-memory delay (docs/ring-protocol.md 2.4): at most 1 ms per batch.
+MAX_ACCESS_DELAY_NS = 1000000
 LAB_DEFAULTS = {
     "name": "cxl-lab",
     "state_dir": "/var/lib/cxl-dsm-lab",
@@ -818,6 +821,15 @@ def normalize(description, topology, backing=None, existing=None):
                     errors.append(f"{label}: {key} {value} must be positive.")
                     value = None
                 region[key] = value or REGION_DEFAULTS[key]
+        delay = _int(region["access_delay_ns"], f"{label} access_delay_ns", errors)
+        if delay is not None and not 0 <= delay <= MAX_ACCESS_DELAY_NS:
+            errors.append(
+                f"{label}: access_delay_ns {delay} is outside 0..{MAX_ACCESS_DELAY_NS}: the "
+                "ring's injected far-memory delay per batch read (docs/ring-protocol.md 2.4), "
+                "e.g. 200 for a CXL hop on a host with one NUMA node; 0 turns it off."
+            )
+            delay = None
+        region["access_delay_ns"] = delay or 0
         size = _int(region["size_mib"], f"{label} size_mib", errors)
         if size is not None and size <= 0:
             errors.append(f"{label}: size_mib {size} must be positive: use e.g. 256.")

@@ -52,8 +52,9 @@
  * response waiting before the request (unsolicited). 3: layout 4, ids carry the session
  * generation, request bytes are zeroed once answered. 4: notifies a sleeping server (N2).
  * 5: rings the doorbell of a server that sleeps behind one (notify_kind 2, through
- * FastSession._ring_doorbell, so both paths share one lazily opened notify.Doorbell). */
-#define CORE_VERSION 5
+ * FastSession._ring_doorbell, so both paths share one lazily opened notify.Doorbell).
+ * 6: spins delay_ns before reading a new response (the injected far-memory delay, 2.4). */
+#define CORE_VERSION 6
 /* channel.py's session.SEQ_RENEW: past it Python claims again before the ids' low half wraps */
 #define SEQ_RENEW 0xF0000000ull
 
@@ -61,6 +62,7 @@ typedef struct {
     PyObject_HEAD
     /* shared state the Python side reads and writes too (members) */
     unsigned long long req_head, resp_tail, next_id, req_tail_seen, req_scrubbed, epoch;
+    unsigned int delay_ns;              /* access_delay_ns at the ack (section 2.4) */
     char broken;
     /* the mapping and the geometry, set by _bind */
     Py_buffer view;
@@ -281,8 +283,14 @@ static PyObject *complete(SessionCore *self, uint64_t step, uint64_t rid, PyObje
     uint64_t deadline = 0;
     for (unsigned spins = 0;; spins++) {
         head = load_acquire(self->resp_head_p);                   /* C1 */
-        if (head != tail)
+        if (head != tail) {
+            if (self->delay_ns) {                                 /* section 2.4 */
+                uint64_t until = now_ns() + self->delay_ns;
+                while (now_ns() < until)
+                    cpu_relax();
+            }
             break;
+        }
         if ((spins & 63) == 63) {
             uint64_t t = now_ns();
             if (deadline == 0)
@@ -418,6 +426,8 @@ static PyMemberDef core_members[] = {
      "the server's req_tail at the last look"},
     {"epoch", T_ULONGLONG, offsetof(SessionCore, epoch), 0,
      "the server_epoch the session was acknowledged under"},
+    {"delay_ns", T_UINT, offsetof(SessionCore, delay_ns), 0,
+     "the injected far-memory delay, spun before reading a new response"},
     {"broken", T_BOOL, offsetof(SessionCore, broken), 0, "the session must not be used"},
     {NULL, 0, 0, 0, NULL},
 };

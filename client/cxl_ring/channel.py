@@ -72,7 +72,7 @@ from .exceptions import (
 from .region import Region
 from .session import SEQ_RENEW, SessionBase, SessionLost, claim_channel
 
-CORE_VERSION = 5          # the _speedups.c behaviour this module expects (its CORE_VERSION)
+CORE_VERSION = 6          # the _speedups.c behaviour this module expects (its CORE_VERSION)
 try:  # the optional C core of the round trip (_speedups.c); never required
     if os.environ.get("CXL_RING_PURE"):
         raise ImportError("CXL_RING_PURE is set")
@@ -235,6 +235,8 @@ class Session(SessionBase):
         used = (head - self.resp_tail) & U64_MASK
         if used == 0:
             return []
+        if self.delay_ns:
+            P.access_delay(self.delay_ns)                      # section 2.4
         if used > self.resp_size:
             self.broken = True
             raise ProtocolError(
@@ -437,6 +439,8 @@ class Session(SessionBase):
         for _ in _SPIN:
             head = u64[i]                                      # C1, pairs with server's P1
             if head != tail:
+                if self.delay_ns:
+                    P.access_delay(self.delay_ns)              # section 2.4
                 break
         else:
             r = self._wait_one(rid, timeout)

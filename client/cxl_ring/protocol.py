@@ -11,6 +11,7 @@ disagree, the document wins.
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -41,7 +42,8 @@ from .exceptions import LayoutMismatchError, NotFormattedError, ProtocolError
 #   24  8  region_size                76  4  max_value_size               32 bytes an entry:
 #   32  4  group_count                80  4  heartbeat_interval_ms
 #   36  4  segment_count (1 + 2G)     84  4  client_lease_ms
-#   40  4  segment_align              88..127 reserved
+#   40  4  segment_align              88  4  access_delay_ns (2.4)
+#                                     92..127 reserved
 #   44  4  reserved
 #
 # Segment table entry:  0 8 offset | 8 8 size | 16 8 span | 24 1 kind (1 header, 2 client,
@@ -88,6 +90,7 @@ DEFAULT_SEGMENT_ALIGN = 4096
 
 # Header field offsets (for single aligned loads).
 OFF_MAGIC = 0
+OFF_ACCESS_DELAY = 88  # section 2.4: written by the server at each start, before its epoch
 OFF_SERVER_EPOCH = 128
 OFF_SERVER_HEARTBEAT = 136
 OFF_SERVER_STATE = 144
@@ -131,6 +134,24 @@ DEFAULT_MAX_VALUE = 1 << 20
 MSG_SLACK = 64 << 10
 DEFAULT_HEARTBEAT_MS = 100
 DEFAULT_CLIENT_LEASE_MS = 2000
+
+
+# Section 2.4: the lab's far-memory model, at most 1 ms per ring read.
+MAX_ACCESS_DELAY_NS = 1_000_000
+
+
+def header_access_delay(u32: Sequence[int]) -> int:
+    """The delay this run's server published (``u32``: the region's 32-bit words), clamped:
+    in a region of security off any peer may write the header."""
+    return min(u32[OFF_ACCESS_DELAY // 4], MAX_ACCESS_DELAY_NS)
+
+
+def access_delay(ns: int) -> None:
+    """Spin ``ns`` nanoseconds before reading a new batch from a ring (section 2.4), as a
+    load from far memory stalls the CPU that issues it."""
+    until = time.perf_counter_ns() + ns
+    while time.perf_counter_ns() < until:
+        pass
 
 
 def is_power_of_two(n: int) -> bool:

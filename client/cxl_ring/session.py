@@ -190,6 +190,7 @@ class SessionBase:
         self.resp_tail = 0
         self.req_scrubbed = 0      # request bytes below this are zero (section 3.1)
         self.gen = 0               # session_gen: the high half of every request id (4.3)
+        self.delay_ns = 0          # the injected far-memory delay of this server run (2.4)
         self.next_id = 1
         self.epoch = 0
         self.broken = False
@@ -249,6 +250,8 @@ class SessionBase:
         self.resp_tail = u64[self.resp_tail_i]
         # Stored by the server before its ack (S2): every id of this session carries it.
         self.gen = self.u32[self.session_gen_i32]
+        # Written by the server before the epoch we saw: this run's delay (section 2.4).
+        self.delay_ns = P.header_access_delay(self.u32)
         self.next_id = P.make_id(self.gen, 1)
         if u64[self.req_tail_i] != self.req_head or u64[self.resp_head_i] != self.resp_tail:
             self._drop_claim()

@@ -481,6 +481,8 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
         s->resp_tail = cxl_load_relaxed64(&s->kcli->resp_tail);
         /* Written before S2 with the indexes: the generation our ids must carry. */
         s->gen = cxl_load_relaxed32(&s->ksrv->session_gen);
+        /* Written by the server before the epoch we saw (L1): this run's delay (2.4). */
+        s->delay_ns = cxl_header_access_delay(c->khdr);
         s->resp_tail_published = s->resp_tail;
         s->req_tail_seen = cxl_load_acquire64(s->req.shm_tail);
         s->resp_head_seen = cxl_load_acquire64(s->resp.shm_head);
@@ -640,6 +642,8 @@ int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r)
 
         if (head == s->resp_head_seen)
             return CXL_E_AGAIN;
+        /* A new batch of responses: reading it from far memory costs the delay (2.4). */
+        cxl_access_delay(s->delay_ns);
         /* The head may only move forward, by at most the ring size past our tail. */
         if (head - s->resp_tail > size) {
             SERR(s, "response ring of channel %u: resp_head %" PRIu64 " - resp_tail %" PRIu64

@@ -975,6 +975,22 @@ uint64_t cxl_random_u64(void)
     return v;
 }
 
+void cxl_access_delay_spin(uint32_t ns)
+{
+    uint64_t until = cxl_now_ns() + ns;
+
+    while (cxl_now_ns() < until)
+        cxl_cpu_relax();
+}
+
+uint32_t cxl_header_access_delay(const struct cxl_shm_header *h)
+{
+    uint32_t ns = cxl_load_relaxed32(&h->access_delay_ns);
+
+    /* The header is the server's; in a region of security off anyone may write it. */
+    return ns > CXL_MAX_ACCESS_DELAY_NS ? CXL_MAX_ACCESS_DELAY_NS : ns;
+}
+
 uint64_t cxl_now_ns(void)
 {
     struct timespec ts;

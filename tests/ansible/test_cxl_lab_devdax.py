@@ -208,3 +208,24 @@ def test_the_file_counts_against_the_backing_memory():
 def test_media_constant_matches_the_schema():
     assert cxl_lab.MEDIA == ("ivshmem", "devdax")
     assert cxl_lab.DEVDAX_RESERVE == cxl_lab.DEVDAX_ALIGN == 2 * MiB
+
+
+# ---- the ring's injected far-memory delay (docs/ring-protocol.md 2.4) ------------------------
+
+def test_access_delay_defaults_to_none_and_is_kept_per_region():
+    lab = resolved()
+    assert [r["access_delay_ns"] for r in lab["regions"]] == [0, 0, 0]
+    description = copy.deepcopy(INVENTORY)
+    region(description, "cxl1")["access_delay_ns"] = 200
+    assert region(resolved(description), "cxl1")["access_delay_ns"] == 200
+    assert region(resolved(description), "cxl0")["access_delay_ns"] == 0
+
+
+@pytest.mark.parametrize("value, says", [
+    (-1, "outside 0..1000000"),
+    (1000001, "outside 0..1000000"),
+    ("slow", "must be an integer"),
+])
+def test_access_delay_out_of_range_is_refused(value, says):
+    errors = errors_of(lambda d: region(d, "cxl1").update(access_delay_ns=value))
+    assert any("access_delay_ns" in e and says in e for e in errors), errors

@@ -123,7 +123,7 @@ def guest(tmp_path_factory):
               "regions": [{"name": "cxl0", "security": "secdsm", "group": None},
                           {"name": "cxl1", "security": "off", "group": None, "access": "rw"}]}
     lab_regions = [{"name": "cxl1", "security": "off", "segment_align": 4096,
-                    "req_ring": 2097152, "resp_ring": 2097152,
+                    "req_ring": 2097152, "resp_ring": 2097152, "access_delay_ns": 200,
                     "groups": [{"group": 1, "vm": "vm3", "channels": 2, "first_channel": 2},
                                {"group": 0, "vm": "vm2", "channels": 2, "first_channel": 0}]}]
     variables = {
@@ -191,6 +191,17 @@ def test_driver_gets_the_regions_layout_from_the_lab(started, guest):
                  "req_ring 2097152", "resp_ring 2097152", "layout v5"):
         assert f" {pair}" in loadmodule
     assert " channels " not in loadmodule  # their sum, from the groups
+
+
+def test_driver_publishes_the_regions_injected_delay(started, guest):
+    """regions[].access_delay_ns reaches the driver, which writes it in the header (2.4)."""
+    loadmodule = next(line for line in started["conf"].splitlines()
+                      if line.startswith("loadmodule"))
+    assert " access_delay_ns 200" in loadmodule
+    region = Path(guest["vars"]["cxl_redis_server_region_dir"]) / "cxl1"
+    with region.open("rb") as f:
+        f.seek(88)
+        assert int.from_bytes(f.read(4), "little") == 200
 
 
 def test_it_listens_on_loopback_only_and_persists_nothing(started, guest):

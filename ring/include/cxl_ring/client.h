@@ -154,6 +154,7 @@ struct cxl_session {
     uint64_t token;
     uint64_t epoch;                     /* server_epoch at claim time */
     uint32_t gen;                       /* session_gen at the ack: the high half of every id */
+    uint32_t delay_ns;                  /* access_delay_ns at the ack (section 2.4) */
 
     struct cxl_shm_client_ctl *kcli;    /* shared: our client section (we write) */
     struct cxl_shm_client_ctl *kwake;   /* shared: our group's first channel (req_wake) */

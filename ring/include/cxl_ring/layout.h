@@ -46,6 +46,8 @@
 #define CXL_DEFAULT_CLIENT_LEASE_MS   2000u
 #define CXL_SERVER_DEAD_BEATS         10u         /* missed heartbeats = server gone */
 #define CXL_SERVER_DEAD_MIN_MS        1000u
+/* The lab's far-memory model (docs/ring-protocol.md 2.4): at most 1 ms per ring read. */
+#define CXL_MAX_ACCESS_DELAY_NS       1000000u
 
 enum cxl_server_state {
     CXL_SERVER_STOPPED  = 0,
@@ -89,7 +91,8 @@ struct cxl_shm_header {
     uint32_t max_value_size;            /*  76 */
     uint32_t heartbeat_interval_ms;     /*  80 */
     uint32_t client_lease_ms;           /*  84 */
-    uint8_t  reserved0[128 - 88];
+    uint32_t access_delay_ns;           /*  88: the server writes it at each start (2.4) */
+    uint8_t  reserved0[128 - 92];
     /* liveness: its own cache line */
     uint64_t server_epoch;              /* 128 */
     uint64_t server_heartbeat;          /* 136 */
@@ -153,6 +156,7 @@ struct cxl_shm_server_ctl {
 
 _Static_assert(sizeof(struct cxl_shm_header) == CXL_HEADER_SIZE, "header is one page");
 _Static_assert(offsetof(struct cxl_shm_header, client_lease_ms) == 84, "header geometry");
+_Static_assert(offsetof(struct cxl_shm_header, access_delay_ns) == 88, "header geometry");
 _Static_assert(offsetof(struct cxl_shm_header, server_epoch) == 128, "liveness line");
 _Static_assert(offsetof(struct cxl_shm_header, server_pid) == 148, "liveness line");
 _Static_assert(offsetof(struct cxl_shm_header, group_count) == 32, "group count");

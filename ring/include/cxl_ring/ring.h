@@ -319,4 +319,19 @@ uint64_t cxl_random_u64(void);
 /* Monotonic clock in nanoseconds. */
 uint64_t cxl_now_ns(void);
 
+/*
+ * The injected far-memory delay (docs/ring-protocol.md 2.4): every party that reads a new
+ * batch from a ring first spins ns nanoseconds, as a load from far memory stalls the CPU
+ * that issues it. Writes are posted, as CXL.mem writes are, and wait for nothing.
+ */
+void cxl_access_delay_spin(uint32_t ns);
+static inline void cxl_access_delay(uint32_t ns)
+{
+    if (ns)
+        cxl_access_delay_spin(ns);
+}
+
+/* The delay a region's server published (clamped to CXL_MAX_ACCESS_DELAY_NS). */
+uint32_t cxl_header_access_delay(const struct cxl_shm_header *hdr);
+
 #endif /* CXL_RING_RING_H */
