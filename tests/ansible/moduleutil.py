@@ -30,7 +30,7 @@ def _load(name, path):
     return module
 
 
-for _util in ("cxl_numa", "cxl_lab"):
+for _util in ("cxl_numa", "cxl_lab", "cxl_metal"):
     _load("ansible.module_utils." + _util, REPO / "module_utils" / (_util + ".py"))
 
 

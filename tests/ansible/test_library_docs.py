@@ -23,6 +23,7 @@ ARGS = {
     "cxl_devdax": {"regions": [{"name": "cxl2", "guest_node": 1, "size_bytes": 1 << 21}]},
     "cxl_ivshmem": {"regions": [{"name": "cxl0", "pci_address": "0000:00:10.0"}]},
     "cxl_lab_description": {"description": {}},
+    "cxl_metal_description": {"description": {}},
     "cxl_numa_facts": {},
     "cxl_region": {"path": "/dev/shm/cxltest-docs", "size_mib": 4},
     "cxl_virt_probe": {},
