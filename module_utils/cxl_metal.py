@@ -47,17 +47,23 @@ def _name(value, what, errors):
     return True
 
 
-def _region(raw, index, errors):
-    label = f"cxl_metal.regions[{index}]"
+def _named_item(raw, label, defaults, errors):
+    """RAW with DEFAULTS filled in, or None when it is no mapping or has no valid name; unknown
+    keys are reported."""
+    keys = ", ".join(["name", *defaults])
     if not isinstance(raw, dict):
-        errors.append(f"{label} must be a mapping (name, path, size_mib, medium).")
+        errors.append(f"{label} must be a mapping ({keys}).")
         return None
-    region = _with_defaults(raw, REGION_DEFAULTS)
-    unknown = sorted(set(region) - set(REGION_DEFAULTS) - {"name"})
+    item = _with_defaults(raw, defaults)
+    unknown = sorted(set(item) - set(defaults) - {"name"})
     if unknown:
-        errors.append(f"{label}: unknown keys {unknown}: use name, path, size_mib, medium, "
-                      "security.")
-    if not _name(region.get("name"), label, errors):
+        errors.append(f"{label}: unknown keys {unknown}: use {keys}.")
+    return item if _name(item.get("name"), label, errors) else None
+
+
+def _region(raw, index, errors):
+    region = _named_item(raw, f"cxl_metal.regions[{index}]", REGION_DEFAULTS, errors)
+    if region is None:
         return None
     label = f"region {region['name']}"
     if region["security"] == "secdsm":
@@ -88,15 +94,8 @@ def _region(raw, index, errors):
 
 
 def _host(raw, index, region_by_name, errors):
-    label = f"cxl_metal.hosts[{index}]"
-    if not isinstance(raw, dict):
-        errors.append(f"{label} must be a mapping (name, role, regions, paths).")
-        return None
-    host = _with_defaults(raw, HOST_DEFAULTS)
-    unknown = sorted(set(host) - set(HOST_DEFAULTS) - {"name"})
-    if unknown:
-        errors.append(f"{label}: unknown keys {unknown}: use name, role, regions, paths.")
-    if not _name(host.get("name"), label, errors):
+    host = _named_item(raw, f"cxl_metal.hosts[{index}]", HOST_DEFAULTS, errors)
+    if host is None:
         return None
     label = f"host {host['name']}"
     if host["role"] not in ROLES:

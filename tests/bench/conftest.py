@@ -10,6 +10,7 @@ removed.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -21,6 +22,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchutil import BENCH, MODULE, REPO, built, runner, shm_name  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lab_report():
+    """bench/lab_report.py, loaded as the module lab_report (its dataclasses look it up there)."""
+    spec = importlib.util.spec_from_file_location("lab_report", REPO / "bench/lab_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lab_report"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

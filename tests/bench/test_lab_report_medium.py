@@ -5,12 +5,7 @@ ring_c_P1_delay phases beside ring_c_P1_off). No VM, no server."""
 from __future__ import annotations
 
 import pytest
-from test_lab_report_secdsm import load_module, write
-
-
-@pytest.fixture(scope="module")
-def lab_report():
-    return load_module()
+from test_lab_report_secdsm import write
 
 
 @pytest.fixture(scope="module")

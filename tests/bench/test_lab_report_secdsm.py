@@ -10,9 +10,7 @@ what it prints. No VM, no server.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +18,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POC_HEADER = ("label,op,threads,rings,requests,pipeline,max_inflight,throughput_rps,avg_us,p50_us,"
               "p75_us,p90_us,p99_us,p99.9_us,p99.99_us,push_retries,sleep_ms")
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location("lab_report", REPO_ROOT / "bench/lab_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lab_report"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def poc_csv(label: str, phases: dict[str, tuple[float, float]]) -> str:
@@ -43,11 +33,6 @@ def write(results: Path, name: str, phases: dict[str, tuple[float, float]]) -> N
     label = name.split("__")[0]
     (results / "vm2").mkdir(parents=True, exist_ok=True)
     (results / "vm2" / name).write_text(poc_csv(label, phases))
-
-
-@pytest.fixture(scope="module")
-def lab_report():
-    return load_module()
 
 
 @pytest.fixture(scope="module")

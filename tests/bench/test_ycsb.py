@@ -331,11 +331,9 @@ def test_bad_arguments_exit_2_naming_the_fix(ycsb_bin, args, message):
 # ---- the lab report reads what the tool writes ------------------------------------------------
 
 
-def test_lab_report_tabulates_the_tools_json(ycsb_bin, redis_server, tmp_path):
+def test_lab_report_tabulates_the_tools_json(ycsb_bin, redis_server, tmp_path, lab_report):
     """bench/lab_report.py on a results folder as playbooks/bench.yml fetches it: the tool's own
     JSON (both labels the playbook gives), one CSV row, and a ycsb file that is not JSON."""
-    import importlib.util
-    import sys
 
     vm = tmp_path / "results" / "vm2"
     vm.mkdir(parents=True)
@@ -348,11 +346,7 @@ def test_lab_report_tabulates_the_tools_json(ycsb_bin, redis_server, tmp_path):
         '"test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",'
         '"p99_latency_ms","max_latency_ms"\n"GET","2500.00","0.400","0.100","0.300","0.600",'
         '"0.800","2.0"\n')
-    spec = importlib.util.spec_from_file_location("lab_report", REPO / "bench/lab_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lab_report"] = module
-    spec.loader.exec_module(module)
-    assert module.main([str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    assert lab_report.main([str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     report = (tmp_path / "out" / "report.md").read_text()
     assert "## An application's workload (YCSB-like)" in report
     assert "| through the native gateway (the ring) | 500 |" in report
