@@ -11,13 +11,14 @@ to map each segment with its grant: with no hypervisor there is nothing below th
 enforce it, and ``security: secdsm`` is refused.
 """
 
-import copy
 import re
 
+from ansible.module_utils.cxl_lab import DEVDAX_ALIGN, _with_defaults
+
+# Inventory host names: more than the lab's own VM names allow.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MEDIA = ("devdax", "file")
 ROLES = ("server", "client", "attacker")
-DEVDAX_ALIGN = 2 << 20
 
 METAL_DEFAULTS = {
     "name": "cxl-metal",
@@ -32,12 +33,6 @@ METAL_DEFAULTS = {
 }
 REGION_DEFAULTS = {"security": "off", "medium": "devdax", "path": None, "size_mib": None}
 HOST_DEFAULTS = {"role": "client", "regions": None, "paths": None}
-
-
-def _with_defaults(item, defaults):
-    out = copy.deepcopy(defaults)
-    out.update(item)
-    return out
 
 
 def _name(value, what, errors):
