@@ -1,7 +1,7 @@
 /*
  * block.c - blocking commands on a ring session: BLPOP, BRPOP, BRPOPLPUSH, BLMOVE,
- * BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP, and XREAD/XREADGROUP with BLOCK
- * (docs/ring-protocol.md section 14).
+ * BLMPOP, BZPOPMIN, BZPOPMAX, BZMPOP, XREAD/XREADGROUP with BLOCK, and WAIT
+ * (docs/ring-protocol.md section 14; WAIT: wait_request() below).
  *
  * A CMD runs through RedisModule_Call, where Redis never blocks: it refuses these
  * commands (Redis 7: flag noscript) or answers them at once. The driver blocks the
@@ -39,6 +39,7 @@ enum shape {
     ZPOP_PER_KEY,                       /* BZPOPMIN k... t: ZPOPMIN k until one answers */
     SAME_REPLY,                         /* BLMOVE...: the non-blocking form's reply as is */
     STREAM_READ,                        /* XREAD ... BLOCK ms: the same without BLOCK */
+    REPLICA_ACKS,                       /* WAIT n ms: n replicas acknowledged our offset */
 };
 
 enum { TIMEOUT_LAST, TIMEOUT_FIRST, TIMEOUT_BLOCK };   /* where the timeout argument is */
@@ -63,7 +64,11 @@ static const struct blocking table[] = {
     /* only with BLOCK (stream_block() finds it); the timeout is in milliseconds */
     { "xread",      "xread",     STREAM_READ,  TIMEOUT_BLOCK, 4, 0, "*-1\r\n" },
     { "xreadgroup", "xreadgroup", STREAM_READ, TIMEOUT_BLOCK, 7, 0, "*-1\r\n" },
+    /* answers the replicas counted, also at its timeout (milliseconds) */
+    { "wait",       NULL,        REPLICA_ACKS, TIMEOUT_LAST,  3, 3, NULL },
 };
+
+#define WAIT_RETRY_NS 10000000ull       /* WAIT looks for acks every 10 ms while blocked */
 
 static uint64_t block_seq;              /* poll thread, under the GIL */
 
@@ -316,6 +321,128 @@ static void keep(struct drv_block *bl, const struct cxl_req *req)
     }
 }
 
+/* ---- WAIT ----------------------------------------------------------------------------- */
+
+/*
+ * The replicas that acknowledged *offset of the replication stream, as Redis counts them for
+ * WAIT (online, ack offset at least *offset), from INFO replication: slave<i> (or replica<i>)
+ * is "ip=...,port=...,state=online,offset=<ack>,lag=...". With `now`, *offset is first set
+ * to master_repl_offset, the offset of every write so far.
+ */
+static long long replica_acks(RedisModuleCtx *ctx, uint64_t *offset, int now)
+{
+    RedisModuleServerInfoData *info = RedisModule_GetServerInfo(ctx, "replication");
+    long long n = 0;
+    char field[24];
+    int i, err = 0;
+
+    if (!info)
+        return 0;
+    if (now) {
+        *offset = RedisModule_ServerInfoGetFieldUnsigned(info, "master_repl_offset", &err);
+        if (err)
+            *offset = 0;
+    }
+    for (i = 0; i < 4096; i++) {
+        const char *v, *o;
+
+        snprintf(field, sizeof(field), "slave%d", i);
+        if (!(v = RedisModule_ServerInfoGetFieldC(info, field))) {
+            snprintf(field, sizeof(field), "replica%d", i);
+            if (!(v = RedisModule_ServerInfoGetFieldC(info, field)))
+                break;
+        }
+        o = strstr(v, "offset=");
+        if (strstr(v, "state=online") && o && strtoull(o + 7, NULL, 10) >= *offset)
+            n++;
+    }
+    RedisModule_FreeServerInfo(ctx, info);
+    return n;
+}
+
+static void reply_count(drv_reply_fn *reply, void *sink, long long n)
+{
+    char text[32];
+
+    snprintf(text, sizeof(text), ":%lld\r\n", n);
+    line(reply, sink, text);
+}
+
+/*
+ * WAIT numreplicas timeout, as Redis's waitCommand: refused on a replica; numreplicas an
+ * integer, the timeout whole milliseconds (0: for ever); answered with the count of replicas
+ * that acknowledged the replication offset, when enough did or at the timeout.
+ *
+ * The offset: the writes of a hold are propagated when the poll thread unlocks the GIL
+ * (poll.c), so WAIT always blocks first and takes master_repl_offset in a later hold, which
+ * covers every write of the session before it (Redis takes the offset after the client's last
+ * write: ours may be later, never earlier, so it never counts a replica that lacks one of the
+ * session's writes; tests/ring/test_ring_wait.py). Blocked, it looks every WAIT_RETRY_NS (an
+ * ack is no keyspace event), and the poll thread does not sleep meanwhile (poll.c may_sleep).
+ * Redis asks its replicas for an ack at once (REPLCONF GETACK); a module cannot, so ours
+ * count the acks replicas send every second.
+ */
+static int wait_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
+                        void *sink)
+{
+    struct drv_block *bl = x->block;
+    uint64_t now = cxl_now_ns();
+    long long want, acks;
+    double timeout = 0;
+    char buf[32], *end;
+
+    if (bl->active) {                   /* tried again */
+        if (bl->wait_hold == drv_hold_seq) {
+            bl->retry_ns = now;         /* the hold it came in: its writes not propagated */
+            return 1;
+        }
+        if (bl->wait_offset == UINT64_MAX)  /* the first look after that hold */
+            replica_acks(x->ctx, &bl->wait_offset, 1);
+        acks = replica_acks(x->ctx, &bl->wait_offset, 0);
+        if (acks >= bl->wait_replicas || (bl->deadline_ns && now >= bl->deadline_ns)) {
+            reply_count(reply, sink, acks);
+            drv_block_clear(bl);
+        } else {
+            bl->retry_ns = now + WAIT_RETRY_NS;
+        }
+        return 1;
+    }
+    if (req->argc != 3) {
+        line(reply, sink, "-ERR wrong number of arguments for 'wait' command\r\n");
+        return 1;
+    }
+    if (RedisModule_GetContextFlags(x->ctx) & REDISMODULE_CTX_FLAGS_SLAVE) {
+        line(reply, sink, "-ERR WAIT cannot be used with replica instances\r\n");
+        return 1;
+    }
+    errno = 0;
+    if (req->argl[1] == 0 || req->argl[1] >= sizeof(buf))
+        goto not_integer;
+    memcpy(buf, req->argv[1], req->argl[1]);
+    buf[req->argl[1]] = '\0';
+    want = strtoll(buf, &end, 10);
+    if (errno || *end)
+        goto not_integer;
+    if (parse_timeout(req->argv[2], req->argl[2], 1, &timeout, reply, sink) < 0 ||
+        !drv_acl_allowed(x, req->argc, req->argv, req->argl, reply, sink))
+        return 1;
+    keep(bl, req);
+    bl->active = 1;
+    bl->started = 1;                    /* channel.c records the request's id */
+    bl->events_seen = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
+    bl->seq = ++block_seq;
+    bl->deadline_ns = timeout > 0 ? now + (uint64_t)(timeout * 1e9) : 0;
+    bl->retry_ns = now;                 /* looked at again in the next hold */
+    bl->wait_hold = drv_hold_seq;
+    bl->wait_offset = UINT64_MAX;       /* taken then */
+    bl->wait_replicas = want;
+    __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions + 1, __ATOMIC_RELAXED);
+    return 1;
+not_integer:
+    line(reply, sink, "-ERR value is not an integer or out of range\r\n");
+    return 1;
+}
+
 int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
                       void *sink)
 {
@@ -330,6 +457,8 @@ int drv_block_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_f
     if (!bl || req->op != CXL_OP_CMD || req->argc < 1 ||
         !(b = lookup(req->argv[0], req->argl[0])))
         return 0;
+    if (b->shape == REPLICA_ACKS)
+        return wait_request(x, req, reply, sink);
     if (!bl->active) {                  /* a new request, not the kept one tried again */
         uint32_t at = b->timeout_at == TIMEOUT_LAST ? req->argc - 1u : 1u;
 

@@ -25,8 +25,11 @@
 #include "driver.h"
 #include "cxl_ring/notify.h"
 
+#include <endian.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define LOG_VIOLATIONS_PER_CHAN 8u
 
@@ -62,7 +65,9 @@ int drv_chans_init(struct drv_server *s)
         /* Through the segments of the channel's group (docs/ring-protocol.md 2). */
         ch->kclient = cxl_client_ctl(s->region.base, &s->geo, c);
         ch->kserver = cxl_server_ctl(s->region.base, &s->geo, c);
-        ch->notify = s->notify_kind == CXL_NOTIFY_FUTEX;
+        ch->notify = s->notify_kind == CXL_NOTIFY_FUTEX ||
+                     (s->notify_kind == CXL_NOTIFY_DOORBELL && s->notify_fds);
+        ch->bell_fd = s->notify_kind == CXL_NOTIFY_DOORBELL ? s->doorbell_fd : -1;
         cxl_ring_request(s->region.base, &s->geo, c, &ch->req);
         cxl_ring_response(s->region.base, &s->geo, c, &ch->resp);
         /* Our own fields: region.c has just formatted or retired them. */
@@ -250,6 +255,30 @@ static void req_tail_publish(struct drv_chan *ch)
 }
 
 /*
+ * Ring a blocked client's doorbell (notify_kind doorbell): the value it published in
+ * resp_doorbell, read once. A value without CXL_RESP_DOORBELL_SET, or a peer id above
+ * 0xffff, is no doorbell: that client backs off instead. The device delivers a ring only to
+ * the peers the hypervisor's doorbell server let this VM ring, our own clients: a client
+ * that names another one makes us ring it once per response of its own, a hint the other
+ * treats as such (docs/doorbell.md section 1).
+ */
+static void ring_client(struct drv_chan *ch)
+{
+    uint64_t v = cxl_load_relaxed64(&ch->kclient->resp_doorbell);
+    uint32_t value = (uint32_t)v;
+    uint32_t le;
+
+    if (!(v & CXL_RESP_DOORBELL_SET) || (v >> 33) != 0)
+        return;
+    le = htole32(value);
+    /* EAGAIN (a FIFO standing in, full of rings not yet drained): it is being woken. */
+    if (write(ch->bell_fd, &le, sizeof(le)) == (ssize_t)sizeof(le) || errno == EAGAIN)
+        STAT_INC(&ch->stats, client_rings);
+    else
+        STAT_INC(&ch->stats, client_ring_errors);
+}
+
+/*
  * After P1 of responses: N4 pairs with the client's N3 (docs/ring-protocol.md section 8).
  * A client that blocks for its responses stores resp_sleeping, fences and looks at resp_head
  * once more; we fence after our resp_head and look at its flag: one of us sees the other.
@@ -259,8 +288,13 @@ static void notify_client(struct drv_chan *ch)
     if (!ch->notify)
         return;
     cxl_fence_seq_cst();
-    if (!cxl_load_relaxed32(&ch->kclient->resp_sleeping))
+    /* Acquire: the client stored resp_doorbell before its flag. */
+    if (!cxl_load_acquire32(&ch->kclient->resp_sleeping))
         return;
+    if (ch->bell_fd >= 0) {
+        ring_client(ch);
+        return;
+    }
     /* Changed before the wake: a client not yet in the kernel returns at once. */
     __atomic_fetch_add(&ch->kserver->resp_wake, 1, __ATOMIC_SEQ_CST);
     cxl_futex_wake(&ch->kserver->resp_wake, 1, 0);

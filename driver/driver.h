@@ -116,6 +116,8 @@ struct drv_stats {
     uint64_t reclaims;
     uint64_t resets;
     uint64_t resp_full;                 /* times a response had to wait for room */
+    uint64_t client_rings;              /* doorbell rings that woke the blocked client (N4) */
+    uint64_t client_ring_errors;        /* ... that the doorbell refused */
     uint64_t bytes_in;
     uint64_t bytes_out;
 };
@@ -217,6 +219,10 @@ struct drv_block {
     uint64_t deadline_ns;               /* 0: no timeout */
     uint64_t events_seen;               /* drv_keyspace_events at the last try */
     uint64_t seq;                       /* the order sessions blocked in: tried in it */
+    uint64_t retry_ns;                  /* WAIT: the next look (no event brings an ack); 0 */
+    uint64_t wait_offset;               /* WAIT: the replication offset replicas must ack */
+    uint64_t wait_hold;                 /* WAIT: drv_hold_seq when it came */
+    long long wait_replicas;            /* WAIT: how many */
     struct cxl_req req;                 /* argv into buf */
     uint8_t *buf;
 };
@@ -224,6 +230,7 @@ struct drv_block {
 /* Keyspace events seen (txn.c's subscription) and sessions blocked: both counted under the
  * GIL, read by the poll thread's scan without it (relaxed: a count that only has to move). */
 extern uint64_t drv_keyspace_events;
+extern uint64_t drv_hold_seq;           /* holds of the GIL by the poll thread (poll.c) */
 extern uint32_t drv_blocked_sessions;
 
 static inline void drv_block_clear(struct drv_block *bl)
@@ -234,6 +241,7 @@ static inline void drv_block_clear(struct drv_block *bl)
     bl->buf = NULL;
     bl->active = 0;
     bl->started = 0;
+    bl->retry_ns = 0;
     __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions - 1, __ATOMIC_RELAXED);
 }
 
@@ -242,7 +250,8 @@ static inline int drv_block_due(const struct drv_block *bl, uint64_t now_ns)
 {
     return bl->active &&
            (__atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED) != bl->events_seen ||
-            (bl->deadline_ns && now_ns >= bl->deadline_ns));
+            (bl->deadline_ns && now_ns >= bl->deadline_ns) ||
+            (bl->retry_ns && now_ns >= bl->retry_ns));
 }
 
 /* The ACL user a session runs as (acl.c); decided by its first request. */
@@ -345,7 +354,8 @@ struct drv_chan {
     uint64_t hb_changed_ns;
     int      ready;                     /* scan found requests */
     int      broken;                    /* a violation found while answering */
-    int      notify;                    /* wake a client blocked on resp_wake (section 8, N4) */
+    int      notify;                    /* wake a client blocked for responses (section 8, N4) */
+    int      bell_fd;                   /* notify_kind doorbell: ours, to ring the client's */
     const char *broken_why;
 
     /*

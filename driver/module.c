@@ -339,7 +339,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
              STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
              STAT_GET(st, protocol_errors);
-    RedisModule_ReplyWithMap(ctx, 25);
+    RedisModule_ReplyWithMap(ctx, 27);
     reply_u64(ctx, "channel", c);
     reply_u64(ctx, "group", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.chan_group[c] : 0);
     reply_str(ctx, "state", state);
@@ -361,6 +361,8 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     reply_u64(ctx, "reclaims", STAT_GET(st, reclaims));
     reply_u64(ctx, "resets", STAT_GET(st, resets));
     reply_u64(ctx, "resp_full", STAT_GET(st, resp_full));
+    reply_u64(ctx, "client_rings", STAT_GET(st, client_rings));
+    reply_u64(ctx, "client_ring_errors", STAT_GET(st, client_ring_errors));
     /* 1 while the session waits in BLPOP and kin (block.c); the poll thread's flag */
     reply_u64(ctx, "blocked", s->cfg.layout == CXL_LAYOUT_VERSION
               ? (uint64_t)__atomic_load_n(&s->chans[c].block.active, __ATOMIC_RELAXED) : 0);
@@ -392,7 +394,7 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     struct drv_server *s = &g_srv;
     char epoch[24];
     uint32_t c, state = CXL_SERVER_RUNNING;
-    uint64_t hb = 0;
+    uint64_t hb = 0, rings = 0, ring_errors = 0;
 
     if (argc > 2)
         return RedisModule_WrongArity(ctx);
@@ -407,7 +409,12 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         hb = cxl_load_relaxed64(&s->khdr->server_heartbeat);
     }
     snprintf(epoch, sizeof(epoch), "%" PRIu64, s->epoch);
-    RedisModule_ReplyWithMap(ctx, 32);
+    if (s->cfg.layout == CXL_LAYOUT_VERSION)
+        for (c = 0; c < s->nchan; c++) {
+            rings += STAT_GET(&s->chans[c].stats, client_rings);
+            ring_errors += STAT_GET(&s->chans[c].stats, client_ring_errors);
+        }
+    RedisModule_ReplyWithMap(ctx, 34);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -444,6 +451,9 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_str(ctx, "doorbell_peer_from", s->notify_fds ? s->doorbell_src : "");
     reply_u64(ctx, "doorbell_rings", __atomic_load_n(&s->doorbell_rings, __ATOMIC_RELAXED));
     reply_u64(ctx, "doorbell_errors", __atomic_load_n(&s->doorbell_errors, __ATOMIC_RELAXED));
+    /* ... and the rings that woke clients blocked for their responses (N4), every channel's */
+    reply_u64(ctx, "client_rings", rings);
+    reply_u64(ctx, "client_ring_errors", ring_errors);
     reply_u64(ctx, "acl_denied", __atomic_load_n(&s->exec.acl_denied, __ATOMIC_RELAXED));
     /* Sessions waiting in BLPOP and kin (block.c). */
     reply_u64(ctx, "blocked_sessions", __atomic_load_n(&drv_blocked_sessions, __ATOMIC_RELAXED));

@@ -57,6 +57,8 @@
 #define HANDOFF_NAP_NS    10000ull      /* ... then in naps of this (its core may be ours) */
 #define HANDOFF_WAIT_NS   50000ull      /* ... and at most this long in all */
 
+uint64_t drv_hold_seq;                  /* driver.h: bumped by gil_lock(), under the GIL */
+
 /* T2 pairs with T1 in drv_threads_stop(): a thread that sees stop also sees what the
  * main thread stored before it (server_state STOPPING) and leaves its loop without
  * taking the GIL again; pthread_join orders everything after that. */
@@ -96,6 +98,7 @@ static int gil_lock(struct drv_server *s)
         sleep_ns(cxl_now_ns() - t0 < 1000000ull ? 2000 : 20000);
     }
     __atomic_add_fetch(&s->gil_holds, 1, __ATOMIC_RELAXED);
+    drv_hold_seq++;                     /* under the GIL: block.c's WAIT reads it there */
     return 0;
 }
 
@@ -255,7 +258,8 @@ void drv_kick(struct drv_server *s)
  * The poll thread may block only where every client can wake it, and where nothing
  * it owes needs a look without a notification: staged responses wait for the client
  * to make room (which it does without notifying), and unflushed writes wait for the
- * event loop's wake-up (maybe_wake, at most every WAKE_MIN_NS).
+ * event loop's wake-up (maybe_wake, at most every WAKE_MIN_NS), and a blocked WAIT
+ * looks for its replicas' acknowledgements (block.c), which no event announces.
  */
 static int may_sleep(struct drv_server *s, int unflushed)
 {
@@ -265,8 +269,9 @@ static int may_sleep(struct drv_server *s, int unflushed)
         unflushed)
         return 0;
     for (c = 0; c < s->nchan; c++)
-        if (s->chans[c].out_len || s->chans[c].big_len)
-            return 0;
+        if (s->chans[c].out_len || s->chans[c].big_len ||
+            (s->cfg.layout == CXL_LAYOUT_VERSION && s->chans[c].block.retry_ns))
+            return 0;                   /* ... and a WAIT looks for its replicas' acks */
     return 1;
 }
 

@@ -371,7 +371,7 @@ static int doorbell_directory_peer(int fd, uint32_t *peer, char *why, size_t why
 
 /*
  * Open the doorbell given by the module argument `doorbell`: the uio_cxl_doorbell device
- * (our peer id from its directory), or for tests a FIFO standing in for it (the peer id
+ * (our peer id from its directory), or for tests a FIFO or a terminal standing in for it (the peer id
  * from the argument doorbell_peer, and the log says so). 0, or -1 with why.
  */
 static int open_doorbell(struct drv_server *s, char *why, size_t whylen)
@@ -393,9 +393,13 @@ static int open_doorbell(struct drv_server *s, char *why, size_t whylen)
         close(fd);
         return -1;
     }
-    rc = S_ISCHR(st.st_mode) ? doorbell_directory_peer(fd, &s->doorbell_peer, dir_why,
-                                                        sizeof(dir_why))
-                             : (snprintf(dir_why, sizeof(dir_why), "no directory (a FIFO)"), 0);
+    /* Tests stand in for the device with a FIFO (rings to the server only) or a terminal in
+     * raw mode (rings both ways through a test's router: tests/ring/test_doorbell_clients.py). */
+    if (S_ISCHR(st.st_mode) && !isatty(fd))
+        rc = doorbell_directory_peer(fd, &s->doorbell_peer, dir_why, sizeof(dir_why));
+    else
+        rc = (snprintf(dir_why, sizeof(dir_why), "no directory (a %s)",
+                       S_ISFIFO(st.st_mode) ? "FIFO" : "terminal"), 0);
     if (rc < 0) {
         snprintf(why, whylen, "the doorbell %.50s: %.70s", path, dir_why);
         close(fd);

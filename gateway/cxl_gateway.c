@@ -1176,11 +1176,11 @@ static int auth(struct conn *c, uint32_t argc, const uint8_t **argv, const uint3
 }
 
 /* The blocking commands the driver serves by blocking the session (ring-protocol.md 14):
- * the list and sorted-set ones, and XREAD/XREADGROUP with BLOCK (before STREAMS). */
+ * the list and sorted-set ones, WAIT, and XREAD/XREADGROUP with BLOCK (before STREAMS). */
 static int is_blocking(uint32_t argc, const uint8_t *const *argv, const uint32_t *argl)
 {
     static const char *const names[] = { "BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BLMPOP",
-                                         "BZPOPMIN", "BZPOPMAX", "BZMPOP" };
+                                         "BZPOPMIN", "BZPOPMAX", "BZMPOP", "WAIT" };
     size_t i;
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++)

@@ -125,6 +125,11 @@ class Session(SessionBase):
         self.resp_sleeping_i32 = (cs + P.OFF_RESP_SLEEPING) // 4
         self.resp_wake_i32 = (ss + P.OFF_RESP_WAKE) // 4
         self.resp_wake_addr = self.base + ss + P.OFF_RESP_WAKE
+        # ... or, with notify_kind doorbell, on our VM's doorbell, which the server rings with
+        # what we publish in resp_doorbell (opened at the first block).
+        self.bell: notify.BellWait | None = None
+        self.bell_tried = False
+        self.bell_word = 0
 
     def _scrub_idle(self) -> None:
         """Zero the request bytes the server has released (section 3.1), with nothing in flight.
@@ -152,7 +157,18 @@ class Session(SessionBase):
         for view in (self.req_data, self.resp_data):
             view.release()
         self.mm = None
+        if self.bell is not None:
+            self.bell.close()
+            self.bell = None
         SessionBase.release_views(self)
+
+    def release(self) -> None:
+        """Release the channel, first taking back our doorbell from resp_doorbell."""
+        u64 = self.u64
+        if u64 is not None and self.bell_word and u64[self.claim_i] == self.token:
+            u64[self.resp_doorbell_i] = 0
+            self.bell_word = 0
+        SessionBase.release(self)
 
     def check_idle(self) -> None:
         """With no request in flight the response ring must be empty (section 4.2: responses
@@ -175,7 +191,10 @@ class Session(SessionBase):
         """Block until the server publishes a response and wakes us (N3, section 8), or
         ``seconds``; False (without waiting) when this server cannot wake clients."""
         u32 = self.u32
-        if not notify.CAN_BLOCK or u32[P.OFF_NOTIFY_KIND // 4] != P.NOTIFY_FUTEX:
+        kind = u32[P.OFF_NOTIFY_KIND // 4]
+        if kind == P.NOTIFY_DOORBELL:
+            return self._block_on_doorbell(seconds)
+        if not notify.CAN_BLOCK or kind != P.NOTIFY_FUTEX:
             return False
         seen = u32[self.resp_wake_i32]
         u32[self.resp_sleeping_i32] = 1
@@ -185,6 +204,36 @@ class Session(SessionBase):
             notify.fence()
             if self.u64[self.resp_head_i] == self.resp_tail:
                 notify.futex_wait(self.resp_wake_addr, seen, seconds)
+        finally:
+            u32[self.resp_sleeping_i32] = 0
+        return True
+
+    def _block_on_doorbell(self, seconds: float) -> bool:
+        """N3 with notify_kind doorbell: publish how to ring us, forget old rings, set the
+        flag, fence, look once more, then wait on our doorbell. False (without waiting) when
+        we have no doorbell to wait on (``self.doorbell.why`` says why)."""
+        bell = self.bell
+        if bell is None:
+            if self.bell_tried or not notify.AVAILABLE:
+                return False
+            self.bell_tried = True
+            bell = self.bell = self.doorbell.listener()
+            if bell is None:
+                return False
+        value = bell.value()
+        if value is None:                      # our VM's doorbell is (re)connecting
+            return False
+        word = P.RESP_DOORBELL_SET | value
+        if word != self.bell_word:             # before the flag: a server that sees the flag
+            self.u64[self.resp_doorbell_i] = word   # sees how to ring us
+            self.bell_word = word
+        bell.drain()                           # a ring from now on is latched: no wake is lost
+        u32 = self.u32
+        u32[self.resp_sleeping_i32] = 1
+        try:
+            notify.fence()                     # N3, pairs with the server's N4
+            if self.u64[self.resp_head_i] == self.resp_tail:
+                bell.wait(seconds)
         finally:
             u32[self.resp_sleeping_i32] = 0
         return True

@@ -389,6 +389,12 @@ def blocking_wait(args: tuple, timeout: float) -> float | None:
         except ValueError:
             return None
         return None if seconds < 0 else FOREVER if seconds == 0 else seconds + timeout
+    if name == b"wait":                              # WAIT numreplicas milliseconds
+        try:
+            seconds = int(args[2]) / 1000.0 if len(args) == 3 else -1
+        except ValueError:
+            return None
+        return None if seconds < 0 else FOREVER if seconds == 0 else seconds + timeout
     at = BLOCKING_TIMEOUT_AT.get(name)
     if at is None or len(args) < 3:
         return None

@@ -21,8 +21,10 @@ then sees the request at its next timeout (the driver's ``sleep_max_ms``), never
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import platform
+import select
 import struct
 import threading
 
@@ -101,6 +103,82 @@ def wake_word_offset(header: P.RegionHeader, channel: int) -> int:
 
 DOORBELL_ENV = "CXL_RING_DOORBELL"
 DOORBELL_DEFAULT = "/dev/cxl/doorbell"
+# Our peer id when the doorbell has no directory (a FIFO or terminal standing in, in tests).
+DOORBELL_PEER_ENV = "CXL_RING_DOORBELL_PEER"
+_DIRECTORY_MAGIC = b"CXLBELL\0"        # docs/doorbell.md section 2: the directory in BAR2
+_DIRECTORY_SIZE = 4096
+
+
+class BellWait:
+    """One blocked thread's end of its VM's doorbell (section 8, N3 with notify_kind
+    doorbell): the device opened once more, read-only, so that each waiter has its own count
+    (uio tells every open file of each interrupt), and our peer id, which the server rings.
+
+    ``value()`` is what the client publishes in ``resp_doorbell``; ``drain()`` forgets the
+    rings already latched; ``wait(seconds)`` blocks until a ring or the timeout. A ring is a
+    hint: the caller looks at its ring again. ``waits`` and ``wakes`` count blocks and those
+    that a ring ended."""
+
+    def __init__(self, path: str, peer: int | None) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.peer = peer
+        self.map: mmap.mmap | None = None
+        if peer is None:
+            try:
+                self.map = mmap.mmap(self.fd, _DIRECTORY_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError) as e:
+                os.close(self.fd)
+                raise OSError(f"the doorbell {path} has no directory to read our peer id "
+                              f"from ({e}); set {DOORBELL_PEER_ENV}") from None
+            if self.map[:8] != _DIRECTORY_MAGIC:
+                self.close()
+                raise OSError(f"the doorbell {path} has no directory (no CXLBELL magic)")
+        self._poll = select.poll()
+        self._poll.register(self.fd, select.POLLIN)
+        self.waits = 0
+        self.wakes = 0
+
+    def own_peer(self) -> int | None:
+        """Our current peer id (it changes when our VM's QEMU reconnects); None while the
+        directory is being rewritten after 100 tries."""
+        if self.map is None:
+            return self.peer
+        m = self.map
+        for _ in range(100):
+            s1, = struct.unpack_from("<I", m, 12)
+            peer, = struct.unpack_from("<i", m, 16)
+            s2, = struct.unpack_from("<I", m, 12)
+            if s1 == s2 and not s1 & 1:
+                return peer if 0 <= peer <= 0xFFFF else None
+        return None
+
+    def value(self) -> int | None:
+        """``peer << 16 | vector`` the server writes to ring us: vector 0, the one the
+        guest driver takes."""
+        peer = self.own_peer()
+        return None if peer is None else peer << 16
+
+    def drain(self) -> None:
+        for _ in range(1024):                 # uio: one read; a FIFO or terminal: to empty
+            try:
+                if not os.read(self.fd, 4):
+                    return
+            except BlockingIOError:
+                return
+
+    def wait(self, seconds: float) -> None:
+        self.waits += 1
+        if self._poll.poll(max(0, int(seconds * 1000))):
+            self.wakes += 1
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class Doorbell:
@@ -112,31 +190,57 @@ class Doorbell:
     notification needs it, and a doorbell that cannot be opened is not tried again: the client
     then does not notify (the server still sees the request when its ``sleep_max_ms`` ends).
     ``rings`` counts notifications written, ``missed`` those that had no doorbell, ``why`` says
-    why there is none. The same rules as the C library's ``struct cxl_doorbell``."""
+    why there is none; ``listener()`` gives a blocked session its end of it (``wait_why``).
+    The same rules as the C library's ``struct cxl_doorbell``."""
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
         self.fd: int | None = None
         self.failed = False
         self.why = ""
+        self.wait_why = ""         # why a blocked session cannot wait on it (listener())
         self.rings = 0
         self.missed = 0
         self._lock = threading.Lock()
 
-    def _open(self) -> None:
+    def _resolve(self) -> tuple[str, str]:
+        """The device's path, or "" and why there is none."""
         path = self.path
         if path is None:
             path = os.environ.get(DOORBELL_ENV) or (
                 DOORBELL_DEFAULT if os.path.exists(DOORBELL_DEFAULT) else "")
             if not path:
-                self.failed = True
-                self.why = (f"no doorbell: {DOORBELL_ENV} is unset and {DOORBELL_DEFAULT} "
+                return "", (f"no doorbell: {DOORBELL_ENV} is unset and {DOORBELL_DEFAULT} "
                             f"does not exist")
-                return
             self.path = path
+        return path, ("" if path else "no doorbell: disabled (doorbell='')")
+
+    def listener(self) -> BellWait | None:
+        """A BellWait on this doorbell for one blocked session, or None with ``wait_why``
+        (the session then backs off instead of blocking). The peer id comes from the device's
+        directory, else from CXL_RING_DOORBELL_PEER."""
+        path, self.wait_why = self._resolve()
+        if not path:
+            return None
+        peer_env = os.environ.get(DOORBELL_PEER_ENV)
+        try:
+            peer = int(peer_env) if peer_env else None
+            if peer is not None and not 0 <= peer <= 0xFFFF:
+                raise ValueError(peer)
+        except ValueError:
+            self.wait_why = f"{DOORBELL_PEER_ENV}={peer_env!r} is not a peer id (0..65535)"
+            return None
+        try:
+            return BellWait(path, peer)
+        except OSError as e:
+            self.wait_why = f"cannot wait on the doorbell {path}: {e.strerror or e}"
+            return None
+
+    def _open(self) -> None:
+        path, why = self._resolve()
         if not path:
             self.failed = True
-            self.why = "no doorbell: disabled (doorbell='')"
+            self.why = why
             return
         try:
             # Non-blocking: a ring never waits (a FIFO standing in for the device, full of

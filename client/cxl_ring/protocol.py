@@ -107,6 +107,8 @@ OFF_CLIENT_HEARTBEAT = 8
 OFF_CLIENT_PID = 16
 OFF_RESP_SLEEPING = 20  # section 8: the client may be blocked on resp_wake (N3)
 OFF_REQ_WAKE = 24  # section 8: the group's wake word (in its first channel's section only)
+OFF_RESP_DOORBELL = 32  # section 8: RESP_DOORBELL_SET | peer << 16 | vector, the server's N4 ring
+RESP_DOORBELL_SET = 1 << 32
 OFF_REQ_HEAD = 64
 OFF_RESP_TAIL = 128
 # Server section control page.

@@ -174,6 +174,7 @@ class SessionBase:
         self.claim_i = cs // 8
         self.client_heartbeat_i = (cs + P.OFF_CLIENT_HEARTBEAT) // 8
         self.client_pid_i32 = (cs + P.OFF_CLIENT_PID) // 4
+        self.resp_doorbell_i = (cs + P.OFF_RESP_DOORBELL) // 8
         self.req_head_i = (cs + P.OFF_REQ_HEAD) // 8
         self.resp_tail_i = (cs + P.OFF_RESP_TAIL) // 8
         self.ack_i = ss // 8
@@ -223,6 +224,7 @@ class SessionBase:
         self._beat_count = u64[self.client_heartbeat_i] + 1
         u64[self.client_heartbeat_i] = self._beat_count & U64_MASK
         self.u32[self.client_pid_i32] = os.getpid() & 0xFFFFFFFF
+        u64[self.resp_doorbell_i] = 0          # not the last owner's doorbell (section 8)
         notify.notify_server(self.u32, self.base, self.wake_offset,  # a sleeping server looks
                              self.doorbell)
         backoff = Backoff(max_sleep=2e-3)

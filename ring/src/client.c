@@ -458,6 +458,8 @@ int cxl_session_claim(struct cxl_client *c, struct cxl_session *s, uint32_t firs
             continue;                   /* another client won the race */
         session_bind(c, s, chan);
         cxl_store_relaxed32(&s->kcli->client_pid, (uint32_t)getpid());
+        /* Not the last owner's doorbell: this library never blocks for responses (N3). */
+        cxl_store_relaxed64(&s->kcli->resp_doorbell, 0);
         s->heartbeat = cxl_load_relaxed64(&s->kcli->client_heartbeat) + 1;
         cxl_store_relaxed64(&s->kcli->client_heartbeat, s->heartbeat);
         register_session(c, s);

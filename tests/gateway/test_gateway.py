@@ -594,3 +594,12 @@ def test_blpop_blocks_only_its_connection(server, gateways):
     t.join(60)
     assert out["x"] == [[b"s", [(eid, {b"f": b"v"})]]]
     assert gw.alive() and int(server.info()["blocked_sessions"]) == 0
+    # WAIT (no replica here): 0 at once for none, 0 at its timeout for one, while the other
+    # connection goes on
+    assert waiter.wait(0, 0) == 0
+    t = threading.Thread(target=lambda: out.update(w=waiter.wait(1, 1500)), daemon=True)
+    t.start()
+    wait_for(lambda: int(server.info()["blocked_sessions"]) == 1, "WAIT to block")
+    assert other.set("k2", "v2") and other.get("k2") == b"v2"
+    t.join(60)
+    assert out["w"] == 0 and int(server.info()["blocked_sessions"]) == 0

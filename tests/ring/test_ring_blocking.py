@@ -283,6 +283,10 @@ def test_the_client_waits_the_commands_timeout_and_its_own(srv):
     assert blocking_wait((b"BLPOP", b"q", b"2.5"), 5.0) == 7.5
     assert blocking_wait((b"blmpop", b"0", b"1", b"q", b"LEFT"), 5.0) == FOREVER
     assert blocking_wait((b"GET", b"k"), 5.0) is None
+    assert blocking_wait((b"WAIT", b"1", b"2500"), 5.0) == 7.5           # milliseconds
+    assert blocking_wait((b"wait", b"1", b"0"), 5.0) == FOREVER
+    assert blocking_wait((b"WAIT", b"1", b"-1"), 5.0) is None
+    assert blocking_wait((b"WAIT", b"1"), 5.0) is None
     for bad in (b"-1", b"x", b"nan", b"inf"):          # the server refuses it at once
         assert blocking_wait((b"BLPOP", b"q", bad), 5.0) is None
     assert blocking_wait((b"BLPOP", b"q"), 5.0) is None

@@ -120,7 +120,7 @@ def build_argv(cmd: dict, n: int) -> list[bytes]:
 # and CLIENT SETNAME/GETNAME/ID, kept per session.
 DRIVER_ANSWERS = {"auth", "select", "multi", "exec", "discard", "watch", "unwatch",
                   "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax",
-                  "bzmpop", "client|setname", "client|getname", "client|id"}
+                  "bzmpop", "wait", "client|setname", "client|getname", "client|id"}
 
 
 def expect_refused(cmd: dict) -> bool:
@@ -235,10 +235,11 @@ ALWAYS_REFUSED = [
     [b"ACL", b"SETUSER", b"x"],
 ]
 # Refused where the server flags them noscript (Redis 7); Valkey lets scripts run some of
-# them, and then they answer at once instead of blocking. BLPOP and kin are not refused: they
-# block the session (ring-protocol.md section 14), here until their 0.2 s timeout.
+# them, and then they answer at once instead of blocking. BLPOP and kin, and WAIT, are not
+# refused: they block the session (ring-protocol.md section 14), here until their 0.2 s
+# timeout (WAIT: tests/ring/test_ring_wait.py).
 AS_FLAGGED = [
-    [b"WAIT", b"1", b"0"], [b"SSUBSCRIBE", b"c"],
+    [b"SSUBSCRIBE", b"c"],
     [b"BLPOP", b"k", b"0.2"], [b"BRPOPLPUSH", b"a", b"b", b"0.2"], [b"BZPOPMIN", b"z", b"0.2"],
 ]
 

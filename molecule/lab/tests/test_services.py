@@ -196,6 +196,33 @@ def test_idle_server_is_woken_through_the_doorbell(server, client):
     assert int(driver_info(server)["sleep_wakes"]) > wakes_before
 
 
+def test_blocked_client_is_woken_through_its_doorbell(server, client):
+    """The other way (N3/N4): the ring CLI in the client VM blocks in BLPOP, sleeping on its
+    own /dev/cxl/doorbell; an RPUSH in the server VM lets the server answer, and it rings the
+    client's doorbell: the driver counts the ring, and the client VM's kernel counts the
+    interrupt (uio's event counter, read from outside the client)."""
+    if not DOORBELL:
+        pytest.skip("the lab gives the VMs no doorbell")
+    key = unique("bellwait")
+    out = f"/tmp/{key.replace(':', '_')}.out"
+    rings_before, events = int(driver_info(server)["client_rings"]), doorbell_events(client)
+    client.run(f"(timeout 600 cxl-ring --path {REGION} --timeout 30 cmd BLPOP {key} 500 "
+               f"> {out} 2>&1 &)")
+    deadline = time.monotonic() + 300                    # a hang catcher, not a speed bound
+    while int(driver_info(server)["blocked_sessions"]) < 1:
+        assert time.monotonic() < deadline, client.run(f"cat {out}").stdout
+        time.sleep(1)
+    time.sleep(2)                                        # the client gets past its spin
+    redis_cli(server, "RPUSH", key, "rung")
+    while "rung" not in client.run(f"cat {out}").stdout:
+        assert time.monotonic() < deadline, client.run(f"cat {out}").stdout
+        time.sleep(1)
+    client.run(f"rm -f {out}")
+    assert int(driver_info(server)["client_rings"]) > rings_before
+    assert int(driver_info(server)["client_ring_errors"]) == 0
+    assert doorbell_events(client) > events
+
+
 def test_server_vm_idle_cpu_is_reported(server, record_property):
     """The server VM's QEMU process, seen from the host, over 10 s of an idle lab
     (bench/idle_cpu.py): reported, a benchmark figure, never asserted (the machine is shared)."""

@@ -64,6 +64,10 @@ enum cxl_notify_kind {
     CXL_NOTIFY_DOORBELL = 2,                /* between VMs: ring doorbell_peer/vector */
 };
 
+/* Client section resp_doorbell (section 8, N4): bit 32 says the low 32 bits are the value
+ * (peer id << 16 | vector) the server writes to its doorbell to wake the blocked client. */
+#define CXL_RESP_DOORBELL_SET  (1ULL << 32)
+
 enum cxl_chan_state {
     CXL_CHAN_FREE        = 0,
     CXL_CHAN_ACTIVE      = 1,
@@ -132,7 +136,10 @@ struct cxl_shm_client_ctl {
     uint32_t resp_sleeping;             /*  20: the client may be blocked on resp_wake (N3) */
     uint32_t req_wake;                  /*  24: the group's wake word (first channel only) */
     uint32_t reserved_w;                /*  28: zero (an 8-byte CAS may update 24..31) */
-    uint8_t  reserved0[64 - 32];
+    uint64_t resp_doorbell;             /*  32: how the server rings this client's doorbell
+                                         *      (N4, notify_kind doorbell): CXL_RESP_DOORBELL_SET
+                                         *      | peer << 16 | vector; 0 = it cannot */
+    uint8_t  reserved0[64 - 40];
     uint64_t req_head;                  /*  64: request producer index */
     uint8_t  reserved1[128 - 72];
     uint64_t resp_tail;                 /* 128: response consumer index */
@@ -172,6 +179,7 @@ _Static_assert(offsetof(struct cxl_shm_client_ctl, resp_tail) == 128, "resp_tail
 _Static_assert(sizeof(struct cxl_shm_server_ctl) == CXL_CONTROL_SIZE, "server control page");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, session_gen) == 24, "session generation");
 _Static_assert(offsetof(struct cxl_shm_client_ctl, req_wake) == 24, "group wake word");
+_Static_assert(offsetof(struct cxl_shm_client_ctl, resp_doorbell) == 32, "client doorbell");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, req_tail) == 64, "req_tail line");
 _Static_assert(offsetof(struct cxl_shm_server_ctl, resp_head) == 128, "resp_head line");
 
