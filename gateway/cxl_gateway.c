@@ -17,7 +17,7 @@
  *
  * GET, SET (EX/PX as the ring's TTL), DEL and PING are native ring ops; every other command
  * is a CMD, whose reply is RESP2 already. QUIT, SELECT 0, HELLO 2/3 and CLIENT
- * SETNAME/SETINFO are answered here, as client/cxl_ring/proxy.py does. AUTH (and HELLO ...
+ * SETNAME/GETNAME/SETINFO are answered here (the name is the connection's). AUTH (and HELLO ...
  * AUTH) gives the connection a session of its own (docs/ring-protocol.md section 12): a
  * free channel is claimed for it and CMD AUTH sent there; on +OK the connection keeps that
  * session (and its user) until it closes. See gateway/README.md.
@@ -214,6 +214,8 @@ struct qnode {
 
 enum { BLOCK_NONE = 0, BLOCK_DRAIN, BLOCK_AUTH };
 
+#define CONN_NAME_MAX 128       /* bytes of a connection's name, as the driver's sessions */
+
 struct conn {
     int fd;
     uint64_t id;
@@ -230,6 +232,8 @@ struct conn {
     int lost_auth;              /* its own session was lost: the next command closes it */
     int in_multi;               /* MULTI sent, EXEC/DISCARD not yet: every command as CMD */
     int in_resume, in_dirty, in_dead;
+    uint32_t name_len;          /* CLIENT SETNAME: the connection's name, kept here */
+    char name[CONN_NAME_MAX];
 };
 
 struct gsess {
@@ -328,6 +332,35 @@ static struct qnode *qnode_new(struct conn *c)
         c->qhead = q;
     c->qtail = q;
     return q;
+}
+
+/* A reply made here: sent now, or queued behind the ring replies owed before it. */
+static void reply_local(struct conn *c, const void *data, size_t n);
+static void reply_error(struct conn *c, const char *fmt, ...);
+
+/*
+ * CLIENT SETNAME and HELLO SETNAME: the name is the connection's, kept here whichever session
+ * carries it (a shared session is many connections), and CLIENT GETNAME answers it. Redis's
+ * rule: no spaces, newlines or special characters; at most CONN_NAME_MAX - 1 bytes, as the
+ * driver's sessions. 1, or 0 with the error replied.
+ */
+static int set_name(struct conn *c, const uint8_t *name, uint32_t n)
+{
+    uint32_t i;
+
+    for (i = 0; i < n; i++)
+        if (name[i] < '!' || name[i] > '~') {
+            reply_error(c, "ERR Client names cannot contain spaces, newlines or special "
+                        "characters.");
+            return 0;
+        }
+    if (n >= CONN_NAME_MAX) {
+        reply_error(c, "ERR cxl_ring: client names are at most %d bytes", CONN_NAME_MAX - 1);
+        return 0;
+    }
+    memcpy(c->name, name, n);
+    c->name_len = n;
+    return 1;
 }
 
 /* A reply made here: sent now, or queued behind the ring replies owed before it. */
@@ -1256,6 +1289,8 @@ static int hello(struct conn *c, uint32_t argc, const uint8_t **argv, const uint
             has_auth = 1;
             i += 2;
         } else if (eq(argv[i], argl[i], "SETNAME") && i + 1 < argc) {
+            if (!set_name(c, argv[i + 1], argl[i + 1]))
+                return DISPATCH_DONE;
             i += 1;
         } else {
             reply_error(c, "ERR Syntax error in HELLO option '%.*s'",
@@ -1328,8 +1363,22 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
         return auth(c, n - 1, argv + 1, argl + 1, 0);
     } else if (eq(name, nl, "HELLO")) {
         return hello(c, n, argv, argl);
-    } else if (eq(name, nl, "CLIENT") && n >= 2 &&
-               (eq(argv[1], argl[1], "SETNAME") || eq(argv[1], argl[1], "SETINFO"))) {
+    } else if (eq(name, nl, "CLIENT") && n == 3 && eq(argv[1], argl[1], "SETNAME")) {
+        if (set_name(c, argv[2], argl[2]))
+            reply_local(c, "+OK\r\n", 5);
+    } else if (eq(name, nl, "CLIENT") && n == 2 && eq(argv[1], argl[1], "GETNAME")) {
+        char head[24];
+        int hn;
+
+        if (!c->name_len) {
+            reply_local(c, "$-1\r\n", 5);
+        } else {
+            hn = snprintf(head, sizeof(head), "$%u\r\n", c->name_len);
+            reply_local(c, head, (size_t)hn);
+            reply_local(c, c->name, c->name_len);
+            reply_local(c, "\r\n", 2);
+        }
+    } else if (eq(name, nl, "CLIENT") && n >= 2 && eq(argv[1], argl[1], "SETINFO")) {
         reply_local(c, "+OK\r\n", 5);
     } else {
         ring_request(c, CXL_OP_CMD, 0, 0, n, argv, argl);

@@ -90,9 +90,17 @@ def test_redis_py_resp2(server, gateways):
         r.incr("h")                                 # a CMD's error reply
     with pytest.raises(redis.ResponseError, match="cannot run from the ring"):
         r.execute_command("SUBSCRIBE", "c")
-    # Local answers: SELECT 0 (on a shared session), CLIENT SETNAME, HELLO 2.
+    # Local answers: SELECT 0 (on a shared session), CLIENT SETNAME/GETNAME, HELLO 2.
     assert r.execute_command("SELECT", "0") is True
-    assert r.client_setname("me") is True
+    assert r.client_getname() is None
+    assert r.client_setname("me") is True and r.client_getname() == "me"
+    other = gw.client()                             # the same shared session, its own name
+    assert other.client_getname() is None
+    with pytest.raises(redis.ResponseError, match="cannot contain spaces"):
+        other.client_setname("a b")
+    assert other.execute_command("HELLO", "2", "SETNAME", "you")[:2] == [b"server", b"redis"]
+    assert other.client_getname() == "you" and r.client_getname() == "me"
+    other.close()
     assert r.execute_command("HELLO", "2")[:2] == [b"server", b"redis"]
     with pytest.raises(redis.ResponseError, match="NOPROTO"):
         r.execute_command("HELLO", "4")
