@@ -216,6 +216,13 @@ static const struct {
      * MIGRATE to this very server waits for an answer the main thread cannot
      * give before the GIL is released. */
     { "migrate", "it waits on the network while holding the server lock" },
+    /* Pushed messages: not served on a ring session (docs/ring-protocol.md section 15). */
+    { "subscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "psubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "ssubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "unsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "punsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "sunsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
 };
 
 #define NAME_MAX_LEN 63u                /* a command or subcommand name, without NUL */
@@ -274,12 +281,12 @@ static uint8_t verdict_from_redis(struct drv_exec *x, const char *key, uint32_t 
     if (RedisModule_CallReplyLength(info) >= 10)
         subs = RedisModule_CallReplyArrayElement(info, 9);
     denied = denied_index(key, len);
-    if (module && blocking)
+    if (denied >= 0)                    /* our own reason first: it says more */
+        v = (uint8_t)(VERDICT_DENIED + denied);
+    else if (module && blocking)
         v = VERDICT_MODULE_BLOCKING;
     else if (noscript)
         v = VERDICT_NOSCRIPT;
-    else if (denied >= 0)
-        v = (uint8_t)(VERDICT_DENIED + denied);
     else if (subs && RedisModule_CallReplyType(subs) == REDISMODULE_REPLY_ARRAY &&
              RedisModule_CallReplyLength(subs) > 0)
         v = VERDICT_CONTAINER;

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.timeout(180)
 def online_replicas(srv) -> int:
     info = srv.tcp_client().info("replication")
     return sum(1 for k, v in info.items()
-               if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online")
+               if k.startswith(("slave", "replica")) and isinstance(v, dict)
+               and v.get("state") == "online")
 
 
 @pytest.fixture
