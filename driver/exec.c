@@ -208,6 +208,8 @@ enum {
     VERDICT_DENIED                      /* + index into DENIED */
 };
 
+#define NO_PUSH "pub/sub messages are not pushed over the ring (ring-protocol.md 15)"
+
 static const struct {
     const char *key;                    /* lowercase, "name" or "name|sub" */
     const char *why;
@@ -217,12 +219,8 @@ static const struct {
      * give before the GIL is released. */
     { "migrate", "it waits on the network while holding the server lock" },
     /* Pushed messages: not served on a ring session (docs/ring-protocol.md section 15). */
-    { "subscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
-    { "psubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
-    { "ssubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
-    { "unsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
-    { "punsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
-    { "sunsubscribe", "pub/sub messages are not pushed over the ring (ring-protocol.md 15)" },
+    { "subscribe", NO_PUSH }, { "psubscribe", NO_PUSH }, { "ssubscribe", NO_PUSH },
+    { "unsubscribe", NO_PUSH }, { "punsubscribe", NO_PUSH }, { "sunsubscribe", NO_PUSH },
 };
 
 #define NAME_MAX_LEN 63u                /* a command or subcommand name, without NUL */

@@ -211,7 +211,7 @@ class Session(SessionBase):
     def _block_on_doorbell(self, seconds: float) -> bool:
         """N3 with notify_kind doorbell: publish how to ring us, forget old rings, set the
         flag, fence, look once more, then wait on our doorbell. False (without waiting) when
-        we have no doorbell to wait on (``self.doorbell.why`` says why)."""
+        we have no doorbell to wait on (``self.doorbell.wait_why`` says why)."""
         bell = self.bell
         if bell is None:
             if self.bell_tried or not notify.AVAILABLE:
