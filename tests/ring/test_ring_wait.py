@@ -80,9 +80,15 @@ def test_wait_counts_a_replica_that_has_the_sessions_writes(srv, replica):
             p.execute_command("WAIT", "1", "0")
             assert p.execute() == [b"OK", 1]
             assert replica.get(f"w{i}") == f"v{i}".encode()
-        start = time.monotonic()
-        assert ring.execute_command("WAIT", "2", "200") == 1       # one of two, at its timeout
-        assert time.monotonic() - start >= 0.2
+        # Two wanted, one there: each WAIT ends at its timeout with the count, 0 or 1 (the
+        # offset it waits for may be past the replica's last ack, sent once a second), and
+        # the replica is counted within a few of them.
+        answers = []
+        while 1 not in answers and len(answers) < 20:
+            start = time.monotonic()
+            answers.append(ring.execute_command("WAIT", "2", "500"))
+            assert time.monotonic() - start >= 0.5
+        assert set(answers) <= {0, 1} and answers[-1] == 1, answers
 
 
 def test_a_blocked_wait_holds_its_session_only(srv):
