@@ -92,13 +92,13 @@ def test_wait_counts_a_replica_that_has_the_sessions_writes(srv, replica):
 
 
 def test_a_blocked_wait_holds_its_session_only(srv):
-    """WAIT 1 1500 with no replica blocks its session: another session and TCP go on
+    """WAIT 1 4000 with no replica blocks its session: another session and TCP go on
     meanwhile; then it answers 0."""
     with RingClient(srv.region, timeout=20) as other, \
             RingClient(srv.region, timeout=20) as waiter:
         got: list = []
         t = threading.Thread(target=lambda: got.append(waiter.execute_command("WAIT", "1",
-                                                                              "1500")),
+                                                                              "4000")),
                              daemon=True)
         t.start()
         wait_for(lambda: int(srv.info()["blocked_sessions"]) == 1, "WAIT to block")
