@@ -87,6 +87,7 @@ struct drv_config {
     char     doorbell[DRV_PATH_MAX];    /* the uio_cxl_doorbell device; "" = none */
     uint32_t doorbell_peer;             /* our peer id when the doorbell has no directory */
     int      test_remote_region;        /* test only: the region counts as not host memory */
+    uint32_t test_start_delay_ms;       /* test only: threads run this long before RUNNING */
     uint32_t v2_rings;
     uint32_t v2_slots;
     /* acl_users: the ACL user each channel group's sessions run as; "" = none given

@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define RESET_TIMEOUT_MS 2000
 
@@ -251,6 +252,10 @@ static int parse_args(struct drv_config *cfg, RedisModuleString **argv, int argc
                 cfg->test_remote_region = 0;
             else
                 bad = 1;
+        } else if (!strcasecmp(name, "test_start_delay_ms")) {
+            /* Test only: the poll thread runs this long before the region says RUNNING, so
+             * it is asleep by then (tests/ring/test_notify_start.py). */
+            U32(cfg->test_start_delay_ms, 0, 10000);
         } else if (!strcasecmp(name, "acl_users")) {
             bad = parse_acl_users(val, cfg, err, errlen);
             if (bad < 0)
@@ -610,6 +615,8 @@ int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     }
     if (drv_threads_start(s, ctx, err, sizeof(err)) < 0)
         goto fail_region;
+    if (s->cfg.test_start_delay_ms)
+        usleep(s->cfg.test_start_delay_ms * 1000u);
     drv_region_running(s);
     RedisModule_Log(ctx, "notice", DRV_NAME ": serving %s (%s, layout v%d, %u %s in %u "
                     "group%s, %" PRIu64 " bytes of address range, %s), epoch %016" PRIx64,

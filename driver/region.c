@@ -229,6 +229,10 @@ static int v5_open(struct drv_server *s, char *err, size_t errlen)
     }
     /* Relaxed epoch: the STARTING release below orders it (L1). */
     cxl_store_relaxed64(&s->khdr->server_epoch, 0);
+    /* Not asleep (a previous run may have stopped asleep). Here, before the poll thread
+     * starts: from then on it alone writes the flag, and one that goes to sleep before
+     * drv_region_running() must not find it cleared behind its back (no client would ring). */
+    cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
     /* L1 (STARTING) pairs with L2 and with acquire loads of server_state: a reader that
      * sees STARTING sees epoch 0, never the previous run's epoch beside the new state. */
     cxl_store_release32(&s->khdr->server_state, CXL_SERVER_STARTING);
@@ -510,8 +514,8 @@ void drv_region_running(struct drv_server *s)
         return;
     s->epoch = cxl_random_u64();
     cxl_store_relaxed32(&s->khdr->server_pid, (uint32_t)getpid());
-    /* Section 8: how to wake us; ordered before the new epoch by L1. */
-    cxl_store_relaxed32(&s->khdr->server_sleeping, 0);
+    /* Section 8: how to wake us; ordered before the new epoch by L1. Not server_sleeping:
+     * the poll thread runs already and owns it (cleared at STARTING, v5_open). */
     cxl_store_relaxed32(&s->khdr->doorbell_peer,
                         s->notify_kind == CXL_NOTIFY_DOORBELL ? s->doorbell_peer : 0);
     cxl_store_relaxed32(&s->khdr->doorbell_vector, 0);  /* vector 0: the doorbell's first */

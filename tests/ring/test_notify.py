@@ -213,3 +213,34 @@ def _resp_sleeping(region: str) -> bool:
         return any(r.u32(r.client_off(c) + 20) == 1 for c in range(r.channel_count))
     finally:
         r.close()
+
+
+@pytest.mark.parametrize("kind", ["futex", "doorbell"])
+def test_a_server_asleep_before_it_says_running_is_woken(ring_servers, tmp_path, kind):
+    """On a loaded machine the poll thread may fall asleep before the region says RUNNING
+    (`test_start_delay_ms`, a test-only argument, makes it likely here). It set
+    server_sleeping itself, and the start must not clear it behind its back: the flag reads 1
+    while it sleeps, and a client's first claim and request wake it. (A clean-clone CI once
+    waited sleep_max_ms for such a claim: the start cleared the flag, so no client rang.)"""
+    args = {**SLEEPY, "test_start_delay_ms": 1000}
+    doorbell = None
+    if kind == "doorbell":
+        doorbell = str(tmp_path / "doorbell")
+        os.mkfifo(doorbell, 0o600)
+        args.update(test_remote_region="yes", doorbell=doorbell, doorbell_peer=5)
+    srv = ring_servers.server(args)
+    assert srv.info()["notify"] == kind
+    header = os.path.join(srv.region, "header") if os.path.isdir(srv.region) else srv.region
+
+    def flag() -> int:
+        with open(header, "rb") as f:
+            f.seek(152)                          # server_sleeping
+            return int.from_bytes(f.read(4), "little")
+
+    wait_for(lambda: int(srv.info()["sleeps"]) >= 1 and flag() == 1,
+             "the server asleep with server_sleeping set", timeout=20)
+    wakes = int(srv.info()["sleep_wakes"])
+    with RingClient(srv.region, timeout=30, doorbell=doorbell) as c:
+        c.set(b"k", b"v")
+        assert c.get(b"k") == b"v"
+    assert int(srv.info()["sleep_wakes"]) > wakes
