@@ -540,7 +540,7 @@ def attack_hostile(ctx: Ctx) -> None:
         c.request(L.OP_SET, [b"k"], 4, argc=7)  # argc lies
         for i, argv in enumerate(
             (
-                [b"SUBSCRIBE", b"c"],
+                [b"MONITOR"],
                 [b"CLIENT", b"LIST"],
                 [b"DEBUG", b"SLEEP", b"0"],
                 [b"SHUTDOWN", b"NOSAVE"],

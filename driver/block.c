@@ -321,6 +321,22 @@ static void keep(struct drv_block *bl, const struct cxl_req *req)
     }
 }
 
+/* Blocked until the caller's own condition (pubsub.c: Redis's confirmations), looked at
+ * again from retry_ns on; the poll thread does not sleep meanwhile (poll.c may_sleep). */
+void drv_block_hold(struct drv_block *bl, const struct cxl_req *req, uint64_t confirm_until,
+                    uint64_t retry_ns)
+{
+    keep(bl, req);
+    bl->active = 1;
+    bl->started = 1;                    /* channel.c records the request's id */
+    bl->events_seen = __atomic_load_n(&drv_keyspace_events, __ATOMIC_RELAXED);
+    bl->seq = ++block_seq;
+    bl->deadline_ns = 0;
+    bl->retry_ns = retry_ns;
+    bl->confirm_until = confirm_until;
+    __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions + 1, __ATOMIC_RELAXED);
+}
+
 /* ---- WAIT ----------------------------------------------------------------------------- */
 
 /*

@@ -89,6 +89,7 @@ void drv_chans_free(struct drv_server *s)
     uint32_t c;
 
     for (c = 0; s->chans && c < s->nchan; c++) {
+        drv_pubsub_session_end(&s->chans[c].subs);
         RedisModule_Free(s->chans[c].out);
         RedisModule_Free(s->chans[c].big);
     }
@@ -123,6 +124,7 @@ static void drop_staged(struct drv_chan *ch)
     ch->out_len = 0;
     free_big(ch);
     drv_block_clear(&ch->block);
+    drv_pubsub_session_end(&ch->subs);
 }
 
 static void set_state(struct drv_chan *ch, uint32_t state)
@@ -459,6 +461,47 @@ static void v5_reply(void *sinkp, uint8_t status, const void *p1, uint32_t n1,
     resp_send(sink->ch, sink->max_msg, status, sink->id, p1, n1, p2, n2);
 }
 
+/* ---- Pub/sub pushes (docs/ring-protocol.md 15) -------------------------------- */
+
+/*
+ * Poll thread, before its look at the rings: every message Redis delivered to the driver's
+ * subscription goes to each session that holds its name, as a PUSH (id 0), in the order
+ * Redis sent them. A session whose responses are stalled drops it (counted). The connection
+ * lost: every subscribed session gets an error push and loses its names.
+ */
+void drv_v5_deliver(struct drv_server *s)
+{
+    static const char lost[] = "-ERR cxl_ring: pub/sub connection lost (ring-protocol.md 15)\r\n";
+    struct drv_push *m = drv_pubsub_take(), *next;
+    uint32_t c;
+    int loss = 0;
+
+    for (; m; m = next) {
+        next = m->next;
+        for (c = 0; c < s->nchan; c++) {
+            struct drv_chan *ch = &s->chans[c];
+            const void *p = m->error ? (const void *)lost : m->data + m->name_len;
+            uint32_t n = m->error ? sizeof(lost) - 1 : m->len;
+
+            if (!ch->subs.count || ch->state != CXL_CHAN_ACTIVE ||
+                (!m->error && !drv_pubsub_wants(&ch->subs, m)))
+                continue;
+            if (stalled(ch) || ch->broken || CXL_MSG_HDR_SIZE + n > s->geo.max_msg_size) {
+                STAT_INC(&ch->stats, pushes_dropped);
+            } else {
+                resp_send(ch, s->geo.max_msg_size, CXL_ST_PUSH, 0, p, n, NULL, 0);
+                STAT_INC(&ch->stats, pushes);
+            }
+            if (m->error)
+                drv_pubsub_session_end(&ch->subs);
+        }
+        loss |= m->error;
+        free(m);
+    }
+    if (loss)
+        drv_pubsub_loss_seen();
+}
+
 /* ---- Quarantine (protocol doc section 6) ----------------------------------- */
 
 static void quarantine(struct drv_chan *ch, const char *why)
@@ -600,6 +643,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
         s->exec.auth = &ch->auth;
         s->exec.txn = &ch->txn;
         s->exec.block = &ch->block;
+        s->exec.subs = &ch->subs;
         s->exec.session_gen = ch->gen;
         drv_exec_request(&s->exec, &ch->block.req, v5_reply, &sink);
         drv_hold_spend(h, DRV_CHECK_WORK);
@@ -668,6 +712,7 @@ static uint32_t chan_process(struct drv_server *s, struct drv_chan *ch, uint32_t
             s->exec.auth = &ch->auth;   /* the session's ACL user (acl.c) */
             s->exec.txn = &ch->txn;     /* its database, MULTI, WATCH (txn.c) */
             s->exec.block = &ch->block; /* where a BLPOP blocks it (block.c) */
+            s->exec.subs = &ch->subs;   /* its SUBSCRIBEs (pubsub.c) */
             s->exec.session_gen = ch->gen;
             drv_exec_request(&s->exec, &s->req, v5_reply, &sink);
             if (ch->block.started) {    /* it blocked: its answer comes later */

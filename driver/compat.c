@@ -118,6 +118,13 @@ void drv_compat_init(RedisModuleCtx *ctx)
         RedisModule_FreeServerInfo(ctx, info);
 }
 
+/* Can ring sessions subscribe here (docs/ring-protocol.md 15)? Not on Redis 8: the driver's
+ * own subscription would make every ring request wait (above). */
+int drv_compat_pubsub_served(void)
+{
+    return !publish_needs_main_thread;
+}
+
 int drv_compat_must_wait(RedisModuleCtx *ctx)
 {
     RedisModuleServerInfoData *info;

@@ -17,4 +17,7 @@ void drv_compat_init(RedisModuleCtx *ctx);
  */
 int drv_compat_must_wait(RedisModuleCtx *ctx);
 
+/* 1 when ring sessions may subscribe on this server (pubsub.c). */
+int drv_compat_pubsub_served(void);
+
 #endif

@@ -119,6 +119,8 @@ struct drv_stats {
     uint64_t resp_full;                 /* times a response had to wait for room */
     uint64_t client_rings;              /* doorbell rings that woke the blocked client (N4) */
     uint64_t client_ring_errors;        /* ... that the doorbell refused */
+    uint64_t pushes;                    /* pub/sub messages written to the session */
+    uint64_t pushes_dropped;            /* ... dropped: its responses were stalled */
     uint64_t bytes_in;
     uint64_t bytes_out;
 };
@@ -224,6 +226,7 @@ struct drv_block {
     uint64_t wait_offset;               /* WAIT: the replication offset replicas must ack */
     uint64_t wait_hold;                 /* WAIT: drv_hold_seq when it came */
     long long wait_replicas;            /* WAIT: how many */
+    uint64_t confirm_until;             /* SUBSCRIBE: Redis's confirmations to wait for */
     struct cxl_req req;                 /* argv into buf */
     uint8_t *buf;
 };
@@ -246,6 +249,10 @@ static inline void drv_block_clear(struct drv_block *bl)
     __atomic_store_n(&drv_blocked_sessions, drv_blocked_sessions - 1, __ATOMIC_RELAXED);
 }
 
+/* Block a session on req until retry_ns, when its command looks again (pubsub.c). */
+void drv_block_hold(struct drv_block *bl, const struct cxl_req *req, uint64_t confirm_until,
+                    uint64_t retry_ns);
+
 /* Should the poll thread try this blocked session again? */
 static inline int drv_block_due(const struct drv_block *bl, uint64_t now_ns)
 {
@@ -254,6 +261,35 @@ static inline int drv_block_due(const struct drv_block *bl, uint64_t now_ns)
             (bl->deadline_ns && now_ns >= bl->deadline_ns) ||
             (bl->retry_ns && now_ns >= bl->retry_ns));
 }
+
+/* A session's pub/sub names (pubsub.c; docs/ring-protocol.md 15). Poll thread only. */
+struct drv_subs {
+    uint32_t count, cap;
+    struct { uint8_t kind; uint32_t len; uint8_t *name; } *v;   /* 0 channel, 1 pattern, 2 shard */
+    uint64_t bytes;                     /* the most their confirmations take: <= max_value */
+    uint8_t *pending;                   /* the reply of a subscribe waiting for Redis */
+    uint32_t pending_len;
+};
+
+/* A message Redis delivered to the driver's subscription, for the sessions that want it. */
+struct drv_push {
+    struct drv_push *next;
+    uint8_t  kind;                      /* the name's kind, as in drv_subs */
+    uint8_t  error;                     /* the connection was lost (no name, no payload) */
+    uint32_t name_len;                  /* data: the name it matched, then the RESP2 array */
+    uint32_t len;
+    uint8_t  data[];
+};
+
+struct drv_exec;
+int  drv_pubsub_request(struct drv_exec *x, const struct cxl_req *req, drv_reply_fn *reply,
+                        void *sink);
+void drv_pubsub_session_end(struct drv_subs *ss);
+struct drv_push *drv_pubsub_take(void);
+int  drv_pubsub_wants(const struct drv_subs *ss, const struct drv_push *m);
+void drv_pubsub_loss_seen(void);
+void drv_pubsub_info(uint64_t *names, uint64_t *messages, int *connected);
+void drv_pubsub_stop(RedisModuleCtx *ctx);
 
 /* The ACL user a session runs as (acl.c); decided by its first request. */
 struct drv_auth {
@@ -268,6 +304,7 @@ struct drv_exec {
     struct drv_auth *auth;              /* the request's session; NULL = no check */
     struct drv_txn *txn;                /* its connection state; NULL = none (v2) */
     struct drv_block *block;            /* where it blocks (block.c); NULL = none (v2) */
+    struct drv_subs *subs;              /* its pub/sub names (pubsub.c); NULL = none (v2) */
     int      db;                        /* the database ctx has selected */
     uint32_t session_gen;               /* its session generation */
     const char (*acl_users)[DRV_USER_MAX];  /* cfg.acl_users */
@@ -375,6 +412,7 @@ struct drv_chan {
     struct drv_auth auth;               /* the session's ACL user (acl.c) */
     struct drv_txn txn;                 /* its database, MULTI and WATCH (txn.c) */
     struct drv_block block;             /* a blocked BLPOP and kin (block.c) */
+    struct drv_subs subs;               /* its SUBSCRIBEs (pubsub.c) */
     struct drv_stats stats;
 };
 
@@ -472,6 +510,7 @@ void drv_region_close(struct drv_server *s);
 int  drv_chans_init(struct drv_server *s);
 void drv_chans_free(struct drv_server *s);
 int  drv_v5_scan(struct drv_server *s, uint64_t now_ns);
+void drv_v5_deliver(struct drv_server *s);     /* pub/sub pushes (pubsub.c's messages) */
 uint32_t drv_v5_process(struct drv_server *s, struct drv_hold *h);
 void drv_v5_housekeeping(struct drv_server *s, uint64_t now_ns);
 void drv_v5_reset(struct drv_server *s, uint32_t chan);

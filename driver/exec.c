@@ -208,7 +208,7 @@ enum {
     VERDICT_DENIED                      /* + index into DENIED */
 };
 
-#define NO_PUSH "pub/sub messages are not pushed over the ring (ring-protocol.md 15)"
+#define NO_PUSH "pub/sub runs outside MULTI, on a layout 5 session (ring-protocol.md 15)"
 
 static const struct {
     const char *key;                    /* lowercase, "name" or "name|sub" */
@@ -546,7 +546,8 @@ void drv_exec_request(struct drv_exec *x, const struct cxl_req *req,
                       drv_reply_fn *reply, void *sink)
 {
     if (drv_acl_admit(x, req->op, req->argc, req->argv, req->argl, reply, sink) ||
-        drv_txn_request(x, req, reply, sink) || drv_block_request(x, req, reply, sink))
+        drv_txn_request(x, req, reply, sink) || drv_block_request(x, req, reply, sink) ||
+        drv_pubsub_request(x, req, reply, sink))
         return;
     switch (req->op) {
     case CXL_OP_GET:

@@ -344,7 +344,7 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     errors = STAT_GET(st, err) + STAT_GET(st, oom) + STAT_GET(st, too_large) +
              STAT_GET(st, bad_request) + STAT_GET(st, unknown_op) +
              STAT_GET(st, protocol_errors);
-    RedisModule_ReplyWithMap(ctx, 27);
+    RedisModule_ReplyWithMap(ctx, 30);
     reply_u64(ctx, "channel", c);
     reply_u64(ctx, "group", s->cfg.layout == CXL_LAYOUT_VERSION ? s->geo.chan_group[c] : 0);
     reply_str(ctx, "state", state);
@@ -368,6 +368,11 @@ static void reply_channel(RedisModuleCtx *ctx, struct drv_server *s, uint32_t c)
     reply_u64(ctx, "resp_full", STAT_GET(st, resp_full));
     reply_u64(ctx, "client_rings", STAT_GET(st, client_rings));
     reply_u64(ctx, "client_ring_errors", STAT_GET(st, client_ring_errors));
+    /* pub/sub (pubsub.c): the session's names, messages pushed and dropped */
+    reply_u64(ctx, "subscriptions", s->cfg.layout == CXL_LAYOUT_VERSION
+              ? (uint64_t)__atomic_load_n(&s->chans[c].subs.count, __ATOMIC_RELAXED) : 0);
+    reply_u64(ctx, "pushes", STAT_GET(st, pushes));
+    reply_u64(ctx, "pushes_dropped", STAT_GET(st, pushes_dropped));
     /* 1 while the session waits in BLPOP and kin (block.c); the poll thread's flag */
     reply_u64(ctx, "blocked", s->cfg.layout == CXL_LAYOUT_VERSION
               ? (uint64_t)__atomic_load_n(&s->chans[c].block.active, __ATOMIC_RELAXED) : 0);
@@ -399,7 +404,9 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     struct drv_server *s = &g_srv;
     char epoch[24];
     uint32_t c, state = CXL_SERVER_RUNNING;
-    uint64_t hb = 0, rings = 0, ring_errors = 0;
+    uint64_t hb = 0, rings = 0, ring_errors = 0, pushes = 0, dropped = 0, ps_names = 0;
+    uint64_t ps_messages = 0;
+    int ps_connected = 0;
 
     if (argc > 2)
         return RedisModule_WrongArity(ctx);
@@ -418,8 +425,11 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
         for (c = 0; c < s->nchan; c++) {
             rings += STAT_GET(&s->chans[c].stats, client_rings);
             ring_errors += STAT_GET(&s->chans[c].stats, client_ring_errors);
+            pushes += STAT_GET(&s->chans[c].stats, pushes);
+            dropped += STAT_GET(&s->chans[c].stats, pushes_dropped);
         }
-    RedisModule_ReplyWithMap(ctx, 34);
+    drv_pubsub_info(&ps_names, &ps_messages, &ps_connected);
+    RedisModule_ReplyWithMap(ctx, 39);
     reply_str(ctx, "layout", s->cfg.layout == CXL_LAYOUT_VERSION ? "v5" : "v2");
     reply_str(ctx, "path", s->cfg.path);
     reply_str(ctx, "region", s->region.kind);
@@ -462,6 +472,13 @@ static int cmd_info(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
     reply_u64(ctx, "acl_denied", __atomic_load_n(&s->exec.acl_denied, __ATOMIC_RELAXED));
     /* Sessions waiting in BLPOP and kin (block.c). */
     reply_u64(ctx, "blocked_sessions", __atomic_load_n(&drv_blocked_sessions, __ATOMIC_RELAXED));
+    /* pub/sub (pubsub.c, ring-protocol.md 15): the driver's own subscription for the sessions
+     * (connected, its names, messages Redis delivered to it), and what reached the sessions */
+    reply_u64(ctx, "pubsub_connected", (uint64_t)ps_connected);
+    reply_u64(ctx, "pubsub_names", ps_names);
+    reply_u64(ctx, "pubsub_messages", ps_messages);
+    reply_u64(ctx, "pushes", pushes);
+    reply_u64(ctx, "pushes_dropped", dropped);
     RedisModule_ReplyWithSimpleString(ctx, "channels");
     RedisModule_ReplyWithArray(ctx, s->nchan);
     for (c = 0; c < s->nchan; c++)
@@ -570,11 +587,11 @@ static void server_stop(struct drv_server *s)
 static void on_shutdown(RedisModuleCtx *ctx, RedisModuleEvent eid, uint64_t subevent,
                         void *data)
 {
-    (void)ctx;
     (void)eid;
     (void)subevent;
     (void)data;
     server_stop(&g_srv);
+    drv_pubsub_stop(ctx);               /* the driver's own subscription (pubsub.c) */
 }
 
 int RedisModule_OnLoad(RedisModuleCtx *ctx, RedisModuleString **argv, int argc)
@@ -655,6 +672,7 @@ int RedisModule_OnUnload(RedisModuleCtx *ctx)
     s->wakes_closed = 1;
     pthread_mutex_unlock(&s->wake_mutex);
     server_stop(s);
+    drv_pubsub_stop(ctx);               /* the driver's own subscription (pubsub.c) */
     drv_chans_free(s);
     RedisModule_Free(s->v2);
     RedisModule_Free(s->reset_bc);

@@ -411,6 +411,8 @@ static void *poll_main(void *arg)
             next_housekeeping = now + HOUSEKEEPING_NS;
         }
         handle_resets(s);
+        if (s->cfg.layout == CXL_LAYOUT_VERSION)
+            drv_v5_deliver(s);          /* pub/sub messages Redis delivered (pubsub.c) */
         maybe_wake(s, &unflushed, now);
 
         ready = s->cfg.layout == CXL_LAYOUT_VERSION ? drv_v5_scan(s, now) : drv_v2_scan(s);

@@ -669,17 +669,23 @@ int cxl_session_pop(struct cxl_session *s, struct cxl_resp *r)
              ", limit %u)", s->chan, hdr.len, used, s->client->geo.max_msg_size);
         return CXL_E_CORRUPT;
     }
-    if (hdr.op > CXL_ST_PROTOCOL_ERROR) {
+    if (hdr.op > CXL_ST_PROTOCOL_ERROR &&
+        !(hdr.op == CXL_ST_PUSH && hdr.id == 0 && s->subscribed)) {
         if (retired(s))
             return CXL_E_LOST;
-        SERR(s, "response ring of channel %u: unknown status %u", s->chan, hdr.op);
+        if (hdr.op == CXL_ST_PUSH)
+            SERR(s, "response ring of channel %u: a push (id %#" PRIx64 ") on a session "
+                 "that did not subscribe, or with an id", s->chan, (uint64_t)hdr.id);
+        else
+            SERR(s, "response ring of channel %u: unknown status %u", s->chan, hdr.op);
         return CXL_E_CORRUPT;
     }
     plen = hdr.len - CXL_MSG_HDR_SIZE;
     if (plen)
         cxl_ring_copy_out(&s->resp, s->resp_tail + CXL_MSG_HDR_SIZE, s->buf, plen);
     s->resp_tail += cxl_align8(hdr.len);
-    if (s->inflight && hdr.op != CXL_ST_PROTOCOL_ERROR)   /* a quarantine answers nothing */
+    if (s->inflight && hdr.op != CXL_ST_PROTOCOL_ERROR && hdr.op != CXL_ST_PUSH)
+        /* a quarantine answers nothing, nor does a push */
         s->inflight--;
     r->id = hdr.id;
     r->status = hdr.op;

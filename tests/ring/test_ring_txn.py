@@ -56,7 +56,7 @@ def test_errors_while_queuing_abort_the_transaction(srv, ring):
     with pytest.raises(ResponseError, match="unknown command"):
         ring.execute_command("NOSUCHCOMMAND")
     with pytest.raises(ResponseError, match="cannot run from the ring"):
-        ring.execute_command("SUBSCRIBE", "c")
+        ring.execute_command("MONITOR")
     with pytest.raises(ResponseError, match="EXECABORT"):
         ring.execute_command("EXEC")
     assert srv.client().get("x") is None

@@ -94,6 +94,28 @@ int drv_exec_must_wait(struct drv_exec *x, uint8_t op)
     return 0;
 }
 
+/* No pub/sub here: no session subscribes, no message comes (replaces driver/pubsub.c). */
+void drv_pubsub_session_end(struct drv_subs *ss)
+{
+    (void)ss;
+}
+
+struct drv_push *drv_pubsub_take(void)
+{
+    return NULL;
+}
+
+int drv_pubsub_wants(const struct drv_subs *ss, const struct drv_push *m)
+{
+    (void)ss;
+    (void)m;
+    return 0;
+}
+
+void drv_pubsub_loss_seen(void)
+{
+}
+
 /* No Redis users here: every request may run (replaces driver/acl.c). */
 int drv_acl_admit(struct drv_exec *x, uint8_t op, uint32_t argc, const uint8_t *const *argv,
                   const uint32_t *argl, drv_reply_fn *reply, void *sink)

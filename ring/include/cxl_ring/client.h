@@ -169,6 +169,9 @@ struct cxl_session {
     uint64_t resp_tail_published;
     uint64_t req_scrubbed;              /* request bytes below this are zero (section 3.1) */
     uint64_t inflight;                  /* requests pushed and not yet answered */
+    int subscribed;                     /* the caller sent SUBSCRIBE or kin: pushes (status
+                                         * CXL_ST_PUSH, id 0) may come, and count toward
+                                         * nothing (docs/ring-protocol.md 15) */
 
     uint8_t *buf;                       /* private copy of the current response */
     uint32_t buf_size;

@@ -241,6 +241,7 @@ enum cxl_status {
     CXL_ST_UNKNOWN_OP      = 6,
     CXL_ST_PROTOCOL_ERROR  = 7,
     CXL_ST_UNKNOWN_OUTCOME = 8,         /* client-side verdict, never on the wire */
+    CXL_ST_PUSH            = 9,         /* id 0: a pub/sub message (ring-protocol.md 15) */
 };
 
 static inline uint64_t cxl_align8(uint64_t n)
