@@ -20,7 +20,9 @@
  * SETNAME/GETNAME/SETINFO are answered here (the name is the connection's). AUTH (and HELLO ...
  * AUTH) gives the connection a session of its own (docs/ring-protocol.md section 12): a
  * free channel is claimed for it and CMD AUTH sent there; on +OK the connection keeps that
- * session (and its user) until it closes. See gateway/README.md.
+ * session (and its user) until it closes. MULTI and kin, the blocking commands and SUBSCRIBE
+ * and kin do the same; a subscribed session's pushes (docs/ring-protocol.md section 15) go to
+ * its connection as they come. See gateway/README.md.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -65,6 +67,9 @@
 #define KIND_HELLO3         4u
 #define KIND_BLOCKING       8u      /* BLPOP and kin: answered when a value comes or at the
                                      * command's own timeout, so --timeout-ms does not apply */
+#define KIND_PUBSUB         16u     /* SUBSCRIBE and kin: the reply is several confirmations */
+#define SUB_POLL_NS         1000000ull  /* a subscribed session with nothing in flight: looked
+                                         * at for pushes every 1 ms */
 
 static const char HELLO2[] =
     "*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n"
@@ -231,6 +236,7 @@ struct conn {
     int paused;                 /* too much output or outbox: not read for now */
     int lost_auth;              /* its own session was lost: the next command closes it */
     int in_multi;               /* MULTI sent, EXEC/DISCARD not yet: every command as CMD */
+    int resp3;                  /* HELLO 3: pub/sub messages and confirmations go as pushes */
     int in_resume, in_dirty, in_dead;
     uint32_t name_len;          /* CLIENT SETNAME: the connection's name, kept here */
     char name[CONN_NAME_MAX];
@@ -242,6 +248,7 @@ struct gsess {
     int own;                    /* a connection's own session (AUTH) */
     int defunct;                /* own session released: freed at the end of the turn */
     int release_when_idle;      /* a failed AUTH adoption: release once answered */
+    int subscribed;             /* its connection sent SUBSCRIBE or kin: pushes may come */
     struct conn *owner;
     uint32_t index;             /* shared slot */
     uint32_t next_seq;
@@ -892,6 +899,33 @@ static void error_text(struct buf *b, const char *prefix, const uint8_t *text, u
 }
 
 /* The RESP2 reply for a response, as client/cxl_ring/proxy.py maps it. */
+/*
+ * Pub/sub replies and pushes (docs/ring-protocol.md 15): one or more RESP2 replies as Redis
+ * writes them. On a HELLO 3 connection each array goes as a RESP3 push ('>'), as Redis sends
+ * messages and confirmations there; an error stays an error.
+ */
+static void pubsub_resp(struct buf *b, const struct conn *c, const uint8_t *p, uint32_t n)
+{
+    size_t at = 0;
+
+    while (at < n) {
+        long span = resp_reply_span(p + at, n - at);
+
+        if (span <= 0) {
+            const char *t = "ERR cxl_ring: bad pub/sub reply from the server";
+            error_text(b, "", (const uint8_t *)t, (uint32_t)strlen(t));
+            return;
+        }
+        if (c->resp3 && p[at] == '*') {
+            buf_append(b, ">", 1);
+            buf_append(b, p + at + 1, (size_t)span - 1);
+        } else {
+            buf_append(b, p + at, (size_t)span);
+        }
+        at += (size_t)span;
+    }
+}
+
 static void to_resp(struct buf *b, const struct pend *p, const struct cxl_resp *r)
 {
     char head[32];
@@ -909,6 +943,10 @@ static void to_resp(struct buf *b, const struct pend *p, const struct cxl_resp *
             buf_append(b, "+OK\r\n", 5);
             return;
         case CXL_OP_CMD:
+            if (p->kind & KIND_PUBSUB) {
+                pubsub_resp(b, p->c, r->payload, r->payload_len);
+                return;
+            }
             if (resp_check_reply(r->payload, r->payload_len)) {
                 const char *t = "ERR cxl_ring: bad reply from the server";
                 error_text(b, "", (const uint8_t *)t, (uint32_t)strlen(t));
@@ -1024,7 +1062,7 @@ static int session_pump(struct gsess *gs)
         cxl_session_flush(&gs->s);
         gs->dirty = 0;
     }
-    if (!gs->npushed)
+    if (!gs->npushed && !gs->subscribed)
         return moved;
     for (;;) {
         struct pend p;
@@ -1032,6 +1070,21 @@ static int session_pump(struct gsess *gs)
         rc = cxl_session_pop(&gs->s, &r);
         if (rc == CXL_E_AGAIN)
             break;
+        if (rc == CXL_OK && r.status == CXL_ST_PUSH) {
+            /* A message (or a confirmation that did not fit the reply) for the connection
+             * that subscribed: every ring reply before it has been delivered, so it goes
+             * out now, ahead of replies still owed (ring order, as Redis writes). */
+            struct conn *c = gs->owner;
+
+            if (c && !c->dead) {
+                scratch.off = scratch.len = 0;
+                pubsub_resp(&scratch, c, r.payload, r.payload_len);
+                buf_append(&c->out, scratch.p + scratch.off, buf_used(&scratch));
+                mark_dirty(c);
+            }
+            moved = 1;
+            continue;
+        }
         if (rc == CXL_OK && r.status == CXL_ST_PROTOCOL_ERROR && r.id == 0) {
             char why[256];
 
@@ -1058,7 +1111,7 @@ static int session_pump(struct gsess *gs)
         gs->npushed--;
         deliver(gs, &p, &r);
         moved = 1;
-        if (!gs->npushed)
+        if (!gs->npushed && !gs->subscribed)
             break;
     }
     now = now_ns();
@@ -1068,7 +1121,8 @@ static int session_pump(struct gsess *gs)
     } else if (now - gs->last_check_ns > CHECK_PERIOD_NS) {
         gs->last_check_ns = now;
         rc = cxl_session_check(&gs->s);
-        if (!rc && now - gs->last_progress_ns > (uint64_t)G.timeout_ms * 1000000ull &&
+        if (!rc && gs->npushed &&
+            now - gs->last_progress_ns > (uint64_t)G.timeout_ms * 1000000ull &&
             !(gs->pend.n && fifo_front(&gs->pend)->kind & KIND_BLOCKING)) {
             snprintf(gs->s.err, sizeof(gs->s.err), "no response for %u ms", G.timeout_ms);
             rc = CXL_E_TIMEOUT;
@@ -1230,6 +1284,19 @@ static int is_blocking(uint32_t argc, const uint8_t *const *argv, const uint32_t
     return 0;
 }
 
+/* SUBSCRIBE and kin: the driver pushes to the session (ring-protocol.md 15). */
+static int is_pubsub(const uint8_t *name, uint32_t nl)
+{
+    static const char *const family[] = { "SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE",
+                                          "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE" };
+    size_t i;
+
+    for (i = 0; i < sizeof(family) / sizeof(family[0]); i++)
+        if (eq(name, nl, family[i]))
+            return 1;
+    return 0;
+}
+
 /*
  * MULTI, EXEC, DISCARD, WATCH, UNWATCH, SELECT, and the blocking commands (BLPOP...): what
  * the driver keeps or does per ring session, so a connection gets a session of its own
@@ -1262,6 +1329,13 @@ static int session_state(struct conn *c, uint32_t n, const uint8_t **argv,
         c->in_multi = 1;                /* the driver queues CMDs only (no QUEUED for GET) */
     else if (eq(argv[0], argl[0], "EXEC") || eq(argv[0], argl[0], "DISCARD"))
         c->in_multi = 0;
+    if (is_pubsub(argv[0], argl[0]) && !c->in_multi) {
+        /* Before it is sent: the pushes may follow its reply at once. */
+        c->own->subscribed = 1;
+        c->own->s.subscribed = 1;
+        ring_request_kind(c, CXL_OP_CMD, 0, 0, n, argv, argl, KIND_PUBSUB);
+        return DISPATCH_DONE;
+    }
     ring_request_kind(c, CXL_OP_CMD, 0, 0, n, argv, argl,
                       is_blocking(n, argv, argl) ? KIND_BLOCKING : 0);
     return DISPATCH_DONE;
@@ -1298,6 +1372,8 @@ static int hello(struct conn *c, uint32_t argc, const uint8_t **argv, const uint
             return DISPATCH_DONE;
         }
     }
+    if (argc >= 2)
+        c->resp3 = proto == 3;          /* how pub/sub messages are written to it */
     if (has_auth)
         return auth(c, 2, auth_argv, auth_argl, proto == 3 ? KIND_HELLO3 : KIND_HELLO2);
     if (proto == 3)
@@ -1306,6 +1382,7 @@ static int hello(struct conn *c, uint32_t argc, const uint8_t **argv, const uint
         reply_local(c, HELLO2, sizeof(HELLO2) - 1);
     return DISPATCH_DONE;
 }
+
 
 static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint32_t *argl)
 {
@@ -1355,6 +1432,9 @@ static int dispatch(struct conn *c, uint32_t n, const uint8_t **argv, const uint
         return session_state(c, n, argv, argl, "a transaction");
     } else if (!c->in_multi && is_blocking(n, argv, argl)) {
         return session_state(c, n, argv, argl, "a blocking command");
+    } else if (is_pubsub(name, nl)) {
+        /* The driver pushes the messages to the connection's own session (section 15). */
+        return session_state(c, n, argv, argl, "pub/sub");
     } else if (eq(name, nl, "AUTH")) {
         if (n != 2 && n != 3) {
             reply_error(c, "ERR wrong number of arguments for 'auth' command");
@@ -1648,6 +1728,16 @@ static int rings_busy(void)
     return 0;
 }
 
+static int any_subscribed(void)
+{
+    uint32_t i;
+
+    for (i = 0; i < G.nowns; i++)
+        if (G.owns[i]->claimed && G.owns[i]->subscribed)
+            return 1;
+    return 0;
+}
+
 static void end_of_turn(void)
 {
     size_t i, keep = 0;
@@ -1814,6 +1904,11 @@ int main(int argc, char **argv)
             }
             ts.tv_sec = 0;
             ts.tv_nsec = (long)sleep_ns;
+            tsp = &ts;
+        }
+        if (!busy && any_subscribed()) {     /* pushes may come: look every 1 ms */
+            ts.tv_sec = 0;
+            ts.tv_nsec = (long)SUB_POLL_NS;
             tsp = &ts;
         }
         if (G.resume.n) {

@@ -3,6 +3,7 @@
  */
 #include "resp.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -198,7 +199,7 @@ static long long line_end(const uint8_t *buf, size_t len, size_t pos)
     return cr - buf;
 }
 
-int resp_check_reply(const uint8_t *buf, size_t len)
+long resp_reply_span(const uint8_t *buf, size_t len)
 {
     uint64_t remaining = 1;             /* values still to read, arrays' elements included */
     size_t pos = 0;
@@ -249,5 +250,12 @@ int resp_check_reply(const uint8_t *buf, size_t len)
         }
         remaining--;
     }
-    return pos == len ? 0 : -1;
+    return pos <= (size_t)LONG_MAX ? (long)pos : -1;
+}
+
+int resp_check_reply(const uint8_t *buf, size_t len)
+{
+    long n = resp_reply_span(buf, len);
+
+    return n >= 0 && (size_t)n == len ? 0 : -1;
 }

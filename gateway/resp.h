@@ -44,4 +44,8 @@ int resp_parse_command(const uint8_t *buf, size_t len, const struct resp_limits 
 /* 0 when buf[0, len) is exactly one complete RESP2 reply, -1 otherwise. */
 int resp_check_reply(const uint8_t *buf, size_t len);
 
+/* The length of the one complete RESP2 reply that buf[0, len) begins with; -1 when it does
+ * not begin with one (the pub/sub confirmations come several in one payload). */
+long resp_reply_span(const uint8_t *buf, size_t len);
+
 #endif /* CXL_GATEWAY_RESP_H */

@@ -388,6 +388,26 @@ def test_blpop_through_the_gateway_waits_for_a_push_from_the_server_vm(client, s
     client.run(f"rm -f {out}")
 
 
+def test_subscribe_through_the_gateway_gets_a_publish_from_the_server_vm(client, server):
+    """redis-cli SUBSCRIBE in the client VM, through the gateway: the driver in the server VM
+    subscribes for its ring session (CXLRING.INFO pubsub_names), a PUBLISH over TCP in the
+    server VM reaches it, and the gateway writes the message to redis-cli
+    (docs/ring-protocol.md section 15)."""
+    channel = unique("news")
+    out = f"/tmp/{channel.replace(':', '_')}.out"
+    client.run(f"(timeout 600 redis-cli -p {GATEWAY_PORT} SUBSCRIBE {channel} > {out} 2>&1 &)")
+    deadline = time.monotonic() + 300                    # a hang catcher, not a speed bound
+    while redis_cli(server, "PUBLISH", channel, "from-the-server-vm") != "1":
+        assert time.monotonic() < deadline, client.run(f"cat {out}").stdout
+        time.sleep(1)
+    while "from-the-server-vm" not in client.run(f"cat {out}").stdout:
+        assert time.monotonic() < deadline, client.run(f"cat {out}").stdout
+        time.sleep(1)
+    lines = client.run(f"cat {out}").stdout.split()
+    assert lines[-3:] == ["message", channel, "from-the-server-vm"], lines
+    client.run(f"pkill -f 'SUBSCRIBE {channel}'; rm -f {out}")
+
+
 def test_redis_benchmark_through_the_proxy(client):
     run = client.run("timeout 900 redis-benchmark -h 127.0.0.1 -p 6380 -t set,get -n 2000 -c 4 -q")
     assert run.rc == 0 and "error" not in (run.stdout + run.stderr).lower(), run.stdout + run.stderr
