@@ -38,6 +38,7 @@ from .exceptions import (
     UnknownOutcomeError,
     WatchError,
 )
+from .pubsub import PubSub
 from .region import Region, group_segments, make_view, remove_view
 
 __version__ = "0.1.0"
@@ -54,6 +55,7 @@ __all__ = [
     "OutOfMemoryError",
     "Pipeline",
     "ProtocolError",
+    "PubSub",
     "Region",
     "RegionError",
     "RequestTooLargeError",

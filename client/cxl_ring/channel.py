@@ -130,6 +130,10 @@ class Session(SessionBase):
         self.bell: notify.BellWait | None = None
         self.bell_tried = False
         self.bell_word = 0
+        # Section 15: set before a SUBSCRIBE is sent (pubsub.py); pushes (status PUSH, id 0)
+        # may then come between the responses. _read() keeps them here, in ring order.
+        self.subscribed = False
+        self.pushes: list[bytes] = []
 
     def _scrub_idle(self) -> None:
         """Zero the request bytes the server has released (section 3.1), with nothing in flight.
@@ -176,6 +180,9 @@ class Session(SessionBase):
         for must not be taken as the answer to the next request."""
         head = self.u64[self.resp_head_i]                      # C1, pairs with server's P1
         if head == self.resp_tail:
+            return
+        if self.subscribed:
+            self._read(0)                                      # pushes only, kept in order
             return
         self.broken = True
         used = (head - self.resp_tail) & U64_MASK
@@ -278,8 +285,11 @@ class Session(SessionBase):
         self.u64[self.req_head_i] = self.req_head              # P1, pairs with server's C1
         notify.notify_server(self.u32, self.base, self.wake_offset, self.doorbell)  # N2 / N1
 
-    def _read(self, limit: int) -> list[P.Response]:
-        """Take every published response (at most ``limit``); copy once, then free the bytes."""
+    def _read(self, limit: int, inline: bool = False) -> list[P.Response]:
+        """Take every published response (at most ``limit``); copy once, then free the bytes.
+
+        On a subscribed session pushes (section 15) count toward nothing: kept in
+        ``self.pushes``, or with ``inline`` returned among the responses in ring order."""
         head = self.u64[self.resp_head_i]                      # C1, pairs with server's P1
         used = (head - self.resp_tail) & U64_MASK
         if used == 0:
@@ -306,6 +316,7 @@ class Session(SessionBase):
             self.check_alive(time.monotonic(), limit)
             self.broken = True
             raise ProtocolError(f"channel {self.index}: {e}") from None
+        pushed = False
         for r in responses:
             if r.status == P.ST_PROTOCOL_ERROR:
                 self.broken = True
@@ -313,7 +324,24 @@ class Session(SessionBase):
                     f"channel {self.index} quarantined by the server: "
                     f"{r.payload.decode('utf-8', 'replace')}"
                 )
-        if len(responses) > limit:
+            if r.status == P.ST_PUSH:
+                if not self.subscribed or r.id != 0:
+                    self.broken = True
+                    raise ProtocolError(
+                        f"channel {self.index}: a push (id {r.id}) on a session that did not "
+                        f"subscribe, or with an id"
+                    )
+                pushed = True
+        if pushed:                                             # section 15: kept apart
+            answers = [r for r in responses if r.status != P.ST_PUSH]
+            if len(answers) > limit:
+                self.broken = True
+                raise ProtocolError(f"channel {self.index}: {len(answers)} responses for "
+                                    f"{limit} requests in flight")
+            if not inline:
+                self.pushes.extend(r.payload for r in responses if r.status == P.ST_PUSH)
+                responses = answers
+        elif len(responses) > limit:
             self.broken = True
             raise ProtocolError(
                 f"channel {self.index}: {len(responses)} responses for {limit} requests in flight"

@@ -132,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("cmd", "any Redis command, as CMD over the ring (prints the reply)")
     p.add_argument("argv", nargs="+", metavar="ARG")
     p = cmd("ping", "PING over the ring (prints the round-trip time)")
+    p = cmd("subscribe", "SUBSCRIBE over the ring and print each message as it comes, one "
+            "line each: type, channel (pattern and channel), data (docs/ring-protocol.md 15)")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--pattern", action="store_true", help="PSUBSCRIBE: the names are "
+                      "patterns")
+    kind.add_argument("--shard", action="store_true", help="SSUBSCRIBE: shard channels")
+    p.add_argument("--count", type=int, metavar="N",
+                   help="exit after N messages (default: run until --idle or Ctrl-C)")
+    p.add_argument("--idle", type=float, default=0.0, metavar="SEC",
+                   help="exit after SEC seconds without a message (default 0: never)")
 
     p = cmd("bench", "benchmark the ring (the C bench's knobs)")
     p.add_argument("--bench", type=int, default=100_000, metavar="N",
@@ -352,6 +363,31 @@ def run(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             r.ping()
             print(f"PONG ({(time.perf_counter() - t0) * 1e6:.1f} us)")
+        elif args.command == "subscribe":
+            return _subscribe(r, args)
+    return EXIT_OK
+
+
+def _subscribe(r: Any, args: argparse.Namespace) -> int:
+    """Print the confirmations, then each message: "message CHANNEL DATA", "pmessage PATTERN
+    CHANNEL DATA", "smessage CHANNEL DATA"; flushed line by line (a pipe sees each at once)."""
+    with r.pubsub() as p:
+        (p.psubscribe if args.pattern else p.ssubscribe if args.shard else p.subscribe)(
+            *args.names)
+        seen, last = 0, time.monotonic()
+        while args.count is None or seen < args.count:
+            m = p.get_message(timeout=0.5)
+            if m is None:
+                if args.idle and time.monotonic() - last >= args.idle:
+                    return EXIT_TIMEOUT
+                continue
+            last = time.monotonic()
+            words = [m["type"]] + ([m["pattern"]] if m["pattern"] is not None else []) + [
+                m["channel"], m["data"]]
+            print(" ".join(_show(w) if not isinstance(w, (str, int)) else str(w)
+                           for w in words), flush=True)
+            if m["type"] in ("message", "pmessage", "smessage"):
+                seen += 1
     return EXIT_OK
 
 

@@ -40,6 +40,7 @@ from .exceptions import (
     WatchError,
     response_error,
 )
+from .pubsub import SUBSCRIBE_WORDS, PubSub
 from .region import Region
 from .resp import decode_one_reply, decode_strings
 from .session import SessionLost, check_platform
@@ -363,7 +364,12 @@ class _Commands:
         """Any Redis command as argv, sent as CMD; the decoded RESP2 reply."""
         if not args:
             raise DataError("execute_command() needs a command")
-        return self._request(P.OP_CMD, tuple(self._enc(a) for a in args), 0, None)
+        argv = tuple(self._enc(a) for a in args)
+        if argv[0].lower() in SUBSCRIBE_WORDS:
+            # Pushes would follow on this thread's session, between other commands' replies.
+            raise DataError(f"{argv[0].decode('utf-8', 'replace').upper()} needs a session of "
+                            f"its own: use RingClient.pubsub() (docs/ring-protocol.md 15)")
+        return self._request(P.OP_CMD, argv, 0, None)
 
 
 # Blocking commands (docs/ring-protocol.md section 14): the server answers when a value comes or
@@ -527,6 +533,15 @@ class RingClient(_Commands):
                 self._transport.discard_session()
             raise value
         return callback(value) if callback else value
+
+    def pubsub(self, ignore_subscribe_messages: bool = False) -> PubSub:
+        """A PubSub on a ring session of its own (docs/ring-protocol.md section 15), as
+        redis-py's: subscribe(), psubscribe(), ssubscribe(), their unsubscribes,
+        get_message(timeout), listen(), close(). Layout v5 only."""
+        if not isinstance(self._transport, V5Transport):
+            raise LayoutMismatchError("pub/sub needs layout v5 (the PoC's layout v2 has no CMD)")
+        return PubSub(self._transport, self._enc, ignore_subscribe_messages,
+                      (self.encoding, self.encoding_errors) if self.decode_responses else None)
 
     def pipeline(self, transaction: bool = False) -> Pipeline:
         """A Pipeline that sends all its commands on this thread's channel in one batch;

@@ -539,12 +539,13 @@ ST_BAD_REQUEST = 5
 ST_UNKNOWN_OP = 6
 ST_PROTOCOL_ERROR = 7
 ST_UNKNOWN_OUTCOME = 8  # a client's verdict, never on the wire
+ST_PUSH = 9  # id 0: a pub/sub message on a subscribed session (section 15)
 STATUS_NAMES = {
     0: "OK", 1: "NOT_FOUND", 2: "ERR", 3: "OOM", 4: "TOO_LARGE", 5: "BAD_REQUEST",
-    6: "UNKNOWN_OP", 7: "PROTOCOL_ERROR", 8: "UNKNOWN_OUTCOME",
+    6: "UNKNOWN_OP", 7: "PROTOCOL_ERROR", 8: "UNKNOWN_OUTCOME", 9: "PUSH",
 }
 STATUS_BY_NAME = {v: k for k, v in STATUS_NAMES.items()}
-MAX_WIRE_STATUS = ST_PROTOCOL_ERROR
+MAX_WIRE_STATUS = ST_PUSH
 
 _PAD = (b"", b"\0" * 7, b"\0" * 6, b"\0" * 5, b"\0" * 4, b"\0" * 3, b"\0" * 2, b"\0")
 
@@ -720,7 +721,7 @@ def decode_responses(
         step = (n + 7) & ~7
         if step > used - p:
             raise ProtocolError(f"response len {n} runs past the published bytes ({used - p})")
-        if status > MAX_WIRE_STATUS:
+        if status > MAX_WIRE_STATUS or status == ST_UNKNOWN_OUTCOME:
             raise ProtocolError(f"unknown response status {status}")
         out.append(new(Response, (status, rid, buf[p + 16 : p + n])))
         p += step

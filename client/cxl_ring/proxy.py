@@ -24,10 +24,10 @@ Access control: every connection runs as the ACL user of the proxy's ring channe
 user, or "default" where Redis needs no password); AUTH and HELLO AUTH are refused, since one
 session carries every connection.
 
-Limits: no MULTI/EXEC/WATCH and no BLPOP and kin or WAIT (the driver keeps or blocks them per
-ring session, and one session carries every connection here: they are refused; cxl-gateway gives
-such a connection a session of its own), no (P)SUBSCRIBE or MONITOR (the driver runs CMD like
-a script does, and Redis refuses those there); a slow CMD holds up
+Limits: no MULTI/EXEC/WATCH, no BLPOP and kin or WAIT, no SUBSCRIBE and kin (the driver keeps,
+blocks or pushes them per ring session, and one session carries every connection here: they are
+refused; cxl-gateway gives such a connection a session of its own), no MONITOR (the driver runs
+CMD like a script does, and Redis refuses it there); a slow CMD holds up
 the replies queued behind it on the channel (head-of-line), as on one Redis connection.
 """
 
@@ -69,7 +69,8 @@ _LOCAL_OK = {b"CLIENT": (b"SETINFO", b"SETNAME")}
 # BLPOP would hold every connection's replies behind it).
 _SESSION_STATE = frozenset((b"MULTI", b"EXEC", b"DISCARD", b"WATCH", b"UNWATCH", b"BLPOP",
                             b"BRPOP", b"BRPOPLPUSH", b"BLMOVE", b"BLMPOP", b"BZPOPMIN",
-                            b"BZPOPMAX", b"BZMPOP", b"WAIT"))
+                            b"BZPOPMAX", b"BZMPOP", b"WAIT", b"SUBSCRIBE", b"PSUBSCRIBE",
+                            b"SSUBSCRIBE", b"UNSUBSCRIBE", b"PUNSUBSCRIBE", b"SUNSUBSCRIBE"))
 _FWD_ERROR = {P.ST_TOO_LARGE: "ERR cxl_ring: too large: ", P.ST_BAD_REQUEST: "ERR cxl_ring: ",
               P.ST_UNKNOWN_OP: "ERR cxl_ring: ", P.ST_PROTOCOL_ERROR: "ERR cxl_ring: "}
 

@@ -118,6 +118,10 @@ def test_inline_and_local_commands(proxy):
     out = _raw(proxy.port, b"PING\r\nSELECT 0\r\nGET nokey\r\n", expect_close=False)
     assert out == b"+PONG\r\n+OK\r\n$-1\r\n"
     assert _raw(proxy.port, b"QUIT\r\nPING\r\n", expect_close=True) == b"+OK\r\n<closed>"
+    # Pushes would land on the session every connection shares: refused here, never sent.
+    out = _raw(proxy.port, b"SUBSCRIBE c\r\nPING\r\n", expect_close=False)
+    assert out.startswith(b"-ERR the cxl_ring proxy does not forward SUBSCRIBE")
+    assert out.endswith(b"\r\n+PONG\r\n")
 
 
 @pytest.mark.skipif(not shutil.which("redis-cli"), reason="redis-cli not installed")

@@ -200,7 +200,10 @@ def build():
         badr("len_over_max_msg", frame(264, 0, 0, 0, 1, b"v" * 248)),
         badr("len_past_published", frame(64, 0, 0, 0, 1, b"v" * 8, pad=False)),
         badr("partial_header", (u32(24) + u8(0) + u8(0) + u16(0))),
-        badr("unknown_status", frame(16, 9, 0, 0, 1, b"")),
+        badr("unknown_status", frame(16, 10, 0, 0, 1, b"")),
+        # status 9 is a push (section 15): only on a session that subscribed, only id 0
+        badr("push_on_a_session_that_did_not_subscribe",
+             frame(16 + 4, 9, 0, 0, 0, b"*0\r\n")),
         badr("unknown_outcome_on_wire", frame(16, 8, 0, 0, 1, b"")),
         badr("id_mismatch", frame(16, 0, 0, 0, 2, b""), for_op="SET"),
         badr("del_count_short", frame(20, 0, 0, 0, 1, u32(2)), for_op="DEL"),
