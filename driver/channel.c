@@ -486,6 +486,12 @@ void drv_v5_deliver(struct drv_server *s)
             if (!ch->subs.count || ch->state != CXL_CHAN_ACTIVE ||
                 (!m->error && !drv_pubsub_wants(&ch->subs, m)))
                 continue;
+            if (m->error && ch->block.active && ch->subs.pending) {
+                /* A subscribe waiting for Redis's confirmation: it is answered with the
+                 * loss (its reply goes with the session's names, below). */
+                resp_send(ch, s->geo.max_msg_size, CXL_ST_OK, ch->block.id, p, n, NULL, 0);
+                drv_block_clear(&ch->block);
+            }
             if (stalled(ch) || ch->broken || CXL_MSG_HDR_SIZE + n > s->geo.max_msg_size) {
                 STAT_INC(&ch->stats, pushes_dropped);
             } else {

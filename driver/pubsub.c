@@ -676,7 +676,9 @@ static int ensure_connected(RedisModuleCtx *ctx, char *err, size_t errlen)
     argv[0] = "CLIENT", argv[1] = "SETNAME", argv[2] = USER;
     argl[0] = 6, argl[1] = 7, argl[2] = (uint32_t)strlen(USER);
     queue_command(3, argv, argl);
-    P.confirmed = P.sent = 0;
+    /* Nothing sent on the old connection is waited for any more (drv_v5_deliver answered
+     * the subscribes that were): the counts go on, so no wait compares across connections. */
+    __atomic_store_n(&P.confirmed, P.sent, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&P.mu);
     P.loss_seen = 0;
     if (pthread_create(&P.thread, NULL, conn_main, NULL) != 0) {
