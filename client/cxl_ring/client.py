@@ -85,6 +85,18 @@ class V5Transport:
         self._local.session = s
         return s
 
+    def claim_own(self) -> Session:
+        """A session of its own (a PubSub's), not a thread's; close() releases it too."""
+        s = claim(self.region, self.header, self.timeout)
+        with self._lock:
+            self._sessions.add(s)
+        return s
+
+    def release_own(self, s: Session) -> None:
+        with self._lock:
+            self._sessions.discard(s)
+        s.release()
+
     def _drop(self, s: Session) -> None:
         s.release()
         with self._lock:

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import protocol as P
 from .backoff import Backoff
-from .channel import Session, claim
+from .channel import Session
 from .exceptions import ProtocolError, ResponseError, RingTimeoutError
 from .resp import Incomplete, decode_strings, parse_reply
 
@@ -84,12 +84,11 @@ class PubSub:
 
     def _claim(self) -> Session:
         s = self._session
-        if s is not None and not s.broken:
+        if s is not None and not s.broken and s.u64 is not None:
             return s
         if s is not None:
-            self.close()
-        t = self._transport
-        s = claim(t.region, t.header, t.timeout)
+            self.close()                     # broken, or released by RingClient.close()
+        s = self._transport.claim_own()
         s.subscribed = True                  # before anything is sent: pushes may follow
         self._session = s
         return s
@@ -106,7 +105,7 @@ class PubSub:
         self.patterns.clear()
         self.shard_channels.clear()
         if s is not None:
-            s.release()
+            self._transport.release_own(s)
 
     def __enter__(self) -> PubSub:
         return self

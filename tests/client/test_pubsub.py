@@ -172,3 +172,17 @@ def test_cli_subscribe_prints_each_message(real_server):
             proc.wait()
     assert proc.returncode == 0, err
     assert out.splitlines() == ["message c one", "message c two"]
+
+
+def test_closing_the_client_releases_a_pubsubs_session(real_server):
+    """RingClient.close() releases the PubSub's channel too (the driver ends its names)."""
+    r = cxl_ring.RingClient(real_server.path, timeout=HANG)
+    p = r.pubsub()
+    p.subscribe("c")
+    assert p.get_message(timeout=HANG)["type"] == "subscribe"
+    r.close()
+    deadline = time.monotonic() + HANG
+    while _info(real_server)["pubsub_names"] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    p.close()                                        # nothing left to release: no error
